@@ -1,0 +1,13 @@
+//! Types shared by the kernel programs and the userspace agent.
+//!
+//! Every type here is `#[repr(C)]` with explicit padding fields, so its layout
+//! is the same on both sides and no uninitialised byte crosses the ring buffer.
+#![no_std]
+
+pub mod process;
+pub mod sensor;
+pub mod tracepoint_layout;
+
+pub use process::*;
+pub use sensor::*;
+pub use tracepoint_layout::*;

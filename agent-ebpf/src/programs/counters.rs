@@ -1,0 +1,17 @@
+//! Kernel-side counters the agent reads for /metrics.
+
+use aya_ebpf::{macros::map, maps::PerCpuArray};
+use selfops_ebpf::{SENSOR_COUNT, Sensor};
+
+/// Ring-buffer reservations that failed, per sensor and CPU: events lost
+/// because userspace did not drain the buffer fast enough.
+#[map]
+static LOST_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SENSOR_COUNT, 0);
+
+#[inline(always)]
+pub fn count_lost(sensor: Sensor) {
+    if let Some(count) = LOST_EVENTS.get_ptr_mut(sensor as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        unsafe { *count += 1 };
+    }
+}

@@ -1,0 +1,3 @@
+pub mod counters;
+pub mod feature_probes;
+pub mod process;

@@ -1,0 +1,87 @@
+//! `selfops run`: lock, probe, load, attach, seed, serve — and on SIGINT or
+//! SIGTERM detach everything and exit.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    config::Config,
+    kernel::{
+        features::{Features, raise_memlock_rlimit},
+        hooks::{HookTier, choose},
+        object::SensorObject,
+        ring_reader::RingReader,
+        tracefs,
+    },
+    lock::{InstanceLock, LOCK_DIR},
+    process::{ResourceBuilder, sensor::ProcessModel},
+    telemetry::{Metrics, server},
+};
+
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let _lock = InstanceLock::acquire(std::path::Path::new(LOCK_DIR))?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let result = runtime.block_on(run_agent(config));
+    // Tasks still running hold nothing the kernel needs; do not wait on them.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    result
+}
+
+async fn run_agent(config: Config) -> anyhow::Result<()> {
+    let listener = server::bind(config.telemetry.listen)
+        .await
+        .with_context(|| format!("binding telemetry.listen {}", config.telemetry.listen))?;
+
+    let features = Features::probe();
+    for row in &features.features {
+        tracing::debug!(feature = row.feature.label(), available = row.available, detail = %row.detail, "probe");
+    }
+    raise_memlock_rlimit();
+    if choose("process", &features, &[HookTier::Tracepoint]).is_none() {
+        anyhow::bail!("this kernel offers no tracepoints; selfops cannot observe processes");
+    }
+    let layout = tracefs::tracepoint_layout().context("reading tracepoint formats")?;
+    let mut object = SensorObject::load(&layout, config.sensors.process_ring_bytes)?;
+    let attached = object.attach_process_sensors()?;
+    tracing::info!(?attached, "process sensors attached");
+
+    let metrics = Arc::new(Metrics::new());
+    for sensor in selfops_ebpf::Sensor::ALL {
+        // Zero-valued series from the start, so a scrape shows every sensor.
+        let _ = metrics.events_received.get_or_create(&Metrics::sensor(sensor));
+        let _ = metrics.events_malformed.get_or_create(&Metrics::sensor(sensor));
+    }
+    let mut model = ProcessModel::new(&config.process, metrics.clone());
+    let seeded = model.seed().context("seeding the process table from /proc")?;
+    tracing::info!(seeded, "process table seeded from /proc");
+
+    let ring = RingReader::new(object.take_process_ring()?).context("polling the ring buffer")?;
+    let state = Arc::new(server::TelemetryState {
+        metrics,
+        table: model.table(),
+        resources: Arc::new(ResourceBuilder::new(&config.service)?),
+        lost: std::sync::Mutex::new(object.take_lost_counters()?),
+    });
+    tracing::info!(listen = %config.telemetry.listen, "self-telemetry at /metrics and /processes");
+
+    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let outcome = tokio::select! {
+        r = model.run(ring, config.process.rescan_interval) => r.context("process sensor stopped"),
+        r = server::serve(listener, state) => r.context("telemetry server stopped"),
+        _ = sigint.recv() => { tracing::info!("SIGINT: detaching"); Ok(()) }
+        _ = sigterm.recv() => { tracing::info!("SIGTERM: detaching"); Ok(()) }
+    };
+    // Dropping the object detaches every program and frees its maps.
+    drop(object);
+    tracing::info!("all programs detached");
+    outcome
+}

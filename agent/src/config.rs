@@ -1,0 +1,294 @@
+//! Typed agent configuration (YAML), its defaults and its validation.
+//!
+//! Every key is known: an unknown key, a wrong type or a value out of range is
+//! an error that names the key, found before anything touches the kernel.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+
+/// Why a configuration was refused. Each message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {key}: {message}")]
+    Parse {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where traces.jsonl, metrics.jsonl, logs.jsonl and profiles/ go.
+    pub data_dir: PathBuf,
+    pub telemetry: TelemetryConfig,
+    pub sensors: SensorsConfig,
+    pub process: ProcessConfig,
+    pub service: ServiceConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Address of the self-telemetry HTTP endpoint (/metrics, /processes).
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SensorsConfig {
+    /// Size of the process-event ring buffer in bytes: a power of two, at
+    /// least one page.
+    pub process_ring_bytes: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessConfig {
+    /// Most processes the table holds; beyond it new processes are counted
+    /// as rejected rather than stored.
+    pub max_processes: usize,
+    /// Bytes of a command line kept per process.
+    pub max_cmdline_bytes: usize,
+    /// How long an exited process stays resolvable for late signals.
+    #[serde(with = "humantime_serde")]
+    pub exited_retention: Duration,
+    /// How often the table is reconciled with /proc, repairing any lost event.
+    #[serde(with = "humantime_serde")]
+    pub rescan_interval: Duration,
+    /// Executables whose build-ids are cached (one ELF read per file).
+    pub build_id_cache_entries: usize,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    /// Rules naming a process's service; the first match wins, and without a
+    /// match the service is the executable's name.
+    pub rules: Vec<ServiceRule>,
+}
+
+/// `service.name` for processes whose executable or cgroup matches a glob.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceRule {
+    /// Glob on the executable name (`nginx`) or path (`/usr/sbin/*`).
+    pub executable: Option<String>,
+    /// Glob on the cgroup path (`/system.slice/nginx.service`).
+    pub cgroup: Option<String>,
+    pub name: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("selfops-data"),
+            telemetry: TelemetryConfig::default(),
+            sensors: SensorsConfig::default(),
+            process: ProcessConfig::default(),
+            service: ServiceConfig::default(),
+        }
+    }
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+        }
+    }
+}
+
+impl Default for SensorsConfig {
+    fn default() -> Self {
+        Self {
+            process_ring_bytes: 1 << 20,
+        }
+    }
+}
+
+impl Default for ProcessConfig {
+    fn default() -> Self {
+        Self {
+            max_processes: 32_768,
+            max_cmdline_bytes: 1024,
+            exited_retention: Duration::from_secs(5),
+            rescan_interval: Duration::from_secs(30),
+            build_id_cache_entries: 4096,
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates YAML text; `path` only labels errors.
+    pub fn parse(text: &str, path: &std::path::Path) -> Result<Self, ConfigError> {
+        // An empty file is the default configuration, not an error.
+        let config = if text.trim().is_empty() {
+            Config::default()
+        } else {
+            let deserializer = serde_yaml_ng::Deserializer::from_str(text);
+            serde_path_to_error::deserialize(deserializer).map_err(|err| {
+                let key = match err.path().to_string() {
+                    key if key == "." => "(top level)".to_owned(),
+                    key => key,
+                };
+                ConfigError::Parse {
+                    path: path.to_owned(),
+                    key,
+                    message: err.into_inner().to_string(),
+                }
+            })?
+        };
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &std::path::Path) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        let ring = self.sensors.process_ring_bytes;
+        if ring < 4096 || !ring.is_power_of_two() {
+            return Err(invalid(
+                "sensors.process_ring_bytes",
+                format!("{ring} is not allowed: use a power of two of at least 4096"),
+            ));
+        }
+        let p = &self.process;
+        if !(16..=4_194_304).contains(&p.max_processes) {
+            return Err(invalid(
+                "process.max_processes",
+                format!("{} is not allowed: use 16 to 4194304", p.max_processes),
+            ));
+        }
+        if !(16..=65_536).contains(&p.max_cmdline_bytes) {
+            return Err(invalid(
+                "process.max_cmdline_bytes",
+                format!("{} is not allowed: use 16 to 65536", p.max_cmdline_bytes),
+            ));
+        }
+        if p.rescan_interval < Duration::from_secs(1) {
+            return Err(invalid(
+                "process.rescan_interval",
+                "must be at least 1s".to_owned(),
+            ));
+        }
+        if p.build_id_cache_entries == 0 {
+            return Err(invalid(
+                "process.build_id_cache_entries",
+                "must be at least 1".to_owned(),
+            ));
+        }
+        for (i, rule) in self.service.rules.iter().enumerate() {
+            let key = |field: &str| format!("service.rules[{i}].{field}");
+            match (&rule.executable, &rule.cgroup) {
+                (None, None) | (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        &format!("service.rules[{i}]"),
+                        "give exactly one of `executable` or `cgroup`".to_owned(),
+                    ));
+                }
+                (Some(glob), None) => check_glob(glob).map_err(|m| invalid(&key("executable"), m))?,
+                (None, Some(glob)) => check_glob(glob).map_err(|m| invalid(&key("cgroup"), m))?,
+            }
+            if rule.name.trim().is_empty() {
+                return Err(invalid(&key("name"), "must not be empty".to_owned()));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_glob(glob: &str) -> Result<(), String> {
+    globset::Glob::new(glob)
+        .map(|_| ())
+        .map_err(|err| format!("invalid glob {glob:?}: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("c.yaml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn empty_file_is_default() {
+        let config = parse("").unwrap();
+        assert_eq!(config.telemetry.listen.port(), 9464);
+        assert_eq!(config.data_dir, PathBuf::from("selfops-data"));
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let config = parse(
+            "data_dir: /var/lib/selfops\n\
+             telemetry: { listen: 127.0.0.1:19464 }\n\
+             process: { max_processes: 1000, exited_retention: 2s, rescan_interval: 10s }\n\
+             service:\n  rules:\n    - { executable: nginx, name: web }\n    - { cgroup: '/system.slice/*', name: sys }\n",
+        )
+        .unwrap();
+        assert_eq!(config.process.max_processes, 1000);
+        assert_eq!(config.process.exited_retention, Duration::from_secs(2));
+        assert_eq!(config.service.rules.len(), 2);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse("process:\n  max_procs: 10\n").unwrap_err();
+        assert!(err.contains("process.max_procs"), "{err}");
+        assert!(err.contains("unknown field"), "{err}");
+        assert!(err.contains("max_processes"), "lists the allowed keys: {err}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let err = parse("process:\n  max_processes: many\n").unwrap_err();
+        assert!(err.contains("process.max_processes"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_is_named() {
+        let err = parse("sensors: { process_ring_bytes: 5000 }").unwrap_err();
+        assert!(err.contains("sensors.process_ring_bytes"), "{err}");
+        let err = parse("service: { rules: [ { name: x } ] }").unwrap_err();
+        assert!(err.contains("service.rules[0]"), "{err}");
+        let err = parse("service: { rules: [ { executable: 'a[', name: x } ] }").unwrap_err();
+        assert!(err.contains("service.rules[0].executable"), "{err}");
+    }
+
+    #[test]
+    fn error_is_one_line() {
+        for bad in ["nope: 1", "process: [1, 2]", "telemetry: { listen: nowhere }", ": :"] {
+            let err = parse(bad).unwrap_err();
+            assert!(!err.contains('\n'), "{bad:?} gave a multi-line error: {err}");
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Tracepoint record layouts from tracefs format files.
+//!
+//! Rust eBPF gets no CO-RE relocations, so the agent reads each tracepoint's
+//! `format` file at start-up and passes the field offsets to the kernel
+//! programs as a global ([`TracepointLayout`]).
+
+use std::path::PathBuf;
+
+use selfops_ebpf::{FIELD_ABSENT, TracepointLayout};
+
+use super::mounts::TRACEFS;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TracefsError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("tracepoint {tracepoint} has no field `{field}`")]
+    MissingField { tracepoint: String, field: String },
+}
+
+/// One field of a tracepoint record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Field {
+    pub name: String,
+    pub offset: u32,
+    pub size: u32,
+}
+
+/// The parsed `format` file of one tracepoint.
+#[derive(Debug, Clone)]
+pub struct TracepointFormat {
+    pub tracepoint: String,
+    pub fields: Vec<Field>,
+}
+
+impl TracepointFormat {
+    pub fn read(category: &str, name: &str) -> Result<Self, TracefsError> {
+        let path = PathBuf::from(format!("{TRACEFS}/events/{category}/{name}/format"));
+        let text =
+            std::fs::read_to_string(&path).map_err(|source| TracefsError::Read { path, source })?;
+        Ok(Self::parse(&format!("{category}:{name}"), &text))
+    }
+
+    /// Parses lines like
+    /// `field:__data_loc char[] filename;	offset:8;	size:4;	signed:0;`.
+    pub fn parse(tracepoint: &str, text: &str) -> Self {
+        let fields = text
+            .lines()
+            .filter_map(|line| {
+                let line = line.trim();
+                let decl = line.strip_prefix("field:")?.split(';').next()?;
+                let name = decl.split_whitespace().last()?;
+                let name = name.split('[').next()?.to_owned();
+                let number = |key: &str| {
+                    line.split(';')
+                        .find_map(|part| part.trim().strip_prefix(key))
+                        .and_then(|v| v.parse::<u32>().ok())
+                };
+                Some(Field {
+                    name,
+                    offset: number("offset:")?,
+                    size: number("size:")?,
+                })
+            })
+            .collect();
+        Self {
+            tracepoint: tracepoint.to_owned(),
+            fields,
+        }
+    }
+
+    pub fn field(&self, name: &str) -> Option<&Field> {
+        self.fields.iter().find(|f| f.name == name)
+    }
+
+    pub fn offset(&self, name: &str) -> Result<u32, TracefsError> {
+        self.field(name)
+            .map(|f| f.offset)
+            .ok_or_else(|| TracefsError::MissingField {
+                tracepoint: self.tracepoint.clone(),
+                field: name.to_owned(),
+            })
+    }
+}
+
+/// Offsets the process sensors need on this kernel.
+pub fn tracepoint_layout() -> Result<TracepointLayout, TracefsError> {
+    let exec = TracepointFormat::read("sched", "sched_process_exec")?;
+    let newtask = TracepointFormat::read("task", "task_newtask")?;
+    let exit = TracepointFormat::read("sched", "sched_process_exit")?;
+    Ok(TracepointLayout {
+        exec_filename: exec.offset("filename")?,
+        newtask_pid: newtask.offset("pid")?,
+        newtask_clone_flags: newtask.offset("clone_flags")?,
+        exit_group_dead: exit.field("group_dead").map_or(FIELD_ABSENT, |f| f.offset),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXIT_6_18: &str = "name: sched_process_exit
+ID: 369
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:char comm[16];\toffset:8;\tsize:16;\tsigned:0;
+\tfield:pid_t pid;\toffset:24;\tsize:4;\tsigned:1;
+\tfield:bool group_dead;\toffset:32;\tsize:1;\tsigned:0;
+
+print fmt: \"comm=%s pid=%d\", REC->comm, REC->pid
+";
+
+    #[test]
+    fn parses_fields() {
+        let format = TracepointFormat::parse("sched:sched_process_exit", EXIT_6_18);
+        assert_eq!(format.fields.len(), 5);
+        assert_eq!(
+            format.field("comm"),
+            Some(&Field {
+                name: "comm".into(),
+                offset: 8,
+                size: 16
+            })
+        );
+        assert_eq!(format.offset("group_dead").unwrap(), 32);
+        assert!(format.offset("prio").is_err());
+    }
+
+    #[test]
+    fn parses_data_loc() {
+        let text = "\tfield:__data_loc char[] filename;\toffset:8;\tsize:4;\tsigned:0;\n";
+        let format = TracepointFormat::parse("x", text);
+        assert_eq!(format.offset("filename").unwrap(), 8);
+    }
+
+    #[test]
+    fn ignores_garbage() {
+        let format = TracepointFormat::parse("x", "field:\nfield:int a;offset:x;size:4;\n\0\n");
+        assert!(format.fields.is_empty());
+    }
+}

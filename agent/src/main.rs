@@ -1,0 +1,67 @@
+//! selfops: an eBPF node agent that makes a host observe and operate itself.
+
+mod agent;
+mod cli;
+mod config;
+mod kernel;
+mod lock;
+mod process;
+mod telemetry;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Exit code for a refused configuration (nothing was attached).
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        cli::Command::Version => {
+            println!("selfops {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        cli::Command::Probe { json } => {
+            let features = kernel::features::Features::probe();
+            if json {
+                match serde_json::to_string_pretty(&features) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => {
+                        eprintln!("selfops: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                print!("{}", features.to_table());
+            }
+            ExitCode::SUCCESS
+        }
+        cli::Command::Run { config } => {
+            let config = match config {
+                Some(path) => match config::Config::load(&path) {
+                    Ok(config) => config,
+                    Err(e) => {
+                        eprintln!("selfops: config error: {e}");
+                        return ExitCode::from(EXIT_CONFIG);
+                    }
+                },
+                None => config::Config::default(),
+            };
+            match agent::run(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("selfops: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

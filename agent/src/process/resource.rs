@@ -1,0 +1,169 @@
+//! The OpenTelemetry resource of a process: host attributes, process
+//! attributes and the service name chosen by the configured rules.
+
+use globset::{Glob, GlobMatcher};
+use serde::Serialize;
+
+use super::table::Process;
+use crate::config::ServiceConfig;
+
+/// An attribute value (the subset of OTel AnyValue the resource needs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum AttrValue {
+    Int(i64),
+    Str(String),
+}
+
+enum Target {
+    Executable(GlobMatcher),
+    Cgroup(GlobMatcher),
+}
+
+pub struct ResourceBuilder {
+    host_name: String,
+    host_arch: &'static str,
+    rules: Vec<(Target, String)>,
+}
+
+impl ResourceBuilder {
+    /// Globs were validated with the config, so an error here is a bug
+    /// surfaced as an error rather than a panic.
+    pub fn new(config: &ServiceConfig) -> Result<Self, globset::Error> {
+        let mut rules = Vec::new();
+        for rule in &config.rules {
+            let target = match (&rule.executable, &rule.cgroup) {
+                (Some(glob), _) => Target::Executable(Glob::new(glob)?.compile_matcher()),
+                (None, Some(glob)) => Target::Cgroup(Glob::new(glob)?.compile_matcher()),
+                (None, None) => continue,
+            };
+            rules.push((target, rule.name.clone()));
+        }
+        Ok(Self {
+            host_name: host_name(),
+            host_arch: host_arch(),
+            rules,
+        })
+    }
+
+    /// First matching rule's name, else the executable name.
+    pub fn service_name<'a>(&'a self, process: &'a Process) -> &'a str {
+        let name = process.executable_name();
+        let path = process.executable_path.as_deref().unwrap_or("");
+        let cgroup = process.cgroup.as_deref().unwrap_or("");
+        self.rules
+            .iter()
+            .find(|(target, _)| match target {
+                Target::Executable(m) => m.is_match(name) || m.is_match(path),
+                Target::Cgroup(m) => m.is_match(cgroup),
+            })
+            .map_or(name, |(_, service)| service.as_str())
+    }
+
+    /// Resource attributes with OTel semantic-convention keys.
+    pub fn attributes(&self, process: &Process) -> Vec<(&'static str, AttrValue)> {
+        let mut attrs = vec![
+            ("service.name", AttrValue::Str(self.service_name(process).to_owned())),
+            ("process.pid", AttrValue::Int(i64::from(process.pid))),
+            ("process.parent_pid", AttrValue::Int(i64::from(process.ppid))),
+            (
+                "process.executable.name",
+                AttrValue::Str(process.executable_name().to_owned()),
+            ),
+        ];
+        let optional = [
+            ("process.executable.path", &process.executable_path),
+            ("process.command_line", &process.command_line),
+            ("container.id", &process.container_id),
+        ];
+        for (key, value) in optional {
+            if let Some(value) = value {
+                attrs.push((key, AttrValue::Str(value.to_string())));
+            }
+        }
+        attrs.extend([
+            ("host.name", AttrValue::Str(self.host_name.clone())),
+            ("host.arch", AttrValue::Str(self.host_arch.to_owned())),
+            ("os.type", AttrValue::Str("linux".to_owned())),
+        ]);
+        attrs
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+/// `host.arch` values from the OTel semantic conventions.
+fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "x86",
+        "arm" => "arm32",
+        "powerpc64" => "ppc64",
+        "s390x" => "s390x",
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::ServiceRule;
+
+    fn nginx() -> Process {
+        Process {
+            pid: 10,
+            ppid: 1,
+            comm: "nginx".into(),
+            executable_path: Some(Arc::from("/usr/sbin/nginx")),
+            build_id: None,
+            command_line: Some(Arc::from("nginx: worker process")),
+            cgroup: Some(Arc::from("/system.slice/nginx.service")),
+            container_id: None,
+            start_time_unix_nano: 0,
+        }
+    }
+
+    fn rule(executable: Option<&str>, cgroup: Option<&str>, name: &str) -> ServiceRule {
+        ServiceRule {
+            executable: executable.map(Into::into),
+            cgroup: cgroup.map(Into::into),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn default_service_is_executable_name() {
+        let builder = ResourceBuilder::new(&ServiceConfig::default()).unwrap();
+        assert_eq!(builder.service_name(&nginx()), "nginx");
+        let attrs = builder.attributes(&nginx());
+        let get = |k| attrs.iter().find(|(key, _)| *key == k).map(|(_, v)| v.clone());
+        assert_eq!(get("process.pid"), Some(AttrValue::Int(10)));
+        assert_eq!(get("os.type"), Some(AttrValue::Str("linux".into())));
+        assert_eq!(get("container.id"), None);
+        assert!(get("host.name").is_some());
+    }
+
+    #[test]
+    fn rules_first_match_wins() {
+        let config = ServiceConfig {
+            rules: vec![
+                rule(None, Some("/system.slice/*"), "systemd-unit"),
+                rule(Some("nginx"), None, "web"),
+            ],
+        };
+        let builder = ResourceBuilder::new(&config).unwrap();
+        assert_eq!(builder.service_name(&nginx()), "systemd-unit");
+        let config = ServiceConfig {
+            rules: vec![rule(Some("/usr/sbin/*"), None, "sbin")],
+        };
+        let builder = ResourceBuilder::new(&config).unwrap();
+        assert_eq!(builder.service_name(&nginx()), "sbin");
+    }
+}

@@ -1,0 +1,168 @@
+//! Every place the agent can lose or refuse data has a counter here.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SensorLabel {
+    pub sensor: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    /// Records read from a sensor's ring buffer.
+    pub events_received: Family<SensorLabel, Counter>,
+    /// Records the kernel could not reserve ring space for (read from the
+    /// kernel's per-CPU counters at scrape time).
+    pub events_lost: Family<SensorLabel, Counter>,
+    /// Records that failed to decode.
+    pub events_malformed: Family<SensorLabel, Counter>,
+    pub process_table_size: Gauge,
+    pub process_table_exited: Gauge,
+    /// Processes not stored because the table was full.
+    pub processes_rejected: Counter,
+    /// Table repairs from /proc scans (an exit or exec event was lost).
+    pub processes_reconciled: Family<ReasonLabel, Counter>,
+    /// /proc or ELF reads that failed (usually: the process already exited).
+    pub process_enrich_failures: Family<ReasonLabel, Counter>,
+    pub build_id_cache_entries: Gauge,
+    pub resident_memory_bytes: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("selfops");
+        let metrics = Self {
+            events_received: Family::default(),
+            events_lost: Family::default(),
+            events_malformed: Family::default(),
+            process_table_size: Gauge::default(),
+            process_table_exited: Gauge::default(),
+            processes_rejected: Counter::default(),
+            processes_reconciled: Family::default(),
+            process_enrich_failures: Family::default(),
+            build_id_cache_entries: Gauge::default(),
+            resident_memory_bytes: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "sensor_events_received",
+            "Events read from a sensor's ring buffer",
+            metrics.events_received.clone(),
+        );
+        registry.register(
+            "sensor_events_lost",
+            "Events dropped in the kernel because the ring buffer was full",
+            metrics.events_lost.clone(),
+        );
+        registry.register(
+            "sensor_events_malformed",
+            "Ring-buffer records that failed to decode",
+            metrics.events_malformed.clone(),
+        );
+        registry.register(
+            "process_table_size",
+            "Live processes in the process table",
+            metrics.process_table_size.clone(),
+        );
+        registry.register(
+            "process_table_exited",
+            "Exited processes kept for late signals",
+            metrics.process_table_exited.clone(),
+        );
+        registry.register(
+            "processes_rejected",
+            "Processes not stored because the table was full",
+            metrics.processes_rejected.clone(),
+        );
+        registry.register(
+            "processes_reconciled",
+            "Process-table repairs made by /proc scans",
+            metrics.processes_reconciled.clone(),
+        );
+        registry.register(
+            "process_enrich_failures",
+            "Reads of /proc or of an executable that failed",
+            metrics.process_enrich_failures.clone(),
+        );
+        registry.register(
+            "build_id_cache_entries",
+            "Executables whose build-id is cached",
+            metrics.build_id_cache_entries.clone(),
+        );
+        registry.register(
+            "agent_resident_memory_bytes",
+            "Resident set size of the agent",
+            metrics.resident_memory_bytes.clone(),
+        );
+        Self { registry, ..metrics }
+    }
+
+    pub fn sensor(sensor: selfops_ebpf::Sensor) -> SensorLabel {
+        SensorLabel {
+            sensor: sensor.name(),
+        }
+    }
+
+    /// Raises a counter to a total kept elsewhere (the kernel's).
+    pub fn raise_to(counter: &Counter, total: u64) {
+        counter.inc_by(total.saturating_sub(counter.get()));
+    }
+
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Resident set size of this process, from /proc/self/statm.
+pub fn resident_memory_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
+    Some(pages * page)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_prometheus_text() {
+        let m = Metrics::new();
+        m.events_received
+            .get_or_create(&Metrics::sensor(selfops_ebpf::Sensor::ProcessExec))
+            .inc();
+        Metrics::raise_to(
+            &m.events_lost
+                .get_or_create(&Metrics::sensor(selfops_ebpf::Sensor::ProcessExit)),
+            5,
+        );
+        let text = m.encode().unwrap();
+        assert!(
+            text.contains("selfops_sensor_events_received_total{sensor=\"process_exec\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("selfops_sensor_events_lost_total{sensor=\"process_exit\"} 5"),
+            "{text}"
+        );
+        assert!(resident_memory_bytes().unwrap() > 0);
+    }
+}

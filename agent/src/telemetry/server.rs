@@ -1,0 +1,115 @@
+//! The self-telemetry HTTP endpoint: GET /metrics and GET /processes.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use serde::Serialize;
+
+use super::{Metrics, metrics::resident_memory_bytes};
+use crate::{
+    kernel::object::LostCounters,
+    process::{ResourceBuilder, SharedTable, resource::AttrValue},
+};
+
+pub struct TelemetryState {
+    pub metrics: Arc<Metrics>,
+    pub table: SharedTable,
+    pub resources: Arc<ResourceBuilder>,
+    pub lost: Mutex<LostCounters>,
+}
+
+impl TelemetryState {
+    /// Brings scrape-time values up to date: kernel loss counters, memory,
+    /// table sizes.
+    fn refresh(&self) {
+        let lost = self.lost.lock().unwrap_or_else(|e| e.into_inner()).read();
+        match lost {
+            Ok(totals) => {
+                for (sensor, total) in totals {
+                    let counter = self.metrics.events_lost.get_or_create(&Metrics::sensor(sensor));
+                    Metrics::raise_to(&counter, total);
+                }
+            }
+            Err(err) => tracing::warn!(%err, "reading the kernel's lost-event counters"),
+        }
+        if let Some(rss) = resident_memory_bytes() {
+            self.metrics
+                .resident_memory_bytes
+                .set(i64::try_from(rss).unwrap_or(i64::MAX));
+        }
+        let table = self.table.read();
+        self.metrics.process_table_size.set(table.len() as i64);
+        self.metrics
+            .process_table_exited
+            .set(table.exited_len() as i64);
+    }
+}
+
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<TelemetryState>,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/processes", get(processes))
+        .with_state(state);
+    axum::serve(listener, app).await
+}
+
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+async fn metrics(State(state): State<Arc<TelemetryState>>) -> Response {
+    state.refresh();
+    match state.metrics.encode() {
+        Ok(body) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+#[derive(Serialize)]
+struct ProcessView {
+    #[serde(flatten)]
+    process: Arc<crate::process::Process>,
+    resource: serde_json::Map<String, serde_json::Value>,
+}
+
+async fn processes(State(state): State<Arc<TelemetryState>>) -> Json<Vec<ProcessView>> {
+    let snapshot = state.table.read().snapshot();
+    let views = snapshot
+        .into_iter()
+        .map(|process| {
+            let resource = state
+                .resources
+                .attributes(&process)
+                .into_iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        AttrValue::Int(i) => serde_json::Value::from(i),
+                        AttrValue::Str(s) => serde_json::Value::from(s),
+                    };
+                    (k.to_owned(), v)
+                })
+                .collect();
+            ProcessView { process, resource }
+        })
+        .collect();
+    Json(views)
+}
