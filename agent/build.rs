@@ -9,7 +9,11 @@ use anyhow::{Context as _, anyhow};
 fn main() -> anyhow::Result<()> {
     // bpf-linker is what a fresh machine lacks most often; say how to get it
     // instead of failing deep inside the nested build.
-    if Command::new("bpf-linker").arg("--version").output().is_err() {
+    if Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         return Err(anyhow!(
             "bpf-linker not found on PATH: run `cargo xtask setup` to install the eBPF toolchain"
         ));

@@ -12,8 +12,11 @@ pub enum Sensor {
 
 impl Sensor {
     /// Every sensor, in index order.
-    pub const ALL: [Sensor; SENSOR_COUNT as usize] =
-        [Sensor::ProcessExec, Sensor::ProcessFork, Sensor::ProcessExit];
+    pub const ALL: [Sensor; SENSOR_COUNT as usize] = [
+        Sensor::ProcessExec,
+        Sensor::ProcessFork,
+        Sensor::ProcessExit,
+    ];
 
     /// The sensor's label in metrics and logs.
     pub const fn name(self) -> &'static str {

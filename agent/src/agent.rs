@@ -56,11 +56,17 @@ async fn run_agent(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     for sensor in selfops_ebpf::Sensor::ALL {
         // Zero-valued series from the start, so a scrape shows every sensor.
-        let _ = metrics.events_received.get_or_create(&Metrics::sensor(sensor));
-        let _ = metrics.events_malformed.get_or_create(&Metrics::sensor(sensor));
+        let _ = metrics
+            .events_received
+            .get_or_create(&Metrics::sensor(sensor));
+        let _ = metrics
+            .events_malformed
+            .get_or_create(&Metrics::sensor(sensor));
     }
     let mut model = ProcessModel::new(&config.process, metrics.clone());
-    let seeded = model.seed().context("seeding the process table from /proc")?;
+    let seeded = model
+        .seed()
+        .context("seeding the process table from /proc")?;
     tracing::info!(seeded, "process table seeded from /proc");
 
     let ring = RingReader::new(object.take_process_ring()?).context("polling the ring buffer")?;

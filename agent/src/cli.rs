@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "selfops", version, about = "eBPF node agent: the host observes and operates itself")]
+#[command(
+    name = "selfops",
+    version,
+    about = "eBPF node agent: the host observes and operates itself"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -212,7 +212,9 @@ impl Config {
                         "give exactly one of `executable` or `cgroup`".to_owned(),
                     ));
                 }
-                (Some(glob), None) => check_glob(glob).map_err(|m| invalid(&key("executable"), m))?,
+                (Some(glob), None) => {
+                    check_glob(glob).map_err(|m| invalid(&key("executable"), m))?
+                }
                 (None, Some(glob)) => check_glob(glob).map_err(|m| invalid(&key("cgroup"), m))?,
             }
             if rule.name.trim().is_empty() {
@@ -265,7 +267,10 @@ mod tests {
         let err = parse("process:\n  max_procs: 10\n").unwrap_err();
         assert!(err.contains("process.max_procs"), "{err}");
         assert!(err.contains("unknown field"), "{err}");
-        assert!(err.contains("max_processes"), "lists the allowed keys: {err}");
+        assert!(
+            err.contains("max_processes"),
+            "lists the allowed keys: {err}"
+        );
     }
 
     #[test]
@@ -286,9 +291,17 @@ mod tests {
 
     #[test]
     fn error_is_one_line() {
-        for bad in ["nope: 1", "process: [1, 2]", "telemetry: { listen: nowhere }", ": :"] {
+        for bad in [
+            "nope: 1",
+            "process: [1, 2]",
+            "telemetry: { listen: nowhere }",
+            ": :",
+        ] {
             let err = parse(bad).unwrap_err();
-            assert!(!err.contains('\n'), "{bad:?} gave a multi-line error: {err}");
+            assert!(
+                !err.contains('\n'),
+                "{bad:?} gave a multi-line error: {err}"
+            );
         }
     }
 }

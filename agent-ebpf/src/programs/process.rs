@@ -113,10 +113,12 @@ fn try_process_fork(ctx: &TracePointContext) -> Result<(), i64> {
         clone_flags,
         comm: current_comm(),
     };
-    PROCESS_EVENTS.output::<ForkEvent>(&event, 0).map_err(|err| {
-        count_lost(Sensor::ProcessFork);
-        i64::from(err)
-    })
+    PROCESS_EVENTS
+        .output::<ForkEvent>(&event, 0)
+        .map_err(|err| {
+            count_lost(Sensor::ProcessFork);
+            i64::from(err)
+        })
 }
 
 #[tracepoint(category = "sched", name = "sched_process_exit")]
@@ -143,8 +145,10 @@ fn try_process_exit(ctx: &TracePointContext) -> Result<(), i64> {
         header: header(ProcessEventKind::Exit, pid, tid, 0),
         comm: current_comm(),
     };
-    PROCESS_EVENTS.output::<ExitEvent>(&event, 0).map_err(|err| {
-        count_lost(Sensor::ProcessExit);
-        i64::from(err)
-    })
+    PROCESS_EVENTS
+        .output::<ExitEvent>(&event, 0)
+        .map_err(|err| {
+            count_lost(Sensor::ProcessExit);
+            i64::from(err)
+        })
 }

@@ -20,8 +20,7 @@ use serde::Serialize;
 use super::{EBPF_OBJECT, errno, mounts};
 
 /// A kernel capability the agent may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Feature {
     Btf,
     Tracefs,
@@ -63,6 +62,12 @@ impl Feature {
             Feature::Lockdown => "lockdown",
             Feature::BpfMemcgAccounting => "bpf_memcg_accounting",
         }
+    }
+}
+
+impl Serialize for Feature {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.label())
     }
 }
 
@@ -292,17 +297,19 @@ fn probe_network_programs(ebpf: &mut Ebpf, push: &mut Push<'_>) {
                 if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
                     let e = std::io::Error::last_os_error();
                     let why = format!("private netns for the probe: {}", errno::describe(&e));
-                    return [Err(why.clone()), Err(why.clone()), Err(why.clone()), Err(why)];
+                    return [
+                        Err(why.clone()),
+                        Err(why.clone()),
+                        Err(why.clone()),
+                        Err(why),
+                    ];
                 }
                 let xdp = program!(ebpf, "probe_xdp", Xdp).and_then(|p| {
                     p.load().map_err(|e| why(&e))?;
                     Ok(p)
                 });
                 let (driver, generic) = match xdp {
-                    Ok(p) => (
-                        attach_xdp(p, XdpMode::Driver),
-                        attach_xdp(p, XdpMode::Skb),
-                    ),
+                    Ok(p) => (attach_xdp(p, XdpMode::Driver), attach_xdp(p, XdpMode::Skb)),
                     Err(e) => (Err(e.clone()), Err(e)),
                 };
                 let tc = program!(ebpf, "probe_tc", SchedClassifier).and_then(|p| {
@@ -318,7 +325,12 @@ fn probe_network_programs(ebpf: &mut Ebpf, push: &mut Push<'_>) {
             .join()
             .unwrap_or_else(|_| {
                 let why = "probe thread panicked".to_owned();
-                [Err(why.clone()), Err(why.clone()), Err(why.clone()), Err(why)]
+                [
+                    Err(why.clone()),
+                    Err(why.clone()),
+                    Err(why.clone()),
+                    Err(why),
+                ]
             })
     });
     let [driver, generic, tcx, clsact] = results;

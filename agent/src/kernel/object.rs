@@ -80,19 +80,19 @@ impl SensorObject {
 
     pub fn take_process_ring(&mut self) -> Result<RingBuf<MapData>, ObjectError> {
         let name = "PROCESS_EVENTS";
-        let map = self.ebpf.take_map(name).ok_or(ObjectError::Missing {
-            kind: "map",
-            name,
-        })?;
+        let map = self
+            .ebpf
+            .take_map(name)
+            .ok_or(ObjectError::Missing { kind: "map", name })?;
         RingBuf::try_from(map).map_err(|source| ObjectError::Map { name, source })
     }
 
     pub fn take_lost_counters(&mut self) -> Result<LostCounters, ObjectError> {
         let name = "LOST_EVENTS";
-        let map = self.ebpf.take_map(name).ok_or(ObjectError::Missing {
-            kind: "map",
-            name,
-        })?;
+        let map = self
+            .ebpf
+            .take_map(name)
+            .ok_or(ObjectError::Missing { kind: "map", name })?;
         let map = PerCpuArray::try_from(map).map_err(|source| ObjectError::Map { name, source })?;
         Ok(LostCounters { map })
     }

@@ -29,7 +29,9 @@ mod tests {
         for path in [
             format!("/docker/{ID}"),
             format!("/system.slice/docker-{ID}.scope"),
-            format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/cri-containerd-{ID}.scope"),
+            format!(
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/cri-containerd-{ID}.scope"
+            ),
             format!("/kubepods/besteffort/pod0b1c/{ID}"),
             format!("/machine.slice/libpod-{ID}.scope/container"),
             format!("/crio-{ID}"),

@@ -61,7 +61,8 @@ pub fn c_string(bytes: &[u8]) -> String {
 
 pub fn decode(bytes: &[u8]) -> Result<ProcessEvent, DecodeError> {
     let header: ProcessEventHeader = read(bytes).ok_or(DecodeError::Short(bytes.len()))?;
-    let kind = ProcessEventKind::from_u32(header.kind).ok_or(DecodeError::UnknownKind(header.kind))?;
+    let kind =
+        ProcessEventKind::from_u32(header.kind).ok_or(DecodeError::UnknownKind(header.kind))?;
     Ok(match kind {
         ProcessEventKind::Exec => {
             let e: ExecEvent = expect(kind, bytes)?;
@@ -150,7 +151,10 @@ mod tests {
             header: header(ProcessEventKind::Exit),
             comm: [0; COMM_LEN],
         };
-        assert_eq!(decode(&bytes_of(&x)).unwrap(), ProcessEvent::Exit { pid: 42 });
+        assert_eq!(
+            decode(&bytes_of(&x)).unwrap(),
+            ProcessEvent::Exit { pid: 42 }
+        );
     }
 
     #[test]

@@ -116,7 +116,9 @@ pub fn parse_cgroups(text: &str) -> Vec<Hierarchy> {
 /// The cgroup that names the process's place: the unified (v2) path; on a
 /// hybrid host where that is the root, the systemd or memory v1 path.
 pub fn primary_cgroup(hierarchies: &[Hierarchy]) -> Option<String> {
-    let unified = hierarchies.iter().find(|h| h.id == 0 && h.controllers.is_empty());
+    let unified = hierarchies
+        .iter()
+        .find(|h| h.id == 0 && h.controllers.is_empty());
     if let Some(h) = unified.filter(|h| h.path != "/") {
         return Some(h.path.clone());
     }
@@ -138,7 +140,8 @@ mod tests {
 
     #[test]
     fn stat_with_hostile_comm() {
-        let text = "1234 (a) b (c)) S 77 1234 1234 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 5555 1000 10";
+        let text =
+            "1234 (a) b (c)) S 77 1234 1234 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 5555 1000 10";
         assert_eq!(
             parse_stat(text),
             Some(Stat {
@@ -177,7 +180,10 @@ mod tests {
         let hybrid = parse_cgroups("9:name=systemd:/\n4:memory:/process_api/abc\n1:cpu:/\n0::/\n");
         assert_eq!(primary_cgroup(&hybrid).as_deref(), Some("/process_api/abc"));
         let v2 = parse_cgroups("0::/system.slice/nginx.service\n");
-        assert_eq!(primary_cgroup(&v2).as_deref(), Some("/system.slice/nginx.service"));
+        assert_eq!(
+            primary_cgroup(&v2).as_deref(),
+            Some("/system.slice/nginx.service")
+        );
         let root = parse_cgroups("0::/\n");
         assert_eq!(primary_cgroup(&root).as_deref(), Some("/"));
         assert_eq!(primary_cgroup(&parse_cgroups("junk")), None);

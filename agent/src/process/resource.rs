@@ -63,9 +63,15 @@ impl ResourceBuilder {
     /// Resource attributes with OTel semantic-convention keys.
     pub fn attributes(&self, process: &Process) -> Vec<(&'static str, AttrValue)> {
         let mut attrs = vec![
-            ("service.name", AttrValue::Str(self.service_name(process).to_owned())),
+            (
+                "service.name",
+                AttrValue::Str(self.service_name(process).to_owned()),
+            ),
             ("process.pid", AttrValue::Int(i64::from(process.pid))),
-            ("process.parent_pid", AttrValue::Int(i64::from(process.ppid))),
+            (
+                "process.parent_pid",
+                AttrValue::Int(i64::from(process.ppid)),
+            ),
             (
                 "process.executable.name",
                 AttrValue::Str(process.executable_name().to_owned()),
@@ -143,7 +149,12 @@ mod tests {
         let builder = ResourceBuilder::new(&ServiceConfig::default()).unwrap();
         assert_eq!(builder.service_name(&nginx()), "nginx");
         let attrs = builder.attributes(&nginx());
-        let get = |k| attrs.iter().find(|(key, _)| *key == k).map(|(_, v)| v.clone());
+        let get = |k| {
+            attrs
+                .iter()
+                .find(|(key, _)| *key == k)
+                .map(|(_, v)| v.clone())
+        };
         assert_eq!(get("process.pid"), Some(AttrValue::Int(10)));
         assert_eq!(get("os.type"), Some(AttrValue::Str("linux".into())));
         assert_eq!(get("container.id"), None);

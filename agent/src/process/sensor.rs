@@ -233,7 +233,9 @@ impl ProcessModel {
         self.count_reconciled("exit_missed", removed.len());
         let missing: Vec<u32> = {
             let table = self.table.read();
-            pids.into_iter().filter(|p| !table.contains_live(*p)).collect()
+            pids.into_iter()
+                .filter(|p| !table.contains_live(*p))
+                .collect()
         };
         let mut added = 0;
         for pid in missing {

@@ -143,7 +143,12 @@ impl ProcessTable {
 
     /// Removes live entries inserted before `scan_seq` whose pid is not in
     /// `present` (their exit event was lost). Returns the pids removed.
-    pub fn remove_absent(&mut self, present: &HashSet<u32>, scan_seq: u64, now: Instant) -> Vec<u32> {
+    pub fn remove_absent(
+        &mut self,
+        present: &HashSet<u32>,
+        scan_seq: u64,
+        now: Instant,
+    ) -> Vec<u32> {
         let gone: Vec<u32> = self
             .live
             .iter()

@@ -103,7 +103,10 @@ impl Metrics {
             "Resident set size of the agent",
             metrics.resident_memory_bytes.clone(),
         );
-        Self { registry, ..metrics }
+        Self {
+            registry,
+            ..metrics
+        }
     }
 
     pub fn sensor(sensor: selfops_ebpf::Sensor) -> SensorLabel {

@@ -35,7 +35,10 @@ impl TelemetryState {
         match lost {
             Ok(totals) => {
                 for (sensor, total) in totals {
-                    let counter = self.metrics.events_lost.get_or_create(&Metrics::sensor(sensor));
+                    let counter = self
+                        .metrics
+                        .events_lost
+                        .get_or_create(&Metrics::sensor(sensor));
                     Metrics::raise_to(&counter, total);
                 }
             }

@@ -1,0 +1,212 @@
+//! `cargo xtask setup`: installs what a fresh machine lacks, and nothing
+//! else. Every step checks first, so a second run changes nothing.
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, bail};
+
+use crate::shell;
+
+/// Debian packages the tests and benchmarks drive.
+const PACKAGES: &[&str] = &[
+    "nginx",
+    "curl",
+    "openssl",
+    "wrk",
+    "golang-go",
+    "linux-perf",
+    "bpftool",
+    "iproute2",
+    "python3",
+    "binutils",
+    "gcc",
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn run() -> anyhow::Result<()> {
+    let mut did = Vec::new();
+    if ensure_nightly()? {
+        did.push("installed the nightly toolchain".to_owned());
+    }
+    if ensure_rust_src()? {
+        did.push("added rust-src to the nightly toolchain".to_owned());
+    }
+    if let Some(what) = ensure_bpf_linker()? {
+        did.push(what);
+    }
+    let missing = missing_packages();
+    if !missing.is_empty() {
+        install_packages(&missing)?;
+        did.push(format!("installed Debian packages: {}", missing.join(" ")));
+    }
+    if did.is_empty() {
+        eprintln!("xtask setup: nothing to do, everything is present");
+    } else {
+        for line in did {
+            eprintln!("xtask setup: {line}");
+        }
+    }
+    Ok(())
+}
+
+fn ensure_nightly() -> anyhow::Result<bool> {
+    let installed = shell::output("rustup", &["toolchain", "list"])
+        .context("rustup is required (https://rustup.rs)")?;
+    if installed.lines().any(|l| l.starts_with("nightly")) {
+        return Ok(false);
+    }
+    let mut command = Command::new("rustup");
+    command.args(["toolchain", "install", "nightly", "--profile", "minimal"]);
+    shell::run(command)?;
+    Ok(true)
+}
+
+fn ensure_rust_src() -> anyhow::Result<bool> {
+    let installed = shell::output(
+        "rustup",
+        &["component", "list", "--toolchain", "nightly", "--installed"],
+    )
+    .unwrap_or_default();
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(false);
+    }
+    let mut command = Command::new("rustup");
+    command.args(["component", "add", "rust-src", "--toolchain", "nightly"]);
+    shell::run(command)?;
+    Ok(true)
+}
+
+/// bpf-linker built against the nightly toolchain's own libLLVM, the only
+/// LLVM of the right version on the machine.
+fn ensure_bpf_linker() -> anyhow::Result<Option<String>> {
+    if let Some(version) = shell::output("bpf-linker", &["--version"]) {
+        if version.contains(BPF_LINKER_VERSION) {
+            return Ok(None);
+        }
+    }
+    let sysroot = shell::output("rustc", &["+nightly", "--print", "sysroot"])
+        .context("rustc +nightly --print sysroot")?;
+    let libdir = PathBuf::from(sysroot.trim()).join("lib");
+    let libllvm = std::fs::read_dir(&libdir)
+        .with_context(|| format!("reading {}", libdir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so."))
+        })
+        .with_context(|| format!("no libLLVM.so.* in {}", libdir.display()))?;
+    let verbose = shell::output("rustc", &["+nightly", "-vV"]).context("rustc +nightly -vV")?;
+    let major = llvm_major(&verbose).context("no LLVM version in `rustc +nightly -vV`")?;
+
+    // The linker finds libLLVM.so at build time and the loader finds the
+    // versioned name through the rpath, so both names live in one prefix
+    // that must outlive the build.
+    let prefix = llvm_prefix()?;
+    let lib = prefix.join("lib");
+    std::fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
+    let versioned = lib.join(libllvm.file_name().context("libLLVM file name")?);
+    for link in [lib.join("libLLVM.so"), versioned] {
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&libllvm, &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+    }
+    let mut command = Command::new("cargo");
+    command
+        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+        .args([
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{major}"),
+        ])
+        .env("LLVM_PREFIX", &prefix);
+    shell::run(command)?;
+    Ok(Some(format!(
+        "installed bpf-linker {BPF_LINKER_VERSION} (LLVM {major} from the nightly toolchain)"
+    )))
+}
+
+fn llvm_major(rustc_verbose: &str) -> Option<u32> {
+    rustc_verbose
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.trim().parse().ok())
+}
+
+fn llvm_prefix() -> anyhow::Result<PathBuf> {
+    let data = match std::env::var_os("XDG_DATA_HOME") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".local/share")
+        }
+    };
+    Ok(data.join("selfops/llvm"))
+}
+
+fn missing_packages() -> Vec<&'static str> {
+    PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !shell::output("dpkg-query", &["-W", "-f=${Status}", p])
+                .is_some_and(|s| s.contains("install ok installed"))
+        })
+        .collect()
+}
+
+fn install_packages(packages: &[&str]) -> anyhow::Result<()> {
+    if shell::output("apt-get", &["--version"]).is_none() {
+        bail!(
+            "missing packages {} and no apt-get: install them by hand",
+            packages.join(" ")
+        );
+    }
+    // Installing nginx must not start a system nginx: a policy-rc.d that
+    // refuses service starts, only for this install.
+    let policy = PathBuf::from("/usr/sbin/policy-rc.d");
+    let own_policy = shell::is_root() && !policy.exists();
+    if own_policy {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::write(&policy, "#!/bin/sh\nexit 101\n").context("writing policy-rc.d")?;
+        std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let result = shell::run(apt_get(&["update", "-q"])).and_then(|()| {
+        let mut install = apt_get(&["install", "-y", "-q", "--no-install-recommends"]);
+        install
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive");
+        shell::run(install)
+    });
+    if own_policy {
+        let _ = std::fs::remove_file(&policy);
+    }
+    result
+}
+
+/// apt-get, through `sudo -n` when not root.
+fn apt_get(args: &[&str]) -> Command {
+    let mut command = if shell::is_root() {
+        Command::new("apt-get")
+    } else {
+        let mut sudo = Command::new("sudo");
+        sudo.args(["-n", "apt-get"]);
+        sudo
+    };
+    command.args(args);
+    command
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llvm_major_from_rustc() {
+        let text = "rustc 1.97.0-nightly\nhost: x86_64-unknown-linux-gnu\nLLVM version: 22.1.4\n";
+        assert_eq!(llvm_major(text), Some(22));
+        assert_eq!(llvm_major("rustc 1.0"), None);
+    }
+}

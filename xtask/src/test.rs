@@ -1,0 +1,60 @@
+//! `cargo xtask test`: formatting, lints on host and eBPF crates, unit
+//! tests, and the privileged end-to-end tests in `tests/`.
+
+use std::process::Command;
+
+use crate::shell;
+
+pub fn run(filter: Option<&str>) -> anyhow::Result<()> {
+    shell::cargo(&["fmt", "--all", "--", "--check"])?;
+    shell::cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--release",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    clippy_ebpf()?;
+    shell::cargo(&["build", "--release", "--package", "selfops-agent"])?;
+    if !shell::is_root() {
+        eprintln!(
+            "xtask test: not root: privileged tests will {}",
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                "fail (CI=true)"
+            } else {
+                "skip, saying why"
+            }
+        );
+    }
+    let mut args = vec!["test", "--workspace", "--release"];
+    if let Some(filter) = filter {
+        args.push(filter);
+    }
+    shell::cargo(&args)
+}
+
+/// The kernel programs only build for the BPF target, with the nightly
+/// toolchain; lint them there, in their own target directory.
+fn clippy_ebpf() -> anyhow::Result<()> {
+    let mut command = Command::new("rustup");
+    command
+        .args(["run", "nightly", "cargo", "clippy"])
+        .args(["--package", "selfops-ebpf", "--bins", "--features", "ebpf"])
+        .args([
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+        ])
+        .args(["--", "-D", "warnings"])
+        .env(
+            "CARGO_TARGET_DIR",
+            shell::workspace_root().join("target/ebpf-clippy"),
+        )
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER");
+    shell::run(command)
+}
