@@ -124,3 +124,72 @@ fn flood_of_short_lived_processes() {
         agent.metric("selfops_process_table_size", &[])
     );
 }
+
+/// With a ring buffer far too small for a burst, the kernel drops events:
+/// each drop is counted per sensor (received + lost covers every process),
+/// and the /proc reconciliation repairs the table the lost exits left
+/// behind.
+#[test]
+fn lost_events_are_counted_and_repaired() {
+    if !privileged("lost_events_are_counted_and_repaired") {
+        return;
+    }
+    let _turn = one_agent_at_a_time();
+    let agent = Agent::start(
+        "flood-small-ring",
+        "sensors:\n  process_ring_bytes: 4096\nprocess:\n  rescan_interval: 1s\n",
+    );
+    let before = agent.get("/metrics");
+    let table_before = metric_value(&before, "selfops_process_table_size", &[]);
+    // Four shells each start 3,000 processes without waiting for them.
+    const BURST: u64 = 12_000;
+    let status = Command::new("/bin/sh")
+        .args([
+            "-c",
+            "for j in 1 2 3 4; do (i=0; while [ $i -lt 3000 ]; do /bin/true & i=$((i+1)); done; wait) & done; wait",
+        ])
+        .status()
+        .expect("run the burst");
+    assert!(status.success());
+
+    let sensors = ["process_exec", "process_fork", "process_exit"];
+    let totals = |text: &str, metric: &str| -> Vec<f64> {
+        sensors
+            .iter()
+            .map(|s| metric_value(text, metric, &[s]) - metric_value(&before, metric, &[s]))
+            .collect()
+    };
+    let after = wait_for(Duration::from_secs(20), || {
+        let text = agent.get("/metrics");
+        let received = totals(&text, "selfops_sensor_events_received_total");
+        let lost = totals(&text, "selfops_sensor_events_lost_total");
+        received
+            .iter()
+            .zip(&lost)
+            .all(|(r, l)| r + l >= BURST as f64)
+            .then_some((received, lost))
+    });
+    let (received, lost) =
+        after.unwrap_or_else(|| panic!("events unaccounted for:\n{}", agent.get("/metrics")));
+    println!(
+        "burst of {BURST} with a 4 KiB ring: received {received:?}, lost {lost:?} (exec, fork, exit)"
+    );
+    assert!(
+        lost.iter().sum::<f64>() > 0.0,
+        "a 4 KiB ring should overflow under this burst; nothing was lost"
+    );
+
+    // Lost exits leave dead entries; the 1 s /proc scan removes them.
+    let repaired = wait_for(Duration::from_secs(10), || {
+        let size = agent.metric("selfops_process_table_size", &[]);
+        (size <= table_before + 50.0).then_some(size)
+    });
+    assert!(
+        repaired.is_some(),
+        "table still holds {} entries (was {table_before})",
+        agent.metric("selfops_process_table_size", &[])
+    );
+    if lost[2] > 0.0 {
+        assert!(agent.metric("selfops_processes_reconciled_total", &["exit_missed"]) > 0.0);
+    }
+}

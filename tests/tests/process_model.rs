@@ -47,7 +47,7 @@ struct ContainerCgroup {
 
 impl ContainerCgroup {
     fn create() -> Self {
-        let id = format!("{:0>64x}", 0x5e1f_0b5u64 * u64::from(std::process::id()));
+        let id = format!("{:0>64x}", 0x05e1_f0b5_u64 * u64::from(std::process::id()));
         let dir = cgroup2_mount().join(format!("docker-{id}.scope"));
         std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
         Self { dir, id }

@@ -80,10 +80,8 @@ fn ensure_rust_src() -> anyhow::Result<bool> {
 /// bpf-linker built against the nightly toolchain's own libLLVM, the only
 /// LLVM of the right version on the machine.
 fn ensure_bpf_linker() -> anyhow::Result<Option<String>> {
-    if let Some(version) = shell::output("bpf-linker", &["--version"]) {
-        if version.contains(BPF_LINKER_VERSION) {
-            return Ok(None);
-        }
+    if shell::output("bpf-linker", &["--version"]).is_some_and(|v| v.contains(BPF_LINKER_VERSION)) {
+        return Ok(None);
     }
     let sysroot = shell::output("rustc", &["+nightly", "--print", "sysroot"])
         .context("rustc +nightly --print sysroot")?;

@@ -45,7 +45,8 @@ impl TracepointFormat {
     }
 
     /// Parses lines like
-    /// `field:__data_loc char[] filename;	offset:8;	size:4;	signed:0;`.
+    /// `field:__data_loc char[] filename; offset:8; size:4; signed:0;`
+    /// (tab-separated).
     pub fn parse(tracepoint: &str, text: &str) -> Self {
         let fields = text
             .lines()

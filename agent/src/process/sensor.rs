@@ -65,7 +65,7 @@ impl ProcessModel {
     }
 
     /// Everything /proc says about `pid`; `None` when it is already gone.
-    fn from_procfs(&mut self, pid: u32) -> Option<Process> {
+    fn read_procfs(&mut self, pid: u32) -> Option<Process> {
         let stat = procfs::stat(pid).ok()?;
         let mut process = Process {
             pid,
@@ -120,7 +120,7 @@ impl ProcessModel {
     pub fn seed(&mut self) -> std::io::Result<usize> {
         let mut count = 0;
         for pid in procfs::list_pids()? {
-            if let Some(process) = self.from_procfs(pid) {
+            if let Some(process) = self.read_procfs(pid) {
                 self.store(process);
                 count += 1;
             }
@@ -167,7 +167,7 @@ impl ProcessModel {
                         start_time_unix_nano: self.clock.to_unix_ns(boot_ns),
                         ..(*parent).clone()
                     },
-                    None => match self.from_procfs(pid) {
+                    None => match self.read_procfs(pid) {
                         Some(p) => p,
                         None => return,
                     },
@@ -239,7 +239,7 @@ impl ProcessModel {
         };
         let mut added = 0;
         for pid in missing {
-            if let Some(process) = self.from_procfs(pid) {
+            if let Some(process) = self.read_procfs(pid) {
                 self.store(process);
                 added += 1;
             }
