@@ -68,6 +68,7 @@ async fn run_agent(config: Config) -> anyhow::Result<()> {
         .seed()
         .context("seeding the process table from /proc")?;
     tracing::info!(seeded, "process table seeded from /proc");
+    release_startup_memory();
 
     let ring = RingReader::new(object.take_process_ring()?).context("polling the ring buffer")?;
     let state = Arc::new(server::TelemetryState {
@@ -90,4 +91,11 @@ async fn run_agent(config: Config) -> anyhow::Result<()> {
     drop(object);
     tracing::info!("all programs detached");
     outcome
+}
+
+/// Parsing kernel BTF (probe and loader) leaves tens of MiB of freed heap
+/// that glibc keeps; hand it back once start-up is done.
+fn release_startup_memory() {
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe { libc::malloc_trim(0) };
 }
