@@ -38,6 +38,65 @@ pub struct Config {
     pub sensors: SensorsConfig,
     pub process: ProcessConfig,
     pub service: ServiceConfig,
+    pub export: ExportConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportConfig {
+    /// Write traces.jsonl / metrics.jsonl / logs.jsonl in `data_dir`.
+    pub file: bool,
+    /// Export to an OpenTelemetry Collector (off when absent).
+    pub otlp: Option<OtlpConfig>,
+    /// Signals waiting for export; beyond it new signals are dropped and
+    /// counted.
+    pub queue_capacity: usize,
+    /// Most signals per export request.
+    pub batch_size: usize,
+    /// Longest a signal waits for its batch to fill.
+    #[serde(with = "humantime_serde")]
+    pub batch_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpConfig {
+    /// `http://host:4317` for gRPC, `http://host:4318` for HTTP/protobuf
+    /// (the `/v1/traces`… paths are added).
+    pub endpoint: String,
+    #[serde(default)]
+    pub protocol: OtlpProtocol,
+    #[serde(default = "default_true")]
+    pub gzip: bool,
+    #[serde(default = "default_otlp_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Extra request headers (e.g. authorization).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Retryable failures are retried with exponential backoff for at most
+    /// this long, then the batch is dropped and counted.
+    #[serde(default = "default_retry_for", with = "humantime_serde")]
+    pub retry_for: Duration,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OtlpProtocol {
+    #[default]
+    Grpc,
+    HttpProtobuf,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_otlp_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_retry_for() -> Duration {
+    Duration::from_secs(30)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -100,6 +159,19 @@ impl Default for Config {
             sensors: SensorsConfig::default(),
             process: ProcessConfig::default(),
             service: ServiceConfig::default(),
+            export: ExportConfig::default(),
+        }
+    }
+}
+
+impl Default for ExportConfig {
+    fn default() -> Self {
+        Self {
+            file: true,
+            otlp: None,
+            queue_capacity: 8192,
+            batch_size: 512,
+            batch_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -203,6 +275,30 @@ impl Config {
                 "must be at least 1".to_owned(),
             ));
         }
+        let e = &self.export;
+        if !(1..=1_048_576).contains(&e.queue_capacity) {
+            return Err(invalid(
+                "export.queue_capacity",
+                format!("{} is not allowed: use 1 to 1048576", e.queue_capacity),
+            ));
+        }
+        if !(1..=65_536).contains(&e.batch_size) {
+            return Err(invalid(
+                "export.batch_size",
+                format!("{} is not allowed: use 1 to 65536", e.batch_size),
+            ));
+        }
+        if let Some(otlp) = &e.otlp
+            && !(otlp.endpoint.starts_with("http://") || otlp.endpoint.starts_with("https://"))
+        {
+            return Err(invalid(
+                "export.otlp.endpoint",
+                format!(
+                    "{:?} is not allowed: use http://host:port or https://host:port",
+                    otlp.endpoint
+                ),
+            ));
+        }
         for (i, rule) in self.service.rules.iter().enumerate() {
             let key = |field: &str| format!("service.rules[{i}].{field}");
             match (&rule.executable, &rule.cgroup) {
@@ -260,6 +356,20 @@ mod tests {
         assert_eq!(config.process.max_processes, 1000);
         assert_eq!(config.process.exited_retention, Duration::from_secs(2));
         assert_eq!(config.service.rules.len(), 2);
+    }
+
+    #[test]
+    fn otlp_config() {
+        let config =
+            parse("export: { otlp: { endpoint: 'http://c:4318', protocol: http_protobuf } }")
+                .unwrap();
+        let otlp = config.export.otlp.unwrap();
+        assert_eq!(otlp.protocol, OtlpProtocol::HttpProtobuf);
+        assert!(otlp.gzip);
+        let err = parse("export: { otlp: { endpoint: 'c:4317' } }").unwrap_err();
+        assert!(err.contains("export.otlp.endpoint"), "{err}");
+        let err = parse("export: { otlp: { endpoint: 'http://c', protocol: udp } }").unwrap_err();
+        assert!(err.contains("export.otlp.protocol"), "{err}");
     }
 
     #[test]

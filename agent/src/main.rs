@@ -1,16 +1,9 @@
 //! selfops: an eBPF node agent that makes a host observe and operate itself.
 
-mod agent;
-mod cli;
-mod config;
-mod kernel;
-mod lock;
-mod process;
-mod telemetry;
-
 use std::process::ExitCode;
 
 use clap::Parser;
+use selfops_agent::{agent, cli, config, kernel};
 
 /// Exit code for a refused configuration (nothing was attached).
 const EXIT_CONFIG: u8 = 2;

@@ -2,18 +2,12 @@
 //! attributes and the service name chosen by the configured rules.
 
 use globset::{Glob, GlobMatcher};
-use serde::Serialize;
 
 use super::table::Process;
-use crate::config::ServiceConfig;
-
-/// An attribute value (the subset of OTel AnyValue the resource needs).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(untagged)]
-pub enum AttrValue {
-    Int(i64),
-    Str(String),
-}
+use crate::{
+    config::ServiceConfig,
+    signal::{AttrValue, Attributes, Resource},
+};
 
 enum Target {
     Executable(GlobMatcher),
@@ -61,7 +55,7 @@ impl ResourceBuilder {
     }
 
     /// Resource attributes with OTel semantic-convention keys.
-    pub fn attributes(&self, process: &Process) -> Vec<(&'static str, AttrValue)> {
+    pub fn attributes(&self, process: &Process) -> Attributes {
         let mut attrs = vec![
             (
                 "service.name",
@@ -93,6 +87,12 @@ impl ResourceBuilder {
             ("os.type", AttrValue::Str("linux".to_owned())),
         ]);
         attrs
+    }
+
+    pub fn resource(&self, process: &Process) -> Resource {
+        Resource {
+            attributes: self.attributes(process),
+        }
     }
 }
 

@@ -109,6 +109,12 @@ impl Metrics {
         }
     }
 
+    /// For other modules' metrics (exporters, tracer), registered before
+    /// the agent starts serving.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     pub fn sensor(sensor: selfops_ebpf::Sensor) -> SensorLabel {
         SensorLabel {
             sensor: sensor.name(),

@@ -17,7 +17,8 @@ use serde::Serialize;
 use super::{Metrics, metrics::resident_memory_bytes};
 use crate::{
     kernel::object::LostCounters,
-    process::{ResourceBuilder, SharedTable, resource::AttrValue},
+    process::{ResourceBuilder, SharedTable},
+    signal::AttrValue,
 };
 
 pub struct TelemetryState {
@@ -91,7 +92,7 @@ async fn metrics(State(state): State<Arc<TelemetryState>>) -> Response {
 struct ProcessView {
     #[serde(flatten)]
     process: Arc<crate::process::Process>,
-    resource: serde_json::Map<String, serde_json::Value>,
+    resource: std::collections::BTreeMap<&'static str, AttrValue>,
 }
 
 async fn processes(State(state): State<Arc<TelemetryState>>) -> Json<Vec<ProcessView>> {
@@ -99,18 +100,7 @@ async fn processes(State(state): State<Arc<TelemetryState>>) -> Json<Vec<Process
     let views = snapshot
         .into_iter()
         .map(|process| {
-            let resource = state
-                .resources
-                .attributes(&process)
-                .into_iter()
-                .map(|(k, v)| {
-                    let v = match v {
-                        AttrValue::Int(i) => serde_json::Value::from(i),
-                        AttrValue::Str(s) => serde_json::Value::from(s),
-                    };
-                    (k.to_owned(), v)
-                })
-                .collect();
+            let resource = state.resources.attributes(&process).into_iter().collect();
             ProcessView { process, resource }
         })
         .collect();

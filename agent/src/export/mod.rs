@@ -1,0 +1,1 @@
+//! Exporters: OTLP (gRPC, HTTP/protobuf) and the JSON-lines file sink.

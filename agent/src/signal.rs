@@ -1,0 +1,98 @@
+//! The internal signal model every sensor produces and every exporter
+//! consumes. Each signal carries its resource (the process's, or the
+//! service's for aggregated metrics) so exporters never look anything up.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+/// An attribute value (the subset of OTel AnyValue the agent emits).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum AttrValue {
+    Int(i64),
+    Double(f64),
+    Bool(bool),
+    Str(String),
+}
+
+impl From<&str> for AttrValue {
+    fn from(value: &str) -> Self {
+        AttrValue::Str(value.to_owned())
+    }
+}
+
+impl From<String> for AttrValue {
+    fn from(value: String) -> Self {
+        AttrValue::Str(value)
+    }
+}
+
+impl From<i64> for AttrValue {
+    fn from(value: i64) -> Self {
+        AttrValue::Int(value)
+    }
+}
+
+pub type Attributes = Vec<(&'static str, AttrValue)>;
+
+/// Resource attributes (OTel semantic-convention keys), shared by every
+/// signal of one process or service.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Resource {
+    pub attributes: Attributes,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum SpanKind {
+    Server,
+    Client,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum SpanStatus {
+    Unset,
+    Error { message: String },
+}
+
+/// A finished span.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Span {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent_span_id: Option<[u8; 8]>,
+    pub name: String,
+    pub kind: SpanKind,
+    pub start_unix_nano: u64,
+    pub end_unix_nano: u64,
+    pub attributes: Attributes,
+    pub status: SpanStatus,
+    pub resource: Arc<Resource>,
+}
+
+/// One explicit-bucket histogram data point (cumulative temporality).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HistogramPoint {
+    /// Instrument name, e.g. `http.server.request.duration`.
+    pub name: &'static str,
+    pub description: &'static str,
+    pub unit: &'static str,
+    pub attributes: Attributes,
+    pub start_unix_nano: u64,
+    pub time_unix_nano: u64,
+    pub count: u64,
+    pub sum: f64,
+    pub min: f64,
+    pub max: f64,
+    /// Upper bounds; `bucket_counts` has one more entry (the +Inf bucket).
+    pub bounds: &'static [f64],
+    pub bucket_counts: Vec<u64>,
+    pub resource: Arc<Resource>,
+}
+
+/// What flows from the pipeline to the exporters.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum Signal {
+    Span(Span),
+    Histogram(HistogramPoint),
+}

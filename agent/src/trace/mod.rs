@@ -1,0 +1,1 @@
+//! Zero-instrumentation tracing: connections, protocol parsers, spans.
