@@ -45,6 +45,10 @@ impl BuildIdCache {
         self.entries.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// Build-id (lowercase hex) of the executable of `pid`, via
     /// /proc/<pid>/exe so it works for deleted files and other mount
     /// namespaces. `Ok(None)`: an ELF file without a build-id note.

@@ -76,6 +76,10 @@ impl ProcessTable {
         self.live.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+
     pub fn exited_len(&self) -> usize {
         self.exited.len()
     }
