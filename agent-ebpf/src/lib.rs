@@ -4,10 +4,12 @@
 //! is the same on both sides and no uninitialised byte crosses the ring buffer.
 #![no_std]
 
+pub mod net;
 pub mod process;
 pub mod sensor;
 pub mod tracepoint_layout;
 
+pub use net::*;
 pub use process::*;
 pub use sensor::*;
 pub use tracepoint_layout::*;

@@ -8,6 +8,7 @@ pub enum Sensor {
     ProcessExec = 0,
     ProcessFork = 1,
     ProcessExit = 2,
+    Socket = 3,
 }
 
 impl Sensor {
@@ -16,6 +17,7 @@ impl Sensor {
         Sensor::ProcessExec,
         Sensor::ProcessFork,
         Sensor::ProcessExit,
+        Sensor::Socket,
     ];
 
     /// The sensor's label in metrics and logs.
@@ -24,9 +26,10 @@ impl Sensor {
             Sensor::ProcessExec => "process_exec",
             Sensor::ProcessFork => "process_fork",
             Sensor::ProcessExit => "process_exit",
+            Sensor::Socket => "socket",
         }
     }
 }
 
 /// Number of entries in the `LOST_EVENTS` per-CPU array.
-pub const SENSOR_COUNT: u32 = 3;
+pub const SENSOR_COUNT: u32 = 4;

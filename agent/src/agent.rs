@@ -4,14 +4,16 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
+use selfops_ebpf::{NetSettings, SocketOffsets};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     config::Config,
     kernel::{
+        btf_offsets,
         features::{Features, raise_memlock_rlimit},
         hooks::{HookTier, choose},
-        object::SensorObject,
+        object::{LoadOptions, SensorObject},
         ring_reader::RingReader,
         tracefs,
     },
@@ -49,9 +51,31 @@ async fn run_agent(config: Config) -> anyhow::Result<()> {
         anyhow::bail!("this kernel offers no tracepoints; selfops cannot observe processes");
     }
     let layout = tracefs::tracepoint_layout().context("reading tracepoint formats")?;
-    let mut object = SensorObject::load(&layout, config.sensors.process_ring_bytes)?;
+    let socket_offsets = if config.trace.enabled {
+        tracefs::check_syscall_layout().context("socket sensor")?;
+        btf_offsets::socket_offsets().context("socket sensor")?
+    } else {
+        SocketOffsets::default()
+    };
+    let mut object = SensorObject::load(&LoadOptions {
+        layout,
+        process_ring_bytes: config.sensors.process_ring_bytes,
+        socket_offsets,
+        net_settings: NetSettings {
+            agent_tgid: std::process::id(),
+            payload_bytes: config.trace.payload_bytes,
+        },
+        socket_ring_bytes: config.trace.ring_bytes,
+    })?;
     let attached = object.attach_process_sensors()?;
     tracing::info!(?attached, "process sensors attached");
+    if config.trace.enabled {
+        let count = object.attach_socket_sensor()?;
+        tracing::info!(
+            tracepoints = count,
+            "socket sensor attached (syscall tracepoints)"
+        );
+    }
 
     let metrics = Arc::new(Metrics::new());
     for sensor in selfops_ebpf::Sensor::ALL {
@@ -87,8 +111,7 @@ async fn run_agent(config: Config) -> anyhow::Result<()> {
         _ = sigint.recv() => { tracing::info!("SIGINT: detaching"); Ok(()) }
         _ = sigterm.recv() => { tracing::info!("SIGTERM: detaching"); Ok(()) }
     };
-    // Dropping the object detaches every program and frees its maps.
-    drop(object);
+    object.detach();
     tracing::info!("all programs detached");
     outcome
 }

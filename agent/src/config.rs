@@ -39,6 +39,31 @@ pub struct Config {
     pub process: ProcessConfig,
     pub service: ServiceConfig,
     pub export: ExportConfig,
+    pub trace: TraceConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TraceConfig {
+    /// HTTP tracing of every process's TCP connections.
+    pub enabled: bool,
+    /// Payload bytes captured per socket syscall (1 to 512).
+    pub payload_bytes: u32,
+    /// Connections traced at once; beyond it new ones are counted and skipped.
+    pub max_connections: usize,
+    /// Size of the socket-event ring buffer in bytes (power of two).
+    pub ring_bytes: u32,
+}
+
+impl Default for TraceConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            payload_bytes: 512,
+            max_connections: 16_384,
+            ring_bytes: 8 << 20,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -160,6 +185,7 @@ impl Default for Config {
             process: ProcessConfig::default(),
             service: ServiceConfig::default(),
             export: ExportConfig::default(),
+            trace: TraceConfig::default(),
         }
     }
 }
@@ -273,6 +299,32 @@ impl Config {
             return Err(invalid(
                 "process.build_id_cache_entries",
                 "must be at least 1".to_owned(),
+            ));
+        }
+        let t = &self.trace;
+        if !(1..=selfops_ebpf::PAYLOAD_MAX as u32).contains(&t.payload_bytes) {
+            return Err(invalid(
+                "trace.payload_bytes",
+                format!(
+                    "{} is not allowed: use 1 to {}",
+                    t.payload_bytes,
+                    selfops_ebpf::PAYLOAD_MAX
+                ),
+            ));
+        }
+        if t.ring_bytes < 4096 || !t.ring_bytes.is_power_of_two() {
+            return Err(invalid(
+                "trace.ring_bytes",
+                format!(
+                    "{} is not allowed: use a power of two of at least 4096",
+                    t.ring_bytes
+                ),
+            ));
+        }
+        if !(1..=1_048_576).contains(&t.max_connections) {
+            return Err(invalid(
+                "trace.max_connections",
+                format!("{} is not allowed: use 1 to 1048576", t.max_connections),
             ));
         }
         let e = &self.export;

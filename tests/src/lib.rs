@@ -4,6 +4,9 @@
 //! These tests load the real eBPF object into the running kernel. Without
 //! root they skip, saying why — except under `CI=true`, where they fail.
 
+pub mod services;
+pub mod spans;
+
 use std::{
     net::TcpListener,
     path::{Path, PathBuf},

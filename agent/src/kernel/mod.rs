@@ -1,6 +1,7 @@
 //! Everything that touches the kernel: the embedded eBPF object, feature
 //! probing, tracefs, hook choice and ring-buffer readers.
 
+pub mod btf_offsets;
 pub mod errno;
 pub mod features;
 pub mod hooks;

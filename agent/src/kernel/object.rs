@@ -5,9 +5,9 @@
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{MapData, MapError, PerCpuArray, RingBuf},
-    programs::{ProgramError, TracePoint},
+    programs::{ProgramError, TracePoint, trace_point::TracePointLinkId},
 };
-use selfops_ebpf::{SENSOR_COUNT, Sensor, TracepointLayout};
+use selfops_ebpf::{NetSettings, SENSOR_COUNT, Sensor, SocketOffsets, TracepointLayout};
 
 use super::EBPF_OBJECT;
 
@@ -39,17 +39,119 @@ const PROCESS_TRACEPOINTS: [(&str, &str, &str); 3] = [
     ("process_exit", "sched", "sched_process_exit"),
 ];
 
+/// The socket sensor's syscall tracepoints: (program, tracepoint).
+const SOCKET_TRACEPOINTS: [(&str, &str); 23] = [
+    ("net_enter_read", "sys_enter_read"),
+    ("net_exit_read", "sys_exit_read"),
+    ("net_enter_readv", "sys_enter_readv"),
+    ("net_exit_readv", "sys_exit_readv"),
+    ("net_enter_recvfrom", "sys_enter_recvfrom"),
+    ("net_exit_recvfrom", "sys_exit_recvfrom"),
+    ("net_enter_recvmsg", "sys_enter_recvmsg"),
+    ("net_exit_recvmsg", "sys_exit_recvmsg"),
+    ("net_enter_write", "sys_enter_write"),
+    ("net_exit_write", "sys_exit_write"),
+    ("net_enter_writev", "sys_enter_writev"),
+    ("net_exit_writev", "sys_exit_writev"),
+    ("net_enter_sendto", "sys_enter_sendto"),
+    ("net_exit_sendto", "sys_exit_sendto"),
+    ("net_enter_sendmsg", "sys_enter_sendmsg"),
+    ("net_exit_sendmsg", "sys_exit_sendmsg"),
+    ("net_enter_sendfile", "sys_enter_sendfile64"),
+    ("net_exit_sendfile", "sys_exit_sendfile64"),
+    ("net_enter_connect", "sys_enter_connect"),
+    ("net_exit_connect", "sys_exit_connect"),
+    ("net_exit_accept", "sys_exit_accept"),
+    ("net_exit_accept4", "sys_exit_accept4"),
+    ("net_enter_close", "sys_enter_close"),
+];
+
+/// What the kernel programs are loaded with.
+pub struct LoadOptions {
+    pub layout: TracepointLayout,
+    pub process_ring_bytes: u32,
+    pub socket_offsets: SocketOffsets,
+    pub net_settings: NetSettings,
+    pub socket_ring_bytes: u32,
+}
+
 pub struct SensorObject {
     ebpf: Ebpf,
+    links: Vec<(&'static str, TracePointLinkId)>,
 }
 
 impl SensorObject {
-    pub fn load(layout: &TracepointLayout, process_ring_bytes: u32) -> Result<Self, ObjectError> {
+    pub fn load(options: &LoadOptions) -> Result<Self, ObjectError> {
         let ebpf = EbpfLoader::new()
-            .override_global("TRACEPOINT_LAYOUT", layout, true)
-            .map_max_entries("PROCESS_EVENTS", process_ring_bytes)
+            .override_global("TRACEPOINT_LAYOUT", &options.layout, true)
+            .override_global("SOCKET_OFFSETS", &options.socket_offsets, true)
+            .override_global("NET_SETTINGS", &options.net_settings, true)
+            .map_max_entries("PROCESS_EVENTS", options.process_ring_bytes)
+            .map_max_entries("NET_EVENTS", options.socket_ring_bytes)
             .load(EBPF_OBJECT)?;
-        Ok(Self { ebpf })
+        Ok(Self {
+            ebpf,
+            links: Vec::new(),
+        })
+    }
+
+    /// Detaches every program. Each tracepoint detach waits for an RCU
+    /// grace period in the kernel (about 70 ms here); detaching from
+    /// parallel threads lets those waits overlap instead of adding up.
+    pub fn detach(mut self) {
+        let mut links = Vec::new();
+        for (name, id) in std::mem::take(&mut self.links) {
+            let program = self
+                .ebpf
+                .program_mut(name)
+                .and_then(|p| <&mut TracePoint>::try_from(p).ok());
+            if let Some(link) = program.and_then(|p| p.take_link(id).ok()) {
+                links.push(link);
+            }
+        }
+        std::thread::scope(|scope| {
+            for link in links {
+                scope.spawn(move || drop(link));
+            }
+        });
+        // Programs and maps go with the object.
+    }
+
+    fn attach_tracepoint(
+        &mut self,
+        name: &'static str,
+        category: &str,
+        tracepoint: &str,
+    ) -> Result<(), ObjectError> {
+        let program: &mut TracePoint = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(ObjectError::Missing {
+                kind: "program",
+                name,
+            })?
+            .try_into()
+            .map_err(|source| ObjectError::Program { name, source })?;
+        program
+            .load()
+            .map_err(|source| ObjectError::Program { name, source })?;
+        let link = program
+            .attach(category, tracepoint)
+            .map_err(|source| ObjectError::Program { name, source })?;
+        self.links.push((name, link));
+        Ok(())
+    }
+
+    /// Loads and attaches the socket sensor's syscall tracepoints.
+    pub fn attach_socket_sensor(&mut self) -> Result<usize, ObjectError> {
+        for (name, tracepoint) in SOCKET_TRACEPOINTS {
+            self.attach_tracepoint(name, "syscalls", tracepoint)?;
+        }
+        Ok(SOCKET_TRACEPOINTS.len())
+    }
+
+    pub fn take_socket_ring(&mut self) -> Result<RingBuf<MapData>, ObjectError> {
+        self.take_ring("NET_EVENTS")
     }
 
     /// Loads and attaches exec, fork and exit. The tracepoint tier is the
@@ -58,28 +160,17 @@ impl SensorObject {
     pub fn attach_process_sensors(&mut self) -> Result<Vec<String>, ObjectError> {
         let mut attached = Vec::new();
         for (name, category, tracepoint) in PROCESS_TRACEPOINTS {
-            let program: &mut TracePoint = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(ObjectError::Missing {
-                    kind: "program",
-                    name,
-                })?
-                .try_into()
-                .map_err(|source| ObjectError::Program { name, source })?;
-            program
-                .load()
-                .map_err(|source| ObjectError::Program { name, source })?;
-            program
-                .attach(category, tracepoint)
-                .map_err(|source| ObjectError::Program { name, source })?;
+            self.attach_tracepoint(name, category, tracepoint)?;
             attached.push(format!("{category}:{tracepoint}"));
         }
         Ok(attached)
     }
 
     pub fn take_process_ring(&mut self) -> Result<RingBuf<MapData>, ObjectError> {
-        let name = "PROCESS_EVENTS";
+        self.take_ring("PROCESS_EVENTS")
+    }
+
+    fn take_ring(&mut self, name: &'static str) -> Result<RingBuf<MapData>, ObjectError> {
         let map = self
             .ebpf
             .take_map(name)

@@ -19,6 +19,15 @@ pub enum TracefsError {
     },
     #[error("tracepoint {tracepoint} has no field `{field}`")]
     MissingField { tracepoint: String, field: String },
+    #[error(
+        "tracepoint {tracepoint}: field `{field}` at offset {found}, the sensor reads {expected}"
+    )]
+    Layout {
+        tracepoint: String,
+        field: String,
+        expected: u32,
+        found: u32,
+    },
 }
 
 /// One field of a tracepoint record.
@@ -98,6 +107,32 @@ pub fn tracepoint_layout() -> Result<TracepointLayout, TracefsError> {
         newtask_clone_flags: newtask.offset("clone_flags")?,
         exit_group_dead: exit.field("group_dead").map_or(FIELD_ABSENT, |f| f.offset),
     })
+}
+
+/// The socket sensor reads syscall arguments at 16 + 8·i and the return
+/// value at 16 (the generic syscall-tracepoint record); checks that this
+/// kernel agrees before anything is attached.
+pub fn check_syscall_layout() -> Result<(), TracefsError> {
+    let expect = |category: &str, name: &str, field: &str, expected: u32| {
+        let format = TracepointFormat::read(category, name)?;
+        let found = format.offset(field)?;
+        if found == expected {
+            Ok(())
+        } else {
+            Err(TracefsError::Layout {
+                tracepoint: format.tracepoint,
+                field: field.to_owned(),
+                expected,
+                found,
+            })
+        }
+    };
+    expect("syscalls", "sys_enter_read", "fd", 16)?;
+    expect("syscalls", "sys_enter_read", "buf", 24)?;
+    expect("syscalls", "sys_enter_recvmsg", "msg", 24)?;
+    expect("syscalls", "sys_enter_close", "fd", 16)?;
+    expect("syscalls", "sys_exit_read", "ret", 16)?;
+    expect("syscalls", "sys_exit_accept4", "ret", 16)
 }
 
 #[cfg(test)]

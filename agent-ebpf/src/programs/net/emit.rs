@@ -1,0 +1,123 @@
+//! Writing socket events into the `NET_EVENTS` ring buffer.
+
+use aya_ebpf::{helpers::generated::bpf_probe_read_user, macros::map, maps::RingBuf};
+use selfops_ebpf::{NetEvent, NetEventHeader, NetEventKind, NetSettings, PAYLOAD_MAX, Sensor};
+
+use super::socket::tuple_of;
+use crate::programs::counters::count_lost;
+
+/// Socket events for the agent; its size is set by the agent at load time.
+#[map]
+static NET_EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+/// Written by the agent at load.
+#[unsafe(no_mangle)]
+static NET_SETTINGS: NetSettings = NetSettings::DEFAULT;
+
+#[inline(always)]
+pub fn settings() -> NetSettings {
+    // SAFETY: read-only global filled by the loader.
+    unsafe { core::ptr::read_volatile(&NET_SETTINGS) }
+}
+
+/// A syscall on a TCP socket, as recorded at entry.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Call {
+    pub start_ns: u64,
+    pub sock: u64,
+    /// User pointer: the buffer, the iovec array or the msghdr.
+    pub buf: u64,
+    pub fd: u32,
+    pub syscall: u8,
+    pub buf_kind: u8,
+    pub _pad: u16,
+}
+
+#[inline(always)]
+fn fill_header(
+    h: *mut NetEventHeader,
+    kind: NetEventKind,
+    call: &Call,
+    pid_tgid: u64,
+    end_ns: u64,
+    total_len: u64,
+) -> Result<(), i64> {
+    // SAFETY: `h` points into reserved ring-buffer memory.
+    unsafe {
+        (*h).kind = kind as u8;
+        (*h).syscall = call.syscall;
+        (*h)._pad = 0;
+        (*h).fd = call.fd;
+        (*h).pid = (pid_tgid >> 32) as u32;
+        (*h).tid = pid_tgid as u32;
+        (*h).start_ns = call.start_ns;
+        (*h).end_ns = end_ns;
+        (*h).sock = call.sock;
+        (*h).total_len = total_len;
+        tuple_of(call.sock, core::ptr::addr_of_mut!((*h).tuple))
+    }
+}
+
+/// Accept, connect or close: the header alone.
+#[inline(always)]
+pub fn emit_control(kind: NetEventKind, call: &Call, pid_tgid: u64, end_ns: u64) {
+    let Some(mut entry) = NET_EVENTS.reserve::<NetEventHeader>(0) else {
+        count_lost(Sensor::Socket);
+        return;
+    };
+    if fill_header(entry.as_mut_ptr(), kind, call, pid_tgid, end_ns, 0).is_ok() {
+        entry.submit(0);
+    } else {
+        entry.discard(0);
+    }
+}
+
+/// Data moved by a syscall: the header and the first bytes at `src`
+/// (user memory holding `avail` bytes of the payload).
+#[inline(always)]
+pub fn emit_data(
+    kind: NetEventKind,
+    call: &Call,
+    pid_tgid: u64,
+    end_ns: u64,
+    total_len: u64,
+    src: u64,
+    avail: u64,
+) {
+    let Some(mut entry) = NET_EVENTS.reserve::<NetEvent>(0) else {
+        count_lost(Sensor::Socket);
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points into reserved ring-buffer memory.
+    let header = unsafe { core::ptr::addr_of_mut!((*event).header) };
+    if fill_header(header, kind, call, pid_tgid, end_ns, total_len).is_err() {
+        entry.discard(0);
+        return;
+    }
+    let limit = u64::from(settings().payload_bytes);
+    let wanted = if avail < limit { avail } else { limit };
+    let mut captured: u32 = 0;
+    if src != 0 && wanted > 0 && wanted <= PAYLOAD_MAX as u64 {
+        let n = wanted as u32;
+        // SAFETY: n is within the payload array; user memory is read
+        // through the helper, which fails cleanly on bad addresses.
+        let rc = unsafe {
+            bpf_probe_read_user(
+                core::ptr::addr_of_mut!((*event).payload).cast(),
+                n,
+                src as *const core::ffi::c_void,
+            )
+        };
+        if rc == 0 {
+            captured = n;
+        }
+    }
+    // SAFETY: as above.
+    unsafe {
+        (*event).captured_len = captured;
+        (*event)._pad = 0;
+    }
+    entry.submit(0);
+}

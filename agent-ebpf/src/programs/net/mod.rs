@@ -1,0 +1,8 @@
+//! The socket sensor (tracepoint tier): syscall tracepoints on accept,
+//! connect, the read and write families, sendfile and close. Only TCP
+//! sockets are reported; the connection's 4-tuple is read from its
+//! `struct sock` with offsets the agent resolved from BTF.
+
+mod emit;
+mod socket;
+mod syscalls;

@@ -1,0 +1,124 @@
+//! From a file descriptor of the current task to its TCP `struct sock`.
+
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+use selfops_ebpf::{SockTuple, SocketOffsets};
+
+/// Offsets of kernel structs, written by the agent at load.
+#[unsafe(no_mangle)]
+static SOCKET_OFFSETS: SocketOffsets = SocketOffsets {
+    task_files: 0,
+    files_fdt: 0,
+    fdtable_max_fds: 0,
+    fdtable_fd: 0,
+    file_inode: 0,
+    file_private_data: 0,
+    inode_mode: 0,
+    socket_sk: 0,
+    sock_family: 0,
+    sock_num: 0,
+    sock_dport: 0,
+    sock_daddr: 0,
+    sock_rcv_saddr: 0,
+    sock_v6_daddr: 0,
+    sock_v6_rcv_saddr: 0,
+    sock_protocol: 0,
+    sock_type: 0,
+    _pad: 0,
+};
+
+const S_IFMT: u16 = 0o170000;
+const S_IFSOCK: u16 = 0o140000;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const IPPROTO_TCP: u16 = 6;
+const SOCK_STREAM: u16 = 1;
+
+#[inline(always)]
+fn offsets() -> SocketOffsets {
+    // SAFETY: read-only global filled by the loader; volatile so the
+    // compiler does not fold in the zero default.
+    unsafe { core::ptr::read_volatile(&SOCKET_OFFSETS) }
+}
+
+#[inline(always)]
+unsafe fn read<T>(base: u64, offset: u32) -> Result<T, i64> {
+    // SAFETY: bpf_probe_read_kernel tolerates any address; a bad one is an
+    // error, not a fault.
+    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.map_err(i64::from)
+}
+
+/// The `struct sock` behind `fd` in the current task, if it is a TCP
+/// socket over IPv4 or IPv6.
+#[inline(always)]
+pub fn tcp_sock_of_fd(fd: u64) -> Result<u64, i64> {
+    let o = offsets();
+    // SAFETY: every pointer is read through bpf_probe_read_kernel.
+    unsafe {
+        let task = bpf_get_current_task();
+        let files: u64 = read(task, o.task_files)?;
+        let fdt: u64 = read(files, o.files_fdt)?;
+        let max_fds: u32 = read(fdt, o.fdtable_max_fds)?;
+        if fd >= u64::from(max_fds) {
+            return Err(0);
+        }
+        let fd_array: u64 = read(fdt, o.fdtable_fd)?;
+        let file: u64 = read(fd_array + fd * 8, 0)?;
+        if file == 0 {
+            return Err(0);
+        }
+        let inode: u64 = read(file, o.file_inode)?;
+        let mode: u16 = read(inode, o.inode_mode)?;
+        if mode & S_IFMT != S_IFSOCK {
+            return Err(0);
+        }
+        let socket: u64 = read(file, o.file_private_data)?;
+        let sk: u64 = read(socket, o.socket_sk)?;
+        if sk == 0 {
+            return Err(0);
+        }
+        let family: u16 = read(sk, o.sock_family)?;
+        let protocol: u16 = read(sk, o.sock_protocol)?;
+        let sock_type: u16 = read(sk, o.sock_type)?;
+        if (family != AF_INET && family != AF_INET6)
+            || protocol != IPPROTO_TCP
+            || sock_type != SOCK_STREAM
+        {
+            return Err(0);
+        }
+        Ok(sk)
+    }
+}
+
+/// The connection's addresses and ports as this endpoint sees them.
+#[inline(always)]
+pub fn tuple_of(sk: u64, tuple: *mut SockTuple) -> Result<(), i64> {
+    let o = offsets();
+    // SAFETY: reads go through bpf_probe_read_kernel; `tuple` points at
+    // reserved ring-buffer memory of the right size.
+    unsafe {
+        let family: u16 = read(sk, o.sock_family)?;
+        (*tuple).family = family;
+        (*tuple).local_port = read(sk, o.sock_num)?;
+        (*tuple).remote_port = u16::from_be(read(sk, o.sock_dport)?);
+        (*tuple)._pad = 0;
+        if family == AF_INET6 {
+            (*tuple).local_addr = read(sk, o.sock_v6_rcv_saddr)?;
+            (*tuple).remote_addr = read(sk, o.sock_v6_daddr)?;
+        } else {
+            (*tuple).local_addr = v4(read(sk, o.sock_rcv_saddr)?);
+            (*tuple).remote_addr = v4(read(sk, o.sock_daddr)?);
+        }
+    }
+    Ok(())
+}
+
+/// An IPv4 address in the first four bytes of a 16-byte field.
+#[inline(always)]
+fn v4(addr: [u8; 4]) -> [u8; 16] {
+    let mut out = [0; 16];
+    out[0] = addr[0];
+    out[1] = addr[1];
+    out[2] = addr[2];
+    out[3] = addr[3];
+    out
+}

@@ -1,0 +1,301 @@
+//! Syscall tracepoints of the socket sensor. Each is a thin wrapper over
+//! one `try_…` function; entry records the call for its exit.
+//!
+//! Syscall tracepoint records put the syscall number at offset 8, the
+//! arguments at 16 + 8·i and the return value at 16; the agent checks this
+//! against tracefs before attaching.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, bpf_probe_read_user},
+    macros::{map, tracepoint},
+    maps::HashMap,
+    programs::TracePointContext,
+};
+use selfops_ebpf::NetEventKind;
+
+use super::{
+    emit::{Call, emit_control, emit_data, settings},
+    socket::tcp_sock_of_fd,
+};
+
+const ARG0: usize = 16;
+const ARG1: usize = 24;
+const RET: usize = 16;
+const EINPROGRESS: i64 = 115;
+
+/// Where a syscall's payload is.
+const BUF_PLAIN: u8 = 0;
+const BUF_IOVEC: u8 = 1;
+const BUF_MSGHDR: u8 = 2;
+const BUF_NONE: u8 = 3;
+
+/// In-flight calls on TCP sockets, by thread.
+#[map]
+static CALLS: HashMap<u64, Call> = HashMap::with_max_entries(65_536, 0);
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_boot_ns() }
+}
+
+#[inline(always)]
+fn traced(pid_tgid: u64) -> bool {
+    (pid_tgid >> 32) as u32 != settings().agent_tgid
+}
+
+/// Entry of a call on a file descriptor: remembered if it is a TCP socket.
+fn try_enter(ctx: &TracePointContext, syscall: u8, buf_kind: u8) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !traced(pid_tgid) {
+        return Ok(());
+    }
+    // SAFETY: offsets of the syscall tracepoint record (checked at start-up).
+    let fd: u64 = unsafe { ctx.read_at(ARG0) }.map_err(i64::from)?;
+    let buf: u64 = unsafe { ctx.read_at(ARG1) }.map_err(i64::from)?;
+    let sock = tcp_sock_of_fd(fd)?;
+    let call = Call {
+        start_ns: now(),
+        sock,
+        buf,
+        fd: fd as u32,
+        syscall,
+        buf_kind,
+        _pad: 0,
+    };
+    CALLS.insert(&pid_tgid, &call, 0).map_err(i64::from)
+}
+
+#[inline(always)]
+fn take_call(pid_tgid: u64) -> Option<Call> {
+    // SAFETY: the value is copied out before the entry is removed.
+    let call = unsafe { CALLS.get(&pid_tgid) }.copied();
+    if call.is_some() {
+        let _ = CALLS.remove(&pid_tgid);
+    }
+    call
+}
+
+/// Start and length of the first buffer of an iovec array.
+#[inline(always)]
+fn first_iovec(iov: u64) -> Result<(u64, u64), i64> {
+    // SAFETY: user memory read through the helper.
+    let iovec: [u64; 2] =
+        unsafe { bpf_probe_read_user(iov as *const [u64; 2]) }.map_err(i64::from)?;
+    Ok((iovec[0], iovec[1]))
+}
+
+/// Exit of a data call: emits what moved.
+fn try_exit_io(ctx: &TracePointContext, kind: NetEventKind) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(call) = take_call(pid_tgid) else {
+        return Ok(());
+    };
+    // SAFETY: offset of `ret` in sys_exit records.
+    let ret: i64 = unsafe { ctx.read_at(RET) }.map_err(i64::from)?;
+    if ret <= 0 {
+        return Ok(());
+    }
+    let total = ret as u64;
+    let (src, avail) = match call.buf_kind {
+        BUF_PLAIN => (call.buf, total),
+        BUF_IOVEC => first_iovec(call.buf)?,
+        BUF_MSGHDR => {
+            // struct user_msghdr: msg_iov is the pointer at offset 16.
+            // SAFETY: user memory read through the helper.
+            let iov: u64 =
+                unsafe { bpf_probe_read_user((call.buf + 16) as *const u64) }.map_err(i64::from)?;
+            first_iovec(iov)?
+        }
+        _ => (0, 0),
+    };
+    let avail = if avail < total { avail } else { total };
+    emit_data(kind, &call, pid_tgid, now(), total, src, avail);
+    Ok(())
+}
+
+fn try_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(call) = take_call(pid_tgid) else {
+        return Ok(());
+    };
+    // SAFETY: offset of `ret` in sys_exit records.
+    let ret: i64 = unsafe { ctx.read_at(RET) }.map_err(i64::from)?;
+    if ret == 0 || ret == -EINPROGRESS {
+        emit_control(NetEventKind::Connect, &call, pid_tgid, now());
+    }
+    Ok(())
+}
+
+fn try_exit_accept(ctx: &TracePointContext, syscall: u8) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !traced(pid_tgid) {
+        return Ok(());
+    }
+    // SAFETY: offset of `ret` in sys_exit records.
+    let ret: i64 = unsafe { ctx.read_at(RET) }.map_err(i64::from)?;
+    if ret < 0 {
+        return Ok(());
+    }
+    let sock = tcp_sock_of_fd(ret as u64)?;
+    let at = now();
+    let call = Call {
+        start_ns: at,
+        sock,
+        buf: 0,
+        fd: ret as u32,
+        syscall,
+        buf_kind: BUF_NONE,
+        _pad: 0,
+    };
+    emit_control(NetEventKind::Accept, &call, pid_tgid, at);
+    Ok(())
+}
+
+fn try_enter_close(ctx: &TracePointContext) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !traced(pid_tgid) {
+        return Ok(());
+    }
+    // SAFETY: offset of the first argument.
+    let fd: u64 = unsafe { ctx.read_at(ARG0) }.map_err(i64::from)?;
+    let sock = tcp_sock_of_fd(fd)?;
+    let at = now();
+    let call = Call {
+        start_ns: at,
+        sock,
+        buf: 0,
+        fd: fd as u32,
+        syscall: SYS_CLOSE,
+        buf_kind: BUF_NONE,
+        _pad: 0,
+    };
+    emit_control(NetEventKind::Close, &call, pid_tgid, at);
+    Ok(())
+}
+
+// Syscall numbers of this table (not the kernel's), carried in events.
+const SYS_READ: u8 = 1;
+const SYS_READV: u8 = 2;
+const SYS_RECVFROM: u8 = 3;
+const SYS_RECVMSG: u8 = 4;
+const SYS_WRITE: u8 = 5;
+const SYS_WRITEV: u8 = 6;
+const SYS_SENDTO: u8 = 7;
+const SYS_SENDMSG: u8 = 8;
+const SYS_SENDFILE: u8 = 9;
+const SYS_ACCEPT: u8 = 10;
+const SYS_ACCEPT4: u8 = 11;
+const SYS_CONNECT: u8 = 12;
+const SYS_CLOSE: u8 = 13;
+
+/// An entry/exit pair of tracepoint programs for one data syscall.
+macro_rules! data_syscall {
+    ($enter:ident, $exit:ident, $sys:expr, $buf:expr, $kind:expr) => {
+        #[tracepoint]
+        pub fn $enter(ctx: TracePointContext) -> u32 {
+            let _ = try_enter(&ctx, $sys, $buf);
+            0
+        }
+
+        #[tracepoint]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            let _ = try_exit_io(&ctx, $kind);
+            0
+        }
+    };
+}
+
+data_syscall!(
+    net_enter_read,
+    net_exit_read,
+    SYS_READ,
+    BUF_PLAIN,
+    NetEventKind::Ingress
+);
+data_syscall!(
+    net_enter_readv,
+    net_exit_readv,
+    SYS_READV,
+    BUF_IOVEC,
+    NetEventKind::Ingress
+);
+data_syscall!(
+    net_enter_recvfrom,
+    net_exit_recvfrom,
+    SYS_RECVFROM,
+    BUF_PLAIN,
+    NetEventKind::Ingress
+);
+data_syscall!(
+    net_enter_recvmsg,
+    net_exit_recvmsg,
+    SYS_RECVMSG,
+    BUF_MSGHDR,
+    NetEventKind::Ingress
+);
+data_syscall!(
+    net_enter_write,
+    net_exit_write,
+    SYS_WRITE,
+    BUF_PLAIN,
+    NetEventKind::Egress
+);
+data_syscall!(
+    net_enter_writev,
+    net_exit_writev,
+    SYS_WRITEV,
+    BUF_IOVEC,
+    NetEventKind::Egress
+);
+data_syscall!(
+    net_enter_sendto,
+    net_exit_sendto,
+    SYS_SENDTO,
+    BUF_PLAIN,
+    NetEventKind::Egress
+);
+data_syscall!(
+    net_enter_sendmsg,
+    net_exit_sendmsg,
+    SYS_SENDMSG,
+    BUF_MSGHDR,
+    NetEventKind::Egress
+);
+data_syscall!(
+    net_enter_sendfile,
+    net_exit_sendfile,
+    SYS_SENDFILE,
+    BUF_NONE,
+    NetEventKind::Egress
+);
+
+#[tracepoint]
+pub fn net_enter_connect(ctx: TracePointContext) -> u32 {
+    let _ = try_enter(&ctx, SYS_CONNECT, BUF_NONE);
+    0
+}
+
+#[tracepoint]
+pub fn net_exit_connect(ctx: TracePointContext) -> u32 {
+    let _ = try_exit_connect(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn net_exit_accept(ctx: TracePointContext) -> u32 {
+    let _ = try_exit_accept(&ctx, SYS_ACCEPT);
+    0
+}
+
+#[tracepoint]
+pub fn net_exit_accept4(ctx: TracePointContext) -> u32 {
+    let _ = try_exit_accept(&ctx, SYS_ACCEPT4);
+    0
+}
+
+#[tracepoint]
+pub fn net_enter_close(ctx: TracePointContext) -> u32 {
+    let _ = try_enter_close(&ctx);
+    0
+}

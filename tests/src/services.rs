@@ -1,0 +1,95 @@
+//! Real programs the tracing tests drive: Debian's nginx and a CPython
+//! service from `tests/assets`, each on a loopback port of its own.
+
+use std::{
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use crate::{free_port, wait_for, workspace_root};
+
+/// A child process killed on drop.
+pub struct Service {
+    child: Child,
+    pub port: u16,
+    pub dir: PathBuf,
+}
+
+impl Service {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn wait_listening(mut self, name: &str) -> Self {
+        let port = self.port;
+        let up = wait_for(Duration::from_secs(10), || {
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        if up.is_none() {
+            let status = self.child.try_wait();
+            panic!("{name} is not listening on {port} ({status:?})");
+        }
+        self
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn assets() -> PathBuf {
+    workspace_root().join("tests/assets")
+}
+
+/// nginx serving `www/index.html` (and `/status/500`) from `dir`.
+pub fn nginx(dir: &Path) -> Service {
+    let port = free_port();
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).expect("www dir");
+    std::fs::write(www.join("index.html"), "hello from nginx\n").expect("index.html");
+    let template = std::fs::read_to_string(assets().join("nginx.conf.in")).expect("nginx template");
+    let config = template
+        .replace("@DIR@", &dir.display().to_string())
+        .replace("@PORT@", &port.to_string());
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, config).expect("nginx.conf");
+    let child = Command::new("nginx")
+        .arg("-c")
+        .arg(&path)
+        .arg("-e")
+        .arg(dir.join("nginx-error.log"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nginx (installed by `cargo xtask setup`)");
+    Service {
+        child,
+        port,
+        dir: dir.to_path_buf(),
+    }
+    .wait_listening("nginx")
+}
+
+/// The thread-per-request Python service that calls `backend_port`.
+pub fn frontend(dir: &Path, backend_port: u16) -> Service {
+    let port = free_port();
+    let child = Command::new("python3")
+        .arg(assets().join("frontend.py"))
+        .arg(port.to_string())
+        .arg(format!("http://127.0.0.1:{backend_port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3");
+    Service {
+        child,
+        port,
+        dir: dir.to_path_buf(),
+    }
+    .wait_listening("frontend.py")
+}
