@@ -46,6 +46,13 @@ impl NetSettings {
     };
 }
 
+/// `NetEventHeader::syscall` of plaintext captured in OpenSSL (TLS
+/// connections) rather than at a syscall.
+pub const SYSCALL_SSL_READ: u8 = 20;
+pub const SYSCALL_SSL_WRITE: u8 = 21;
+/// A TLS handshake call: it only teaches the probes the SSL object's socket.
+pub const SYSCALL_SSL_HANDSHAKE: u8 = 22;
+
 /// What a socket event reports.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

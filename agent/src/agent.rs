@@ -9,6 +9,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     config::Config,
+    export::ExportPipeline,
     kernel::{
         btf_offsets,
         features::{Features, raise_memlock_rlimit},
@@ -20,6 +21,10 @@ use crate::{
     lock::{InstanceLock, LOCK_DIR},
     process::{ResourceBuilder, sensor::ProcessModel},
     telemetry::{Metrics, server},
+    trace::{
+        tls_libraries,
+        tracer::{TraceMetrics, Tracer},
+    },
 };
 
 pub fn run(config: Config) -> anyhow::Result<()> {
@@ -77,7 +82,12 @@ async fn run_agent(config: Config) -> anyhow::Result<()> {
         );
     }
 
-    let metrics = Arc::new(Metrics::new());
+    let mut metrics = Metrics::new();
+    let (export, pipeline) =
+        ExportPipeline::start(&config.export, &config.data_dir, metrics.registry_mut())?;
+    let pipeline = tokio::spawn(pipeline);
+    let trace_metrics = TraceMetrics::register(metrics.registry_mut());
+    let metrics = Arc::new(metrics);
     for sensor in selfops_ebpf::Sensor::ALL {
         // Zero-valued series from the start, so a scrape shows every sensor.
         let _ = metrics
@@ -95,25 +105,70 @@ async fn run_agent(config: Config) -> anyhow::Result<()> {
     release_startup_memory();
 
     let ring = RingReader::new(object.take_process_ring()?).context("polling the ring buffer")?;
+    let resources = Arc::new(ResourceBuilder::new(&config.service)?);
+    let tracer = if config.trace.enabled {
+        attach_tls(&mut object);
+        let sink = export.clone();
+        let tracer = Tracer::new(
+            &config.trace,
+            model.table(),
+            resources.clone(),
+            metrics.clone(),
+            trace_metrics,
+            Box::new(move |signal| sink.send(signal)),
+        );
+        let ring =
+            RingReader::new(object.take_socket_ring()?).context("polling the socket ring")?;
+        Some(tracer.run(ring))
+    } else {
+        None
+    };
     let state = Arc::new(server::TelemetryState {
         metrics,
         table: model.table(),
-        resources: Arc::new(ResourceBuilder::new(&config.service)?),
+        resources,
         lost: std::sync::Mutex::new(object.take_lost_counters()?),
     });
     tracing::info!(listen = %config.telemetry.listen, "self-telemetry at /metrics and /processes");
 
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let tracing = async {
+        match tracer {
+            Some(run) => run.await,
+            None => std::future::pending().await,
+        }
+    };
     let outcome = tokio::select! {
         r = model.run(ring, config.process.rescan_interval) => r.context("process sensor stopped"),
+        r = tracing => r.context("tracer stopped"),
         r = server::serve(listener, state) => r.context("telemetry server stopped"),
         _ = sigint.recv() => { tracing::info!("SIGINT: detaching"); Ok(()) }
         _ = sigterm.recv() => { tracing::info!("SIGTERM: detaching"); Ok(()) }
     };
-    object.detach();
+    // Detaching waits on the kernel; flush the exporters meanwhile.
+    let detach = tokio::task::spawn_blocking(move || object.detach());
+    if !export.shutdown(Duration::from_millis(500)).await {
+        tracing::warn!("export queue not drained at shutdown; the rest is counted as dropped");
+    }
+    let _ = pipeline.await;
+    detach.await.context("detaching")?;
     tracing::info!("all programs detached");
     outcome
+}
+
+/// TLS uprobes on every OpenSSL 3 library in use. A failure costs TLS
+/// visibility, not the agent, so it is logged.
+fn attach_tls(object: &mut SensorObject) {
+    let mut seen = std::collections::HashSet::new();
+    for library in tls_libraries::find_new(&mut seen) {
+        match object.attach_tls(&library) {
+            Ok(()) => tracing::info!(library = %library.display(), "TLS uprobes attached"),
+            Err(err) => {
+                tracing::warn!(library = %library.display(), %err, "TLS uprobes not attached")
+            }
+        }
+    }
 }
 
 /// Parsing kernel BTF (probe and loader) leaves tens of MiB of freed heap

@@ -53,6 +53,12 @@ pub struct TraceConfig {
     pub max_connections: usize,
     /// Size of the socket-event ring buffer in bytes (power of two).
     pub ring_bytes: u32,
+    /// Distinct route templates per service in the RED metrics; beyond it
+    /// requests count under one overflow route.
+    pub max_routes_per_service: usize,
+    /// How often RED metrics are exported.
+    #[serde(with = "humantime_serde")]
+    pub metrics_interval: Duration,
 }
 
 impl Default for TraceConfig {
@@ -62,6 +68,8 @@ impl Default for TraceConfig {
             payload_bytes: 512,
             max_connections: 16_384,
             ring_bytes: 8 << 20,
+            max_routes_per_service: 100,
+            metrics_interval: Duration::from_secs(10),
         }
     }
 }
@@ -325,6 +333,18 @@ impl Config {
             return Err(invalid(
                 "trace.max_connections",
                 format!("{} is not allowed: use 1 to 1048576", t.max_connections),
+            ));
+        }
+        if t.max_routes_per_service == 0 {
+            return Err(invalid(
+                "trace.max_routes_per_service",
+                "must be at least 1".to_owned(),
+            ));
+        }
+        if t.metrics_interval < Duration::from_millis(100) {
+            return Err(invalid(
+                "trace.metrics_interval",
+                "must be at least 100ms".to_owned(),
             ));
         }
         let e = &self.export;

@@ -43,6 +43,23 @@ pub struct Resource {
     pub attributes: Attributes,
 }
 
+impl Resource {
+    pub fn get(&self, key: &str) -> Option<&AttrValue> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+    }
+
+    /// `service.name`, or "unknown_service" as the SDKs default.
+    pub fn service_name(&self) -> &str {
+        match self.get("service.name") {
+            Some(AttrValue::Str(name)) => name,
+            _ => "unknown_service",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum SpanKind {
     Server,

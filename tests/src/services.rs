@@ -46,8 +46,33 @@ fn assets() -> PathBuf {
     workspace_root().join("tests/assets")
 }
 
-/// nginx serving `www/index.html` (and `/status/500`) from `dir`.
+/// A self-signed certificate and key for 127.0.0.1 in `dir` (openssl).
+pub fn self_signed_certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    let status = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(status.success(), "openssl req failed");
+    (cert, key)
+}
+
+/// nginx serving `www/index.html` (and `/status/500`) from `dir`, over
+/// HTTPS when `tls` gives a certificate and key.
 pub fn nginx(dir: &Path) -> Service {
+    nginx_with(dir, None)
+}
+
+pub fn nginx_with(dir: &Path, tls: Option<&(PathBuf, PathBuf)>) -> Service {
     let port = free_port();
     let www = dir.join("www");
     std::fs::create_dir_all(&www).expect("www dir");
@@ -55,7 +80,19 @@ pub fn nginx(dir: &Path) -> Service {
     let template = std::fs::read_to_string(assets().join("nginx.conf.in")).expect("nginx template");
     let config = template
         .replace("@DIR@", &dir.display().to_string())
-        .replace("@PORT@", &port.to_string());
+        .replace("@PORT@", &port.to_string())
+        .replace("@LISTEN_OPTIONS@", if tls.is_some() { " ssl" } else { "" })
+        .replace(
+            "@TLS_CONFIG@",
+            &tls.map(|(cert, key)| {
+                format!(
+                    "ssl_certificate {};\n        ssl_certificate_key {};",
+                    cert.display(),
+                    key.display()
+                )
+            })
+            .unwrap_or_default(),
+        );
     let path = dir.join("nginx.conf");
     std::fs::write(&path, config).expect("nginx.conf");
     let child = Command::new("nginx")
@@ -77,11 +114,22 @@ pub fn nginx(dir: &Path) -> Service {
 
 /// The thread-per-request Python service that calls `backend_port`.
 pub fn frontend(dir: &Path, backend_port: u16) -> Service {
+    frontend_with(dir, backend_port, None)
+}
+
+/// With `tls`, the service and its backend both speak HTTPS.
+pub fn frontend_with(dir: &Path, backend_port: u16, tls: Option<&(PathBuf, PathBuf)>) -> Service {
     let port = free_port();
-    let child = Command::new("python3")
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut command = Command::new("python3");
+    command
         .arg(assets().join("frontend.py"))
         .arg(port.to_string())
-        .arg(format!("http://127.0.0.1:{backend_port}"))
+        .arg(format!("{scheme}://127.0.0.1:{backend_port}"));
+    if let Some((cert, key)) = tls {
+        command.arg(cert).arg(key);
+    }
+    let child = command
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

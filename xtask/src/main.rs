@@ -1,5 +1,6 @@
 //! Developer tasks: `cargo xtask setup | run | test`.
 
+mod bench;
 mod setup;
 mod shell;
 mod test;
@@ -23,6 +24,11 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Benchmarks against a baseline in the same run (e.g. `trace`).
+    Bench {
+        /// Which benchmark.
+        what: String,
+    },
     /// Set up if needed, then fmt check, clippy, unit and privileged tests.
     Test {
         /// Only run tests whose name contains this filter.
@@ -40,6 +46,10 @@ fn main() -> anyhow::Result<()> {
             let mut command = std::process::Command::new(binary);
             command.arg("run").args(args);
             shell::exec(command)
+        }
+        Command::Bench { what } => {
+            setup::run()?;
+            bench::run(&what)
         }
         Command::Test { filter } => {
             setup::run()?;

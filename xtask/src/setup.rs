@@ -13,6 +13,7 @@ const PACKAGES: &[&str] = &[
     "curl",
     "openssl",
     "wrk",
+    "hey",
     "golang-go",
     "linux-perf",
     "bpftool",

@@ -1,1 +1,196 @@
 //! Exporters: OTLP (gRPC, HTTP/protobuf) and the JSON-lines file sink.
+//!
+//! Wiring (in the agent):
+//!
+//! ```ignore
+//! let (export, pipeline) = ExportPipeline::start(&config.export, &config.data_dir,
+//!                                                metrics.registry_mut())?;
+//! let pipeline = tokio::spawn(pipeline);
+//! export.send(signal);                               // from any task; never waits
+//! export.shutdown(Duration::from_millis(900)).await; // on SIGTERM: flush, bounded
+//! let _ = pipeline.await;
+//! ```
+//!
+//! Flow: `ExportHandle::send` try-sends into a bounded queue
+//! (`export.queue_capacity`; full means dropped and counted). The batcher
+//! cuts a batch at `export.batch_size` signals or `export.batch_timeout`
+//! after its first signal, converts it to OTLP (spans grouped by resource
+//! into `ResourceSpans`, histogram points into `ResourceMetrics`, scope
+//! `selfops`), and hands it to each sink's own small queue: the file sink
+//! (`traces.jsonl`, `metrics.jsonl`, OTLP/JSON, rotated to `.1` at 256 MiB)
+//! and the OTLP sink (gRPC or HTTP/protobuf, gzip, headers, timeout,
+//! retries with backoff for at most `retry_for`). Every signal lost on the
+//! way is counted in `selfops_export_dropped_total{signal,reason}`. With
+//! `file: false` and no `otlp` there is no sink and batches are discarded.
+
+mod convert;
+mod json_file;
+mod metrics;
+mod otlp_grpc;
+mod otlp_http;
+mod queue;
+mod retry;
+mod sink;
+#[cfg(test)]
+mod test_support;
+#[cfg(test)]
+mod tests;
+
+use std::{future::Future, path::Path, time::Duration};
+
+use prometheus_client::registry::Registry;
+
+pub use convert::{OtlpBatch, SCOPE_NAME, SCOPE_VERSION, convert};
+pub use json_file::{DEFAULT_ROTATE_BYTES, METRICS_FILE, TRACES_FILE, encode_json_line};
+pub use metrics::{DropReason, ExportMetrics};
+pub use queue::ExportHandle;
+
+use crate::config::{ExportConfig, OtlpProtocol};
+
+/// Sent as (the start of) the User-Agent of OTLP requests.
+pub const USER_AGENT: &str = concat!("selfops/", env!("CARGO_PKG_VERSION"));
+
+/// Why the pipeline could not start. Each message names the config key.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("export.otlp.endpoint: {endpoint:?}: {reason}")]
+    InvalidEndpoint { endpoint: String, reason: String },
+    #[error(
+        "export.otlp.endpoint: {endpoint:?}: https is not supported by this build (no TLS); \
+         use http:// (e.g. a collector on the node or a sidecar)"
+    )]
+    TlsUnsupported { endpoint: String },
+    #[error("export.otlp.headers.{name}: {reason}")]
+    InvalidHeader { name: String, reason: String },
+}
+
+/// Internal knobs with sensible defaults (tests shorten them).
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    /// Size at which `traces.jsonl`/`metrics.jsonl` are rotated to `.1`.
+    pub rotate_bytes: u64,
+    /// First retry wait (doubled per retry, with jitter) and its cap.
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Converted batches each sink may have waiting; beyond that a batch is
+    /// dropped for that sink (`reason="queue_full"`).
+    pub sink_queue_batches: usize,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        Self {
+            rotate_bytes: DEFAULT_ROTATE_BYTES,
+            initial_backoff: retry::Backoff::INITIAL,
+            max_backoff: retry::Backoff::MAX,
+            sink_queue_batches: 8,
+        }
+    }
+}
+
+/// Starts the export pipeline.
+pub struct ExportPipeline;
+
+impl ExportPipeline {
+    /// Validates the configuration, registers the export metrics in
+    /// `registry`, and returns the handle and the pipeline's future, which
+    /// the caller spawns on the tokio runtime. The future ends after
+    /// `ExportHandle::shutdown` (or once every handle is dropped) when the
+    /// queue is drained.
+    pub fn start(
+        config: &ExportConfig,
+        data_dir: &Path,
+        registry: &mut Registry,
+    ) -> Result<(ExportHandle, impl Future<Output = ()> + Send + 'static), ExportError> {
+        Self::start_with(config, data_dir, registry, ExportOptions::default())
+    }
+
+    pub fn start_with(
+        config: &ExportConfig,
+        data_dir: &Path,
+        registry: &mut Registry,
+        options: ExportOptions,
+    ) -> Result<(ExportHandle, impl Future<Output = ()> + Send + 'static), ExportError> {
+        let otlp = match &config.otlp {
+            None => None,
+            Some(otlp) => {
+                if otlp.endpoint.starts_with("https://") {
+                    return Err(ExportError::TlsUnsupported {
+                        endpoint: otlp.endpoint.clone(),
+                    });
+                }
+                let settings = match otlp.protocol {
+                    OtlpProtocol::Grpc => {
+                        sink::OtlpSettings::Grpc(Box::new(otlp_grpc::GrpcSettings::new(otlp)?))
+                    }
+                    OtlpProtocol::HttpProtobuf => {
+                        sink::OtlpSettings::Http(Box::new(otlp_http::HttpExporter::new(otlp)?))
+                    }
+                };
+                let policy = retry::RetryPolicy {
+                    retry_for: otlp.retry_for,
+                    timeout: otlp.timeout,
+                    initial_backoff: options.initial_backoff,
+                    max_backoff: options.max_backoff,
+                };
+                Some((settings, policy))
+            }
+        };
+
+        let metrics = ExportMetrics::register(registry);
+        let channels = queue::channels(config.queue_capacity, metrics.clone());
+        let sink_queue = |name| {
+            let (tx, rx) = tokio::sync::mpsc::channel(options.sink_queue_batches.max(1));
+            (queue::SinkQueue { name, batches: tx }, rx)
+        };
+        let mut sinks = Vec::new();
+        let file = config.file.then(|| {
+            let (queue, rx) = sink_queue(metrics::SINK_FILE);
+            sinks.push(queue);
+            sink::run_file_sink(
+                data_dir.to_owned(),
+                options.rotate_bytes,
+                rx,
+                metrics.clone(),
+            )
+        });
+        let otlp = otlp.map(|(settings, policy)| {
+            let (queue, rx) = sink_queue(metrics::SINK_OTLP);
+            sinks.push(queue);
+            sink::run_otlp_sink(
+                settings,
+                policy,
+                channels.deadline.clone(),
+                rx,
+                metrics.clone(),
+            )
+        });
+        let batcher = queue::Batcher {
+            signals: channels.signals,
+            batch_size: config.batch_size.max(1),
+            batch_timeout: config.batch_timeout,
+            deadline: channels.deadline,
+            sinks,
+            metrics,
+        };
+        let done = channels.done;
+        let pipeline = async move {
+            // One task: the batcher and the sinks run concurrently in it, and
+            // it ends when the batcher has closed the sinks' queues and they
+            // have emptied them.
+            let file = async move {
+                if let Some(file) = file {
+                    file.await;
+                }
+            };
+            let otlp = async move {
+                if let Some(otlp) = otlp {
+                    otlp.await;
+                }
+            };
+            tokio::join!(batcher.run(), file, otlp);
+            let _ = done.send(true);
+        };
+        Ok((channels.handle, pipeline))
+    }
+}

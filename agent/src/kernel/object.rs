@@ -5,7 +5,9 @@
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{MapData, MapError, PerCpuArray, RingBuf},
-    programs::{ProgramError, TracePoint, trace_point::TracePointLinkId},
+    programs::{
+        ProgramError, TracePoint, UProbe, trace_point::TracePointLinkId, uprobe::UProbeScope,
+    },
 };
 use selfops_ebpf::{NetSettings, SENSOR_COUNT, Sensor, SocketOffsets, TracepointLayout};
 
@@ -66,6 +68,25 @@ const SOCKET_TRACEPOINTS: [(&str, &str); 23] = [
     ("net_enter_close", "sys_enter_close"),
 ];
 
+/// TLS uprobes: (program, OpenSSL symbol). uprobe and uretprobe programs
+/// are told apart by their section, so each symbol appears twice.
+const TLS_UPROBES: [(&str, &str); 14] = [
+    ("ssl_handshake", "SSL_do_handshake"),
+    ("ssl_handshake_ret", "SSL_do_handshake"),
+    ("ssl_handshake", "SSL_connect"),
+    ("ssl_handshake_ret", "SSL_connect"),
+    ("ssl_handshake", "SSL_accept"),
+    ("ssl_handshake_ret", "SSL_accept"),
+    ("ssl_read", "SSL_read"),
+    ("ssl_read_ret", "SSL_read"),
+    ("ssl_read_ex", "SSL_read_ex"),
+    ("ssl_read_ex_ret", "SSL_read_ex"),
+    ("ssl_write", "SSL_write"),
+    ("ssl_write_ret", "SSL_write"),
+    ("ssl_write_ex", "SSL_write_ex"),
+    ("ssl_write_ex_ret", "SSL_write_ex"),
+];
+
 /// What the kernel programs are loaded with.
 pub struct LoadOptions {
     pub layout: TracepointLayout,
@@ -117,21 +138,28 @@ impl SensorObject {
         // Programs and maps go with the object.
     }
 
-    fn attach_tracepoint(
-        &mut self,
-        name: &'static str,
-        category: &str,
-        tracepoint: &str,
-    ) -> Result<(), ObjectError> {
-        let program: &mut TracePoint = self
-            .ebpf
+    /// A program of the object, as its kind.
+    fn program<'p, T>(&'p mut self, name: &'static str) -> Result<&'p mut T, ObjectError>
+    where
+        &'p mut T: TryFrom<&'p mut aya::programs::Program, Error = ProgramError>,
+    {
+        self.ebpf
             .program_mut(name)
             .ok_or(ObjectError::Missing {
                 kind: "program",
                 name,
             })?
             .try_into()
-            .map_err(|source| ObjectError::Program { name, source })?;
+            .map_err(|source| ObjectError::Program { name, source })
+    }
+
+    fn attach_tracepoint(
+        &mut self,
+        name: &'static str,
+        category: &str,
+        tracepoint: &str,
+    ) -> Result<(), ObjectError> {
+        let program: &mut TracePoint = self.program(name)?;
         program
             .load()
             .map_err(|source| ObjectError::Program { name, source })?;
@@ -148,6 +176,22 @@ impl SensorObject {
             self.attach_tracepoint(name, "syscalls", tracepoint)?;
         }
         Ok(SOCKET_TRACEPOINTS.len())
+    }
+
+    /// Attaches the TLS uprobes (OpenSSL 3 SSL_read/SSL_write and their _ex
+    /// variants, entry and return) to the library at `library`.
+    pub fn attach_tls(&mut self, library: &std::path::Path) -> Result<(), ObjectError> {
+        for (name, symbol) in TLS_UPROBES {
+            let program: &mut UProbe = self.program(name)?;
+            match program.load() {
+                Ok(()) | Err(ProgramError::AlreadyLoaded) => {}
+                Err(source) => return Err(ObjectError::Program { name, source }),
+            }
+            program
+                .attach(symbol, library, UProbeScope::AllProcesses)
+                .map_err(|source| ObjectError::Program { name, source })?;
+        }
+        Ok(())
     }
 
     pub fn take_socket_ring(&mut self) -> Result<RingBuf<MapData>, ObjectError> {

@@ -89,6 +89,18 @@ impl ResourceBuilder {
         attrs
     }
 
+    /// The resource of a service's aggregated metrics: its name and host.
+    pub fn service_resource(&self, service: &str) -> Resource {
+        Resource {
+            attributes: vec![
+                ("service.name", AttrValue::Str(service.to_owned())),
+                ("host.name", AttrValue::Str(self.host_name.clone())),
+                ("host.arch", AttrValue::Str(self.host_arch.to_owned())),
+                ("os.type", AttrValue::Str("linux".to_owned())),
+            ],
+        }
+    }
+
     pub fn resource(&self, process: &Process) -> Resource {
         Resource {
             attributes: self.attributes(process),

@@ -6,3 +6,4 @@
 mod emit;
 mod socket;
 mod syscalls;
+mod tls;

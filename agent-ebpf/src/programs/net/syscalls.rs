@@ -16,6 +16,7 @@ use selfops_ebpf::NetEventKind;
 use super::{
     emit::{Call, emit_control, emit_data, settings},
     socket::tcp_sock_of_fd,
+    tls::claim_for_ssl,
 };
 
 const ARG0: usize = 16;
@@ -54,6 +55,11 @@ fn try_enter(ctx: &TracePointContext, syscall: u8, buf_kind: u8) -> Result<(), i
     let fd: u64 = unsafe { ctx.read_at(ARG0) }.map_err(i64::from)?;
     let buf: u64 = unsafe { ctx.read_at(ARG1) }.map_err(i64::from)?;
     let sock = tcp_sock_of_fd(fd)?;
+    // Inside SSL_read/SSL_write the bytes are ciphertext: the uprobes
+    // report the plaintext instead.
+    if syscall != SYS_CONNECT && claim_for_ssl(pid_tgid, sock, fd as u32) {
+        return Ok(());
+    }
     let call = Call {
         start_ns: now(),
         sock,
@@ -63,15 +69,15 @@ fn try_enter(ctx: &TracePointContext, syscall: u8, buf_kind: u8) -> Result<(), i
         buf_kind,
         _pad: 0,
     };
-    CALLS.insert(&pid_tgid, &call, 0).map_err(i64::from)
+    CALLS.insert(pid_tgid, call, 0).map_err(i64::from)
 }
 
 #[inline(always)]
 fn take_call(pid_tgid: u64) -> Option<Call> {
     // SAFETY: the value is copied out before the entry is removed.
-    let call = unsafe { CALLS.get(&pid_tgid) }.copied();
+    let call = unsafe { CALLS.get(pid_tgid) }.copied();
     if call.is_some() {
-        let _ = CALLS.remove(&pid_tgid);
+        let _ = CALLS.remove(pid_tgid);
     }
     call
 }

@@ -1,0 +1,314 @@
+//! The file sink: `traces.jsonl` and `metrics.jsonl` in the data directory,
+//! one OTLP/JSON `Export*ServiceRequest` per line.
+//!
+//! OTLP/JSON is the proto3 JSON mapping with the OTLP deviations: lowerCamelCase
+//! keys, trace and span ids as hex (not base64), enums as integers, 64-bit
+//! integers as decimal strings. opentelemetry-proto's serde derive produces
+//! exactly that; the one thing removed here is `null` (an unset optional such
+//! as a histogram's `min`), which proto3 JSON allows but some readers don't.
+//!
+//! Growth is bounded: when a line would take a file past its cap the file is
+//! renamed to `<name>.1` (replacing the previous one) and a new file started,
+//! so each signal uses at most twice the cap on disk.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{self, Write},
+    path::{Path, PathBuf},
+};
+
+use serde::Serialize;
+
+use super::convert::OtlpBatch;
+
+/// Default size at which a `.jsonl` file is rotated.
+pub const DEFAULT_ROTATE_BYTES: u64 = 256 * 1024 * 1024;
+
+pub const TRACES_FILE: &str = "traces.jsonl";
+pub const METRICS_FILE: &str = "metrics.jsonl";
+
+/// Serializes one message as an OTLP/JSON line (with its `\n`).
+pub fn encode_json_line<T: Serialize>(message: &T) -> Result<Vec<u8>, serde_json::Error> {
+    let mut value = serde_json::to_value(message)?;
+    strip_nulls(&mut value);
+    let mut line = serde_json::to_vec(&value)?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+/// Removes `null` object members: a field absent in OTLP/JSON means unset.
+fn strip_nulls(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            map.values_mut().for_each(strip_nulls);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}
+
+/// What writing one signal's line did.
+#[derive(Debug)]
+pub enum LineOutcome {
+    /// Nothing of this signal in the batch.
+    Empty,
+    Written,
+    EncodeFailed(serde_json::Error),
+    WriteFailed(io::Error),
+}
+
+#[derive(Debug)]
+pub struct BatchOutcome {
+    pub traces: LineOutcome,
+    pub metrics: LineOutcome,
+}
+
+/// Both files; blocking I/O, so the pipeline calls it on the blocking pool.
+#[derive(Debug)]
+pub struct FileSink {
+    traces: JsonlFile,
+    metrics: JsonlFile,
+}
+
+impl FileSink {
+    pub fn new(dir: &Path, rotate_bytes: u64) -> Self {
+        Self {
+            traces: JsonlFile::new(dir.join(TRACES_FILE), rotate_bytes),
+            metrics: JsonlFile::new(dir.join(METRICS_FILE), rotate_bytes),
+        }
+    }
+
+    pub fn write_batch(&mut self, batch: &OtlpBatch) -> BatchOutcome {
+        BatchOutcome {
+            traces: write_line(&mut self.traces, batch.traces.as_ref()),
+            metrics: write_line(&mut self.metrics, batch.metrics.as_ref()),
+        }
+    }
+}
+
+fn write_line<T: Serialize>(file: &mut JsonlFile, message: Option<&T>) -> LineOutcome {
+    let Some(message) = message else {
+        return LineOutcome::Empty;
+    };
+    match encode_json_line(message) {
+        Err(err) => LineOutcome::EncodeFailed(err),
+        Ok(line) => match file.append(&line) {
+            Ok(()) => LineOutcome::Written,
+            Err(err) => LineOutcome::WriteFailed(err),
+        },
+    }
+}
+
+#[derive(Debug)]
+struct JsonlFile {
+    path: PathBuf,
+    rotate_bytes: u64,
+    /// Opened on first write and reopened after an error, so a directory
+    /// created (or a disk freed) later is picked up.
+    file: Option<File>,
+    /// Bytes in the file, all whole lines.
+    size: u64,
+}
+
+impl JsonlFile {
+    fn new(path: PathBuf, rotate_bytes: u64) -> Self {
+        Self {
+            path,
+            rotate_bytes,
+            file: None,
+            size: 0,
+        }
+    }
+
+    fn open(&mut self) -> io::Result<()> {
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        self.size = file.metadata()?.len();
+        self.file = Some(file);
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        self.file = None;
+        let mut rotated = self.path.clone().into_os_string();
+        rotated.push(".1");
+        std::fs::rename(&self.path, rotated)?;
+        self.open()
+    }
+
+    fn append(&mut self, line: &[u8]) -> io::Result<()> {
+        if self.file.is_none() {
+            self.open()?;
+        }
+        let len = line.len() as u64;
+        if self.size > 0
+            && self.size.saturating_add(len) > self.rotate_bytes
+            && let Err(err) = self.rotate()
+        {
+            self.file = None;
+            return Err(err);
+        }
+        let Some(file) = self.file.as_mut() else {
+            return Err(io::Error::other("file not open"));
+        };
+        match file.write_all(line) {
+            Ok(()) => {
+                self.size += len;
+                Ok(())
+            }
+            Err(err) => {
+                // Cut a partly written line so the file stays one JSON
+                // document per line; reopen on the next batch.
+                let _ = file.set_len(self.size);
+                self.file = None;
+                Err(err)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::{
+        convert::convert,
+        test_support::{histogram, resource, span, temp_dir},
+    };
+    use crate::signal::Signal;
+
+    fn sample_batch() -> OtlpBatch {
+        let res = resource("nginx", 42);
+        let mut child = span(&res, 7, Some([0xab; 8]));
+        child.status = crate::signal::SpanStatus::Error {
+            message: "boom".to_owned(),
+        };
+        convert(vec![
+            Signal::Span(span(&res, 1, None)),
+            Signal::Span(child),
+            Signal::Histogram(histogram(&res, "http.server.request.duration")),
+        ])
+    }
+
+    #[test]
+    fn trace_line_is_otlp_json() {
+        let batch = sample_batch();
+        let line = encode_json_line(batch.traces.as_ref().unwrap()).unwrap();
+        assert_eq!(line.last(), Some(&b'\n'));
+        assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
+        let json: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        let rs = &json["resourceSpans"][0];
+        let attrs = rs["resource"]["attributes"].as_array().unwrap();
+        assert_eq!(attrs[0]["key"], "service.name");
+        assert_eq!(attrs[0]["value"]["stringValue"], "nginx");
+        assert_eq!(attrs[1]["key"], "process.pid");
+        // int64 is a decimal string in proto3 JSON.
+        assert_eq!(attrs[1]["value"]["intValue"], "42");
+        assert_eq!(rs["scopeSpans"][0]["scope"]["name"], "selfops");
+
+        let spans = rs["scopeSpans"][0]["spans"].as_array().unwrap();
+        let root = &spans[0];
+        let trace_id = root["traceId"].as_str().unwrap();
+        assert_eq!(trace_id.len(), 32);
+        assert_eq!(trace_id, "0102030405060708090a0b0c0d0e0f01");
+        let span_id = root["spanId"].as_str().unwrap();
+        assert_eq!(span_id.len(), 16);
+        assert!(
+            span_id
+                .chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+        );
+        assert_eq!(root["parentSpanId"], "");
+        assert_eq!(root["kind"], 2);
+        assert_eq!(root["startTimeUnixNano"], "1700000000000000001");
+        assert_eq!(root["endTimeUnixNano"], "1700000000500000001");
+        assert_eq!(root["status"]["code"], 0);
+        assert_eq!(root["attributes"][1]["value"]["intValue"], "200");
+
+        let child = &spans[1];
+        assert_eq!(child["parentSpanId"], "abababababababab");
+        assert_eq!(child["status"]["code"], 2);
+        assert_eq!(child["status"]["message"], "boom");
+
+        let text = std::str::from_utf8(&line).unwrap();
+        assert!(!text.contains("null"), "{text}");
+        assert!(!text.contains("trace_id"), "{text}");
+    }
+
+    #[test]
+    fn metric_line_is_otlp_json() {
+        let batch = sample_batch();
+        let line = encode_json_line(batch.metrics.as_ref().unwrap()).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        let metric = &json["resourceMetrics"][0]["scopeMetrics"][0]["metrics"][0];
+        assert_eq!(metric["name"], "http.server.request.duration");
+        assert_eq!(metric["unit"], "s");
+        let h = &metric["histogram"];
+        assert_eq!(h["aggregationTemporality"], 2);
+        let dp = &h["dataPoints"][0];
+        assert_eq!(dp["count"], "3");
+        assert_eq!(dp["sum"], 0.35);
+        assert_eq!(dp["min"], 0.05);
+        assert_eq!(dp["max"], 0.2);
+        assert_eq!(dp["bucketCounts"], serde_json::json!(["1", "2", "0"]));
+        assert_eq!(dp["explicitBounds"], serde_json::json!([0.1, 1.0]));
+        assert_eq!(dp["timeUnixNano"], "1700000001000000000");
+        assert_eq!(dp["attributes"][0]["key"], "http.route");
+    }
+
+    #[test]
+    fn json_round_trips_through_the_proto_types() {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        let batch = sample_batch();
+        let line = encode_json_line(batch.traces.as_ref().unwrap()).unwrap();
+        let back: ExportTraceServiceRequest = serde_json::from_slice(&line).unwrap();
+        assert_eq!(Some(back), batch.traces);
+    }
+
+    #[test]
+    fn writes_lines_and_rotates_once() {
+        let dir = temp_dir("rotate");
+        let batch = sample_batch();
+        let line_len = encode_json_line(batch.traces.as_ref().unwrap())
+            .unwrap()
+            .len() as u64;
+        // Room for two lines per file.
+        let mut sink = FileSink::new(&dir, line_len * 2 + 1);
+        for _ in 0..5 {
+            let outcome = sink.write_batch(&batch);
+            assert!(
+                matches!(outcome.traces, LineOutcome::Written),
+                "{outcome:?}"
+            );
+            assert!(matches!(outcome.metrics, LineOutcome::Written));
+        }
+        let lines = |name: &str| {
+            std::fs::read_to_string(dir.join(name))
+                .unwrap()
+                .lines()
+                .count()
+        };
+        // 5 lines: 2 + 2 rotated twice (the first .1 replaced), 1 current.
+        assert_eq!(lines("traces.jsonl"), 1);
+        assert_eq!(lines("traces.jsonl.1"), 2);
+        assert!(!dir.join("traces.jsonl.2").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn write_error_is_reported_not_panicked() {
+        let dir = temp_dir("unwritable");
+        // A file where the directory should be: every open fails.
+        std::fs::write(dir.join("blocked"), b"x").unwrap();
+        let mut sink = FileSink::new(&dir.join("blocked"), DEFAULT_ROTATE_BYTES);
+        let outcome = sink.write_batch(&sample_batch());
+        assert!(matches!(outcome.traces, LineOutcome::WriteFailed(_)));
+        assert!(matches!(outcome.metrics, LineOutcome::WriteFailed(_)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,154 @@
+//! The export pipeline's self-metrics: every signal it drops is counted here
+//! with the reason.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+/// OTLP signal names, used as the `signal` label.
+pub const TRACES: &str = "traces";
+pub const METRICS: &str = "metrics";
+
+/// Sink names, used as the `sink` label.
+pub const SINK_FILE: &str = "file";
+pub const SINK_OTLP: &str = "otlp";
+
+/// Why signals were dropped (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The bounded queue (or a sink's batch queue) was full.
+    QueueFull,
+    /// A non-retryable export error, or a file write error.
+    ExportFailed,
+    /// Retryable errors lasted longer than `retry_for`.
+    RetriesExhausted,
+    /// The signal could not be encoded (malformed histogram, JSON error).
+    EncodeFailed,
+    /// The agent was shutting down and the flush deadline passed, or the
+    /// signal was sent after shutdown began.
+    Shutdown,
+}
+
+impl DropReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::ExportFailed => "export_failed",
+            DropReason::RetriesExhausted => "retries_exhausted",
+            DropReason::EncodeFailed => "encode_failed",
+            DropReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SignalSinkLabels {
+    pub signal: &'static str,
+    pub sink: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SignalReasonLabels {
+    pub signal: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabels {
+    pub sink: &'static str,
+}
+
+/// Cheap to clone: every field is a shared handle on the registered metric.
+#[derive(Debug, Clone, Default)]
+pub struct ExportMetrics {
+    /// Signals (spans, histogram data points) a sink accepted.
+    pub signals: Family<SignalSinkLabels, Counter>,
+    /// Signals lost, by reason. After batching, a signal lost by two sinks
+    /// counts once per sink.
+    pub dropped: Family<SignalReasonLabels, Counter>,
+    /// Export attempts repeated after a retryable error.
+    pub retries: Family<SinkLabels, Counter>,
+    /// Batches a sink finally failed to deliver (one per request or write).
+    pub failures: Family<SinkLabels, Counter>,
+    /// Signals waiting in the bounded queue.
+    pub queue_length: Gauge,
+}
+
+impl ExportMetrics {
+    /// Creates the metrics and registers them (the registry adds its
+    /// `selfops` prefix and the `_total` suffix of counters).
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "export_signals",
+            "Signals accepted by an export sink",
+            metrics.signals.clone(),
+        );
+        registry.register(
+            "export_dropped",
+            "Signals dropped by the export pipeline, by reason",
+            metrics.dropped.clone(),
+        );
+        registry.register(
+            "export_retries",
+            "Export requests retried after a retryable error",
+            metrics.retries.clone(),
+        );
+        registry.register(
+            "export_failures",
+            "Export batches a sink failed to deliver",
+            metrics.failures.clone(),
+        );
+        registry.register(
+            "export_queue_length",
+            "Signals waiting in the export queue",
+            metrics.queue_length.clone(),
+        );
+        metrics
+    }
+
+    pub fn exported(&self, signal: &'static str, sink: &'static str, n: u64) {
+        if n > 0 {
+            self.signals
+                .get_or_create(&SignalSinkLabels { signal, sink })
+                .inc_by(n);
+        }
+    }
+
+    pub fn drop_signals(&self, signal: &'static str, reason: DropReason, n: u64) {
+        if n > 0 {
+            self.dropped
+                .get_or_create(&SignalReasonLabels {
+                    signal,
+                    reason: reason.as_str(),
+                })
+                .inc_by(n);
+        }
+    }
+
+    pub fn retry(&self, sink: &'static str) {
+        self.retries.get_or_create(&SinkLabels { sink }).inc();
+    }
+
+    pub fn failure(&self, sink: &'static str) {
+        self.failures.get_or_create(&SinkLabels { sink }).inc();
+    }
+
+    /// Reads a counter (tests and diagnostics).
+    pub fn dropped_count(&self, signal: &'static str, reason: DropReason) -> u64 {
+        self.dropped
+            .get_or_create(&SignalReasonLabels {
+                signal,
+                reason: reason.as_str(),
+            })
+            .get()
+    }
+
+    pub fn exported_count(&self, signal: &'static str, sink: &'static str) -> u64 {
+        self.signals
+            .get_or_create(&SignalSinkLabels { signal, sink })
+            .get()
+    }
+}

@@ -1,0 +1,148 @@
+//! OTLP/gRPC: the generated tonic clients of opentelemetry-proto over one
+//! lazily connected channel.
+//!
+//! opentelemetry-otlp's exporters are not used: their SpanExporter carries
+//! one Resource per exporter, while every process here is its own resource,
+//! so requests are built from the proto types and sent with tonic directly.
+
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::{
+    metrics::v1::{ExportMetricsServiceRequest, metrics_service_client::MetricsServiceClient},
+    trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient},
+};
+use tonic::{
+    codec::CompressionEncoding,
+    metadata::{AsciiMetadataKey, AsciiMetadataValue},
+    transport::{Channel, Endpoint},
+};
+
+use super::{
+    ExportError,
+    retry::{Attempt, classify_grpc},
+    sink::PartialSuccess,
+};
+use crate::config::OtlpConfig;
+
+/// Validated settings; `connect` needs the tokio runtime, so it happens in
+/// the pipeline's future rather than in `start`.
+#[derive(Debug, Clone)]
+pub struct GrpcSettings {
+    endpoint: Endpoint,
+    headers: Vec<(AsciiMetadataKey, AsciiMetadataValue)>,
+    gzip: bool,
+}
+
+impl GrpcSettings {
+    pub fn new(config: &OtlpConfig) -> Result<Self, ExportError> {
+        let invalid = |reason: String| ExportError::InvalidEndpoint {
+            endpoint: config.endpoint.clone(),
+            reason,
+        };
+        let endpoint = Endpoint::from_shared(config.endpoint.clone())
+            .map_err(|e| invalid(e.to_string()))?
+            .connect_timeout(config.timeout)
+            .tcp_nodelay(true)
+            .user_agent(super::USER_AGENT)
+            .map_err(|e| invalid(e.to_string()))?;
+        let headers = config
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                let invalid = |reason: String| ExportError::InvalidHeader {
+                    name: name.clone(),
+                    reason,
+                };
+                let key = AsciiMetadataKey::from_bytes(name.as_bytes())
+                    .map_err(|e| invalid(e.to_string()))?;
+                let value = AsciiMetadataValue::try_from(value.as_str())
+                    .map_err(|e| invalid(e.to_string()))?;
+                Ok((key, value))
+            })
+            .collect::<Result<_, ExportError>>()?;
+        Ok(Self {
+            endpoint,
+            headers,
+            gzip: config.gzip,
+        })
+    }
+
+    pub fn connect(self) -> GrpcExporter {
+        // Lazy: an unreachable collector at start-up is a retryable export
+        // error later, not a start-up failure.
+        let channel = self.endpoint.connect_lazy();
+        let mut traces = TraceServiceClient::new(channel.clone());
+        let mut metrics = MetricsServiceClient::new(channel);
+        if self.gzip {
+            traces = traces
+                .send_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Gzip);
+            metrics = metrics
+                .send_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Gzip);
+        }
+        GrpcExporter {
+            traces,
+            metrics,
+            headers: self.headers,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GrpcExporter {
+    traces: TraceServiceClient<Channel>,
+    metrics: MetricsServiceClient<Channel>,
+    headers: Vec<(AsciiMetadataKey, AsciiMetadataValue)>,
+}
+
+impl GrpcExporter {
+    fn request<T>(&self, message: T, timeout: Duration) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        // grpc-timeout tells the server; the tokio timeout below enforces it.
+        request.set_timeout(timeout);
+        let metadata = request.metadata_mut();
+        for (key, value) in &self.headers {
+            metadata.insert(key.clone(), value.clone());
+        }
+        request
+    }
+
+    pub async fn export_traces(
+        &self,
+        message: &ExportTraceServiceRequest,
+        timeout: Duration,
+    ) -> Attempt {
+        // Clients share the channel; a clone is a handle, not a connection.
+        let mut client = self.traces.clone();
+        let request = self.request(message.clone(), timeout);
+        finish(tokio::time::timeout(timeout, client.export(request)).await)
+    }
+
+    pub async fn export_metrics(
+        &self,
+        message: &ExportMetricsServiceRequest,
+        timeout: Duration,
+    ) -> Attempt {
+        let mut client = self.metrics.clone();
+        let request = self.request(message.clone(), timeout);
+        finish(tokio::time::timeout(timeout, client.export(request)).await)
+    }
+}
+
+fn finish<R: PartialSuccess>(
+    result: Result<Result<tonic::Response<R>, tonic::Status>, tokio::time::error::Elapsed>,
+) -> Attempt {
+    match result {
+        Ok(Ok(response)) => {
+            let (rejected, message) = response.into_inner().partial_success();
+            Attempt::Delivered { rejected, message }
+        }
+        Ok(Err(status)) => classify_grpc(&status),
+        Err(_) => Attempt::Retryable {
+            kind: "grpc timeout".to_owned(),
+            detail: "no response within the export timeout".to_owned(),
+            delay: None,
+        },
+    }
+}

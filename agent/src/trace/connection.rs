@@ -1,0 +1,189 @@
+//! One traced TCP connection of one process: which side it is, its two
+//! HTTP/1 parsers, and the requests still waiting for a response.
+
+use std::collections::VecDeque;
+
+use selfops_ebpf::NetEventKind;
+
+use super::{
+    context::{SpanContext, SpanId, TraceId},
+    event::{Endpoints, SocketEvent},
+    http1::{Detected, Http1Parser, Message, Request, Role},
+};
+
+/// Which end of the connection the process is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// It accepted the connection: it reads requests, writes responses.
+    Server,
+    /// It connected: it writes requests, reads responses.
+    Client,
+}
+
+/// A request waiting for its response.
+#[derive(Debug, Clone)]
+pub struct InFlight {
+    pub request: Request,
+    pub span_id: SpanId,
+    /// Unknown until resolved: a server request may be read before the
+    /// agent has processed the client's write of it.
+    pub trace_id: Option<TraceId>,
+    pub parent: Option<SpanId>,
+    /// Thread that read (server) or wrote (client) the request.
+    pub tid: u32,
+    pub traceparent: Option<SpanContext>,
+}
+
+/// Requests kept waiting per connection (pipelining depth).
+const MAX_IN_FLIGHT: usize = 64;
+/// Data events on a connection of unknown side before it is given up.
+const MAX_UNKNOWN_EVENTS: u32 = 8;
+
+pub struct Connection {
+    pub endpoints: Endpoints,
+    pub side: Option<Side>,
+    requests: Http1Parser,
+    responses: Http1Parser,
+    pub in_flight: VecDeque<InFlight>,
+    unknown_events: u32,
+    /// Requests dropped because MAX_IN_FLIGHT were already waiting.
+    pub overflowed: u64,
+    /// The connection carries TLS: only plaintext from the OpenSSL probes
+    /// is parsed, never the bytes seen at syscalls.
+    pub tls: bool,
+}
+
+/// What a data event produced on a connection.
+pub enum Parsed {
+    Request(Request),
+    Response(super::http1::Response),
+}
+
+const METHODS: [&[u8]; 9] = [
+    b"GET ",
+    b"HEAD ",
+    b"POST ",
+    b"PUT ",
+    b"DELETE ",
+    b"CONNECT ",
+    b"OPTIONS ",
+    b"TRACE ",
+    b"PATCH ",
+];
+
+fn starts_request(payload: &[u8]) -> bool {
+    METHODS.iter().any(|m| payload.starts_with(m))
+}
+
+impl Connection {
+    pub fn new(endpoints: Endpoints, side: Option<Side>) -> Self {
+        Self {
+            endpoints,
+            side,
+            requests: Http1Parser::new(Role::Request),
+            responses: Http1Parser::new(Role::Response),
+            in_flight: VecDeque::new(),
+            unknown_events: 0,
+            overflowed: 0,
+            tls: false,
+        }
+    }
+
+    /// Whether the syscall bytes of `event` are TLS records (handshake or
+    /// application data), which only the OpenSSL probes can read.
+    fn looks_like_tls(payload: &[u8]) -> bool {
+        matches!(payload, [0x14..=0x17, 0x03, 0x00..=0x04, ..])
+    }
+
+    /// True once both directions are known not to carry HTTP/1 or the
+    /// side could not be learned: further events are skipped cheaply.
+    pub fn ignored(&self) -> bool {
+        self.unknown_events > MAX_UNKNOWN_EVENTS
+            || (self.requests.detected() == Detected::NotHttp
+                && self.responses.detected() == Detected::NotHttp)
+    }
+
+    /// Learns the side from the first bytes when accept/connect was not
+    /// seen (the connection predates the agent).
+    fn infer_side(&mut self, event: &SocketEvent) {
+        let ingress = event.kind == NetEventKind::Ingress;
+        self.side = if event.payload.starts_with(b"HTTP/") {
+            Some(if ingress { Side::Client } else { Side::Server })
+        } else if starts_request(&event.payload) {
+            Some(if ingress { Side::Server } else { Side::Client })
+        } else {
+            self.unknown_events += 1;
+            None
+        };
+    }
+
+    /// Feeds a data event to the parser of its direction.
+    pub fn feed(&mut self, event: &SocketEvent, out: &mut Vec<Parsed>) {
+        if event.tls && !self.tls {
+            // First plaintext: whatever the syscall bytes taught the parsers
+            // (the handshake) is void.
+            self.tls = true;
+            self.requests = Http1Parser::new(Role::Request);
+            self.responses = Http1Parser::new(Role::Response);
+            self.unknown_events = 0;
+        } else if !event.tls && (self.tls || Self::looks_like_tls(&event.payload)) {
+            self.tls = true;
+            return;
+        }
+        if self.side.is_none() {
+            self.infer_side(event);
+        }
+        let Some(side) = self.side else { return };
+        let ingress = event.kind == NetEventKind::Ingress;
+        let carries_requests = matches!(
+            (side, ingress),
+            (Side::Server, true) | (Side::Client, false)
+        );
+        // Bytes leave when their write starts and arrive when their read
+        // returns: with these stamps a receiver's times always fall inside
+        // the sender's, whatever the scheduler did between the two.
+        let ts = if ingress {
+            event.end_boot_ns
+        } else {
+            event.start_boot_ns
+        };
+        let mut messages = Vec::new();
+        if carries_requests {
+            self.requests
+                .feed(&event.payload, event.total_len, ts, &mut messages);
+        } else {
+            self.responses
+                .feed(&event.payload, event.total_len, ts, &mut messages);
+        }
+        self.collect(messages, out);
+    }
+
+    /// The connection closed: messages delimited by the close complete.
+    pub fn finish(&mut self, ts: u64, out: &mut Vec<Parsed>) {
+        let mut messages = Vec::new();
+        self.requests.finish(ts, &mut messages);
+        self.responses.finish(ts, &mut messages);
+        self.collect(messages, out);
+    }
+
+    fn collect(&mut self, messages: Vec<Message>, out: &mut Vec<Parsed>) {
+        for message in messages {
+            match message {
+                Message::Request(request) => {
+                    // The response parser needs to know which answers HEAD.
+                    self.responses.push_request_method(&request.method);
+                    out.push(Parsed::Request(request));
+                }
+                Message::Response(response) => out.push(Parsed::Response(response)),
+            }
+        }
+    }
+
+    pub fn push_in_flight(&mut self, entry: InFlight) {
+        if self.in_flight.len() >= MAX_IN_FLIGHT {
+            self.in_flight.pop_front();
+            self.overflowed += 1;
+        }
+        self.in_flight.push_back(entry);
+    }
+}

@@ -1,0 +1,272 @@
+//! RED metrics from spans: `http.server.request.duration` and
+//! `http.client.request.duration` histograms (seconds) by service, method,
+//! route template and status class, with the number of routes per service
+//! capped so one noisy service cannot grow memory without bound.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
+
+use crate::signal::{AttrValue, HistogramPoint, Resource, SpanKind};
+
+/// Bucket bounds the HTTP semantic conventions advise for request durations.
+pub const DURATION_BOUNDS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// The route every path beyond a service's cap is counted under.
+pub const OVERFLOW_ROUTE: &str = "{overflow}";
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct SeriesKey {
+    kind: SpanKindKey,
+    service: Arc<str>,
+    method: String,
+    route: String,
+    status_class: &'static str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum SpanKindKey {
+    Server,
+    Client,
+}
+
+#[derive(Debug, Clone)]
+struct Series {
+    count: u64,
+    sum: f64,
+    min: f64,
+    max: f64,
+    buckets: Vec<u64>,
+}
+
+impl Series {
+    fn new() -> Self {
+        Self {
+            count: 0,
+            sum: 0.0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            buckets: vec![0; DURATION_BOUNDS.len() + 1],
+        }
+    }
+
+    fn record(&mut self, seconds: f64) {
+        self.count += 1;
+        self.sum += seconds;
+        self.min = self.min.min(seconds);
+        self.max = self.max.max(seconds);
+        let bucket = DURATION_BOUNDS.partition_point(|bound| *bound < seconds);
+        if let Some(b) = self.buckets.get_mut(bucket) {
+            *b += 1;
+        }
+    }
+}
+
+/// One observed request, as RED needs it.
+pub struct Observation<'a> {
+    pub kind: SpanKind,
+    pub service: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    pub seconds: f64,
+}
+
+pub struct RedMetrics {
+    series: HashMap<SeriesKey, Series>,
+    routes: HashMap<Arc<str>, HashSet<String>>,
+    max_routes_per_service: usize,
+    start_unix_nano: u64,
+    /// Observations whose route went to the overflow bucket.
+    pub overflowed: u64,
+}
+
+/// `/users/42/orders/9f8e…` → `/users/{id}/orders/{id}`: segments that look
+/// like identifiers (numbers, UUIDs, long hex) become `{id}`, since the real
+/// route of an unknown framework cannot be known.
+pub fn route_template(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for (i, segment) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        if looks_like_id(segment) {
+            out.push_str("{id}");
+        } else {
+            out.push_str(segment);
+        }
+    }
+    out
+}
+
+fn looks_like_id(segment: &str) -> bool {
+    if segment.is_empty() {
+        return false;
+    }
+    let digits = segment.bytes().all(|b| b.is_ascii_digit());
+    let hexish = segment.len() >= 16 && segment.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+    digits || hexish
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "other",
+    }
+}
+
+impl RedMetrics {
+    pub fn new(max_routes_per_service: usize, start_unix_nano: u64) -> Self {
+        Self {
+            series: HashMap::new(),
+            routes: HashMap::new(),
+            max_routes_per_service,
+            start_unix_nano,
+            overflowed: 0,
+        }
+    }
+
+    pub fn record(&mut self, o: Observation<'_>) {
+        let service: Arc<str> = match self.routes.get_key_value(o.service) {
+            Some((name, _)) => name.clone(),
+            None => Arc::from(o.service),
+        };
+        let template = route_template(o.path);
+        let routes = self.routes.entry(service.clone()).or_default();
+        let route = if routes.contains(&template) {
+            template
+        } else if routes.len() < self.max_routes_per_service {
+            routes.insert(template.clone());
+            template
+        } else {
+            self.overflowed += 1;
+            OVERFLOW_ROUTE.to_owned()
+        };
+        // Methods outside the standard set collapse, as semconv advises.
+        let method = match o.method {
+            "GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "CONNECT" | "OPTIONS" | "TRACE"
+            | "PATCH" => o.method.to_owned(),
+            _ => "_OTHER".to_owned(),
+        };
+        let key = SeriesKey {
+            kind: match o.kind {
+                SpanKind::Server => SpanKindKey::Server,
+                SpanKind::Client => SpanKindKey::Client,
+            },
+            service,
+            method,
+            route,
+            status_class: status_class(o.status),
+        };
+        self.series
+            .entry(key)
+            .or_insert_with(Series::new)
+            .record(o.seconds);
+    }
+
+    /// Cumulative points for every series, each with its service's resource.
+    pub fn collect(
+        &self,
+        now_unix_nano: u64,
+        resource_of: &mut dyn FnMut(&str) -> Arc<Resource>,
+    ) -> Vec<HistogramPoint> {
+        self.series
+            .iter()
+            .map(|(key, s)| {
+                let (name, description) = match key.kind {
+                    SpanKindKey::Server => (
+                        "http.server.request.duration",
+                        "Duration of HTTP server requests",
+                    ),
+                    SpanKindKey::Client => (
+                        "http.client.request.duration",
+                        "Duration of HTTP client requests",
+                    ),
+                };
+                HistogramPoint {
+                    name,
+                    description,
+                    unit: "s",
+                    attributes: vec![
+                        ("http.request.method", AttrValue::Str(key.method.clone())),
+                        ("http.route", AttrValue::Str(key.route.clone())),
+                        ("http.response.status_class", key.status_class.into()),
+                    ],
+                    start_unix_nano: self.start_unix_nano,
+                    time_unix_nano: now_unix_nano,
+                    count: s.count,
+                    sum: s.sum,
+                    min: s.min,
+                    max: s.max,
+                    bounds: DURATION_BOUNDS,
+                    bucket_counts: s.buckets.clone(),
+                    resource: resource_of(&key.service),
+                }
+            })
+            .collect()
+    }
+
+    pub fn series_count(&self) -> usize {
+        self.series.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn observe(red: &mut RedMetrics, path: &str, status: u16, seconds: f64) {
+        red.record(Observation {
+            kind: SpanKind::Server,
+            service: "web",
+            method: "GET",
+            path,
+            status,
+            seconds,
+        });
+    }
+
+    #[test]
+    fn templates() {
+        assert_eq!(route_template("/users/42/orders"), "/users/{id}/orders");
+        assert_eq!(
+            route_template("/o/3fa85f64-5717-4562-b3fc-2c963f66afa6"),
+            "/o/{id}"
+        );
+        assert_eq!(route_template("/static/app.js"), "/static/app.js");
+        assert_eq!(route_template("/"), "/");
+    }
+
+    #[test]
+    fn histogram_and_cap() {
+        let mut red = RedMetrics::new(2, 1);
+        observe(&mut red, "/a/1", 200, 0.003);
+        observe(&mut red, "/a/2", 200, 0.2);
+        observe(&mut red, "/b", 503, 20.0);
+        observe(&mut red, "/c", 200, 0.01);
+        observe(&mut red, "/d", 200, 0.01);
+        assert_eq!(red.overflowed, 2, "third and fourth routes overflow");
+        let resource = Arc::new(Resource { attributes: vec![] });
+        let points = red.collect(2, &mut |_| resource.clone());
+        let route = |p: &HistogramPoint| match &p.attributes[1].1 {
+            AttrValue::Str(s) => s.clone(),
+            _ => String::new(),
+        };
+        let a = points.iter().find(|p| route(p) == "/a/{id}").unwrap();
+        assert_eq!(a.count, 2);
+        assert_eq!(a.bucket_counts[0], 1, "3 ms in the first bucket");
+        assert_eq!(a.bucket_counts[6], 1, "200 ms in (0.1, 0.25]");
+        assert!((a.sum - 0.203).abs() < 1e-9);
+        let b = points.iter().find(|p| route(p) == "/b").unwrap();
+        assert_eq!(b.bucket_counts[DURATION_BOUNDS.len()], 1, "20 s in +Inf");
+        let overflow = points.iter().find(|p| route(p) == OVERFLOW_ROUTE).unwrap();
+        assert_eq!(overflow.count, 2);
+    }
+}

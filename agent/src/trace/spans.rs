@@ -1,0 +1,154 @@
+//! HTTP spans with the OpenTelemetry semantic conventions for HTTP.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use super::{
+    connection::{InFlight, Side},
+    context::{SpanId, TraceId},
+    event::Endpoints,
+    http1::{Request, Response},
+};
+use crate::signal::{AttrValue, Attributes, Resource, Span, SpanKind, SpanStatus};
+
+/// The path of a request target, without the query string (queries may
+/// carry secrets, so they are left out).
+pub fn url_path(target: &str) -> &str {
+    let without_query = target.split(['?', '#']).next().unwrap_or(target);
+    // Absolute form (proxies): http://host/path.
+    match without_query.split_once("://") {
+        Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
+        None => without_query,
+    }
+}
+
+/// Host header without its port.
+fn host_name(host: &str) -> &str {
+    if let Some(v6) = host.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or(v6);
+    }
+    host.rsplit_once(':')
+        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(host, |(name, _)| name)
+}
+
+fn protocol_version(minor: u8) -> &'static str {
+    if minor == 0 { "1.0" } else { "1.1" }
+}
+
+fn peer(attrs: &mut Attributes, remote: SocketAddr) {
+    attrs.push(("network.peer.address", remote.ip().to_string().into()));
+    attrs.push(("network.peer.port", i64::from(remote.port()).into()));
+}
+
+/// Everything needed to turn a request/response pair into a span.
+pub struct Exchange<'a> {
+    pub side: Side,
+    pub endpoints: Endpoints,
+    pub in_flight: &'a InFlight,
+    pub trace_id: TraceId,
+    pub parent: Option<SpanId>,
+    pub response: &'a Response,
+    pub resource: Arc<Resource>,
+    pub to_unix_ns: &'a dyn Fn(u64) -> u64,
+    /// The connection is TLS (https).
+    pub tls: bool,
+}
+
+pub fn build(exchange: Exchange<'_>) -> Span {
+    let Exchange {
+        side,
+        endpoints,
+        in_flight,
+        trace_id,
+        parent,
+        response,
+        resource,
+        to_unix_ns,
+        tls,
+    } = exchange;
+    let request: &Request = &in_flight.request;
+    let status = response.status;
+    let mut attrs: Attributes = vec![
+        ("http.request.method", request.method.as_str().into()),
+        ("http.response.status_code", i64::from(status).into()),
+        (
+            "network.protocol.version",
+            protocol_version(request.version_minor).into(),
+        ),
+    ];
+    let host = request.header("host").map(host_name);
+    let path = url_path(&request.target);
+    let (kind, error) = match side {
+        Side::Server => {
+            attrs.push(("url.path", path.into()));
+            attrs.push(("url.scheme", if tls { "https" } else { "http" }.into()));
+            attrs.push((
+                "server.address",
+                host.map_or_else(|| endpoints.local.ip().to_string(), str::to_owned)
+                    .into(),
+            ));
+            attrs.push(("server.port", i64::from(endpoints.local.port()).into()));
+            attrs.push(("client.address", endpoints.remote.ip().to_string().into()));
+            (SpanKind::Server, status >= 500)
+        }
+        Side::Client => {
+            let server = host.map_or_else(|| endpoints.remote.ip().to_string(), str::to_owned);
+            let authority = match request.header("host") {
+                Some(h) => h.to_owned(),
+                None => endpoints.remote.to_string(),
+            };
+            let scheme = if tls { "https" } else { "http" };
+            attrs.push(("url.full", format!("{scheme}://{authority}{path}").into()));
+            attrs.push(("server.address", server.into()));
+            attrs.push(("server.port", i64::from(endpoints.remote.port()).into()));
+            (SpanKind::Client, status >= 400)
+        }
+    };
+    peer(&mut attrs, endpoints.remote);
+    if let Some(agent) = request.header("user-agent") {
+        attrs.push(("user_agent.original", agent.into()));
+    }
+    let status = if error {
+        attrs.push(("error.type", AttrValue::Str(status.to_string())));
+        SpanStatus::Error {
+            message: format!("HTTP {status}"),
+        }
+    } else {
+        SpanStatus::Unset
+    };
+    let start = request.start_ns.min(response.end_ns);
+    Span {
+        trace_id,
+        span_id: in_flight.span_id,
+        parent_span_id: parent,
+        name: request.method.clone(),
+        kind,
+        start_unix_nano: to_unix_ns(start),
+        end_unix_nano: to_unix_ns(response.end_ns),
+        attributes: attrs,
+        status,
+        resource,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_drop_queries() {
+        assert_eq!(url_path("/a/b?token=secret"), "/a/b");
+        assert_eq!(url_path("/a#frag"), "/a");
+        assert_eq!(url_path("http://h:8080/x?y"), "/x");
+        assert_eq!(url_path("http://h"), "/");
+        assert_eq!(url_path("*"), "*");
+    }
+
+    #[test]
+    fn host_without_port() {
+        assert_eq!(host_name("example.com:8080"), "example.com");
+        assert_eq!(host_name("example.com"), "example.com");
+        assert_eq!(host_name("[::1]:80"), "::1");
+        assert_eq!(host_name("weird:port"), "weird:port");
+    }
+}

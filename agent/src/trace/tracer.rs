@@ -1,0 +1,538 @@
+//! The tracer: socket events in, HTTP spans out. It keeps the traced
+//! connections, parents spans across processes (W3C traceparent, both ends
+//! of a connection, thread-per-request servers) and hands finished spans to
+//! the export pipeline.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use prometheus_client::{
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use selfops_ebpf::{NetEventKind, Sensor};
+
+use super::{
+    connection::{Connection, InFlight, Parsed, Side},
+    context::{
+        Rendezvous, SpanContext, SpanId, TraceId, new_span_id, new_trace_id, parse_traceparent,
+    },
+    event::{Endpoints, SocketEvent, decode},
+    http1::Response,
+    red::{Observation, RedMetrics},
+    spans::{Exchange, build},
+};
+use crate::{
+    config::TraceConfig,
+    kernel::ring_reader::RingReader,
+    process::{ResourceBuilder, SharedTable, clock::BootClock},
+    signal::{AttrValue, Resource, Signal},
+    telemetry::{Metrics, metrics::ReasonLabel},
+};
+
+/// A connection: the process and the kernel's socket.
+type ConnKey = (u32, u64);
+
+const MAX_RECORDS_PER_WAKEUP: usize = 4096;
+/// How long a finished server span waits for its client's event.
+const PARK_FOR: Duration = Duration::from_millis(250);
+/// Server spans waiting at most; beyond it they are decided at once.
+const MAX_PARKED: usize = 4096;
+
+/// A finished server span whose client end was not seen yet.
+struct Parked {
+    deadline: Instant,
+    pid: u32,
+    endpoints: Endpoints,
+    entry: InFlight,
+    response: Response,
+    tls: bool,
+}
+
+/// Fixes `entry`'s trace from the client end (if its event was processed)
+/// or the request's traceparent; with `decide`, else a new trace.
+fn resolve_entry(
+    rendezvous: &mut Rendezvous,
+    endpoints: Endpoints,
+    entry: &mut InFlight,
+    decide: bool,
+) {
+    if entry.trace_id.is_some() {
+        return;
+    }
+    let (trace_id, parent) = match (
+        rendezvous.claim(endpoints, Instant::now()),
+        entry.traceparent,
+    ) {
+        (Some(client), _) => (client.trace_id, Some(client.span_id)),
+        (None, _) if !decide => return,
+        (None, Some(tp)) => (tp.trace_id, Some(tp.span_id)),
+        (None, None) => (new_trace_id(), None),
+    };
+    entry.trace_id = Some(trace_id);
+    entry.parent = parent;
+}
+
+#[derive(Clone)]
+pub struct TraceMetrics {
+    pub spans: Family<ReasonLabel, Counter>,
+    pub connections: Gauge,
+    pub connections_rejected: Counter,
+    pub requests_unanswered: Counter,
+    pub red_series: Gauge,
+    pub red_routes_overflowed: Counter,
+}
+
+impl TraceMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            spans: Family::default(),
+            connections: Gauge::default(),
+            connections_rejected: Counter::default(),
+            requests_unanswered: Counter::default(),
+            red_series: Gauge::default(),
+            red_routes_overflowed: Counter::default(),
+        };
+        registry.register(
+            "trace_red_series",
+            "RED histogram series (service, method, route, status class)",
+            m.red_series.clone(),
+        );
+        registry.register(
+            "trace_red_routes_overflowed",
+            "Requests counted under the overflow route (route cap per service reached)",
+            m.red_routes_overflowed.clone(),
+        );
+        registry.register(
+            "trace_spans",
+            "HTTP spans produced, by kind",
+            m.spans.clone(),
+        );
+        registry.register(
+            "trace_connections",
+            "TCP connections being traced",
+            m.connections.clone(),
+        );
+        registry.register(
+            "trace_connections_rejected",
+            "Connections not traced because the table was full",
+            m.connections_rejected.clone(),
+        );
+        registry.register(
+            "trace_requests_unanswered",
+            "Requests dropped without a response (connection closed or too many in flight)",
+            m.requests_unanswered.clone(),
+        );
+        m
+    }
+}
+
+pub struct Tracer {
+    connections: HashMap<ConnKey, Connection>,
+    max_connections: usize,
+    rendezvous: Rendezvous,
+    /// Thread → the server request it is handling now.
+    active_server: HashMap<u32, (ConnKey, SpanId)>,
+    table: SharedTable,
+    resources: Arc<ResourceBuilder>,
+    resource_cache: HashMap<u32, Arc<Resource>>,
+    clock: BootClock,
+    sink: Box<dyn FnMut(Signal) + Send>,
+    metrics: Arc<Metrics>,
+    trace_metrics: TraceMetrics,
+    red: RedMetrics,
+    red_interval: Duration,
+    parked: VecDeque<Parked>,
+}
+
+impl Tracer {
+    pub fn new(
+        config: &TraceConfig,
+        table: SharedTable,
+        resources: Arc<ResourceBuilder>,
+        metrics: Arc<Metrics>,
+        trace_metrics: TraceMetrics,
+        sink: Box<dyn FnMut(Signal) + Send>,
+    ) -> Self {
+        let clock = BootClock::measure();
+        let max_connections = config.max_connections;
+        Self {
+            red: RedMetrics::new(config.max_routes_per_service, unix_now_ns()),
+            red_interval: config.metrics_interval,
+            parked: VecDeque::new(),
+            connections: HashMap::new(),
+            max_connections,
+            rendezvous: Rendezvous::new(max_connections),
+            active_server: HashMap::new(),
+            table,
+            resources,
+            resource_cache: HashMap::new(),
+            clock,
+            sink,
+            metrics,
+            trace_metrics,
+        }
+    }
+
+    pub fn handle_record(&mut self, record: &[u8]) {
+        let label = Metrics::sensor(Sensor::Socket);
+        match decode(record) {
+            Ok(event) => {
+                self.metrics.events_received.get_or_create(&label).inc();
+                self.handle(event);
+            }
+            Err(err) => {
+                tracing::debug!(%err, "malformed socket event");
+                self.metrics.events_malformed.get_or_create(&label).inc();
+            }
+        }
+    }
+
+    pub fn handle(&mut self, event: SocketEvent) {
+        let key = (event.pid, event.sock);
+        match event.kind {
+            NetEventKind::Accept | NetEventKind::Connect => {
+                let side = if event.kind == NetEventKind::Accept {
+                    Side::Server
+                } else {
+                    Side::Client
+                };
+                self.close(key, event.end_boot_ns);
+                self.open(key, &event, Some(side));
+            }
+            NetEventKind::Close => self.close(key, event.end_boot_ns),
+            NetEventKind::Ingress | NetEventKind::Egress => {
+                if !self.connections.contains_key(&key) && !self.open(key, &event, None) {
+                    return;
+                }
+                let mut parsed = Vec::new();
+                if let Some(conn) = self.connections.get_mut(&key) {
+                    if conn.ignored() && !event.tls {
+                        return;
+                    }
+                    conn.feed(&event, &mut parsed);
+                }
+                for message in parsed {
+                    self.on_message(key, event.tid, message);
+                }
+            }
+        }
+        self.trace_metrics
+            .connections
+            .set(self.connections.len() as i64);
+    }
+
+    fn open(&mut self, key: ConnKey, event: &SocketEvent, side: Option<Side>) -> bool {
+        if self.connections.len() >= self.max_connections {
+            self.trace_metrics.connections_rejected.inc();
+            return false;
+        }
+        self.connections
+            .insert(key, Connection::new(event.endpoints, side));
+        true
+    }
+
+    fn close(&mut self, key: ConnKey, ts: u64) {
+        let Some(mut conn) = self.connections.remove(&key) else {
+            return;
+        };
+        let mut parsed = Vec::new();
+        conn.finish(ts, &mut parsed);
+        // Put it back for the close-delimited messages, then drop it.
+        self.connections.insert(key, conn);
+        for message in parsed {
+            self.on_message(key, 0, message);
+        }
+        if let Some(conn) = self.connections.remove(&key) {
+            let unanswered = conn.in_flight.len() as u64 + conn.overflowed;
+            self.trace_metrics.requests_unanswered.inc_by(unanswered);
+            self.active_server.retain(|_, (k, _)| *k != key);
+        }
+    }
+
+    fn on_message(&mut self, key: ConnKey, tid: u32, message: Parsed) {
+        let Some(side) = self.connections.get(&key).and_then(|c| c.side) else {
+            return;
+        };
+        match (side, message) {
+            (Side::Server, Parsed::Request(request)) => self.server_request(key, tid, request),
+            (Side::Client, Parsed::Request(request)) => self.client_request(key, tid, request),
+            (side, Parsed::Response(response)) => self.response(key, side, response),
+            // A response-side parser never yields requests and vice versa.
+        }
+    }
+
+    fn server_request(&mut self, key: ConnKey, tid: u32, request: super::http1::Request) {
+        let traceparent = request.header("traceparent").and_then(parse_traceparent);
+        let span_id = new_span_id();
+        let Some(conn) = self.connections.get_mut(&key) else {
+            return;
+        };
+        let mut entry = InFlight {
+            request,
+            span_id,
+            trace_id: None,
+            parent: None,
+            tid,
+            traceparent,
+        };
+        // The client's write is usually processed already; if not, the
+        // context is resolved again when it is first needed.
+        if let Some(client) = self.rendezvous.claim(conn.endpoints, Instant::now()) {
+            entry.trace_id = Some(client.trace_id);
+            entry.parent = Some(client.span_id);
+        }
+        conn.push_in_flight(entry);
+        self.active_server.insert(tid, (key, span_id));
+    }
+
+    /// The trace of a server request: the client end if seen, else the
+    /// request's traceparent. With `decide`, a request with neither starts
+    /// a new trace; without, it stays open (the client's event may still be
+    /// on its way).
+    fn resolve_server(
+        &mut self,
+        key: ConnKey,
+        span_id: SpanId,
+        decide: bool,
+    ) -> Option<SpanContext> {
+        let conn = self.connections.get_mut(&key)?;
+        let endpoints = conn.endpoints;
+        let entry = conn.in_flight.iter_mut().find(|e| e.span_id == span_id)?;
+        resolve_entry(&mut self.rendezvous, endpoints, entry, decide);
+        Some(SpanContext {
+            trace_id: entry.trace_id?,
+            span_id,
+        })
+    }
+
+    fn client_request(&mut self, key: ConnKey, tid: u32, request: super::http1::Request) {
+        let traceparent = request.header("traceparent").and_then(parse_traceparent);
+        let server = self
+            .active_server
+            .get(&tid)
+            .copied()
+            .and_then(|(server_key, span)| self.resolve_server(server_key, span, true));
+        let (trace_id, span_id, parent): (TraceId, SpanId, Option<SpanId>) =
+            match (traceparent, server) {
+                // An instrumented sender: its header names this client span.
+                (Some(tp), server) => (
+                    tp.trace_id,
+                    tp.span_id,
+                    server
+                        .filter(|s| s.trace_id == tp.trace_id)
+                        .map(|s| s.span_id),
+                ),
+                (None, Some(server)) => (server.trace_id, new_span_id(), Some(server.span_id)),
+                (None, None) => (new_trace_id(), new_span_id(), None),
+            };
+        let Some(conn) = self.connections.get_mut(&key) else {
+            return;
+        };
+        let now = Instant::now();
+        self.rendezvous
+            .offer(conn.endpoints, SpanContext { trace_id, span_id }, now);
+        conn.push_in_flight(InFlight {
+            request,
+            span_id,
+            trace_id: Some(trace_id),
+            parent,
+            tid,
+            traceparent,
+        });
+        if !self.parked.is_empty() {
+            self.release_parked(now);
+        }
+    }
+
+    fn response(&mut self, key: ConnKey, side: Side, response: Response) {
+        let Some(conn) = self.connections.get_mut(&key) else {
+            return;
+        };
+        // A response whose request was not seen (agent started
+        // mid-connection) gives no span: the request is unknown.
+        let Some(mut entry) = conn.in_flight.pop_front() else {
+            return;
+        };
+        let endpoints = conn.endpoints;
+        let tls = conn.tls;
+        if side == Side::Server {
+            if self
+                .active_server
+                .get(&entry.tid)
+                .is_some_and(|(_, s)| *s == entry.span_id)
+            {
+                self.active_server.remove(&entry.tid);
+            }
+            resolve_entry(&mut self.rendezvous, endpoints, &mut entry, false);
+            if entry.trace_id.is_none() {
+                // The server answered before the agent saw the client send
+                // (it read the request before the client's call returned):
+                // wait briefly for the client's event.
+                if self.parked.len() >= MAX_PARKED {
+                    resolve_entry(&mut self.rendezvous, endpoints, &mut entry, true);
+                } else {
+                    self.parked.push_back(Parked {
+                        deadline: Instant::now() + PARK_FOR,
+                        pid: key.0,
+                        endpoints,
+                        entry,
+                        response,
+                        tls,
+                    });
+                    return;
+                }
+            }
+        }
+        self.emit(key.0, side, endpoints, &entry, &response, tls);
+    }
+
+    /// Parked server spans whose client end has now been seen, or whose
+    /// wait is over, are emitted.
+    fn release_parked(&mut self, now: Instant) {
+        let mut waiting = VecDeque::with_capacity(self.parked.len());
+        while let Some(mut parked) = self.parked.pop_front() {
+            let expired = now >= parked.deadline;
+            resolve_entry(
+                &mut self.rendezvous,
+                parked.endpoints,
+                &mut parked.entry,
+                expired,
+            );
+            if parked.entry.trace_id.is_some() {
+                self.emit(
+                    parked.pid,
+                    Side::Server,
+                    parked.endpoints,
+                    &parked.entry,
+                    &parked.response,
+                    parked.tls,
+                );
+            } else {
+                waiting.push_back(parked);
+            }
+        }
+        self.parked = waiting;
+    }
+
+    fn emit(
+        &mut self,
+        pid: u32,
+        side: Side,
+        endpoints: Endpoints,
+        entry: &InFlight,
+        response: &Response,
+        tls: bool,
+    ) {
+        let Some(trace_id) = entry.trace_id else {
+            return;
+        };
+        let resource = self.resource_of(pid);
+        let clock = self.clock;
+        let span = build(Exchange {
+            side,
+            endpoints,
+            in_flight: entry,
+            trace_id,
+            parent: entry.parent,
+            response,
+            resource,
+            to_unix_ns: &|ns| clock.to_unix_ns(ns),
+            tls,
+        });
+        let kind = match side {
+            Side::Server => "server",
+            Side::Client => "client",
+        };
+        self.trace_metrics
+            .spans
+            .get_or_create(&ReasonLabel { reason: kind })
+            .inc();
+        let seconds = span.end_unix_nano.saturating_sub(span.start_unix_nano) as f64 / 1e9;
+        self.red.record(Observation {
+            kind: span.kind,
+            service: span.resource.service_name(),
+            method: &entry.request.method,
+            path: super::spans::url_path(&entry.request.target),
+            status: response.status,
+            seconds,
+        });
+        (self.sink)(Signal::Span(span));
+    }
+
+    fn resource_of(&mut self, pid: u32) -> Arc<Resource> {
+        if let Some(cached) = self.resource_cache.get(&pid) {
+            return cached.clone();
+        }
+        let resource = match self.table.read().get(pid) {
+            Some(process) => self.resources.resource(&process),
+            None => Resource {
+                attributes: vec![("process.pid", AttrValue::Int(i64::from(pid)))],
+            },
+        };
+        // Bounded: a full cache starts over (rebuilding is cheap).
+        if self.resource_cache.len() >= 4096 {
+            self.resource_cache.clear();
+        }
+        let resource = Arc::new(resource);
+        self.resource_cache.insert(pid, resource.clone());
+        resource
+    }
+
+    /// A process exec'd or exited: its cached resource is stale.
+    pub fn forget_resources(&mut self) {
+        self.resource_cache.clear();
+    }
+
+    /// Hands the RED histograms to the sink.
+    pub fn export_red(&mut self) {
+        let resources = self.resources.clone();
+        let mut cache: HashMap<String, Arc<Resource>> = HashMap::new();
+        let points = self.red.collect(unix_now_ns(), &mut |service| {
+            cache
+                .entry(service.to_owned())
+                .or_insert_with(|| Arc::new(resources.service_resource(service)))
+                .clone()
+        });
+        self.trace_metrics
+            .red_series
+            .set(self.red.series_count() as i64);
+        self.trace_metrics.red_routes_overflowed.inc_by(
+            self.red
+                .overflowed
+                .saturating_sub(self.trace_metrics.red_routes_overflowed.get()),
+        );
+        for point in points {
+            (self.sink)(Signal::Histogram(point));
+        }
+    }
+
+    pub async fn run(mut self, mut ring: RingReader) -> std::io::Result<()> {
+        let mut refresh = tokio::time::interval(Duration::from_secs(5));
+        let mut red = tokio::time::interval(self.red_interval);
+        let mut parked = tokio::time::interval(PARK_FOR / 2);
+        loop {
+            tokio::select! {
+                ready = ring.ready() => {
+                    ready?.drain(MAX_RECORDS_PER_WAKEUP, |record| self.handle_record(record));
+                }
+                _ = parked.tick() => {
+                    if !self.parked.is_empty() {
+                        self.release_parked(Instant::now());
+                    }
+                }
+                _ = refresh.tick() => self.forget_resources(),
+                _ = red.tick() => self.export_red(),
+            }
+        }
+    }
+}
+
+fn unix_now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
