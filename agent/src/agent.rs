@@ -116,7 +116,7 @@ async fn run_agent(config: Config) -> anyhow::Result<()> {
             metrics.clone(),
             trace_metrics,
             Box::new(move |signal| sink.send(signal)),
-        );
+        )?;
         let ring =
             RingReader::new(object.take_socket_ring()?).context("polling the socket ring")?;
         Some(tracer.run(ring))

@@ -59,6 +59,21 @@ pub struct TraceConfig {
     /// How often RED metrics are exported.
     #[serde(with = "humantime_serde")]
     pub metrics_interval: Duration,
+    /// Trace only what matches one of these (empty: everything).
+    pub include: Vec<Selector>,
+    /// Never trace what matches one of these.
+    pub exclude: Vec<Selector>,
+}
+
+/// Picks processes or connections: exactly one of `executable: GLOB`
+/// (name or path), `cgroup: GLOB` or `port: N` (listening or destination
+/// port).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Selector {
+    pub executable: Option<String>,
+    pub cgroup: Option<String>,
+    pub port: Option<u16>,
 }
 
 impl Default for TraceConfig {
@@ -70,6 +85,8 @@ impl Default for TraceConfig {
             ring_bytes: 8 << 20,
             max_routes_per_service: 100,
             metrics_interval: Duration::from_secs(10),
+            include: Vec::new(),
+            exclude: Vec::new(),
         }
     }
 }
@@ -347,6 +364,29 @@ impl Config {
                 "must be at least 100ms".to_owned(),
             ));
         }
+        for (list, selectors) in [("include", &t.include), ("exclude", &t.exclude)] {
+            for (i, selector) in selectors.iter().enumerate() {
+                let key = format!("trace.{list}[{i}]");
+                match (&selector.executable, &selector.cgroup, selector.port) {
+                    (Some(glob), None, None) | (None, Some(glob), None) => {
+                        check_glob(glob).map_err(|m| invalid(&key, m))?;
+                    }
+                    (None, None, Some(0)) => {
+                        return Err(invalid(
+                            &key,
+                            "port 0 is not allowed: use 1 to 65535".into(),
+                        ));
+                    }
+                    (None, None, Some(_)) => {}
+                    _ => {
+                        return Err(invalid(
+                            &key,
+                            "give exactly one of `executable`, `cgroup` or `port`".into(),
+                        ));
+                    }
+                }
+            }
+        }
         let e = &self.export;
         if !(1..=1_048_576).contains(&e.queue_capacity) {
             return Err(invalid(
@@ -428,6 +468,26 @@ mod tests {
         assert_eq!(config.process.max_processes, 1000);
         assert_eq!(config.process.exited_retention, Duration::from_secs(2));
         assert_eq!(config.service.rules.len(), 2);
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../../deploy/selfops.yaml");
+        let config = parse(text).unwrap();
+        assert!(config.export.otlp.is_some());
+    }
+
+    #[test]
+    fn trace_selectors() {
+        let config = parse(
+            "trace: { include: [ { executable: nginx }, { port: 8080 } ], exclude: [ { cgroup: '/x/*' } ] }",
+        )
+        .unwrap();
+        assert_eq!(config.trace.include.len(), 2);
+        let err = parse("trace: { include: [ { port: 0 } ] }").unwrap_err();
+        assert!(err.contains("trace.include[0]"), "{err}");
+        let err = parse("trace: { exclude: [ { pid: 3 } ] }").unwrap_err();
+        assert!(err.contains("trace.exclude[0]"), "{err}");
     }
 
     #[test]

@@ -36,9 +36,17 @@ impl Service {
 }
 
 impl Drop for Service {
+    /// SIGTERM first: an nginx master killed outright leaves its workers.
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let exited = wait_for(Duration::from_secs(3), || {
+            self.child.try_wait().ok().flatten()
+        });
+        if exited.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 

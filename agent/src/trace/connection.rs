@@ -51,6 +51,8 @@ pub struct Connection {
     /// The connection carries TLS: only plaintext from the OpenSSL probes
     /// is parsed, never the bytes seen at syscalls.
     pub tls: bool,
+    /// Left out by `trace.include` / `trace.exclude`.
+    pub excluded: bool,
 }
 
 /// What a data event produced on a connection.
@@ -86,6 +88,7 @@ impl Connection {
             unknown_events: 0,
             overflowed: 0,
             tls: false,
+            excluded: false,
         }
     }
 
@@ -98,7 +101,8 @@ impl Connection {
     /// True once both directions are known not to carry HTTP/1 or the
     /// side could not be learned: further events are skipped cheaply.
     pub fn ignored(&self) -> bool {
-        self.unknown_events > MAX_UNKNOWN_EVENTS
+        self.excluded
+            || self.unknown_events > MAX_UNKNOWN_EVENTS
             || (self.requests.detected() == Detected::NotHttp
                 && self.responses.detected() == Detected::NotHttp)
     }

@@ -3,6 +3,7 @@
 pub mod connection;
 pub mod context;
 pub mod event;
+pub mod filter;
 pub mod http1;
 pub mod red;
 pub mod spans;

@@ -21,6 +21,7 @@ use super::{
         Rendezvous, SpanContext, SpanId, TraceId, new_span_id, new_trace_id, parse_traceparent,
     },
     event::{Endpoints, SocketEvent, decode},
+    filter::TraceFilter,
     http1::Response,
     red::{Observation, RedMetrics},
     spans::{Exchange, build},
@@ -146,6 +147,7 @@ pub struct Tracer {
     red: RedMetrics,
     red_interval: Duration,
     parked: VecDeque<Parked>,
+    filter: TraceFilter,
 }
 
 impl Tracer {
@@ -156,13 +158,15 @@ impl Tracer {
         metrics: Arc<Metrics>,
         trace_metrics: TraceMetrics,
         sink: Box<dyn FnMut(Signal) + Send>,
-    ) -> Self {
+    ) -> Result<Self, globset::Error> {
+        let filter = TraceFilter::new(&config.include, &config.exclude)?;
         let clock = BootClock::measure();
         let max_connections = config.max_connections;
-        Self {
+        Ok(Self {
             red: RedMetrics::new(config.max_routes_per_service, unix_now_ns()),
             red_interval: config.metrics_interval,
             parked: VecDeque::new(),
+            filter,
             connections: HashMap::new(),
             max_connections,
             rendezvous: Rendezvous::new(max_connections),
@@ -174,7 +178,7 @@ impl Tracer {
             sink,
             metrics,
             trace_metrics,
-        }
+        })
     }
 
     pub fn handle_record(&mut self, record: &[u8]) {
@@ -210,7 +214,7 @@ impl Tracer {
                 }
                 let mut parsed = Vec::new();
                 if let Some(conn) = self.connections.get_mut(&key) {
-                    if conn.ignored() && !event.tls {
+                    if conn.excluded || (conn.ignored() && !event.tls) {
                         return;
                     }
                     conn.feed(&event, &mut parsed);
@@ -230,8 +234,12 @@ impl Tracer {
             self.trace_metrics.connections_rejected.inc();
             return false;
         }
-        self.connections
-            .insert(key, Connection::new(event.endpoints, side));
+        let process = self.table.read().get(event.pid);
+        let mut conn = Connection::new(event.endpoints, side);
+        // Filtered-out connections stay in the table, ignored, so the
+        // decision is made once per connection.
+        conn.excluded = !self.filter.allows(process.as_deref(), &event.endpoints);
+        self.connections.insert(key, conn);
         true
     }
 
