@@ -26,6 +26,22 @@ impl RingReader {
     }
 }
 
+impl RingReader {
+    /// Hands up to `max` records already in the ring to `on_record`, without
+    /// waiting: for sensors that wake the agent only when the ring fills and
+    /// are otherwise drained on a timer.
+    pub fn drain_pending(&mut self, max: usize, mut on_record: impl FnMut(&[u8])) -> usize {
+        let ring = self.fd.get_mut();
+        let mut n = 0;
+        while n < max {
+            let Some(record) = ring.next() else { break };
+            on_record(&record);
+            n += 1;
+        }
+        n
+    }
+}
+
 pub struct Ready<'a> {
     guard: AsyncFdReadyMutGuard<'a, RingBuf<MapData>>,
 }

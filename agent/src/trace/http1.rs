@@ -763,19 +763,18 @@ impl Http1Parser {
     }
 
     fn end_of_chunk_line(&mut self, line: ChunkLine) {
-        self.state = match line {
+        match line {
             ChunkLine {
                 has_digit: false, ..
-            } => {
-                self.lose_sync_in_message();
-                return;
+            } => self.lose_sync_in_message(),
+            ChunkLine { size: 0, .. } => {
+                self.state = State::Trailers {
+                    line_len: 0,
+                    bytes: 0,
+                }
             }
-            ChunkLine { size: 0, .. } => State::Trailers {
-                line_len: 0,
-                bytes: 0,
-            },
-            ChunkLine { size, .. } => State::ChunkData { remaining: size },
-        };
+            ChunkLine { size, .. } => self.state = State::ChunkData { remaining: size },
+        }
     }
 
     fn step_chunk_data(&mut self, remaining: u64, data: &[u8]) -> usize {

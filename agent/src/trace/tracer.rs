@@ -38,6 +38,8 @@ use crate::{
 type ConnKey = (u32, u64);
 
 const MAX_RECORDS_PER_WAKEUP: usize = 4096;
+/// How often the socket ring is drained when the kernel did not wake us.
+const DRAIN_EVERY: Duration = Duration::from_millis(10);
 /// How long a finished server span waits for its client's event.
 const PARK_FOR: Duration = Duration::from_millis(250);
 /// Server spans waiting at most; beyond it they are decided at once.
@@ -522,10 +524,21 @@ impl Tracer {
         let mut refresh = tokio::time::interval(Duration::from_secs(5));
         let mut red = tokio::time::interval(self.red_interval);
         let mut parked = tokio::time::interval(PARK_FOR / 2);
+        // The socket sensor wakes the agent only when its ring fills;
+        // otherwise the ring is drained on this tick.
+        let mut drain = tokio::time::interval(DRAIN_EVERY);
+        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 ready = ring.ready() => {
                     ready?.drain(MAX_RECORDS_PER_WAKEUP, |record| self.handle_record(record));
+                }
+                _ = drain.tick() => {
+                    while ring.drain_pending(MAX_RECORDS_PER_WAKEUP, |record| self.handle_record(record))
+                        == MAX_RECORDS_PER_WAKEUP
+                    {
+                        tokio::task::yield_now().await;
+                    }
                 }
                 _ = parked.tick() => {
                     if !self.parked.is_empty() {

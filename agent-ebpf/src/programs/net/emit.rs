@@ -1,6 +1,11 @@
 //! Writing socket events into the `NET_EVENTS` ring buffer.
 
-use aya_ebpf::{helpers::generated::bpf_probe_read_user, macros::map, maps::RingBuf};
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::generated::bpf_probe_read_user,
+    macros::map,
+    maps::RingBuf,
+};
 use selfops_ebpf::{NetEvent, NetEventHeader, NetEventKind, NetSettings, PAYLOAD_MAX, Sensor};
 
 use super::socket::tuple_of;
@@ -18,6 +23,20 @@ static NET_SETTINGS: NetSettings = NetSettings::DEFAULT;
 pub fn settings() -> NetSettings {
     // SAFETY: read-only global filled by the loader.
     unsafe { core::ptr::read_volatile(&NET_SETTINGS) }
+}
+
+/// Unread bytes in the ring above which the agent is woken at once. Below
+/// it the agent drains on its own timer: a wake-up per event would cost
+/// the traced host a context switch per syscall.
+const WAKEUP_BYTES: u64 = 256 * 1024;
+
+#[inline(always)]
+fn submit_flags() -> u64 {
+    if NET_EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKEUP_BYTES {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
+    }
 }
 
 /// A syscall on a TCP socket, as recorded at entry.
@@ -67,7 +86,7 @@ pub fn emit_control(kind: NetEventKind, call: &Call, pid_tgid: u64, end_ns: u64)
         return;
     };
     if fill_header(entry.as_mut_ptr(), kind, call, pid_tgid, end_ns, 0).is_ok() {
-        entry.submit(0);
+        entry.submit(submit_flags());
     } else {
         entry.discard(0);
     }
@@ -119,5 +138,5 @@ pub fn emit_data(
         (*event).captured_len = captured;
         (*event)._pad = 0;
     }
-    entry.submit(0);
+    entry.submit(submit_flags());
 }
