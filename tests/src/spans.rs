@@ -67,7 +67,11 @@ fn attributes(list: Option<&Value>) -> BTreeMap<String, Value> {
 pub fn read_spans(path: &Path) -> Vec<FlatSpan> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let mut spans = Vec::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+    // Complete lines only: the agent may be writing the last one.
+    for line in text
+        .split_inclusive('\n')
+        .filter(|l| l.ends_with('\n') && !l.trim().is_empty())
+    {
         let request: Value = serde_json::from_str(line)
             .unwrap_or_else(|e| panic!("traces.jsonl line is not JSON ({e}): {line}"));
         for rs in request["resourceSpans"].as_array().into_iter().flatten() {

@@ -30,10 +30,12 @@ fn config(capacity: usize, batch_size: usize, batch_timeout: Duration) -> Export
     }
 }
 
+/// Complete lines only: the sink may be mid-write while a test reads.
 fn lines(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
-        .lines()
+        .split_inclusive('\n')
+        .filter(|l| l.ends_with('\n'))
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }

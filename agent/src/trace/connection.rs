@@ -109,11 +109,11 @@ impl Connection {
 
     /// Learns the side from the first bytes when accept/connect was not
     /// seen (the connection predates the agent).
-    fn infer_side(&mut self, event: &SocketEvent) {
+    fn infer_side(&mut self, event: &SocketEvent<'_>) {
         let ingress = event.kind == NetEventKind::Ingress;
         self.side = if event.payload.starts_with(b"HTTP/") {
             Some(if ingress { Side::Client } else { Side::Server })
-        } else if starts_request(&event.payload) {
+        } else if starts_request(event.payload) {
             Some(if ingress { Side::Server } else { Side::Client })
         } else {
             self.unknown_events += 1;
@@ -122,7 +122,7 @@ impl Connection {
     }
 
     /// Feeds a data event to the parser of its direction.
-    pub fn feed(&mut self, event: &SocketEvent, out: &mut Vec<Parsed>) {
+    pub fn feed(&mut self, event: &SocketEvent<'_>, out: &mut Vec<Parsed>) {
         if event.tls && !self.tls {
             // First plaintext: whatever the syscall bytes taught the parsers
             // (the handshake) is void.
@@ -130,7 +130,7 @@ impl Connection {
             self.requests = Http1Parser::new(Role::Request);
             self.responses = Http1Parser::new(Role::Response);
             self.unknown_events = 0;
-        } else if !event.tls && (self.tls || Self::looks_like_tls(&event.payload)) {
+        } else if !event.tls && (self.tls || Self::looks_like_tls(event.payload)) {
             self.tls = true;
             return;
         }
@@ -154,10 +154,10 @@ impl Connection {
         let mut messages = Vec::new();
         if carries_requests {
             self.requests
-                .feed(&event.payload, event.total_len, ts, &mut messages);
+                .feed(event.payload, event.total_len, ts, &mut messages);
         } else {
             self.responses
-                .feed(&event.payload, event.total_len, ts, &mut messages);
+                .feed(event.payload, event.total_len, ts, &mut messages);
         }
         self.collect(messages, out);
     }

@@ -24,8 +24,9 @@ impl Endpoints {
     }
 }
 
+/// A socket event, borrowing its payload from the ring buffer record.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SocketEvent {
+pub struct SocketEvent<'a> {
     pub kind: NetEventKind,
     pub pid: u32,
     pub tid: u32,
@@ -38,7 +39,7 @@ pub struct SocketEvent {
     /// Bytes the syscall moved.
     pub total_len: u64,
     /// The first of those bytes.
-    pub payload: Vec<u8>,
+    pub payload: &'a [u8],
     /// Plaintext captured inside OpenSSL, not at a syscall.
     pub tls: bool,
 }
@@ -79,7 +80,7 @@ fn endpoints(t: &SockTuple) -> Result<Endpoints, DecodeError> {
     })
 }
 
-pub fn decode(bytes: &[u8]) -> Result<SocketEvent, DecodeError> {
+pub fn decode(bytes: &[u8]) -> Result<SocketEvent<'_>, DecodeError> {
     let (header, payload): (NetEventHeader, &[u8]) = if bytes.len() == size_of::<NetEvent>() {
         let event: NetEvent = read(bytes);
         if event.captured_len as usize > PAYLOAD_MAX {
@@ -104,7 +105,7 @@ pub fn decode(bytes: &[u8]) -> Result<SocketEvent, DecodeError> {
         end_boot_ns: header.end_ns,
         endpoints: endpoints(&header.tuple)?,
         total_len: header.total_len,
-        payload: payload.to_vec(),
+        payload,
         tls: matches!(header.syscall, SYSCALL_SSL_READ | SYSCALL_SSL_WRITE),
     })
 }
@@ -153,11 +154,13 @@ mod tests {
             payload: [0; PAYLOAD_MAX],
         };
         event.payload[..5].copy_from_slice(b"GET /");
-        let decoded = decode(&bytes_of(&event)).unwrap();
+        let bytes = bytes_of(&event);
+        let decoded = decode(&bytes).unwrap();
         assert_eq!(decoded.payload, b"GET /");
         assert_eq!(decoded.endpoints.local, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(decoded.endpoints.remote, "127.0.0.2:40000".parse().unwrap());
-        let control = decode(&bytes_of(&header(NetEventKind::Close, 2))).unwrap();
+        let bytes = bytes_of(&header(NetEventKind::Close, 2));
+        let control = decode(&bytes).unwrap();
         assert_eq!(control.kind, NetEventKind::Close);
         assert!(control.payload.is_empty());
     }
@@ -186,7 +189,8 @@ mod tests {
         let mut h = header(NetEventKind::Close, 10);
         h.tuple.local_addr = Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped().octets();
         h.tuple.remote_addr = Ipv6Addr::LOCALHOST.octets();
-        let e = decode(&bytes_of(&h)).unwrap();
+        let bytes = bytes_of(&h);
+        let e = decode(&bytes).unwrap();
         assert_eq!(e.endpoints.local.ip(), IpAddr::V4(Ipv4Addr::LOCALHOST));
         assert_eq!(e.endpoints.remote.ip(), IpAddr::V6(Ipv6Addr::LOCALHOST));
     }

@@ -197,7 +197,7 @@ impl Tracer {
         }
     }
 
-    pub fn handle(&mut self, event: SocketEvent) {
+    pub fn handle(&mut self, event: SocketEvent<'_>) {
         let key = (event.pid, event.sock);
         match event.kind {
             NetEventKind::Accept | NetEventKind::Connect => {
@@ -231,7 +231,7 @@ impl Tracer {
             .set(self.connections.len() as i64);
     }
 
-    fn open(&mut self, key: ConnKey, event: &SocketEvent, side: Option<Side>) -> bool {
+    fn open(&mut self, key: ConnKey, event: &SocketEvent<'_>, side: Option<Side>) -> bool {
         if self.connections.len() >= self.max_connections {
             self.trace_metrics.connections_rejected.inc();
             return false;
@@ -492,9 +492,31 @@ impl Tracer {
         resource
     }
 
-    /// A process exec'd or exited: its cached resource is stale.
-    pub fn forget_resources(&mut self) {
+    /// Periodic upkeep: cached resources go stale when processes exec, and
+    /// the connections of processes that exited without closing them (exit
+    /// makes no close syscall) are dropped, so the table cannot silt up.
+    pub fn maintain(&mut self) {
         self.resource_cache.clear();
+        // /proc, not the process table: a process may trace before the
+        // table has processed its fork.
+        let gone: Vec<ConnKey> = self
+            .connections
+            .keys()
+            .filter(|(pid, _)| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+            .copied()
+            .collect();
+        for key in gone {
+            if let Some(conn) = self.connections.remove(&key) {
+                let unanswered = conn.in_flight.len() as u64 + conn.overflowed;
+                self.trace_metrics.requests_unanswered.inc_by(unanswered);
+            }
+        }
+        let connections = &self.connections;
+        self.active_server
+            .retain(|_, (key, _)| connections.contains_key(key));
+        self.trace_metrics
+            .connections
+            .set(self.connections.len() as i64);
     }
 
     /// Hands the RED histograms to the sink.
@@ -545,7 +567,7 @@ impl Tracer {
                         self.release_parked(Instant::now());
                     }
                 }
-                _ = refresh.tick() => self.forget_resources(),
+                _ = refresh.tick() => self.maintain(),
                 _ = red.tick() => self.export_red(),
             }
         }

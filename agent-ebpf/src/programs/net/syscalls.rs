@@ -134,37 +134,26 @@ fn try_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
 }
 
 fn try_exit_accept(ctx: &TracePointContext, syscall: u8) -> Result<(), i64> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !traced(pid_tgid) {
-        return Ok(());
-    }
     // SAFETY: offset of `ret` in sys_exit records.
     let ret: i64 = unsafe { ctx.read_at(RET) }.map_err(i64::from)?;
-    if ret < 0 {
-        return Ok(());
+    if ret >= 0 {
+        emit_for_fd(NetEventKind::Accept, ret as u64, syscall)?;
     }
-    let sock = tcp_sock_of_fd(ret as u64)?;
-    let at = now();
-    let call = Call {
-        start_ns: at,
-        sock,
-        buf: 0,
-        fd: ret as u32,
-        syscall,
-        buf_kind: BUF_NONE,
-        _pad: 0,
-    };
-    emit_control(NetEventKind::Accept, &call, pid_tgid, at);
     Ok(())
 }
 
 fn try_enter_close(ctx: &TracePointContext) -> Result<(), i64> {
+    // SAFETY: offset of the first argument.
+    let fd: u64 = unsafe { ctx.read_at(ARG0) }.map_err(i64::from)?;
+    emit_for_fd(NetEventKind::Close, fd, SYS_CLOSE)
+}
+
+/// A control event (accept, close) for `fd` if it is a traced TCP socket.
+fn emit_for_fd(kind: NetEventKind, fd: u64, syscall: u8) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     if !traced(pid_tgid) {
         return Ok(());
     }
-    // SAFETY: offset of the first argument.
-    let fd: u64 = unsafe { ctx.read_at(ARG0) }.map_err(i64::from)?;
     let sock = tcp_sock_of_fd(fd)?;
     let at = now();
     let call = Call {
@@ -172,11 +161,11 @@ fn try_enter_close(ctx: &TracePointContext) -> Result<(), i64> {
         sock,
         buf: 0,
         fd: fd as u32,
-        syscall: SYS_CLOSE,
+        syscall,
         buf_kind: BUF_NONE,
         _pad: 0,
     };
-    emit_control(NetEventKind::Close, &call, pid_tgid, at);
+    emit_control(kind, &call, pid_tgid, at);
     Ok(())
 }
 
