@@ -75,6 +75,10 @@ async fn run_agent(config: Config) -> anyhow::Result<()> {
     let attached = object.attach_process_sensors()?;
     tracing::info!(?attached, "process sensors attached");
     if config.trace.enabled {
+        // Only the tracepoint tier is written so far; choose() logs what
+        // cheaper tiers this kernel would offer.
+        choose("socket", &features, &[HookTier::Tracepoint])
+            .context("the socket sensor needs syscall tracepoints")?;
         let count = object.attach_socket_sensor()?;
         tracing::info!(
             tracepoints = count,

@@ -54,6 +54,11 @@ fn clippy_ebpf() -> anyhow::Result<()> {
             "CARGO_TARGET_DIR",
             shell::workspace_root().join("target/ebpf-clippy"),
         )
+        // As aya-build does: the programs are built for the host's kernel.
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH),
+        )
         .env_remove("RUSTC")
         .env_remove("RUSTC_WORKSPACE_WRAPPER");
     shell::run(command)

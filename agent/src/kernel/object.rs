@@ -6,7 +6,9 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{MapData, MapError, PerCpuArray, RingBuf},
     programs::{
-        ProgramError, TracePoint, UProbe, trace_point::TracePointLinkId, uprobe::UProbeScope,
+        ProgramError, TracePoint, UProbe,
+        trace_point::TracePointLinkId,
+        uprobe::{UProbeLinkId, UProbeScope},
     },
 };
 use selfops_ebpf::{NetSettings, SENSOR_COUNT, Sensor, SocketOffsets, TracepointLayout};
@@ -41,42 +43,17 @@ const PROCESS_TRACEPOINTS: [(&str, &str, &str); 3] = [
     ("process_exit", "sched", "sched_process_exit"),
 ];
 
-/// The socket sensor's syscall tracepoints: (program, tracepoint).
-const SOCKET_TRACEPOINTS: [(&str, &str); 23] = [
-    ("net_enter_read", "sys_enter_read"),
-    ("net_exit_read", "sys_exit_read"),
-    ("net_enter_readv", "sys_enter_readv"),
-    ("net_exit_readv", "sys_exit_readv"),
-    ("net_enter_recvfrom", "sys_enter_recvfrom"),
-    ("net_exit_recvfrom", "sys_exit_recvfrom"),
-    ("net_enter_recvmsg", "sys_enter_recvmsg"),
-    ("net_exit_recvmsg", "sys_exit_recvmsg"),
-    ("net_enter_write", "sys_enter_write"),
-    ("net_exit_write", "sys_exit_write"),
-    ("net_enter_writev", "sys_enter_writev"),
-    ("net_exit_writev", "sys_exit_writev"),
-    ("net_enter_sendto", "sys_enter_sendto"),
-    ("net_exit_sendto", "sys_exit_sendto"),
-    ("net_enter_sendmsg", "sys_enter_sendmsg"),
-    ("net_exit_sendmsg", "sys_exit_sendmsg"),
-    ("net_enter_sendfile", "sys_enter_sendfile64"),
-    ("net_exit_sendfile", "sys_exit_sendfile64"),
-    ("net_enter_connect", "sys_enter_connect"),
-    ("net_exit_connect", "sys_exit_connect"),
-    ("net_exit_accept", "sys_exit_accept"),
-    ("net_exit_accept4", "sys_exit_accept4"),
-    ("net_enter_close", "sys_enter_close"),
-];
+/// The socket sensor's tracepoints: (program, tracepoint in raw_syscalls).
+const SOCKET_TRACEPOINTS: [(&str, &str); 2] =
+    [("net_sys_enter", "sys_enter"), ("net_sys_exit", "sys_exit")];
 
 /// TLS uprobes: (program, OpenSSL symbol). uprobe and uretprobe programs
 /// are told apart by their section, so each symbol appears twice.
-const TLS_UPROBES: [(&str, &str); 14] = [
+/// SSL_connect and SSL_accept run SSL_do_handshake, so probing it covers
+/// all three (each uprobe costs ~0.1 s to detach).
+const TLS_UPROBES: [(&str, &str); 10] = [
     ("ssl_handshake", "SSL_do_handshake"),
     ("ssl_handshake_ret", "SSL_do_handshake"),
-    ("ssl_handshake", "SSL_connect"),
-    ("ssl_handshake_ret", "SSL_connect"),
-    ("ssl_handshake", "SSL_accept"),
-    ("ssl_handshake_ret", "SSL_accept"),
     ("ssl_read", "SSL_read"),
     ("ssl_read_ret", "SSL_read"),
     ("ssl_read_ex", "SSL_read_ex"),
@@ -99,6 +76,7 @@ pub struct LoadOptions {
 pub struct SensorObject {
     ebpf: Ebpf,
     links: Vec<(&'static str, TracePointLinkId)>,
+    uprobe_links: Vec<(&'static str, UProbeLinkId)>,
 }
 
 impl SensorObject {
@@ -113,28 +91,41 @@ impl SensorObject {
         Ok(Self {
             ebpf,
             links: Vec::new(),
+            uprobe_links: Vec::new(),
         })
     }
 
-    /// Detaches every program. Each tracepoint detach waits for an RCU
-    /// grace period in the kernel (about 70 ms here); detaching from
-    /// parallel threads lets those waits overlap instead of adding up.
+    /// Detaches every program. Each detach waits for RCU grace periods in
+    /// the kernel (a tracepoint about 40 ms here, a uprobe about 100 ms);
+    /// detaching from parallel threads lets those waits overlap instead of
+    /// adding up.
     pub fn detach(mut self) {
-        let mut links = Vec::new();
+        let mut tracepoints = Vec::new();
         for (name, id) in std::mem::take(&mut self.links) {
-            let program = self
-                .ebpf
-                .program_mut(name)
-                .and_then(|p| <&mut TracePoint>::try_from(p).ok());
-            if let Some(link) = program.and_then(|p| p.take_link(id).ok()) {
-                links.push(link);
+            if let Ok(program) = self.program::<TracePoint>(name)
+                && let Ok(link) = program.take_link(id)
+            {
+                tracepoints.push(link);
             }
         }
+        let mut uprobes = Vec::new();
+        for (name, id) in std::mem::take(&mut self.uprobe_links) {
+            if let Ok(program) = self.program::<UProbe>(name)
+                && let Ok(link) = program.take_link(id)
+            {
+                uprobes.push(link);
+            }
+        }
+        let start = std::time::Instant::now();
         std::thread::scope(|scope| {
-            for link in links {
+            for link in tracepoints {
+                scope.spawn(move || drop(link));
+            }
+            for link in uprobes {
                 scope.spawn(move || drop(link));
             }
         });
+        tracing::debug!(took = ?start.elapsed(), "programs detached");
         // Programs and maps go with the object.
     }
 
@@ -170,10 +161,10 @@ impl SensorObject {
         Ok(())
     }
 
-    /// Loads and attaches the socket sensor's syscall tracepoints.
+    /// Loads and attaches the socket sensor (raw_syscalls tracepoints).
     pub fn attach_socket_sensor(&mut self) -> Result<usize, ObjectError> {
         for (name, tracepoint) in SOCKET_TRACEPOINTS {
-            self.attach_tracepoint(name, "syscalls", tracepoint)?;
+            self.attach_tracepoint(name, "raw_syscalls", tracepoint)?;
         }
         Ok(SOCKET_TRACEPOINTS.len())
     }
@@ -187,9 +178,10 @@ impl SensorObject {
                 Ok(()) | Err(ProgramError::AlreadyLoaded) => {}
                 Err(source) => return Err(ObjectError::Program { name, source }),
             }
-            program
+            let link = program
                 .attach(symbol, library, UProbeScope::AllProcesses)
                 .map_err(|source| ObjectError::Program { name, source })?;
+            self.uprobe_links.push((name, link));
         }
         Ok(())
     }

@@ -109,12 +109,12 @@ pub fn tracepoint_layout() -> Result<TracepointLayout, TracefsError> {
     })
 }
 
-/// The socket sensor reads syscall arguments at 16 + 8·i and the return
-/// value at 16 (the generic syscall-tracepoint record); checks that this
+/// The socket sensor reads the syscall number at 8, arguments at 16 + 8·i
+/// and the return value at 16 of the raw_syscalls records; checks that this
 /// kernel agrees before anything is attached.
 pub fn check_syscall_layout() -> Result<(), TracefsError> {
-    let expect = |category: &str, name: &str, field: &str, expected: u32| {
-        let format = TracepointFormat::read(category, name)?;
+    let expect = |name: &str, field: &str, expected: u32| {
+        let format = TracepointFormat::read("raw_syscalls", name)?;
         let found = format.offset(field)?;
         if found == expected {
             Ok(())
@@ -127,12 +127,10 @@ pub fn check_syscall_layout() -> Result<(), TracefsError> {
             })
         }
     };
-    expect("syscalls", "sys_enter_read", "fd", 16)?;
-    expect("syscalls", "sys_enter_read", "buf", 24)?;
-    expect("syscalls", "sys_enter_recvmsg", "msg", 24)?;
-    expect("syscalls", "sys_enter_close", "fd", 16)?;
-    expect("syscalls", "sys_exit_read", "ret", 16)?;
-    expect("syscalls", "sys_exit_accept4", "ret", 16)
+    expect("sys_enter", "id", 8)?;
+    expect("sys_enter", "args", 16)?;
+    expect("sys_exit", "id", 8)?;
+    expect("sys_exit", "ret", 16)
 }
 
 #[cfg(test)]

@@ -1,9 +1,10 @@
-//! Syscall tracepoints of the socket sensor. Each is a thin wrapper over
+//! Syscall tracepoints of the socket sensor: raw_syscalls:sys_enter and
+//! sys_exit, each a thin wrapper that dispatches on the syscall number to
 //! one `try_…` function; entry records the call for its exit.
 //!
-//! Syscall tracepoint records put the syscall number at offset 8, the
-//! arguments at 16 + 8·i and the return value at 16; the agent checks this
-//! against tracefs before attaching.
+//! The records put the syscall number at offset 8, the arguments at
+//! 16 + 8·i and the return value at 16; the agent checks this against
+//! tracefs before attaching.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, bpf_probe_read_user},
@@ -184,113 +185,93 @@ const SYS_ACCEPT4: u8 = 11;
 const SYS_CONNECT: u8 = 12;
 const SYS_CLOSE: u8 = 13;
 
-/// An entry/exit pair of tracepoint programs for one data syscall.
-macro_rules! data_syscall {
-    ($enter:ident, $exit:ident, $sys:expr, $buf:expr, $kind:expr) => {
-        #[tracepoint]
-        pub fn $enter(ctx: TracePointContext) -> u32 {
-            let _ = try_enter(&ctx, $sys, $buf);
-            0
+/// Kernel syscall numbers of the calls the sensor follows.
+#[cfg(bpf_target_arch = "x86_64")]
+mod nr {
+    pub const READ: i64 = 0;
+    pub const WRITE: i64 = 1;
+    pub const CLOSE: i64 = 3;
+    pub const READV: i64 = 19;
+    pub const WRITEV: i64 = 20;
+    pub const SENDFILE: i64 = 40;
+    pub const CONNECT: i64 = 42;
+    pub const ACCEPT: i64 = 43;
+    pub const SENDTO: i64 = 44;
+    pub const RECVFROM: i64 = 45;
+    pub const SENDMSG: i64 = 46;
+    pub const RECVMSG: i64 = 47;
+    pub const ACCEPT4: i64 = 288;
+}
+
+/// The generic syscall table (arm64, riscv64, loongarch64).
+#[cfg(not(bpf_target_arch = "x86_64"))]
+mod nr {
+    pub const READ: i64 = 63;
+    pub const WRITE: i64 = 64;
+    pub const CLOSE: i64 = 57;
+    pub const READV: i64 = 65;
+    pub const WRITEV: i64 = 66;
+    pub const SENDFILE: i64 = 71;
+    pub const CONNECT: i64 = 203;
+    pub const ACCEPT: i64 = 202;
+    pub const SENDTO: i64 = 206;
+    pub const RECVFROM: i64 = 207;
+    pub const SENDMSG: i64 = 211;
+    pub const RECVMSG: i64 = 212;
+    pub const ACCEPT4: i64 = 242;
+}
+
+/// Offset of the syscall number in raw_syscalls records.
+const ID: usize = 8;
+
+/// raw_syscalls:sys_enter — one attachment for every call the sensor
+/// follows. (One tracepoint per syscall would cost a kernel-wide
+/// synchronisation each when the agent detaches: a second per 26.)
+#[tracepoint]
+pub fn net_sys_enter(ctx: TracePointContext) -> u32 {
+    let _ = try_sys_enter(&ctx);
+    0
+}
+
+fn try_sys_enter(ctx: &TracePointContext) -> Result<(), i64> {
+    // SAFETY: offset of `id` in raw_syscalls:sys_enter (checked at start-up).
+    let id: i64 = unsafe { ctx.read_at(ID) }.map_err(i64::from)?;
+    match id {
+        nr::READ => try_enter(ctx, SYS_READ, BUF_PLAIN),
+        nr::READV => try_enter(ctx, SYS_READV, BUF_IOVEC),
+        nr::RECVFROM => try_enter(ctx, SYS_RECVFROM, BUF_PLAIN),
+        nr::RECVMSG => try_enter(ctx, SYS_RECVMSG, BUF_MSGHDR),
+        nr::WRITE => try_enter(ctx, SYS_WRITE, BUF_PLAIN),
+        nr::WRITEV => try_enter(ctx, SYS_WRITEV, BUF_IOVEC),
+        nr::SENDTO => try_enter(ctx, SYS_SENDTO, BUF_PLAIN),
+        nr::SENDMSG => try_enter(ctx, SYS_SENDMSG, BUF_MSGHDR),
+        nr::SENDFILE => try_enter(ctx, SYS_SENDFILE, BUF_NONE),
+        nr::CONNECT => try_enter(ctx, SYS_CONNECT, BUF_NONE),
+        nr::CLOSE => try_enter_close(ctx),
+        _ => Ok(()),
+    }
+}
+
+/// raw_syscalls:sys_exit.
+#[tracepoint]
+pub fn net_sys_exit(ctx: TracePointContext) -> u32 {
+    let _ = try_sys_exit(&ctx);
+    0
+}
+
+fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i64> {
+    // SAFETY: offset of `id` in raw_syscalls:sys_exit (checked at start-up).
+    let id: i64 = unsafe { ctx.read_at(ID) }.map_err(i64::from)?;
+    match id {
+        nr::READ | nr::READV | nr::RECVFROM | nr::RECVMSG => {
+            try_exit_io(ctx, NetEventKind::Ingress)
         }
-
-        #[tracepoint]
-        pub fn $exit(ctx: TracePointContext) -> u32 {
-            let _ = try_exit_io(&ctx, $kind);
-            0
+        nr::WRITE | nr::WRITEV | nr::SENDTO | nr::SENDMSG | nr::SENDFILE => {
+            try_exit_io(ctx, NetEventKind::Egress)
         }
-    };
-}
-
-data_syscall!(
-    net_enter_read,
-    net_exit_read,
-    SYS_READ,
-    BUF_PLAIN,
-    NetEventKind::Ingress
-);
-data_syscall!(
-    net_enter_readv,
-    net_exit_readv,
-    SYS_READV,
-    BUF_IOVEC,
-    NetEventKind::Ingress
-);
-data_syscall!(
-    net_enter_recvfrom,
-    net_exit_recvfrom,
-    SYS_RECVFROM,
-    BUF_PLAIN,
-    NetEventKind::Ingress
-);
-data_syscall!(
-    net_enter_recvmsg,
-    net_exit_recvmsg,
-    SYS_RECVMSG,
-    BUF_MSGHDR,
-    NetEventKind::Ingress
-);
-data_syscall!(
-    net_enter_write,
-    net_exit_write,
-    SYS_WRITE,
-    BUF_PLAIN,
-    NetEventKind::Egress
-);
-data_syscall!(
-    net_enter_writev,
-    net_exit_writev,
-    SYS_WRITEV,
-    BUF_IOVEC,
-    NetEventKind::Egress
-);
-data_syscall!(
-    net_enter_sendto,
-    net_exit_sendto,
-    SYS_SENDTO,
-    BUF_PLAIN,
-    NetEventKind::Egress
-);
-data_syscall!(
-    net_enter_sendmsg,
-    net_exit_sendmsg,
-    SYS_SENDMSG,
-    BUF_MSGHDR,
-    NetEventKind::Egress
-);
-data_syscall!(
-    net_enter_sendfile,
-    net_exit_sendfile,
-    SYS_SENDFILE,
-    BUF_NONE,
-    NetEventKind::Egress
-);
-
-#[tracepoint]
-pub fn net_enter_connect(ctx: TracePointContext) -> u32 {
-    let _ = try_enter(&ctx, SYS_CONNECT, BUF_NONE);
-    0
-}
-
-#[tracepoint]
-pub fn net_exit_connect(ctx: TracePointContext) -> u32 {
-    let _ = try_exit_connect(&ctx);
-    0
-}
-
-#[tracepoint]
-pub fn net_exit_accept(ctx: TracePointContext) -> u32 {
-    let _ = try_exit_accept(&ctx, SYS_ACCEPT);
-    0
-}
-
-#[tracepoint]
-pub fn net_exit_accept4(ctx: TracePointContext) -> u32 {
-    let _ = try_exit_accept(&ctx, SYS_ACCEPT4);
-    0
-}
-
-#[tracepoint]
-pub fn net_enter_close(ctx: TracePointContext) -> u32 {
-    let _ = try_enter_close(&ctx);
-    0
+        nr::CONNECT => try_exit_connect(ctx),
+        nr::ACCEPT => try_exit_accept(ctx, SYS_ACCEPT),
+        nr::ACCEPT4 => try_exit_accept(ctx, SYS_ACCEPT4),
+        _ => Ok(()),
+    }
 }

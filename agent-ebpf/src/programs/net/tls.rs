@@ -163,7 +163,7 @@ fn remember_socket(pid_tgid: u64, call: &SslCall) {
     );
 }
 
-/// SSL_do_handshake, SSL_connect and SSL_accept.
+/// SSL_do_handshake (which SSL_connect and SSL_accept run).
 #[uprobe]
 pub fn ssl_handshake(ctx: ProbeContext) -> u32 {
     let _ = try_enter(&ctx, SYSCALL_SSL_HANDSHAKE, false);
