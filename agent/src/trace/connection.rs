@@ -121,6 +121,12 @@ impl Connection {
         };
     }
 
+    /// Whether either direction has parsed HTTP (a body's bytes may look
+    /// like a TLS record).
+    fn seen_http(&self) -> bool {
+        self.requests.detected() == Detected::Http || self.responses.detected() == Detected::Http
+    }
+
     /// Feeds a data event to the parser of its direction.
     pub fn feed(&mut self, event: &SocketEvent<'_>, out: &mut Vec<Parsed>) {
         if event.tls && !self.tls {
@@ -130,7 +136,9 @@ impl Connection {
             self.requests = Http1Parser::new(Role::Request);
             self.responses = Http1Parser::new(Role::Response);
             self.unknown_events = 0;
-        } else if !event.tls && (self.tls || Self::looks_like_tls(event.payload)) {
+        } else if !event.tls
+            && (self.tls || (!self.seen_http() && Self::looks_like_tls(event.payload)))
+        {
             self.tls = true;
             return;
         }

@@ -87,9 +87,15 @@ pub struct TraceMetrics {
     pub requests_unanswered: Counter,
     pub red_series: Gauge,
     pub red_routes_overflowed: Counter,
+    /// Things the tracer could not use, by reason.
+    pub untraced: Family<ReasonLabel, Counter>,
 }
 
 impl TraceMetrics {
+    pub fn dropped(&self, reason: &'static str) {
+        self.untraced.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self {
             spans: Family::default(),
@@ -98,7 +104,14 @@ impl TraceMetrics {
             requests_unanswered: Counter::default(),
             red_series: Gauge::default(),
             red_routes_overflowed: Counter::default(),
+            untraced: Family::default(),
         };
+        registry.register(
+            "trace_untraced",
+            "Responses without a request, client requests the rendezvous could not hold, \
+             server spans decided before their client was seen",
+            m.untraced.clone(),
+        );
         registry.register(
             "trace_red_series",
             "RED histogram series (service, method, route, status class)",
@@ -139,6 +152,10 @@ pub struct Tracer {
     rendezvous: Rendezvous,
     /// Thread → the server request it is handling now.
     active_server: HashMap<u32, (ConnKey, SpanId)>,
+    /// Thread → server requests it has read and not yet answered.
+    serving: HashMap<u32, u32>,
+    /// Pids whose /proc entry was missing at the last upkeep.
+    dead_last_time: std::collections::HashSet<u32>,
     table: SharedTable,
     resources: Arc<ResourceBuilder>,
     resource_cache: HashMap<u32, Arc<Resource>>,
@@ -173,6 +190,8 @@ impl Tracer {
             max_connections,
             rendezvous: Rendezvous::new(max_connections),
             active_server: HashMap::new(),
+            serving: HashMap::new(),
+            dead_last_time: std::collections::HashSet::new(),
             table,
             resources,
             resource_cache: HashMap::new(),
@@ -256,10 +275,27 @@ impl Tracer {
         for message in parsed {
             self.on_message(key, 0, message);
         }
-        if let Some(conn) = self.connections.remove(&key) {
-            let unanswered = conn.in_flight.len() as u64 + conn.overflowed;
-            self.trace_metrics.requests_unanswered.inc_by(unanswered);
-            self.active_server.retain(|_, (k, _)| *k != key);
+        self.discard(key);
+    }
+
+    /// Forgets a connection, counting what it leaves unanswered.
+    fn discard(&mut self, key: ConnKey) {
+        let Some(conn) = self.connections.remove(&key) else {
+            return;
+        };
+        let unanswered = conn.in_flight.len() as u64 + conn.overflowed;
+        self.trace_metrics.requests_unanswered.inc_by(unanswered);
+        match conn.side {
+            Some(Side::Server) => {
+                for entry in &conn.in_flight {
+                    self.finish_serving(entry.tid);
+                }
+                self.active_server.retain(|_, (k, _)| *k != key);
+            }
+            // Requests it sent were claimed by their servers long before the
+            // client closed; whatever is left is for servers never seen.
+            Some(Side::Client) => self.rendezvous.forget(conn.endpoints),
+            None => {}
         }
     }
 
@@ -297,6 +333,7 @@ impl Tracer {
         }
         conn.push_in_flight(entry);
         self.active_server.insert(tid, (key, span_id));
+        *self.serving.entry(tid).or_insert(0) += 1;
     }
 
     /// The trace of a server request: the client end if seen, else the
@@ -321,30 +358,55 @@ impl Tracer {
 
     fn client_request(&mut self, key: ConnKey, tid: u32, request: super::http1::Request) {
         let traceparent = request.header("traceparent").and_then(parse_traceparent);
+        // Only a thread serving exactly one request is thread-per-request;
+        // an event loop (nginx) serving several cannot say which one this
+        // call is for.
+        let serving = self.serving.get(&tid).copied().unwrap_or(0);
         let server = self
             .active_server
             .get(&tid)
             .copied()
-            .and_then(|(server_key, span)| self.resolve_server(server_key, span, true));
+            .filter(|_| serving == 1)
+            .and_then(|(server_key, span)| {
+                let server = self.resolve_server(server_key, span, true)?;
+                let forwarded = self
+                    .connections
+                    .get(&server_key)
+                    .and_then(|c| c.in_flight.iter().find(|e| e.span_id == span))
+                    .and_then(|e| e.traceparent);
+                Some((server, forwarded))
+            });
         let (trace_id, span_id, parent): (TraceId, SpanId, Option<SpanId>) =
             match (traceparent, server) {
+                // A proxy passing on the header it received: the header
+                // names the caller's span, not this one.
+                (Some(tp), Some((server, Some(received)))) if received == tp => {
+                    (server.trace_id, new_span_id(), Some(server.span_id))
+                }
                 // An instrumented sender: its header names this client span.
-                (Some(tp), server) => (
-                    tp.trace_id,
-                    tp.span_id,
-                    server
-                        .filter(|s| s.trace_id == tp.trace_id)
-                        .map(|s| s.span_id),
-                ),
-                (None, Some(server)) => (server.trace_id, new_span_id(), Some(server.span_id)),
+                (Some(tp), server) => {
+                    let server = server.map(|(s, _)| s);
+                    (
+                        tp.trace_id,
+                        tp.span_id,
+                        server
+                            .filter(|s| s.trace_id == tp.trace_id)
+                            .map(|s| s.span_id),
+                    )
+                }
+                (None, Some((server, _))) => (server.trace_id, new_span_id(), Some(server.span_id)),
                 (None, None) => (new_trace_id(), new_span_id(), None),
             };
         let Some(conn) = self.connections.get_mut(&key) else {
             return;
         };
         let now = Instant::now();
-        self.rendezvous
-            .offer(conn.endpoints, SpanContext { trace_id, span_id }, now);
+        if !self
+            .rendezvous
+            .offer(conn.endpoints, SpanContext { trace_id, span_id }, now)
+        {
+            self.trace_metrics.dropped("rendezvous_full");
+        }
         conn.push_in_flight(InFlight {
             request,
             span_id,
@@ -358,6 +420,15 @@ impl Tracer {
         }
     }
 
+    fn finish_serving(&mut self, tid: u32) {
+        if let Some(count) = self.serving.get_mut(&tid) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.serving.remove(&tid);
+            }
+        }
+    }
+
     fn response(&mut self, key: ConnKey, side: Side, response: Response) {
         let Some(conn) = self.connections.get_mut(&key) else {
             return;
@@ -365,6 +436,7 @@ impl Tracer {
         // A response whose request was not seen (agent started
         // mid-connection) gives no span: the request is unknown.
         let Some(mut entry) = conn.in_flight.pop_front() else {
+            self.trace_metrics.dropped("response_without_request");
             return;
         };
         let endpoints = conn.endpoints;
@@ -377,12 +449,14 @@ impl Tracer {
             {
                 self.active_server.remove(&entry.tid);
             }
+            self.finish_serving(entry.tid);
             resolve_entry(&mut self.rendezvous, endpoints, &mut entry, false);
             if entry.trace_id.is_none() {
                 // The server answered before the agent saw the client send
                 // (it read the request before the client's call returned):
                 // wait briefly for the client's event.
                 if self.parked.len() >= MAX_PARKED {
+                    self.trace_metrics.dropped("parked_full_decided_early");
                     resolve_entry(&mut self.rendezvous, endpoints, &mut entry, true);
                 } else {
                     self.parked.push_back(Parked {
@@ -494,26 +568,30 @@ impl Tracer {
 
     /// Periodic upkeep: cached resources go stale when processes exec, and
     /// the connections of processes that exited without closing them (exit
-    /// makes no close syscall) are dropped, so the table cannot silt up.
+    /// makes no close syscall) are dropped, so the table cannot silt up. A
+    /// process must be gone at two upkeeps in a row, so its last events
+    /// (still in the ring at the first) are handled before its connections
+    /// go.
     pub fn maintain(&mut self) {
         self.resource_cache.clear();
+        let pids: std::collections::HashSet<u32> =
+            self.connections.keys().map(|(pid, _)| *pid).collect();
         // /proc, not the process table: a process may trace before the
         // table has processed its fork.
+        let dead: std::collections::HashSet<u32> = pids
+            .into_iter()
+            .filter(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+            .collect();
         let gone: Vec<ConnKey> = self
             .connections
             .keys()
-            .filter(|(pid, _)| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+            .filter(|(pid, _)| dead.contains(pid) && self.dead_last_time.contains(pid))
             .copied()
             .collect();
         for key in gone {
-            if let Some(conn) = self.connections.remove(&key) {
-                let unanswered = conn.in_flight.len() as u64 + conn.overflowed;
-                self.trace_metrics.requests_unanswered.inc_by(unanswered);
-            }
+            self.discard(key);
         }
-        let connections = &self.connections;
-        self.active_server
-            .retain(|_, (key, _)| connections.contains_key(key));
+        self.dead_last_time = dead;
         self.trace_metrics
             .connections
             .set(self.connections.len() as i64);
@@ -556,9 +634,14 @@ impl Tracer {
                     ready?.drain(MAX_RECORDS_PER_WAKEUP, |record| self.handle_record(record));
                 }
                 _ = drain.tick() => {
-                    while ring.drain_pending(MAX_RECORDS_PER_WAKEUP, |record| self.handle_record(record))
-                        == MAX_RECORDS_PER_WAKEUP
-                    {
+                    // Bounded, so upkeep, parked spans and RED export still
+                    // get their turn under sustained load; the kernel wakes
+                    // us when the ring fills.
+                    for _ in 0..8 {
+                        let n = ring.drain_pending(MAX_RECORDS_PER_WAKEUP, |record| self.handle_record(record));
+                        if n < MAX_RECORDS_PER_WAKEUP {
+                            break;
+                        }
                         tokio::task::yield_now().await;
                     }
                 }

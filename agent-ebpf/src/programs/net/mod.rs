@@ -1,5 +1,6 @@
-//! The socket sensor (tracepoint tier): syscall tracepoints on accept,
-//! connect, the read and write families, sendfile and close. Only TCP
+//! The socket sensor (tracepoint tier): raw_syscalls tracepoints following
+//! accept, connect, the read and write families, sendfile and close, and
+//! uprobes on OpenSSL for TLS plaintext. Only TCP
 //! sockets are reported; the connection's 4-tuple is read from its
 //! `struct sock` with offsets the agent resolved from BTF.
 

@@ -9,7 +9,7 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, bpf_probe_read_user},
     macros::{map, tracepoint},
-    maps::HashMap,
+    maps::LruHashMap,
     programs::TracePointContext,
 };
 use selfops_ebpf::NetEventKind;
@@ -31,9 +31,10 @@ const BUF_IOVEC: u8 = 1;
 const BUF_MSGHDR: u8 = 2;
 const BUF_NONE: u8 = 3;
 
-/// In-flight calls on TCP sockets, by thread.
+/// In-flight calls on TCP sockets, by thread. LRU, so the entries of
+/// threads that died inside a call make room by themselves.
 #[map]
-static CALLS: HashMap<u64, Call> = HashMap::with_max_entries(65_536, 0);
+static CALLS: LruHashMap<u64, Call> = LruHashMap::with_max_entries(65_536, 0);
 
 #[inline(always)]
 fn now() -> u64 {
@@ -58,7 +59,7 @@ fn try_enter(ctx: &TracePointContext, syscall: u8, buf_kind: u8) -> Result<(), i
     let sock = tcp_sock_of_fd(fd)?;
     // Inside SSL_read/SSL_write the bytes are ciphertext: the uprobes
     // report the plaintext instead.
-    if syscall != SYS_CONNECT && claim_for_ssl(pid_tgid, sock, fd as u32) {
+    if syscall != SYS_CONNECT && claim_for_ssl(pid_tgid, sock, fd as u32, now()) {
         return Ok(());
     }
     let call = Call {
@@ -203,8 +204,12 @@ mod nr {
     pub const ACCEPT4: i64 = 288;
 }
 
-/// The generic syscall table (arm64, riscv64, loongarch64).
-#[cfg(not(bpf_target_arch = "x86_64"))]
+/// The generic syscall table.
+#[cfg(any(
+    bpf_target_arch = "aarch64",
+    bpf_target_arch = "riscv64",
+    bpf_target_arch = "loongarch64"
+))]
 mod nr {
     pub const READ: i64 = 63;
     pub const WRITE: i64 = 64;
@@ -220,6 +225,14 @@ mod nr {
     pub const RECVMSG: i64 = 212;
     pub const ACCEPT4: i64 = 242;
 }
+
+#[cfg(not(any(
+    bpf_target_arch = "x86_64",
+    bpf_target_arch = "aarch64",
+    bpf_target_arch = "riscv64",
+    bpf_target_arch = "loongarch64"
+)))]
+compile_error!("the socket sensor has no syscall table for this architecture");
 
 /// Offset of the syscall number in raw_syscalls records.
 const ID: usize = 8;

@@ -6,7 +6,7 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, bpf_probe_read_user},
     macros::{map, uprobe, uretprobe},
-    maps::{HashMap, LruHashMap},
+    maps::LruHashMap,
     programs::{ProbeContext, RetProbeContext},
 };
 use selfops_ebpf::{NetEventKind, SYSCALL_SSL_HANDSHAKE, SYSCALL_SSL_READ, SYSCALL_SSL_WRITE};
@@ -46,8 +46,13 @@ pub struct SslSocket {
     pub _pad: u32,
 }
 
+/// LRU: a thread killed inside SSL_read never runs its uretprobe, and its
+/// entry must not live on.
 #[map]
-static SSL_CALLS: HashMap<u64, SslCall> = HashMap::with_max_entries(16_384, 0);
+static SSL_CALLS: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(16_384, 0);
+
+/// An SSL call older than this is a leftover of a thread that died in it.
+const STALE_NS: u64 = 10_000_000_000;
 
 #[map]
 static SSL_SOCKETS: LruHashMap<SslKey, SslSocket> = LruHashMap::with_max_entries(65_536, 0);
@@ -56,12 +61,18 @@ static SSL_SOCKETS: LruHashMap<SslKey, SslSocket> = LruHashMap::with_max_entries
 /// SSL_read/SSL_write, the socket belongs to that SSL object and the raw
 /// (encrypted) bytes are not reported. Returns true when so.
 #[inline(always)]
-pub fn claim_for_ssl(pid_tgid: u64, sock: u64, fd: u32) -> bool {
+pub fn claim_for_ssl(pid_tgid: u64, sock: u64, fd: u32, now: u64) -> bool {
     let Some(call) = SSL_CALLS.get_ptr_mut(pid_tgid) else {
         return false;
     };
     // SAFETY: the entry belongs to this thread, which is running us.
     unsafe {
+        // A leftover of a thread that died in an SSL call is not this
+        // syscall's. Otherwise the syscall is the truth about the socket:
+        // an SSL object's address may be reused for a new connection.
+        if now.saturating_sub((*call).start_ns) > STALE_NS {
+            return false;
+        }
         (*call).sock = sock;
         (*call).fd = fd;
     }
