@@ -102,10 +102,11 @@ fn topology(tls: bool) {
     for span in spans_on_port(&spans, front.port).chain(spans_on_port(&spans, backend.port)) {
         by_trace.entry(&span.trace_id).or_default().push(span);
     }
+    let broken: Vec<_> = by_trace.values().filter(|spans| spans.len() != 4).collect();
     assert_eq!(
         by_trace.len(),
         2 * REQUESTS_EACH,
-        "one trace per curl request"
+        "one trace per curl request; traces without four spans: {broken:#?}"
     );
 
     let (mut with, mut without) = (0, 0);

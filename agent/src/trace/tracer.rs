@@ -154,6 +154,9 @@ pub struct Tracer {
     active_server: HashMap<u32, (ConnKey, SpanId)>,
     /// Thread → server requests it has read and not yet answered.
     serving: HashMap<u32, u32>,
+    /// Server spans in flight that were given a trace before their client's
+    /// event was seen, by the server's endpoints.
+    orphans: HashMap<Endpoints, (ConnKey, SpanId)>,
     /// Pids whose /proc entry was missing at the last upkeep.
     dead_last_time: std::collections::HashSet<u32>,
     table: SharedTable,
@@ -192,6 +195,7 @@ impl Tracer {
             active_server: HashMap::new(),
             serving: HashMap::new(),
             dead_last_time: std::collections::HashSet::new(),
+            orphans: HashMap::new(),
             table,
             resources,
             resource_cache: HashMap::new(),
@@ -349,7 +353,35 @@ impl Tracer {
         let conn = self.connections.get_mut(&key)?;
         let endpoints = conn.endpoints;
         let entry = conn.in_flight.iter_mut().find(|e| e.span_id == span_id)?;
+        let undecided = entry.trace_id.is_none();
         resolve_entry(&mut self.rendezvous, endpoints, entry, decide);
+        if undecided && entry.parent.is_none() {
+            // Decided without its client: if the client's event turns up
+            // while this span is in flight, the client joins this trace.
+            if self.orphans.len() >= MAX_PARKED {
+                self.orphans.clear();
+            }
+            self.orphans.insert(endpoints, (key, span_id));
+        }
+        Some(SpanContext {
+            trace_id: entry.trace_id?,
+            span_id,
+        })
+    }
+
+    /// A client request whose server span was already given a trace of its
+    /// own (the client's event came late): the client span joins that trace
+    /// and becomes the server span's parent. Returns the client's context.
+    fn adopt_late_client(&mut self, client: Endpoints) -> Option<SpanContext> {
+        let (server_key, server_span) = self.orphans.remove(&client.reversed())?;
+        let entry = self
+            .connections
+            .get_mut(&server_key)?
+            .in_flight
+            .iter_mut()
+            .find(|e| e.span_id == server_span)?;
+        let span_id = new_span_id();
+        entry.parent = Some(span_id);
         Some(SpanContext {
             trace_id: entry.trace_id?,
             span_id,
@@ -397,16 +429,30 @@ impl Tracer {
                 (None, Some((server, _))) => (server.trace_id, new_span_id(), Some(server.span_id)),
                 (None, None) => (new_trace_id(), new_span_id(), None),
             };
-        let Some(conn) = self.connections.get_mut(&key) else {
+        let Some(endpoints) = self.connections.get(&key).map(|c| c.endpoints) else {
             return;
         };
         let now = Instant::now();
-        if !self
-            .rendezvous
-            .offer(conn.endpoints, SpanContext { trace_id, span_id }, now)
-        {
-            self.trace_metrics.dropped("rendezvous_full");
-        }
+        let late = if traceparent.is_none() && parent.is_none() && !self.orphans.is_empty() {
+            self.adopt_late_client(endpoints)
+        } else {
+            None
+        };
+        let (trace_id, span_id) = match late {
+            Some(adopted) => (adopted.trace_id, adopted.span_id),
+            None => {
+                if !self
+                    .rendezvous
+                    .offer(endpoints, SpanContext { trace_id, span_id }, now)
+                {
+                    self.trace_metrics.dropped("rendezvous_full");
+                }
+                (trace_id, span_id)
+            }
+        };
+        let Some(conn) = self.connections.get_mut(&key) else {
+            return;
+        };
         conn.push_in_flight(InFlight {
             request,
             span_id,
@@ -592,6 +638,12 @@ impl Tracer {
             self.discard(key);
         }
         self.dead_last_time = dead;
+        let connections = &self.connections;
+        self.orphans.retain(|_, (key, span)| {
+            connections
+                .get(key)
+                .is_some_and(|c| c.in_flight.iter().any(|e| e.span_id == *span))
+        });
         self.trace_metrics
             .connections
             .set(self.connections.len() as i64);
