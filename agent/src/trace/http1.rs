@@ -947,28 +947,33 @@ impl Http1Parser {
     }
 }
 
-fn request_body(framing: &Framing) -> Body {
+/// The body a head's framing headers describe. `unchunked` is what a
+/// transfer-encoding other than chunked means, `unframed` what a head with
+/// neither header means: the two places requests and responses differ.
+fn framed_body(framing: &Framing, unchunked: Body, unframed: Body) -> Body {
     match framing {
         Framing { unknown: true, .. } => Body::Resync,
         Framing {
             transfer_encoding: true,
-            chunked,
+            chunked: true,
             ..
-        } => {
-            if *chunked {
-                Body::Chunked
-            } else {
-                Body::Resync
-            }
-        }
+        } => Body::Chunked,
+        Framing {
+            transfer_encoding: true,
+            ..
+        } => unchunked,
         Framing {
             content_length: Some(n),
             ..
         } => Body::Length(*n),
-        // No length: no body, even when the head was cut, since requests
-        // cannot be delimited by close.
-        _ => Body::Length(0),
+        _ => unframed,
     }
+}
+
+/// Requests cannot be delimited by close: no length means no body, even
+/// when the head was cut.
+fn request_body(framing: &Framing) -> Body {
+    framed_body(framing, Body::Resync, Body::Length(0))
 }
 
 fn is_interim(status: u16) -> bool {
@@ -983,28 +988,10 @@ fn response_body(status: u16, answers: Answers, framing: &Framing, cut: bool) ->
         _ if answers == Answers::Head => return Body::Length(0),
         _ => {}
     }
-    match framing {
-        Framing { unknown: true, .. } => Body::Resync,
-        Framing {
-            transfer_encoding: true,
-            chunked,
-            ..
-        } => {
-            if *chunked {
-                Body::Chunked
-            } else {
-                Body::Close
-            }
-        }
-        Framing {
-            content_length: Some(n),
-            ..
-        } => Body::Length(*n),
-        // A cut head may have hidden the length: only a later status line
-        // tells where this response ended.
-        _ if cut => Body::Resync,
-        _ => Body::Close,
-    }
+    // A cut head may have hidden the length: only a later status line tells
+    // where such a response ended.
+    let unframed = if cut { Body::Resync } else { Body::Close };
+    framed_body(framing, Body::Close, unframed)
 }
 
 fn trim(bytes: &[u8]) -> &[u8] {
