@@ -4,6 +4,7 @@
 
 use std::{collections::HashSet, sync::Arc, time::Instant};
 
+use prometheus_client::metrics::counter::Counter;
 use selfops_ebpf::Sensor;
 
 use super::{
@@ -29,6 +30,8 @@ pub struct ProcessModel {
     clock: BootClock,
     ticks_per_second: u64,
     max_cmdline_bytes: usize,
+    /// Per-sensor received counters, looked up once (index: `Sensor`).
+    received: [Counter; 3],
     metrics: Arc<Metrics>,
 }
 
@@ -43,6 +46,17 @@ impl ProcessModel {
             clock: BootClock::measure(),
             ticks_per_second: clock_ticks_per_second(),
             max_cmdline_bytes: config.max_cmdline_bytes,
+            received: [
+                Sensor::ProcessExec,
+                Sensor::ProcessFork,
+                Sensor::ProcessExit,
+            ]
+            .map(|s| {
+                metrics
+                    .events_received
+                    .get_or_create(&Metrics::sensor(s))
+                    .clone()
+            }),
             metrics,
         }
     }
@@ -152,10 +166,7 @@ impl ProcessModel {
             ProcessEvent::Fork { .. } => Sensor::ProcessFork,
             ProcessEvent::Exit { .. } => Sensor::ProcessExit,
         };
-        self.metrics
-            .events_received
-            .get_or_create(&Metrics::sensor(sensor))
-            .inc();
+        self.received[sensor as usize].inc();
         match event {
             ProcessEvent::Fork { pid, ppid, boot_ns } => {
                 // The child runs its parent's image until it execs.

@@ -68,10 +68,6 @@ fn hex_bytes<const N: usize>(text: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Client requests waiting for the server end of their connection, in
 /// send order per connection (requests on one TCP connection are ordered,
 /// so the server's n-th unclaimed request is the client's n-th).
@@ -143,10 +139,6 @@ impl Rendezvous {
         });
     }
 
-    pub fn len(&self) -> usize {
-        self.by_connection.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.by_connection.is_empty()
     }
@@ -155,6 +147,10 @@ impl Rendezvous {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
 
     #[test]
     fn traceparent() {

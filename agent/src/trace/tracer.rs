@@ -31,7 +31,10 @@ use crate::{
     kernel::ring_reader::RingReader,
     process::{ResourceBuilder, SharedTable, clock::BootClock},
     signal::{AttrValue, Resource, Signal},
-    telemetry::{Metrics, metrics::ReasonLabel},
+    telemetry::{
+        Metrics,
+        metrics::{ReasonLabel, SensorLabel},
+    },
 };
 
 /// A connection: the process and the kernel's socket.
@@ -146,6 +149,15 @@ impl TraceMetrics {
     }
 }
 
+/// Counters touched per event, looked up once: a family lookup takes a
+/// lock and a hash.
+struct HotCounters {
+    received: Counter,
+    malformed: Counter,
+    server_spans: Counter,
+    client_spans: Counter,
+}
+
 pub struct Tracer {
     connections: HashMap<ConnKey, Connection>,
     max_connections: usize,
@@ -164,8 +176,8 @@ pub struct Tracer {
     resource_cache: HashMap<u32, Arc<Resource>>,
     clock: BootClock,
     sink: Box<dyn FnMut(Signal) + Send>,
-    metrics: Arc<Metrics>,
     trace_metrics: TraceMetrics,
+    counters: HotCounters,
     red: RedMetrics,
     red_interval: Duration,
     parked: VecDeque<Parked>,
@@ -184,6 +196,30 @@ impl Tracer {
         let filter = TraceFilter::new(&config.include, &config.exclude)?;
         let clock = BootClock::measure();
         let max_connections = config.max_connections;
+        // One statement per lookup: a family's read guard lives to the end of
+        // its statement, and creating the next series of that family needs
+        // the write lock.
+        let counter = |family: &Family<SensorLabel, Counter>| {
+            family
+                .get_or_create(&Metrics::sensor(Sensor::Socket))
+                .clone()
+        };
+        let received = counter(&metrics.events_received);
+        let malformed = counter(&metrics.events_malformed);
+        let span_counter = |reason| {
+            trace_metrics
+                .spans
+                .get_or_create(&ReasonLabel { reason })
+                .clone()
+        };
+        let server_spans = span_counter("server");
+        let client_spans = span_counter("client");
+        let counters = HotCounters {
+            received,
+            malformed,
+            server_spans,
+            client_spans,
+        };
         Ok(Self {
             red: RedMetrics::new(config.max_routes_per_service, unix_now_ns()),
             red_interval: config.metrics_interval,
@@ -201,21 +237,20 @@ impl Tracer {
             resource_cache: HashMap::new(),
             clock,
             sink,
-            metrics,
+            counters,
             trace_metrics,
         })
     }
 
     pub fn handle_record(&mut self, record: &[u8]) {
-        let label = Metrics::sensor(Sensor::Socket);
         match decode(record) {
             Ok(event) => {
-                self.metrics.events_received.get_or_create(&label).inc();
+                self.counters.received.inc();
                 self.handle(event);
             }
             Err(err) => {
                 tracing::debug!(%err, "malformed socket event");
-                self.metrics.events_malformed.get_or_create(&label).inc();
+                self.counters.malformed.inc();
             }
         }
     }
@@ -331,10 +366,7 @@ impl Tracer {
         };
         // The client's write is usually processed already; if not, the
         // context is resolved again when it is first needed.
-        if let Some(client) = self.rendezvous.claim(conn.endpoints, Instant::now()) {
-            entry.trace_id = Some(client.trace_id);
-            entry.parent = Some(client.span_id);
-        }
+        resolve_entry(&mut self.rendezvous, conn.endpoints, &mut entry, false);
         conn.push_in_flight(entry);
         self.active_server.insert(tid, (key, span_id));
         *self.serving.entry(tid).or_insert(0) += 1;
@@ -573,14 +605,10 @@ impl Tracer {
             to_unix_ns: &|ns| clock.to_unix_ns(ns),
             tls,
         });
-        let kind = match side {
-            Side::Server => "server",
-            Side::Client => "client",
+        match side {
+            Side::Server => self.counters.server_spans.inc(),
+            Side::Client => self.counters.client_spans.inc(),
         };
-        self.trace_metrics
-            .spans
-            .get_or_create(&ReasonLabel { reason: kind })
-            .inc();
         let seconds = span.end_unix_nano.saturating_sub(span.start_unix_nano) as f64 / 1e9;
         self.red.record(Observation {
             kind: span.kind,
