@@ -4,8 +4,10 @@
 //! is the same on both sides and no uninitialised byte crosses the ring buffer.
 #![no_std]
 
+pub mod limiter;
 pub mod net;
 pub mod process;
+pub mod profile;
 pub mod sensor;
 pub mod tracepoint_layout;
 

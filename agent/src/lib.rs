@@ -1,13 +1,16 @@
 //! selfops agent: the userspace half of the node agent. The binary
 //! (`main.rs`) is a thin command-line shell over these modules.
 
+pub mod act;
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod detect;
 pub mod export;
 pub mod kernel;
 pub mod lock;
 pub mod process;
+pub mod profile;
 pub mod signal;
 pub mod telemetry;
 pub mod trace;

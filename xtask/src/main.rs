@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | run | test`.
+//! Developer tasks: `cargo xtask setup | run | test | bench`.
 
 mod bench;
 mod setup;
@@ -24,10 +24,10 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Benchmarks against a baseline in the same run (e.g. `trace`).
+    /// Benchmarks against a baseline in the same run.
     Bench {
-        /// Which benchmark.
-        what: String,
+        #[command(subcommand)]
+        what: bench::Bench,
     },
     /// Set up if needed, then fmt check, clippy, unit and privileged tests.
     Test {
@@ -49,7 +49,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Bench { what } => {
             setup::run()?;
-            bench::run(&what)
+            bench::run(what)
         }
         Command::Test { filter } => {
             setup::run()?;

@@ -1,4 +1,6 @@
 pub mod counters;
 pub mod feature_probes;
+pub mod limiter;
 pub mod net;
 pub mod process;
+pub mod profile;

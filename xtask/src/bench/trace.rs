@@ -1,5 +1,4 @@
-//! `cargo xtask bench …`: measurements side by side with a baseline in the
-//! same run, reported as ratios.
+//! `cargo xtask bench trace`: wrk against nginx with and without the agent.
 
 use std::time::Duration;
 
@@ -8,15 +7,8 @@ use selfops_tests::{Agent, scratch_dir, services::nginx};
 
 use crate::shell;
 
-pub fn run(what: &str) -> anyhow::Result<()> {
-    match what {
-        "trace" => trace(),
-        other => bail!("unknown benchmark {other:?}; known: trace"),
-    }
-}
-
 /// User + system CPU time of process `pid` so far.
-fn cpu_of(pid: u32) -> anyhow::Result<Duration> {
+pub fn cpu_of(pid: u32) -> anyhow::Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let after = stat.rsplit_once(')').map(|(_, r)| r).context("stat")?;
     let fields: Vec<&str> = after.split_whitespace().collect();
@@ -25,7 +17,7 @@ fn cpu_of(pid: u32) -> anyhow::Result<Duration> {
     Ok(Duration::from_millis(ticks * 1000 / clock_ticks()))
 }
 
-fn clock_ticks() -> u64 {
+pub fn clock_ticks() -> u64 {
     shell::output("getconf", &["CLK_TCK"])
         .and_then(|t| t.trim().parse().ok())
         .unwrap_or(100)
@@ -78,7 +70,7 @@ fn duration_ms(text: &str) -> anyhow::Result<f64> {
     Ok(value.parse::<f64>()? * scale)
 }
 
-fn trace() -> anyhow::Result<()> {
+pub fn run() -> anyhow::Result<()> {
     shell::cargo(&["build", "--release", "--package", "selfops-agent"])?;
     let dir = scratch_dir("bench-trace");
     let server = nginx(&dir);

@@ -1,0 +1,1 @@
+//! Limiter policy: map keys and values shared with the XDP and tc programs.

@@ -1,0 +1,1 @@
+//! Profiler samples shared with the CPU-clock sampler.

@@ -1,0 +1,1 @@
+//! Token-bucket limiter: XDP and tc programs over policy maps.

@@ -1,0 +1,1 @@
+//! CPU-clock sampler: stacks and register state per sample.

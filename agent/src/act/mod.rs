@@ -1,0 +1,1 @@
+//! Actuation: playbooks, the kernel limiter, safety (TTL, allowlist, dry-run) and audit.

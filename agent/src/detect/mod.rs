@@ -1,0 +1,1 @@
+//! Streaming anomaly detectors over time series.

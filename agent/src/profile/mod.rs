@@ -1,0 +1,1 @@
+//! Continuous CPU profiling: samples, unwinding, symbolization, encoders.

@@ -1,0 +1,34 @@
+//! `cargo xtask bench …`: measurements side by side with a baseline in the
+//! same run, reported as ratios.
+
+mod r#loop;
+mod nab;
+mod profile;
+pub mod trace;
+mod xdp;
+
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub enum Bench {
+    /// wrk against nginx at saturation, with and without the agent.
+    Trace,
+    /// CPU profiler at 19 Hz against `perf record -F 19 -g` on the same workload.
+    Profile,
+    /// The detectors on the Numenta Anomaly Benchmark, scored by its rules.
+    Nab(nab::Args),
+    /// Per-packet cost of the XDP limiter against no program on one veth pair.
+    Xdp,
+    /// Time from a signal crossing its threshold to the limit live in the kernel.
+    Loop,
+}
+
+pub fn run(bench: Bench) -> anyhow::Result<()> {
+    match bench {
+        Bench::Trace => trace::run(),
+        Bench::Profile => profile::run(),
+        Bench::Nab(args) => nab::run(args),
+        Bench::Xdp => xdp::run(),
+        Bench::Loop => r#loop::run(),
+    }
+}
