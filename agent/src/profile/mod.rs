@@ -1,1 +1,3 @@
 //! Continuous CPU profiling: samples, unwinding, symbolization, encoders.
+
+pub mod model;
