@@ -8,10 +8,12 @@ use anyhow::{Context as _, anyhow};
 
 fn main() -> anyhow::Result<()> {
     // AYA_BUILD_SKIP=1 (fuzzing, docs) builds the agent without kernel
-    // programs: an empty object that fails to load at run time, clearly.
+    // programs: empty objects that fails to load at run time, clearly.
     if std::env::var_os("AYA_BUILD_SKIP").is_some_and(|v| v == "1" || v == "true") {
         let out_dir = std::env::var("OUT_DIR").context("OUT_DIR")?;
-        std::fs::write(std::path::Path::new(&out_dir).join("selfops"), b"")?;
+        for object in ["selfops", "selfops-limiter", "selfops-profiler"] {
+            std::fs::write(std::path::Path::new(&out_dir).join(object), b"")?;
+        }
         println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
         return Ok(());
     }

@@ -1,16 +1,12 @@
-//! selfops kernel programs. Each program is a thin attribute wrapper over one
+//! selfops kernel sensors (process and socket). Each program is a thin attribute wrapper over one
 //! `try_…` function that returns `Result`, so no error path can panic.
 #![no_std]
 #![no_main]
 
 mod programs;
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // Unreachable in verified programs: the verifier rejects any reachable panic.
-    loop {}
-}
+// The panic handler comes from the library.
+use selfops_ebpf as _;
 
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]

@@ -1,6 +1,4 @@
 pub mod counters;
 pub mod feature_probes;
-pub mod limiter;
 pub mod net;
 pub mod process;
-pub mod profile;

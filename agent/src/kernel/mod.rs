@@ -10,5 +10,14 @@ pub mod object;
 pub mod ring_reader;
 pub mod tracefs;
 
-/// The eBPF object built by agent/build.rs from agent-ebpf.
+// The eBPF objects built by agent/build.rs from agent-ebpf, one per concern,
+// so a feature that is off costs no kernel memory.
+
+/// Process and socket sensors.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/selfops"));
+/// Token-bucket limiter (XDP and tc).
+pub static LIMITER_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/selfops-limiter"));
+/// CPU-clock sampler.
+pub static PROFILER_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/selfops-profiler"));

@@ -1,1 +1,0 @@
-//! Token-bucket limiter: XDP and tc programs over policy maps.

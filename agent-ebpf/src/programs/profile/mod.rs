@@ -1,1 +1,0 @@
-//! CPU-clock sampler: stacks and register state per sample.
