@@ -8,6 +8,7 @@ use selfops_ebpf::{NetSettings, SocketOffsets};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
+    act::{ActuationLoop, audit::AuditMetrics},
     config::Config,
     export::ExportPipeline,
     kernel::{
@@ -20,6 +21,7 @@ use crate::{
     },
     lock::{InstanceLock, LOCK_DIR},
     process::{ResourceBuilder, sensor::ProcessModel},
+    series::ServiceStats,
     telemetry::{Metrics, server},
     trace::{
         tls_libraries,
@@ -91,6 +93,8 @@ async fn run_agent(config: Config) -> anyhow::Result<()> {
         ExportPipeline::start(&config.export, &config.data_dir, metrics.registry_mut())?;
     let pipeline = tokio::spawn(pipeline);
     let trace_metrics = TraceMetrics::register(metrics.registry_mut());
+    let profiler = crate::profile::run::Prepared::new(&config, metrics.registry_mut())?;
+    let audit_metrics = AuditMetrics::register(metrics.registry_mut());
     let metrics = Arc::new(metrics);
     for sensor in selfops_ebpf::Sensor::ALL {
         // Zero-valued series from the start, so a scrape shows every sensor.
@@ -110,16 +114,45 @@ async fn run_agent(config: Config) -> anyhow::Result<()> {
 
     let ring = RingReader::new(object.take_process_ring()?).context("polling the ring buffer")?;
     let resources = Arc::new(ResourceBuilder::new(&config.service)?);
+    let profiler = profiler
+        .map(|p| p.start(model.table(), resources.clone()))
+        .transpose()?;
+    // Server spans feed the per-service series the playbooks read.
+    let service_stats = Arc::new(ServiceStats::default());
+    let actuation = {
+        let sink = export.clone();
+        ActuationLoop::start(
+            &config.actuation,
+            model.table(),
+            service_stats.clone(),
+            audit_metrics,
+            Box::new(move |signal| sink.send(signal)),
+        )?
+    };
+    let (stop_actuation, stopping) = tokio::sync::watch::channel(false);
+    let actuation = actuation.map(|run| tokio::spawn(run.run(stopping)));
     let tracer = if config.trace.enabled {
         attach_tls(&mut object);
         let sink = export.clone();
+        // Only when a playbook reads a service series: it costs a lock per span.
+        let services = config
+            .actuation
+            .playbooks
+            .iter()
+            .any(|p| p.when.signal.subject() == Some("service"))
+            .then(|| service_stats.clone());
         let tracer = Tracer::new(
             &config.trace,
             model.table(),
             resources.clone(),
             metrics.clone(),
             trace_metrics,
-            Box::new(move |signal| sink.send(signal)),
+            Box::new(move |signal| {
+                if let Some(services) = &services {
+                    services.observe(&signal);
+                }
+                sink.send(signal)
+            }),
         )?;
         let ring =
             RingReader::new(object.take_socket_ring()?).context("polling the socket ring")?;
@@ -150,8 +183,16 @@ async fn run_agent(config: Config) -> anyhow::Result<()> {
         _ = sigint.recv() => { tracing::info!("SIGINT: detaching"); Ok(()) }
         _ = sigterm.recv() => { tracing::info!("SIGTERM: detaching"); Ok(()) }
     };
+    // Limits are withdrawn (and audited) before the exporters flush.
+    let _ = stop_actuation.send(true);
+    if let Some(actuation) = actuation {
+        let _ = tokio::time::timeout(Duration::from_millis(500), actuation).await;
+    }
     // Detaching waits on the kernel; flush the exporters meanwhile.
     let detach = tokio::task::spawn_blocking(move || object.detach());
+    if let Some(profiler) = profiler {
+        profiler.stop(Duration::from_millis(500)).await;
+    }
     if !export.shutdown(Duration::from_millis(500)).await {
         tracing::warn!("export queue not drained at shutdown; the rest is counted as dropped");
     }

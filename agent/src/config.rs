@@ -40,6 +40,50 @@ pub struct Config {
     pub service: ServiceConfig,
     pub export: ExportConfig,
     pub trace: TraceConfig,
+    pub profile: ProfileConfig,
+    /// Signals, playbooks and the kernel limiter (the self-healing loop).
+    pub actuation: crate::act::ActuationConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProfileConfig {
+    /// Continuous CPU profiling of every process (pprof files, flame
+    /// graphs, OTLP profiles).
+    pub enabled: bool,
+    /// Samples per second per CPU (1 to 999).
+    pub frequency_hz: u32,
+    /// Length of one aggregated profile.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Profile only what matches one of these (empty: everything); only
+    /// `executable` and `cgroup` apply.
+    pub include: Vec<Selector>,
+    /// Never profile what matches one of these.
+    pub exclude: Vec<Selector>,
+    /// Memory for unwind tables (shared per executable build-id); the least
+    /// recently used are evicted beyond it.
+    pub unwind_table_bytes: usize,
+    /// Size of the sample ring buffer in bytes (power of two).
+    pub ring_bytes: u32,
+    /// Distinct stacks per interval; samples of further stacks are counted
+    /// as dropped.
+    pub max_stacks: usize,
+}
+
+impl Default for ProfileConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            frequency_hz: 19,
+            interval: Duration::from_secs(10),
+            include: Vec::new(),
+            exclude: Vec::new(),
+            unwind_table_bytes: 16 << 20,
+            ring_bytes: 4 << 20,
+            max_stacks: 65_536,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -211,6 +255,8 @@ impl Default for Config {
             service: ServiceConfig::default(),
             export: ExportConfig::default(),
             trace: TraceConfig::default(),
+            profile: ProfileConfig::default(),
+            actuation: crate::act::ActuationConfig::default(),
         }
     }
 }
@@ -387,6 +433,7 @@ impl Config {
                 }
             }
         }
+        self.validate_profile(&invalid)?;
         let e = &self.export;
         if !(1..=1_048_576).contains(&e.queue_capacity) {
             return Err(invalid(
@@ -411,6 +458,9 @@ impl Config {
                 ),
             ));
         }
+        self.actuation
+            .validate()
+            .map_err(|(key, message)| invalid(&key, message))?;
         for (i, rule) in self.service.rules.iter().enumerate() {
             let key = |field: &str| format!("service.rules[{i}].{field}");
             match (&rule.executable, &rule.cgroup) {
@@ -427,6 +477,68 @@ impl Config {
             }
             if rule.name.trim().is_empty() {
                 return Err(invalid(&key("name"), "must not be empty".to_owned()));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn validate_profile(
+        &self,
+        invalid: &impl Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let p = &self.profile;
+        if !(1..=999).contains(&p.frequency_hz) {
+            return Err(invalid(
+                "profile.frequency_hz",
+                format!("{} is not allowed: use 1 to 999", p.frequency_hz),
+            ));
+        }
+        if p.interval < Duration::from_secs(1) {
+            return Err(invalid(
+                "profile.interval",
+                "must be at least 1s".to_owned(),
+            ));
+        }
+        if p.unwind_table_bytes < 1 << 20 {
+            return Err(invalid(
+                "profile.unwind_table_bytes",
+                format!(
+                    "{} is not allowed: use at least 1048576",
+                    p.unwind_table_bytes
+                ),
+            ));
+        }
+        if p.ring_bytes < 1 << 16 || !p.ring_bytes.is_power_of_two() {
+            return Err(invalid(
+                "profile.ring_bytes",
+                format!(
+                    "{} is not allowed: use a power of two of at least 65536",
+                    p.ring_bytes
+                ),
+            ));
+        }
+        if !(1..=4_194_304).contains(&p.max_stacks) {
+            return Err(invalid(
+                "profile.max_stacks",
+                format!("{} is not allowed: use 1 to 4194304", p.max_stacks),
+            ));
+        }
+        for (list, selectors) in [("include", &p.include), ("exclude", &p.exclude)] {
+            for (i, selector) in selectors.iter().enumerate() {
+                let key = format!("profile.{list}[{i}]");
+                match (&selector.executable, &selector.cgroup, selector.port) {
+                    (Some(glob), None, None) | (None, Some(glob), None) => {
+                        check_glob(glob).map_err(|m| invalid(&key, m))?;
+                    }
+                    _ => {
+                        return Err(invalid(
+                            &key,
+                            "give exactly one of `executable` or `cgroup`".into(),
+                        ));
+                    }
+                }
             }
         }
         Ok(())
@@ -488,6 +600,27 @@ mod tests {
         assert!(err.contains("trace.include[0]"), "{err}");
         let err = parse("trace: { exclude: [ { pid: 3 } ] }").unwrap_err();
         assert!(err.contains("trace.exclude[0]"), "{err}");
+    }
+
+    #[test]
+    fn profile_config() {
+        let config = parse(
+            "profile: { enabled: true, frequency_hz: 99, interval: 5s, exclude: [ { executable: 'sshd' } ] }",
+        )
+        .unwrap();
+        assert!(config.profile.enabled);
+        assert_eq!(config.profile.frequency_hz, 99);
+        assert_eq!(config.profile.interval, Duration::from_secs(5));
+        let err = parse("profile: { frequency_hz: 1000 }").unwrap_err();
+        assert!(err.contains("profile.frequency_hz"), "{err}");
+        let err = parse("profile: { interval: 10ms }").unwrap_err();
+        assert!(err.contains("profile.interval"), "{err}");
+        let err = parse("profile: { include: [ { port: 80 } ] }").unwrap_err();
+        assert!(err.contains("profile.include[0]"), "{err}");
+        let err = parse("profile: { ring_bytes: 100000 }").unwrap_err();
+        assert!(err.contains("profile.ring_bytes"), "{err}");
+        let err = parse("profile: { unwind_table_bytes: 10 }").unwrap_err();
+        assert!(err.contains("profile.unwind_table_bytes"), "{err}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod kernel;
 pub mod lock;
 pub mod process;
 pub mod profile;
+pub mod series;
 pub mod signal;
 pub mod telemetry;
 pub mod trace;

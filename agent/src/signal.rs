@@ -28,6 +28,18 @@ impl From<String> for AttrValue {
     }
 }
 
+impl From<f64> for AttrValue {
+    fn from(value: f64) -> Self {
+        AttrValue::Double(value)
+    }
+}
+
+impl From<bool> for AttrValue {
+    fn from(value: bool) -> Self {
+        AttrValue::Bool(value)
+    }
+}
+
 impl From<i64> for AttrValue {
     fn from(value: i64) -> Self {
         AttrValue::Int(value)
@@ -107,9 +119,30 @@ pub struct HistogramPoint {
     pub resource: Arc<Resource>,
 }
 
+/// OTel log severity (the subset the agent emits), with its SeverityNumber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Severity {
+    Info = 9,
+    Warn = 13,
+    Error = 17,
+}
+
+/// One log record: an audited decision or action of the agent.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LogRecord {
+    pub time_unix_nano: u64,
+    pub severity: Severity,
+    /// OTel `event_name`, e.g. `selfops.action.applied`.
+    pub event_name: &'static str,
+    pub body: String,
+    pub attributes: Attributes,
+    pub resource: Arc<Resource>,
+}
+
 /// What flows from the pipeline to the exporters.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum Signal {
     Span(Span),
     Histogram(HistogramPoint),
+    Log(LogRecord),
 }

@@ -4,8 +4,10 @@
 //! These tests load the real eBPF object into the running kernel. Without
 //! root they skip, saying why — except under `CI=true`, where they fail.
 
+pub mod netns;
 pub mod services;
 pub mod spans;
+pub mod traffic;
 
 use std::{
     net::TcpListener,

@@ -52,6 +52,15 @@ fn cases() -> Vec<(std::path::PathBuf, Vec<&'static str>)> {
             vec!["sensors.process_ring_bytes", "power of two"],
         ),
         (
+            write(
+                "playbook.yaml",
+                "actuation:\n  interfaces: [eth0]\n  playbooks:\n    - name: p\n      \
+                 when: { signal: host.cpu.utilization, above: 0.9 }\n      \
+                 do: { throttle: { port: 22, per_second: 10 } }\n      ttl: 10s\n",
+            ),
+            vec!["actuation.playbooks[0].do", "port 22 is allowlisted"],
+        ),
+        (
             dir.join("does-not-exist.yaml"),
             vec!["does-not-exist.yaml", "No such file"],
         ),

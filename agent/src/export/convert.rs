@@ -1,18 +1,25 @@
 //! Internal signals to OTLP protobuf messages: spans grouped by resource into
 //! `ResourceSpans`, histogram points grouped by resource and instrument into
-//! `ResourceMetrics`, under one instrumentation scope.
+//! `ResourceMetrics`, log records grouped by resource into `ResourceLogs`,
+//! under one instrumentation scope.
 
 use std::{collections::HashMap, sync::Arc};
 
 use opentelemetry_proto::tonic::{
-    collector::{metrics::v1::ExportMetricsServiceRequest, trace::v1::ExportTraceServiceRequest},
+    collector::{
+        logs::v1::ExportLogsServiceRequest, metrics::v1::ExportMetricsServiceRequest,
+        trace::v1::ExportTraceServiceRequest,
+    },
     common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value},
+    logs::v1 as pl,
     metrics::v1 as pm,
     resource::v1 as pr,
     trace::v1 as pt,
 };
 
-use crate::signal::{AttrValue, HistogramPoint, Resource, Signal, Span, SpanKind, SpanStatus};
+use crate::signal::{
+    AttrValue, HistogramPoint, LogRecord, Resource, Severity, Signal, Span, SpanKind, SpanStatus,
+};
 
 /// The instrumentation scope every signal is reported under.
 pub const SCOPE_NAME: &str = "selfops";
@@ -30,14 +37,25 @@ pub struct OtlpBatch {
     /// Histogram points that could not be represented (dropped, counted by
     /// the caller as `encode_failed`).
     pub malformed_points: u64,
+    /// `None` when the batch has no log record.
+    pub logs: Option<ExportLogsServiceRequest>,
+    pub log_count: u64,
+}
+
+impl OtlpBatch {
+    /// Nothing to export (malformed points are already counted).
+    pub fn is_empty(&self) -> bool {
+        self.span_count == 0 && self.point_count == 0 && self.log_count == 0
+    }
 }
 
 /// Converts a batch. Signals are grouped by resource: first by `Arc` pointer,
 /// then by value, so two `Arc`s of equal resources share one
-/// `ResourceSpans`/`ResourceMetrics`.
+/// `ResourceSpans`/`ResourceMetrics`/`ResourceLogs`.
 pub fn convert(signals: Vec<Signal>) -> OtlpBatch {
     let mut span_groups = ResourceGroups::default();
     let mut metric_groups = ResourceGroups::default();
+    let mut log_groups = ResourceGroups::default();
     // Indices are computed while every signal (and so every resource
     // pointer) is alive, so a freed address can never be mistaken for a
     // known resource.
@@ -46,11 +64,13 @@ pub fn convert(signals: Vec<Signal>) -> OtlpBatch {
         .map(|signal| match signal {
             Signal::Span(span) => span_groups.index(&span.resource),
             Signal::Histogram(point) => metric_groups.index(&point.resource),
+            Signal::Log(record) => log_groups.index(&record.resource),
         })
         .collect();
 
     let mut spans: Vec<Vec<pt::Span>> = vec![Vec::new(); span_groups.len()];
     let mut metrics: Vec<Vec<pm::Metric>> = vec![Vec::new(); metric_groups.len()];
+    let mut logs: Vec<Vec<pl::LogRecord>> = vec![Vec::new(); log_groups.len()];
     let mut batch = OtlpBatch::default();
     for (signal, index) in signals.into_iter().zip(indices) {
         match signal {
@@ -65,6 +85,10 @@ pub fn convert(signals: Vec<Signal>) -> OtlpBatch {
                 }
                 None => batch.malformed_points += 1,
             },
+            Signal::Log(record) => {
+                logs[index].push(log_record_to_proto(record));
+                batch.log_count += 1;
+            }
         }
     }
 
@@ -103,6 +127,24 @@ pub fn convert(signals: Vec<Signal>) -> OtlpBatch {
             })
             .collect();
         batch.metrics = Some(ExportMetricsServiceRequest { resource_metrics });
+    }
+    if batch.log_count > 0 {
+        let resource_logs = log_groups
+            .resources
+            .iter()
+            .zip(logs)
+            .filter(|(_, logs)| !logs.is_empty())
+            .map(|(resource, log_records)| pl::ResourceLogs {
+                resource: Some(resource_to_proto(resource)),
+                scope_logs: vec![pl::ScopeLogs {
+                    scope: Some(scope()),
+                    log_records,
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            })
+            .collect();
+        batch.logs = Some(ExportLogsServiceRequest { resource_logs });
     }
     batch
 }
@@ -207,6 +249,28 @@ pub fn span_to_proto(span: Span) -> pt::Span {
     }
 }
 
+pub fn log_record_to_proto(record: LogRecord) -> pl::LogRecord {
+    let (number, text) = match record.severity {
+        Severity::Info => (pl::SeverityNumber::Info, "INFO"),
+        Severity::Warn => (pl::SeverityNumber::Warn, "WARN"),
+        Severity::Error => (pl::SeverityNumber::Error, "ERROR"),
+    };
+    pl::LogRecord {
+        time_unix_nano: record.time_unix_nano,
+        // The agent records its own decisions as it makes them: the event
+        // and its observation are the same instant.
+        observed_time_unix_nano: record.time_unix_nano,
+        severity_number: number as i32,
+        severity_text: text.to_owned(),
+        body: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(record.body)),
+        }),
+        attributes: attributes_to_proto(&record.attributes),
+        event_name: record.event_name.to_owned(),
+        ..Default::default()
+    }
+}
+
 /// `None` when the point cannot be valid OTLP: `bucket_counts` must have one
 /// entry more than `bounds`, and bounds must be finite.
 pub fn histogram_point_to_proto(point: &HistogramPoint) -> Option<pm::HistogramDataPoint> {
@@ -267,7 +331,7 @@ fn add_histogram_point(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::export::test_support::{histogram, resource, span};
+    use crate::export::test_support::{histogram, log_record, resource, span};
 
     #[test]
     fn span_fields() {
@@ -377,8 +441,77 @@ mod tests {
     }
 
     #[test]
+    fn log_record_fields() {
+        let res = resource("selfops", 7);
+        let record = log_record(&res, 3);
+        let p = log_record_to_proto(record.clone());
+        assert_eq!(p.time_unix_nano, record.time_unix_nano);
+        assert_eq!(p.observed_time_unix_nano, record.time_unix_nano);
+        assert_eq!(p.severity_number, 13, "SEVERITY_NUMBER_WARN");
+        assert_eq!(p.severity_text, "WARN");
+        assert_eq!(p.event_name, "selfops.action.applied");
+        assert_eq!(
+            p.body.unwrap().value,
+            Some(any_value::Value::StringValue(
+                "rate limit applied to nginx (3)".to_owned()
+            ))
+        );
+        assert_eq!(p.attributes.len(), 3);
+        assert_eq!(p.attributes[1].key, "selfops.action.seq");
+        assert_eq!(
+            p.attributes[2].value.as_ref().unwrap().value,
+            Some(any_value::Value::BoolValue(false))
+        );
+        assert!(p.trace_id.is_empty() && p.span_id.is_empty());
+
+        for (severity, number, text) in
+            [(Severity::Info, 9, "INFO"), (Severity::Error, 17, "ERROR")]
+        {
+            let mut record = log_record(&res, 1);
+            record.severity = severity;
+            let p = log_record_to_proto(record);
+            assert_eq!(
+                (p.severity_number, p.severity_text.as_str()),
+                (number, text)
+            );
+            // The agent's Severity carries the OTel number as discriminant.
+            assert_eq!(severity as i32, number);
+        }
+    }
+
+    #[test]
+    fn logs_group_by_resource() {
+        let a = resource("a", 1);
+        let b = resource("b", 2);
+        let batch = convert(vec![
+            Signal::Log(log_record(&a, 1)),
+            Signal::Span(span(&a, 1, None)),
+            Signal::Log(log_record(&b, 2)),
+            Signal::Log(log_record(&Arc::new((*a).clone()), 3)),
+        ]);
+        assert_eq!((batch.span_count, batch.log_count), (1, 3));
+        assert!(batch.metrics.is_none());
+        let logs = batch.logs.unwrap();
+        assert_eq!(logs.resource_logs.len(), 2);
+        let first = &logs.resource_logs[0];
+        assert_eq!(first.resource, Some(resource_to_proto(&a)));
+        assert_eq!(first.scope_logs[0].scope.as_ref().unwrap().name, "selfops");
+        let times: Vec<_> = first.scope_logs[0]
+            .log_records
+            .iter()
+            .map(|r| r.time_unix_nano)
+            .collect();
+        assert_eq!(
+            times,
+            vec![1_700_000_002_000_000_001, 1_700_000_002_000_000_003]
+        );
+        assert_eq!(logs.resource_logs[1].scope_logs[0].log_records.len(), 1);
+    }
+
+    #[test]
     fn empty_batch_has_no_requests() {
         let batch = convert(Vec::new());
-        assert!(batch.traces.is_none() && batch.metrics.is_none());
+        assert!(batch.is_empty());
+        assert!(batch.traces.is_none() && batch.metrics.is_none() && batch.logs.is_none());
     }
 }

@@ -1,4 +1,4 @@
-//! The file sink: `traces.jsonl` and `metrics.jsonl` in the data directory,
+//! The file sink: `traces.jsonl`, `metrics.jsonl` and `logs.jsonl` in the data directory,
 //! one OTLP/JSON `Export*ServiceRequest` per line.
 //!
 //! OTLP/JSON is the proto3 JSON mapping with the OTLP deviations: lowerCamelCase
@@ -26,6 +26,7 @@ pub const DEFAULT_ROTATE_BYTES: u64 = 256 * 1024 * 1024;
 
 pub const TRACES_FILE: &str = "traces.jsonl";
 pub const METRICS_FILE: &str = "metrics.jsonl";
+pub const LOGS_FILE: &str = "logs.jsonl";
 
 /// Serializes one message as an OTLP/JSON line (with its `\n`).
 pub fn encode_json_line<T: Serialize>(message: &T) -> Result<Vec<u8>, serde_json::Error> {
@@ -33,7 +34,7 @@ pub fn encode_json_line<T: Serialize>(message: &T) -> Result<Vec<u8>, serde_json
     // Spans set every optional field, so the costly detour through a JSON
     // tree is only taken when a `null` was written (a string holding the
     // text `:null` only makes us take it needlessly).
-    if line.windows(5).any(|w| w == b":null") {
+    if memchr::memmem::find(&line, b":null").is_some() {
         let mut value: serde_json::Value = serde_json::from_slice(&line)?;
         strip_nulls(&mut value);
         line = serde_json::to_vec(&value)?;
@@ -68,13 +69,15 @@ pub enum LineOutcome {
 pub struct BatchOutcome {
     pub traces: LineOutcome,
     pub metrics: LineOutcome,
+    pub logs: LineOutcome,
 }
 
-/// Both files; blocking I/O, so the pipeline calls it on the blocking pool.
+/// One file per signal; blocking I/O, so the pipeline calls it on the blocking pool.
 #[derive(Debug)]
 pub struct FileSink {
     traces: JsonlFile,
     metrics: JsonlFile,
+    logs: JsonlFile,
 }
 
 impl FileSink {
@@ -82,6 +85,7 @@ impl FileSink {
         Self {
             traces: JsonlFile::new(dir.join(TRACES_FILE), rotate_bytes),
             metrics: JsonlFile::new(dir.join(METRICS_FILE), rotate_bytes),
+            logs: JsonlFile::new(dir.join(LOGS_FILE), rotate_bytes),
         }
     }
 
@@ -89,6 +93,7 @@ impl FileSink {
         BatchOutcome {
             traces: write_line(&mut self.traces, batch.traces.as_ref()),
             metrics: write_line(&mut self.metrics, batch.metrics.as_ref()),
+            logs: write_line(&mut self.logs, batch.logs.as_ref()),
         }
     }
 }
@@ -184,7 +189,7 @@ mod tests {
     use super::*;
     use crate::export::{
         convert::convert,
-        test_support::{histogram, resource, span, temp_dir},
+        test_support::{histogram, log_record, resource, span, temp_dir},
     };
     use crate::signal::Signal;
 
@@ -198,6 +203,7 @@ mod tests {
             Signal::Span(span(&res, 1, None)),
             Signal::Span(child),
             Signal::Histogram(histogram(&res, "http.server.request.duration")),
+            Signal::Log(log_record(&res, 5)),
         ])
     }
 
@@ -268,6 +274,41 @@ mod tests {
     }
 
     #[test]
+    fn log_line_is_otlp_json() {
+        let batch = sample_batch();
+        let line = encode_json_line(batch.logs.as_ref().unwrap()).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        let rl = &json["resourceLogs"][0];
+        let attrs = rl["resource"]["attributes"].as_array().unwrap();
+        assert_eq!(attrs[0]["key"], "service.name");
+        assert_eq!(attrs[0]["value"]["stringValue"], "nginx");
+        assert_eq!(attrs[1]["value"]["intValue"], "42");
+        assert_eq!(rl["scopeLogs"][0]["scope"]["name"], "selfops");
+        let record = &rl["scopeLogs"][0]["logRecords"][0];
+        assert_eq!(record["timeUnixNano"], "1700000002000000005");
+        assert_eq!(record["observedTimeUnixNano"], "1700000002000000005");
+        assert_eq!(record["severityNumber"], 13);
+        assert_eq!(record["severityText"], "WARN");
+        assert_eq!(record["eventName"], "selfops.action.applied");
+        assert_eq!(
+            record["body"]["stringValue"],
+            "rate limit applied to nginx (5)"
+        );
+        let attrs = record["attributes"].as_array().unwrap();
+        assert_eq!(attrs[0]["key"], "selfops.action");
+        assert_eq!(attrs[0]["value"]["stringValue"], "rate_limit");
+        assert_eq!(attrs[1]["value"]["intValue"], "5");
+        assert_eq!(attrs[2]["value"]["boolValue"], false);
+        let text = std::str::from_utf8(&line).unwrap();
+        assert!(!text.contains("null"), "{text}");
+        assert!(!text.contains("event_name"), "{text}");
+
+        use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+        let back: ExportLogsServiceRequest = serde_json::from_slice(&line).unwrap();
+        assert_eq!(Some(back), batch.logs);
+    }
+
+    #[test]
     fn json_round_trips_through_the_proto_types() {
         use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
         let batch = sample_batch();
@@ -292,6 +333,7 @@ mod tests {
                 "{outcome:?}"
             );
             assert!(matches!(outcome.metrics, LineOutcome::Written));
+            assert!(matches!(outcome.logs, LineOutcome::Written));
         }
         let lines = |name: &str| {
             std::fs::read_to_string(dir.join(name))
@@ -315,6 +357,7 @@ mod tests {
         let outcome = sink.write_batch(&sample_batch());
         assert!(matches!(outcome.traces, LineOutcome::WriteFailed(_)));
         assert!(matches!(outcome.metrics, LineOutcome::WriteFailed(_)));
+        assert!(matches!(outcome.logs, LineOutcome::WriteFailed(_)));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

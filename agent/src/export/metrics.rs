@@ -10,6 +10,7 @@ use prometheus_client::{
 /// OTLP signal names, used as the `signal` label.
 pub const TRACES: &str = "traces";
 pub const METRICS: &str = "metrics";
+pub const LOGS: &str = "logs";
 
 /// Sink names, used as the `sink` label.
 pub const SINK_FILE: &str = "file";
@@ -63,7 +64,7 @@ pub struct SinkLabels {
 /// Cheap to clone: every field is a shared handle on the registered metric.
 #[derive(Debug, Clone, Default)]
 pub struct ExportMetrics {
-    /// Signals (spans, histogram data points) a sink accepted.
+    /// Signals (spans, histogram data points, log records) a sink accepted.
     pub signals: Family<SignalSinkLabels, Counter>,
     /// Signals lost, by reason. After batching, a signal lost by two sinks
     /// counts once per sink.

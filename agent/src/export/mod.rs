@@ -15,9 +15,10 @@
 //! (`export.queue_capacity`; full means dropped and counted). The batcher
 //! cuts a batch at `export.batch_size` signals or `export.batch_timeout`
 //! after its first signal, converts it to OTLP (spans grouped by resource
-//! into `ResourceSpans`, histogram points into `ResourceMetrics`, scope
-//! `selfops`), and hands it to each sink's own small queue: the file sink
-//! (`traces.jsonl`, `metrics.jsonl`, OTLP/JSON, rotated to `.1` at 256 MiB)
+//! into `ResourceSpans`, histogram points into `ResourceMetrics`, log
+//! records into `ResourceLogs`, scope `selfops`), and hands it to each
+//! sink's own small queue: the file sink (`traces.jsonl`, `metrics.jsonl`,
+//! `logs.jsonl`, OTLP/JSON, rotated to `.1` at 256 MiB)
 //! and the OTLP sink (gRPC or HTTP/protobuf, gzip, headers, timeout,
 //! retries with backoff for at most `retry_for`). Every signal lost on the
 //! way is counted in `selfops_export_dropped_total{signal,reason}`. With
@@ -25,12 +26,14 @@
 
 mod convert;
 mod json_file;
-mod metrics;
-mod otlp_grpc;
+#[cfg(test)]
+mod logs_otlp_tests;
+pub(crate) mod metrics;
+pub(crate) mod otlp_grpc;
 mod otlp_http;
 mod queue;
-mod retry;
-mod sink;
+pub(crate) mod retry;
+pub(crate) mod sink;
 #[cfg(test)]
 mod test_support;
 #[cfg(test)]
@@ -41,7 +44,7 @@ use std::{future::Future, path::Path, time::Duration};
 use prometheus_client::registry::Registry;
 
 pub use convert::{OtlpBatch, SCOPE_NAME, SCOPE_VERSION, convert};
-pub use json_file::{DEFAULT_ROTATE_BYTES, METRICS_FILE, TRACES_FILE, encode_json_line};
+pub use json_file::{DEFAULT_ROTATE_BYTES, LOGS_FILE, METRICS_FILE, TRACES_FILE, encode_json_line};
 pub use metrics::{DropReason, ExportMetrics};
 pub use queue::ExportHandle;
 
@@ -67,7 +70,7 @@ pub enum ExportError {
 /// Internal knobs with sensible defaults (tests shorten them).
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
-    /// Size at which `traces.jsonl`/`metrics.jsonl` are rotated to `.1`.
+    /// Size at which the `.jsonl` files are rotated to `.1`.
     pub rotate_bytes: u64,
     /// First retry wait (doubled per retry, with jitter) and its cap.
     pub initial_backoff: Duration,

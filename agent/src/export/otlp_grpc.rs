@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::{
+    logs::v1::{ExportLogsServiceRequest, logs_service_client::LogsServiceClient},
     metrics::v1::{ExportMetricsServiceRequest, metrics_service_client::MetricsServiceClient},
     trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient},
 };
@@ -67,12 +68,19 @@ impl GrpcSettings {
         })
     }
 
+    /// The lazily connected channel, the request headers and whether to
+    /// gzip: what a client of another OTLP service (profiles) needs.
+    pub fn into_parts(self) -> (Channel, Vec<(AsciiMetadataKey, AsciiMetadataValue)>, bool) {
+        (self.endpoint.connect_lazy(), self.headers, self.gzip)
+    }
+
     pub fn connect(self) -> GrpcExporter {
         // Lazy: an unreachable collector at start-up is a retryable export
         // error later, not a start-up failure.
         let channel = self.endpoint.connect_lazy();
         let mut traces = TraceServiceClient::new(channel.clone());
-        let mut metrics = MetricsServiceClient::new(channel);
+        let mut metrics = MetricsServiceClient::new(channel.clone());
+        let mut logs = LogsServiceClient::new(channel);
         if self.gzip {
             traces = traces
                 .send_compressed(CompressionEncoding::Gzip)
@@ -80,10 +88,14 @@ impl GrpcSettings {
             metrics = metrics
                 .send_compressed(CompressionEncoding::Gzip)
                 .accept_compressed(CompressionEncoding::Gzip);
+            logs = logs
+                .send_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Gzip);
         }
         GrpcExporter {
             traces,
             metrics,
+            logs,
             headers: self.headers,
         }
     }
@@ -93,6 +105,7 @@ impl GrpcSettings {
 pub struct GrpcExporter {
     traces: TraceServiceClient<Channel>,
     metrics: MetricsServiceClient<Channel>,
+    logs: LogsServiceClient<Channel>,
     headers: Vec<(AsciiMetadataKey, AsciiMetadataValue)>,
 }
 
@@ -128,9 +141,19 @@ impl GrpcExporter {
         let request = self.request(message.clone(), timeout);
         finish(tokio::time::timeout(timeout, client.export(request)).await)
     }
+
+    pub async fn export_logs(
+        &self,
+        message: &ExportLogsServiceRequest,
+        timeout: Duration,
+    ) -> Attempt {
+        let mut client = self.logs.clone();
+        let request = self.request(message.clone(), timeout);
+        finish(tokio::time::timeout(timeout, client.export(request)).await)
+    }
 }
 
-fn finish<R: PartialSuccess>(
+pub fn finish<R: PartialSuccess>(
     result: Result<Result<tonic::Response<R>, tonic::Status>, tokio::time::error::Elapsed>,
 ) -> Attempt {
     match result {

@@ -1,5 +1,5 @@
-//! OTLP/HTTP with binary protobuf: `POST <endpoint>/v1/traces` and
-//! `/v1/metrics` over hyper's pooled HTTP/1.1 client (plain http; no TLS
+//! OTLP/HTTP with binary protobuf: `POST <endpoint>/v1/traces`,
+//! `/v1/metrics` and `/v1/logs` over hyper's pooled HTTP/1.1 client (plain http; no TLS
 //! stack is linked).
 
 use std::{
@@ -37,6 +37,7 @@ pub struct HttpExporter {
     client: Client<HttpConnector, Full<Bytes>>,
     traces_uri: Uri,
     metrics_uri: Uri,
+    logs_uri: Uri,
     headers: HeaderMap,
     gzip: bool,
 }
@@ -82,6 +83,7 @@ impl HttpExporter {
             client,
             traces_uri: uri("/v1/traces")?,
             metrics_uri: uri("/v1/metrics")?,
+            logs_uri: uri("/v1/logs")?,
             headers,
             gzip: config.gzip,
         })
@@ -93,6 +95,10 @@ impl HttpExporter {
 
     pub fn metrics_uri(&self) -> &Uri {
         &self.metrics_uri
+    }
+
+    pub fn logs_uri(&self) -> &Uri {
+        &self.logs_uri
     }
 
     /// The request body: protobuf, gzipped when configured. Done once per

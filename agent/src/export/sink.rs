@@ -4,14 +4,15 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use opentelemetry_proto::tonic::collector::{
-    metrics::v1::ExportMetricsServiceResponse, trace::v1::ExportTraceServiceResponse,
+    logs::v1::ExportLogsServiceResponse, metrics::v1::ExportMetricsServiceResponse,
+    trace::v1::ExportTraceServiceResponse,
 };
 use tokio::sync::mpsc;
 
 use super::{
     convert::OtlpBatch,
     json_file::{FileSink, LineOutcome},
-    metrics::{DropReason, ExportMetrics, METRICS, SINK_FILE, SINK_OTLP, TRACES},
+    metrics::{DropReason, ExportMetrics, LOGS, METRICS, SINK_FILE, SINK_OTLP, TRACES},
     otlp_grpc::{GrpcExporter, GrpcSettings},
     otlp_http::HttpExporter,
     retry::{Deadline, Delivery, RetryPolicy, WarnLimiter, with_retries},
@@ -41,6 +42,17 @@ impl PartialSuccess for ExportMetricsServiceResponse {
         self.partial_success.map_or((0, String::new()), |p| {
             (
                 u64::try_from(p.rejected_data_points).unwrap_or(0),
+                p.error_message,
+            )
+        })
+    }
+}
+
+impl PartialSuccess for ExportLogsServiceResponse {
+    fn partial_success(self) -> (u64, String) {
+        self.partial_success.map_or((0, String::new()), |p| {
+            (
+                u64::try_from(p.rejected_log_records).unwrap_or(0),
                 p.error_message,
             )
         })
@@ -86,10 +98,22 @@ pub async fn run_file_sink(
                     batch.point_count,
                     outcome.metrics,
                 );
+                record_file(
+                    &metrics,
+                    &mut warn,
+                    &dir,
+                    LOGS,
+                    batch.log_count,
+                    outcome.logs,
+                );
             }
             Err(err) => {
                 tracing::warn!(error = %err, "export file write task failed");
-                for (signal, n) in [(TRACES, batch.span_count), (METRICS, batch.point_count)] {
+                for (signal, n) in [
+                    (TRACES, batch.span_count),
+                    (METRICS, batch.point_count),
+                    (LOGS, batch.log_count),
+                ] {
                     if n > 0 {
                         metrics.failure(SINK_FILE);
                         metrics.drop_signals(signal, DropReason::ExportFailed, n);
@@ -207,6 +231,30 @@ pub async fn run_otlp_sink(
             };
             record_otlp(&metrics, &mut warn, METRICS, batch.point_count, delivery);
         }
+        if let Some(request) = &batch.logs {
+            let delivery = match &client {
+                OtlpClient::Grpc(grpc) => {
+                    with_retries(&policy, &deadline, &metrics, SINK_OTLP, |timeout| {
+                        grpc.export_logs(request, timeout)
+                    })
+                    .await
+                }
+                OtlpClient::Http(http) => match http.encode(request) {
+                    Ok(body) => {
+                        with_retries(&policy, &deadline, &metrics, SINK_OTLP, |timeout| {
+                            http.post::<ExportLogsServiceResponse>(
+                                http.logs_uri(),
+                                body.clone(),
+                                timeout,
+                            )
+                        })
+                        .await
+                    }
+                    Err(err) => encode_failed(err),
+                },
+            };
+            record_otlp(&metrics, &mut warn, LOGS, batch.log_count, delivery);
+        }
     }
 }
 
@@ -220,7 +268,7 @@ fn encode_failed(err: std::io::Error) -> Delivery {
 
 const ENCODE_KIND: &str = "encode";
 
-fn record_otlp(
+pub fn record_otlp(
     metrics: &ExportMetrics,
     warn: &mut WarnLimiter,
     signal: &'static str,

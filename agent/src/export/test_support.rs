@@ -2,7 +2,9 @@
 
 use std::{path::PathBuf, sync::Arc};
 
-use crate::signal::{AttrValue, HistogramPoint, Resource, Span, SpanKind, SpanStatus};
+use crate::signal::{
+    AttrValue, HistogramPoint, LogRecord, Resource, Severity, Span, SpanKind, SpanStatus,
+};
 
 pub fn resource(service: &str, pid: i64) -> Arc<Resource> {
     Arc::new(Resource {
@@ -54,6 +56,23 @@ pub fn histogram(resource: &Arc<Resource>, name: &'static str) -> HistogramPoint
         max: 0.2,
         bounds: &[0.1, 1.0],
         bucket_counts: vec![1, 2, 0],
+        resource: Arc::clone(resource),
+    }
+}
+
+/// Log record `n`: an audited action, WARN, with string, int and bool
+/// attributes.
+pub fn log_record(resource: &Arc<Resource>, n: u8) -> LogRecord {
+    LogRecord {
+        time_unix_nano: 1_700_000_002_000_000_000 + u64::from(n),
+        severity: Severity::Warn,
+        event_name: "selfops.action.applied",
+        body: format!("rate limit applied to nginx ({n})"),
+        attributes: vec![
+            ("selfops.action", AttrValue::from("rate_limit")),
+            ("selfops.action.seq", AttrValue::Int(i64::from(n))),
+            ("selfops.dry_run", AttrValue::Bool(false)),
+        ],
         resource: Arc::clone(resource),
     }
 }

@@ -1,6 +1,6 @@
 //! Pipeline tests: queue bound, batching, shutdown, start-up errors. (The
 //! OTLP transports against real receivers are tested in
-//! `tests/tests/otlp_export.rs`.)
+//! `tests/tests/otlp_export.rs`, and for log records in `logs_otlp_tests.rs`.)
 
 use std::{
     collections::BTreeMap,
@@ -12,8 +12,8 @@ use prometheus_client::registry::Registry;
 
 use super::{
     ExportError, ExportOptions, ExportPipeline,
-    metrics::{DropReason, METRICS, SINK_FILE, SINK_OTLP, TRACES},
-    test_support::{histogram, resource, span, temp_dir},
+    metrics::{DropReason, LOGS, METRICS, SINK_FILE, SINK_OTLP, TRACES},
+    test_support::{histogram, log_record, resource, span, temp_dir},
 };
 use crate::{
     config::{ExportConfig, OtlpConfig, OtlpProtocol},
@@ -72,16 +72,22 @@ fn full_queue_drops_and_counts() {
         handle.send(Signal::Span(span(&res, n, None)));
     }
     handle.send(Signal::Histogram(histogram(&res, "h")));
+    handle.send(Signal::Log(log_record(&res, 1)));
     assert_eq!(handle.queue_len(), 2);
     let m = handle.metrics();
     assert_eq!(m.dropped_count(TRACES, DropReason::QueueFull), 2);
     assert_eq!(m.dropped_count(METRICS, DropReason::QueueFull), 1);
+    assert_eq!(m.dropped_count(LOGS, DropReason::QueueFull), 1);
     assert_eq!(m.queue_length.get(), 2);
 
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
     assert!(
         text.contains(r#"selfops_export_dropped_total{signal="traces",reason="queue_full"} 2"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"selfops_export_dropped_total{signal="logs",reason="queue_full"} 1"#),
         "{text}"
     );
     assert!(text.contains("selfops_export_queue_length 2"), "{text}");
@@ -169,6 +175,63 @@ async fn batches_by_timeout() {
 }
 
 #[tokio::test]
+async fn log_records_go_to_logs_jsonl() {
+    let dir = temp_dir("logs-file");
+    let mut registry = Registry::default();
+    let (handle, pipeline) = ExportPipeline::start(
+        &config(100, 100, Duration::from_millis(10)),
+        &dir,
+        &mut registry,
+    )
+    .unwrap();
+    let task = tokio::spawn(pipeline);
+    let agent = resource("selfops", 1);
+    let web = resource("nginx", 2);
+    handle.send(Signal::Log(log_record(&agent, 1)));
+    handle.send(Signal::Span(span(&web, 1, None)));
+    let mut refused = log_record(&agent, 2);
+    refused.severity = crate::signal::Severity::Info;
+    refused.event_name = "selfops.action.refused";
+    refused.body = "budget exhausted".to_owned();
+    handle.send(Signal::Log(refused));
+    assert!(handle.shutdown(Duration::from_millis(500)).await);
+    task.await.unwrap();
+
+    let written = lines(&dir.join("logs.jsonl"));
+    assert_eq!(written.len(), 1, "one batch, one line");
+    let resource_logs = written[0]["resourceLogs"].as_array().unwrap();
+    assert_eq!(resource_logs.len(), 1, "the span's resource has no logs");
+    let attrs = &resource_logs[0]["resource"]["attributes"];
+    assert_eq!(attrs[0]["key"], "service.name");
+    assert_eq!(attrs[0]["value"]["stringValue"], "selfops");
+    let records = resource_logs[0]["scopeLogs"][0]["logRecords"]
+        .as_array()
+        .unwrap();
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0]["severityNumber"], 13);
+    assert_eq!(records[0]["eventName"], "selfops.action.applied");
+    assert_eq!(
+        records[0]["body"]["stringValue"],
+        "rate limit applied to nginx (1)"
+    );
+    assert_eq!(records[0]["attributes"][1]["key"], "selfops.action.seq");
+    assert_eq!(records[0]["attributes"][1]["value"]["intValue"], "1");
+    assert_eq!(records[1]["severityNumber"], 9);
+    assert_eq!(records[1]["severityText"], "INFO");
+    assert_eq!(records[1]["eventName"], "selfops.action.refused");
+    assert_eq!(records[1]["body"]["stringValue"], "budget exhausted");
+    assert_eq!(records[1]["timeUnixNano"], "1700000002000000002");
+
+    // Each signal kept to its own file.
+    assert_eq!(lines(&dir.join("traces.jsonl")).len(), 1);
+    assert!(!dir.join("metrics.jsonl").exists());
+    let m = handle.metrics();
+    assert_eq!(m.exported_count(LOGS, SINK_FILE), 2);
+    assert_eq!(m.exported_count(TRACES, SINK_FILE), 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
 async fn malformed_histogram_is_counted() {
     let dir = temp_dir("malformed");
     let mut registry = Registry::default();
@@ -233,6 +296,7 @@ async fn shutdown_is_bounded_while_the_collector_is_down() {
         for n in 0..3 {
             handle.send(Signal::Span(span(&res, n, None)));
         }
+        handle.send(Signal::Log(log_record(&res, 1)));
         let m = handle.metrics().clone();
         wait_for("a retry", || {
             m.retries
@@ -253,9 +317,12 @@ async fn shutdown_is_bounded_while_the_collector_is_down() {
             3,
             "{protocol:?}"
         );
+        assert_eq!(m.dropped_count(LOGS, DropReason::Shutdown), 1);
         // The file got them regardless.
         assert_eq!(m.exported_count(TRACES, SINK_FILE), 3);
+        assert_eq!(m.exported_count(LOGS, SINK_FILE), 1);
         assert_eq!(m.exported_count(TRACES, SINK_OTLP), 0);
+        assert_eq!(m.exported_count(LOGS, SINK_OTLP), 0);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

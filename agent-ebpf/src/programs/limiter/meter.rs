@@ -1,0 +1,109 @@
+//! The token buckets: which key meters a packet, and whether its bucket
+//! admits it. Shared by the XDP and tc programs.
+//!
+//! Concurrency: CPUs receiving packets for the same key update one bucket.
+//! The bucket's state is a single word (GCRA's theoretical arrival time),
+//! advanced with compare-and-swap, so no admission is lost or doubled
+//! between CPUs; the pass and drop counters are atomic adds. No
+//! bpf_spin_lock: aya-ebpf 0.2.1 wraps neither bpf_spin_lock/unlock nor a way
+//! to describe a lock field in the value's BTF, and with single-word state
+//! a lock would only add cost.
+
+use core::{
+    intrinsics::{AtomicOrdering::Relaxed, atomic_cxchg, atomic_xadd},
+    ptr::addr_of_mut,
+};
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use selfops_ebpf::limiter::{
+    INTERVAL_BLOCK, LimiterBucket, LimiterKey, SCOPE_SYN, STAT_CONTENDED, STAT_UNMATCHED,
+};
+
+use crate::{
+    maps::{LIMITER_BUCKETS, count},
+    parse::Packet,
+};
+
+pub enum Verdict {
+    Pass,
+    Drop,
+}
+
+/// Compare-and-swap attempts before a packet is dropped as contended.
+const CAS_ATTEMPTS: usize = 4;
+
+/// The first existing key whose scope covers the packet decides:
+/// (port, source), then port, then source.
+#[inline(always)]
+pub fn meter(packet: &Packet) -> Verdict {
+    if let Some(port) = packet.port {
+        if let Some(verdict) = meter_key(&LimiterKey::port_source(port, packet.addr), packet.syn) {
+            return verdict;
+        }
+        if let Some(verdict) = meter_key(&LimiterKey::port(port), packet.syn) {
+            return verdict;
+        }
+    }
+    if let Some(verdict) = meter_key(&LimiterKey::source(packet.addr), packet.syn) {
+        return verdict;
+    }
+    count(STAT_UNMATCHED);
+    Verdict::Pass
+}
+
+/// `None` when the key does not exist or its scope leaves the packet out.
+#[inline(always)]
+fn meter_key(key: &LimiterKey, syn: bool) -> Option<Verdict> {
+    let bucket = LIMITER_BUCKETS.get_ptr_mut(key)?;
+    // SAFETY: the pointer is a live map value for this program run;
+    // concurrently written words are only accessed atomically below.
+    let (scope, interval_ns, burst_ns) =
+        unsafe { ((*bucket).scope, (*bucket).interval_ns, (*bucket).burst_ns) };
+    if scope == SCOPE_SYN && !syn {
+        return None;
+    }
+    let verdict = admit(bucket, interval_ns, burst_ns);
+    // SAFETY: the counters are 8-byte aligned u64 fields of the value; every
+    // writer in the kernel updates them atomically.
+    unsafe {
+        let counter = match verdict {
+            Verdict::Pass => addr_of_mut!((*bucket).passed),
+            Verdict::Drop => addr_of_mut!((*bucket).dropped),
+        };
+        atomic_xadd::<u64, u64, { Relaxed }>(counter, 1);
+    }
+    Some(verdict)
+}
+
+/// GCRA: admit when the theoretical arrival time is at most `burst_ns`
+/// ahead of now, and push it one interval further.
+#[inline(always)]
+fn admit(bucket: *mut LimiterBucket, interval_ns: u64, burst_ns: u64) -> Verdict {
+    if interval_ns == INTERVAL_BLOCK {
+        return Verdict::Drop;
+    }
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: as for the counters in `meter_key`.
+    let tat = unsafe { addr_of_mut!((*bucket).tat_ns) };
+    // An aligned 64-bit load is atomic on BPF; a volatile read keeps it one
+    // load (the target's cpu has no atomic-load instruction LLVM selects).
+    // SAFETY: aligned field of a live map value.
+    let mut current = unsafe { tat.read_volatile() };
+    for _ in 0..CAS_ATTEMPTS {
+        let start = if current > now { current } else { now };
+        if start - now > burst_ns {
+            return Verdict::Drop;
+        }
+        // SAFETY: as above.
+        let (seen, swapped) = unsafe {
+            atomic_cxchg::<u64, { Relaxed }, { Relaxed }>(tat, current, start + interval_ns)
+        };
+        if swapped {
+            return Verdict::Pass;
+        }
+        current = seen;
+    }
+    count(STAT_CONTENDED);
+    Verdict::Drop
+}

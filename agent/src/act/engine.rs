@@ -1,0 +1,310 @@
+//! Plan and execute: playbook verdicts become actions on the kernel
+//! limiter, each with a TTL, under a cool-down, a concurrency cap and the
+//! allowlist; every decision comes back to be audited.
+
+use std::time::{Duration, Instant};
+
+use super::{
+    condition::Condition,
+    limiter::{Key, Rate, Scope},
+    playbook::{ActuationConfig, Allowlist, Effect, Mode, Playbook},
+};
+use crate::{
+    detect::{ConfigError, Verdict},
+    series::{Sample, SeriesKey},
+};
+
+/// What carries an effect into the kernel. Errors are messages: the
+/// engine only audits them (the limiter keeps the previous enforcement).
+pub trait Enforcer {
+    fn limit(&mut self, key: Key, rate: Rate, scope: Scope) -> Result<(), String>;
+    fn lift(&mut self, key: Key) -> Result<(), String>;
+    /// Packets passed and dropped per key in force, as the kernel counts them.
+    fn counters(&self) -> Vec<(Key, u64, u64)> {
+        Vec::new()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The limit is live in the kernel (or would be, in dry-run).
+    Applied,
+    /// Its TTL passed and it was lifted.
+    Expired,
+    /// A `lift` playbook removed it.
+    Lifted,
+    /// Not applied, and why (cool-down, concurrency cap, allowlist, …).
+    Refused(String),
+    /// The kernel refused the change; the previous enforcement stays.
+    Failed(String),
+    /// Lifted because the agent is stopping.
+    Withdrawn,
+}
+
+impl Outcome {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Expired => "expired",
+            Outcome::Lifted => "lifted",
+            Outcome::Refused(_) => "refused",
+            Outcome::Failed(_) => "failed",
+            Outcome::Withdrawn => "withdrawn",
+        }
+    }
+}
+
+/// One audited decision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub playbook: String,
+    pub outcome: Outcome,
+    pub effect: Effect,
+    pub dry_run: bool,
+    pub series: SeriesKey,
+    /// The signal's value at the decision (absent for expiries).
+    pub value: Option<f64>,
+    /// What the condition compared (smoothed value or anomaly score).
+    pub compared: Option<f64>,
+    /// From the signal crossing its level to the limit live in the kernel.
+    pub latency: Option<Duration>,
+    pub ttl: Duration,
+}
+
+/// How soon a failed expiry is tried again.
+const EXPIRY_RETRY: Duration = Duration::from_secs(1);
+
+struct PlaybookState {
+    config: Playbook,
+    effect: Effect,
+    dry_run: bool,
+    series: SeriesKey,
+    condition: Condition,
+    /// When its last action ended (for the cool-down).
+    ended_at: Option<Instant>,
+    /// A refusal is audited once per anomalous episode, not every tick.
+    refusal_audited: bool,
+}
+
+struct Active {
+    playbook: usize,
+    key: Key,
+    expires_at: Instant,
+}
+
+pub struct Engine {
+    playbooks: Vec<PlaybookState>,
+    active: Vec<Active>,
+    allowlist: Allowlist,
+    max_concurrent: usize,
+}
+
+impl Engine {
+    /// From a validated configuration.
+    pub fn new(config: &ActuationConfig, epoch: Instant) -> Result<Self, ConfigError> {
+        let mut playbooks = Vec::with_capacity(config.playbooks.len());
+        for p in &config.playbooks {
+            let effect = p
+                .action
+                .effect()
+                .map_err(|(field, reason)| ConfigError::Invalid {
+                    field: "do",
+                    reason: format!("{field}: {reason}"),
+                })?;
+            playbooks.push(PlaybookState {
+                config: p.clone(),
+                effect,
+                dry_run: p.mode.unwrap_or(config.mode) == Mode::DryRun,
+                series: p.when.series(),
+                condition: Condition::new(&p.when, epoch)?,
+                ended_at: None,
+                refusal_audited: false,
+            });
+        }
+        Ok(Self {
+            playbooks,
+            active: Vec::new(),
+            allowlist: config.allowlist.clone(),
+            max_concurrent: config.max_concurrent,
+        })
+    }
+
+    /// The series the playbooks read.
+    pub fn series(&self) -> Vec<SeriesKey> {
+        self.playbooks.iter().map(|p| p.series.clone()).collect()
+    }
+
+    /// Whether any playbook changes the kernel (else no limiter is needed).
+    pub fn enforces(&self) -> bool {
+        self.playbooks.iter().any(|p| !p.dry_run)
+    }
+
+    pub fn active_len(&self) -> usize {
+        self.active.len()
+    }
+
+    /// Expires what is due, then evaluates every playbook on `sample`.
+    pub fn step(&mut self, sample: &Sample, enforcer: &mut dyn Enforcer) -> Vec<Decision> {
+        let now = sample.at;
+        let mut decisions = self.expire(now, enforcer);
+        for index in 0..self.playbooks.len() {
+            let state = &mut self.playbooks[index];
+            let Some(value) = sample.get(&state.series) else {
+                continue;
+            };
+            let evaluation = state.condition.observe(now, value);
+            if evaluation.verdict == Verdict::Normal {
+                state.refusal_audited = false;
+                continue;
+            }
+            if self.active.iter().any(|a| a.playbook == index) {
+                continue;
+            }
+            let crossed_at = state.condition.crossed_at();
+            let outcome = self.act(index, now, enforcer);
+            let state = &mut self.playbooks[index];
+            let refused = matches!(outcome, Outcome::Refused(_));
+            if refused && state.refusal_audited {
+                continue;
+            }
+            state.refusal_audited |= refused;
+            let applied = outcome == Outcome::Applied || outcome == Outcome::Lifted;
+            decisions.push(Decision {
+                playbook: state.config.name.clone(),
+                effect: state.effect,
+                dry_run: state.dry_run,
+                series: state.series.clone(),
+                value: Some(value),
+                compared: Some(evaluation.compared),
+                latency: applied
+                    .then(|| crossed_at.map(|c| Instant::now().saturating_duration_since(c)))
+                    .flatten(),
+                ttl: state.config.ttl,
+                outcome,
+            });
+        }
+        decisions
+    }
+
+    fn act(&mut self, index: usize, now: Instant, enforcer: &mut dyn Enforcer) -> Outcome {
+        let state = &self.playbooks[index];
+        if let Some(ended) = state.ended_at
+            && now.saturating_duration_since(ended) < state.config.cooldown
+        {
+            return Outcome::Refused(format!(
+                "cooling down for {:?} after the last action",
+                state.config.cooldown
+            ));
+        }
+        match state.effect {
+            Effect::Limit { key, rate, scope } => {
+                if let Some(why) = self.allowlist.protects(key) {
+                    return Outcome::Refused(why);
+                }
+                if let Some(other) = self.active.iter().find(|a| a.key == key) {
+                    return Outcome::Refused(format!(
+                        "{key} is already limited by playbook {:?}",
+                        self.playbooks[other.playbook].config.name
+                    ));
+                }
+                if self.active.len() >= self.max_concurrent {
+                    return Outcome::Refused(format!(
+                        "{} actions in force: the maximum",
+                        self.max_concurrent
+                    ));
+                }
+                if !state.dry_run
+                    && let Err(err) = enforcer.limit(key, rate, scope)
+                {
+                    return Outcome::Failed(err);
+                }
+                self.active.push(Active {
+                    playbook: index,
+                    key,
+                    expires_at: now + state.config.ttl,
+                });
+                Outcome::Applied
+            }
+            Effect::Lift { key } => {
+                let Some(position) = self.active.iter().position(|a| a.key == key) else {
+                    return Outcome::Refused(format!("nothing in force on {key}"));
+                };
+                let lifted_dry = self.playbooks[self.active[position].playbook].dry_run;
+                if !(state.dry_run || lifted_dry)
+                    && let Err(err) = enforcer.lift(key)
+                {
+                    return Outcome::Failed(err);
+                }
+                let lifted = self.active.swap_remove(position);
+                self.playbooks[lifted.playbook].ended_at = Some(now);
+                Outcome::Lifted
+            }
+        }
+    }
+
+    /// Lifts every action whose TTL has passed.
+    fn expire(&mut self, now: Instant, enforcer: &mut dyn Enforcer) -> Vec<Decision> {
+        let mut decisions = Vec::new();
+        let mut retry = Vec::new();
+        let mut i = 0;
+        while i < self.active.len() {
+            if self.active[i].expires_at > now {
+                i += 1;
+                continue;
+            }
+            let action = self.active.swap_remove(i);
+            let (key, playbook) = (action.key, action.playbook);
+            let decision = self.end(action, now, Outcome::Expired, enforcer);
+            if matches!(decision.outcome, Outcome::Failed(_)) {
+                // Still in the kernel: keep it on the books and try again.
+                retry.push(Active {
+                    playbook,
+                    key,
+                    expires_at: now + EXPIRY_RETRY,
+                });
+            }
+            decisions.push(decision);
+        }
+        self.active.append(&mut retry);
+        decisions
+    }
+
+    /// Lifts everything in force (the agent is stopping and nothing is
+    /// persisted).
+    pub fn withdraw_all(&mut self, enforcer: &mut dyn Enforcer) -> Vec<Decision> {
+        let now = Instant::now();
+        std::mem::take(&mut self.active)
+            .into_iter()
+            .map(|action| self.end(action, now, Outcome::Withdrawn, enforcer))
+            .collect()
+    }
+
+    fn end(
+        &mut self,
+        action: Active,
+        now: Instant,
+        outcome: Outcome,
+        enforcer: &mut dyn Enforcer,
+    ) -> Decision {
+        let state = &mut self.playbooks[action.playbook];
+        state.ended_at = Some(now);
+        let outcome = match state.dry_run {
+            true => outcome,
+            false => match enforcer.lift(action.key) {
+                Ok(()) => outcome,
+                Err(err) => Outcome::Failed(format!("lifting {}: {err}", action.key)),
+            },
+        };
+        Decision {
+            playbook: state.config.name.clone(),
+            outcome,
+            effect: state.effect,
+            dry_run: state.dry_run,
+            series: state.series.clone(),
+            value: None,
+            compared: None,
+            latency: None,
+            ttl: state.config.ttl,
+        }
+    }
+}

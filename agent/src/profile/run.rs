@@ -1,0 +1,119 @@
+//! Starting and stopping the profiler inside `selfops run`.
+
+use std::{
+    sync::{Arc, atomic::AtomicBool},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use prometheus_client::registry::Registry;
+
+use super::{
+    filter::ProcessFilter, metrics::ProfileMetrics, outputs::ProfileOutputs, profiler::Worker,
+    sampler::Sampler,
+};
+use crate::{
+    config::Config,
+    process::{ResourceBuilder, SharedTable},
+};
+
+/// Metrics and outputs registered, nothing in the kernel yet: the registry
+/// is only writable before the agent shares it.
+pub struct Prepared {
+    config: crate::config::ProfileConfig,
+    metrics: ProfileMetrics,
+    outputs: ProfileOutputs,
+}
+
+pub struct Running {
+    stop: Arc<AtomicBool>,
+    worker: std::thread::JoinHandle<ProfileOutputs>,
+    sampler: Sampler,
+}
+
+impl Prepared {
+    /// `None` when profiling is off.
+    pub fn new(config: &Config, registry: &mut Registry) -> anyhow::Result<Option<Self>> {
+        if !config.profile.enabled {
+            return Ok(None);
+        }
+        let metrics = ProfileMetrics::register(registry);
+        let outputs = ProfileOutputs::new(&config.data_dir, config.export.otlp.as_ref(), registry)
+            .context("profile outputs")?;
+        Ok(Some(Self {
+            config: config.profile.clone(),
+            metrics,
+            outputs,
+        }))
+    }
+
+    /// Attaches the sampler to every CPU and starts the worker thread.
+    pub fn start(
+        self,
+        table: SharedTable,
+        resources: Arc<ResourceBuilder>,
+    ) -> anyhow::Result<Running> {
+        let mut sampler = Sampler::start(self.config.frequency_hz, self.config.ring_bytes)
+            .context("starting the CPU profiler (perf_event cpu-clock)")?;
+        let filter = ProcessFilter::new(&self.config.include, &self.config.exclude)
+            .context("profile.include/exclude")?;
+        let ring = sampler.take_ring()?;
+        let counters = sampler.take_counters()?;
+        tracing::info!(
+            cpus = sampler.cpus,
+            frequency_hz = self.config.frequency_hz,
+            interval = ?self.config.interval,
+            "CPU profiler attached"
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let outputs = self.outputs;
+        let worker = std::thread::Builder::new()
+            .name("selfops-profiler".into())
+            .spawn({
+                let stop = stop.clone();
+                let config = self.config.clone();
+                let metrics = self.metrics;
+                // Built on its own thread: the symbolizer is not Send.
+                move || {
+                    let worker =
+                        Worker::new(&config, ring, counters, filter, table, resources, metrics);
+                    worker.run(&stop, &mut |profile| outputs.emit(profile));
+                    outputs
+                }
+            })
+            .context("starting the profiler thread")?;
+        Ok(Running {
+            stop,
+            worker,
+            sampler,
+        })
+    }
+}
+
+impl Running {
+    /// Detaches the sampler, emits the partial interval and flushes the
+    /// outputs within `timeout`.
+    pub async fn stop(self, timeout: Duration) {
+        drop(self.sampler);
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let worker = self.worker;
+        // The worker finishes within its shutdown budgets; a table build in
+        // progress is not interrupted, so do not wait on it without bound.
+        let joined = tokio::time::timeout(
+            Duration::from_secs(3),
+            tokio::task::spawn_blocking(move || worker.join()),
+        )
+        .await;
+        match joined {
+            Err(_) => {
+                tracing::warn!("the profiler thread did not stop in 3 s; its last interval is lost")
+            }
+            Ok(Ok(Ok(outputs))) => {
+                if !outputs.shutdown(timeout).await {
+                    tracing::warn!("profile outputs not drained at shutdown");
+                }
+            }
+            _ => tracing::warn!("the profiler thread ended abnormally"),
+        }
+    }
+}
