@@ -36,6 +36,9 @@ pub struct InFlight {
 
 /// Requests kept waiting per connection (pipelining depth).
 const MAX_IN_FLIGHT: usize = 64;
+
+/// The request headers spans and trace context read; responses keep none.
+const REQUEST_HEADERS: &[&str] = &["host", "user-agent", "traceparent"];
 /// Data events on a connection of unknown side before it is given up.
 const MAX_UNKNOWN_EVENTS: u32 = 8;
 
@@ -82,8 +85,8 @@ impl Connection {
         Self {
             endpoints,
             side,
-            requests: Http1Parser::new(Role::Request),
-            responses: Http1Parser::new(Role::Response),
+            requests: Http1Parser::keeping_only(Role::Request, REQUEST_HEADERS),
+            responses: Http1Parser::keeping_only(Role::Response, &[]),
             in_flight: VecDeque::new(),
             unknown_events: 0,
             overflowed: 0,
@@ -133,8 +136,8 @@ impl Connection {
             // First plaintext: whatever the syscall bytes taught the parsers
             // (the handshake) is void.
             self.tls = true;
-            self.requests = Http1Parser::new(Role::Request);
-            self.responses = Http1Parser::new(Role::Response);
+            self.requests = Http1Parser::keeping_only(Role::Request, REQUEST_HEADERS);
+            self.responses = Http1Parser::keeping_only(Role::Response, &[]);
             self.unknown_events = 0;
         } else if !event.tls
             && (self.tls || (!self.seen_http() && Self::looks_like_tls(event.payload)))

@@ -3,11 +3,11 @@
 //! sees both ends of a connection.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     time::{Duration, Instant},
 };
 
-use super::event::Endpoints;
+use super::{FastMap, event::Endpoints};
 
 pub type TraceId = [u8; 16];
 pub type SpanId = [u8; 8];
@@ -72,7 +72,7 @@ fn hex_bytes<const N: usize>(text: &str) -> Option<[u8; N]> {
 /// send order per connection (requests on one TCP connection are ordered,
 /// so the server's n-th unclaimed request is the client's n-th).
 pub struct Rendezvous {
-    by_connection: HashMap<Endpoints, VecDeque<(Instant, SpanContext)>>,
+    by_connection: FastMap<Endpoints, VecDeque<(Instant, SpanContext)>>,
     max_connections: usize,
     max_per_connection: usize,
     ttl: Duration,
@@ -81,7 +81,7 @@ pub struct Rendezvous {
 impl Rendezvous {
     pub fn new(max_connections: usize) -> Self {
         Self {
-            by_connection: HashMap::new(),
+            by_connection: FastMap::default(),
             max_connections,
             max_per_connection: 64,
             ttl: Duration::from_secs(30),

@@ -367,6 +367,9 @@ pub struct Http1Parser {
     skipping_line: bool,
     msg: Option<Pending>,
     methods: VecDeque<Answers>,
+    /// Headers kept in messages (lowercase names); `None` keeps them all.
+    /// Framing headers are read either way.
+    kept_headers: Option<&'static [&'static str]>,
 }
 
 impl Http1Parser {
@@ -381,6 +384,16 @@ impl Http1Parser {
             skipping_line: false,
             msg: None,
             methods: VecDeque::new(),
+            kept_headers: None,
+        }
+    }
+
+    /// A parser whose messages keep only the headers named here (lowercase):
+    /// the others cost two allocations each and nobody reads them.
+    pub fn keeping_only(role: Role, headers: &'static [&'static str]) -> Self {
+        Self {
+            kept_headers: Some(headers),
+            ..Self::new(role)
         }
     }
 
@@ -674,7 +687,12 @@ impl Http1Parser {
             return;
         };
         msg.framing.note(name, value);
-        msg.keep_header(name, value);
+        let wanted = self
+            .kept_headers
+            .is_none_or(|kept| kept.iter().any(|k| name.eq_ignore_ascii_case(k.as_bytes())));
+        if wanted {
+            msg.keep_header(name, value);
+        }
     }
 
     /// The header block ended, or (`cut`) is assumed to end with this
@@ -1305,6 +1323,18 @@ mod tests {
             }
         }
         check(&(1..data.len()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn keeping_only_drops_other_headers_but_still_frames() {
+        let mut p = Http1Parser::keeping_only(Role::Response, &["host"]);
+        let mut out = Vec::new();
+        let data =
+            b"HTTP/1.1 200 OK\r\nServer: x\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 204 No\r\n\r\n";
+        p.feed(data, data.len() as u64, 1, &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(response(&out[0]).headers.len(), 0);
+        assert_eq!(response(&out[0]).body_bytes, 2);
     }
 
     #[test]

@@ -3,11 +3,9 @@
 //! route template and status class, with the number of routes per service
 //! capped so one noisy service cannot grow memory without bound.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-};
+use std::sync::Arc;
 
+use super::{FastMap, FastSet};
 use crate::signal::{AttrValue, HistogramPoint, Resource, SpanKind};
 
 /// Bucket bounds the HTTP semantic conventions advise for request durations.
@@ -76,8 +74,8 @@ pub struct Observation<'a> {
 }
 
 pub struct RedMetrics {
-    series: HashMap<SeriesKey, Series>,
-    routes: HashMap<Arc<str>, HashSet<String>>,
+    series: FastMap<SeriesKey, Series>,
+    routes: FastMap<Arc<str>, FastSet<String>>,
     max_routes_per_service: usize,
     start_unix_nano: u64,
     /// Observations whose route went to the overflow bucket.
@@ -125,8 +123,8 @@ fn status_class(status: u16) -> &'static str {
 impl RedMetrics {
     pub fn new(max_routes_per_service: usize, start_unix_nano: u64) -> Self {
         Self {
-            series: HashMap::new(),
-            routes: HashMap::new(),
+            series: FastMap::default(),
+            routes: FastMap::default(),
             max_routes_per_service,
             start_unix_nano,
             overflowed: 0,

@@ -4,7 +4,7 @@
 //! the export pipeline.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -16,6 +16,7 @@ use prometheus_client::{
 use selfops_ebpf::{NetEventKind, Sensor};
 
 use super::{
+    FastMap,
     connection::{Connection, InFlight, Parsed, Side},
     context::{
         Rendezvous, SpanContext, SpanId, TraceId, new_span_id, new_trace_id, parse_traceparent,
@@ -159,21 +160,21 @@ struct HotCounters {
 }
 
 pub struct Tracer {
-    connections: HashMap<ConnKey, Connection>,
+    connections: FastMap<ConnKey, Connection>,
     max_connections: usize,
     rendezvous: Rendezvous,
     /// Thread → the server request it is handling now.
-    active_server: HashMap<u32, (ConnKey, SpanId)>,
+    active_server: FastMap<u32, (ConnKey, SpanId)>,
     /// Thread → server requests it has read and not yet answered.
-    serving: HashMap<u32, u32>,
+    serving: FastMap<u32, u32>,
     /// Server spans in flight that were given a trace before their client's
     /// event was seen, by the server's endpoints.
-    orphans: HashMap<Endpoints, (ConnKey, SpanId)>,
+    orphans: FastMap<Endpoints, (ConnKey, SpanId)>,
     /// Pids whose /proc entry was missing at the last upkeep.
-    dead_last_time: std::collections::HashSet<u32>,
+    dead_last_time: super::FastSet<u32>,
     table: SharedTable,
     resources: Arc<ResourceBuilder>,
-    resource_cache: HashMap<u32, Arc<Resource>>,
+    resource_cache: FastMap<u32, Arc<Resource>>,
     clock: BootClock,
     sink: Box<dyn FnMut(Signal) + Send>,
     trace_metrics: TraceMetrics,
@@ -225,16 +226,16 @@ impl Tracer {
             red_interval: config.metrics_interval,
             parked: VecDeque::new(),
             filter,
-            connections: HashMap::new(),
+            connections: FastMap::default(),
             max_connections,
             rendezvous: Rendezvous::new(max_connections),
-            active_server: HashMap::new(),
-            serving: HashMap::new(),
-            dead_last_time: std::collections::HashSet::new(),
-            orphans: HashMap::new(),
+            active_server: FastMap::default(),
+            serving: FastMap::default(),
+            dead_last_time: super::FastSet::default(),
+            orphans: FastMap::default(),
             table,
             resources,
-            resource_cache: HashMap::new(),
+            resource_cache: FastMap::default(),
             clock,
             sink,
             counters,
@@ -648,11 +649,10 @@ impl Tracer {
     /// go.
     pub fn maintain(&mut self) {
         self.resource_cache.clear();
-        let pids: std::collections::HashSet<u32> =
-            self.connections.keys().map(|(pid, _)| *pid).collect();
+        let pids: super::FastSet<u32> = self.connections.keys().map(|(pid, _)| *pid).collect();
         // /proc, not the process table: a process may trace before the
         // table has processed its fork.
-        let dead: std::collections::HashSet<u32> = pids
+        let dead: super::FastSet<u32> = pids
             .into_iter()
             .filter(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
             .collect();
@@ -680,7 +680,7 @@ impl Tracer {
     /// Hands the RED histograms to the sink.
     pub fn export_red(&mut self) {
         let resources = self.resources.clone();
-        let mut cache: HashMap<String, Arc<Resource>> = HashMap::new();
+        let mut cache: FastMap<String, Arc<Resource>> = FastMap::default();
         let points = self.red.collect(unix_now_ns(), &mut |service| {
             cache
                 .entry(service.to_owned())
