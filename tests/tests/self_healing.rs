@@ -87,6 +87,35 @@ fn number(attributes: &serde_json::Map<String, Value>, key: &str) -> f64 {
     }
 }
 
+fn limiter_loaded() -> bool {
+    loaded_program_names()
+        .iter()
+        .any(|p| p.starts_with("limiter"))
+}
+
+/// CPU hog plus connection flood until the playbook decides; returns the
+/// `applied` record's attributes, with the hog stopped.
+fn hog_and_flood_until_applied(agent: &Agent, s: &Setup) -> serde_json::Map<String, Value> {
+    let hog = CpuHog::start(Duration::from_secs(60));
+    let started = Instant::now();
+    let applied = std::thread::scope(|scope| {
+        let flood =
+            scope.spawn(|| connect_flood(&s.pair.client_ns, s.server, Duration::from_secs(3)));
+        let applied = wait_for_event(agent, "selfops.action.applied", Duration::from_secs(10));
+        let _ = flood.join();
+        applied
+    });
+    drop(hog);
+    eprintln!("applied within {:?}: {applied:?}", started.elapsed());
+    assert_eq!(applied["selfops.playbook"], "cpu-hot-throttle");
+    assert!(
+        number(&applied, "selfops.signal.compared") > 0.9,
+        "{applied:?}"
+    );
+    assert!(number(&applied, "selfops.signal.value").is_finite());
+    applied
+}
+
 struct Setup {
     pair: VethPair,
     server: SocketAddr,
@@ -122,29 +151,12 @@ fn cpu_hog_and_flood_throttle_the_port_to_200_per_second_until_the_ttl_passes() 
         "self-healing",
         &config(&s.pair.server_if, s.server.port(), "enforce"),
     );
-    let hog = CpuHog::start(Duration::from_secs(60));
-    let started = Instant::now();
-    let applied = std::thread::scope(|scope| {
-        // Flood until the playbook fires; the hog keeps the CPU hot.
-        let flood =
-            scope.spawn(|| connect_flood(&s.pair.client_ns, s.server, Duration::from_secs(3)));
-        let applied = wait_for_event(&agent, "selfops.action.applied", Duration::from_secs(10));
-        let _ = flood.join();
-        applied
-    });
-    eprintln!("applied after {:?}: {applied:?}", started.elapsed());
-    assert_eq!(applied["selfops.playbook"], "cpu-hot-throttle");
-    assert!(
-        number(&applied, "selfops.signal.compared") > 0.9,
-        "{applied:?}"
-    );
-    assert!(number(&applied, "selfops.signal.value").is_finite());
+    let applied = hog_and_flood_until_applied(&agent, &s);
     let latency = number(&applied, "selfops.latency_seconds");
     assert!(latency < 1.0, "crossing → live took {latency} s");
 
     // The limit holds for its TTL whatever the CPU does now; without the
     // hog the client can offer far more than 200/s.
-    drop(hog);
     let throttled = connect_flood(&s.pair.client_ns, s.server, Duration::from_secs(5));
     let rate = throttled.rate();
     eprintln!("throttled: {throttled:?} → {rate:.1}/s");
@@ -165,12 +177,7 @@ fn cpu_hog_and_flood_throttle_the_port_to_200_per_second_until_the_ttl_passes() 
     assert!(agent.metric("selfops_playbook_decisions_total", &["outcome=\"applied\""]) >= 1.0);
     let (status, _) = agent.stop(libc::SIGTERM);
     assert!(status.success(), "agent exit {status}");
-    assert!(
-        !loaded_program_names()
-            .iter()
-            .any(|p| p.starts_with("limiter")),
-        "the limiter outlived the agent"
-    );
+    assert!(!limiter_loaded(), "the limiter outlived the agent");
 }
 
 #[test]
@@ -184,28 +191,15 @@ fn dry_run_audits_the_same_decision_and_drops_nothing() {
         "self-healing-dry",
         &config(&s.pair.server_if, s.server.port(), "dry-run"),
     );
-    let hog = CpuHog::start(Duration::from_secs(30));
-    let applied = std::thread::scope(|scope| {
-        let flood =
-            scope.spawn(|| connect_flood(&s.pair.client_ns, s.server, Duration::from_secs(3)));
-        let applied = wait_for_event(&agent, "selfops.action.applied", Duration::from_secs(10));
-        let _ = flood.join();
-        applied
-    });
+    let applied = hog_and_flood_until_applied(&agent, &s);
     assert_eq!(applied["selfops.dry_run"], Value::Bool(true), "{applied:?}");
-    drop(hog);
     // The decision stands for its 30 s TTL, but nothing enforces it.
     let flood = connect_flood(&s.pair.client_ns, s.server, Duration::from_secs(2));
     assert!(
         flood.rate() > 3.0 * LIMIT,
         "dry-run dropped connections: {flood:?}"
     );
-    assert!(
-        !loaded_program_names()
-            .iter()
-            .any(|p| p.starts_with("limiter")),
-        "dry-run loaded the limiter"
-    );
+    assert!(!limiter_loaded(), "dry-run loaded the limiter");
 }
 
 #[test]
@@ -219,11 +213,6 @@ fn no_limit_outlives_a_killed_agent() {
         "self-healing-kill",
         &config(&s.pair.server_if, s.server.port(), "enforce"),
     );
-    let limiter_loaded = || {
-        loaded_program_names()
-            .iter()
-            .any(|p| p.starts_with("limiter"))
-    };
     assert!(limiter_loaded(), "the limiter is attached at start-up");
     let (status, _) = agent.stop(libc::SIGKILL);
     assert!(!status.success());

@@ -297,6 +297,25 @@ fn convert<T: gimli::ReaderOffset>(row: &gimli::UnwindTableRow<T>) -> Option<Row
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_huge_sparse_file_is_refused_without_reading_it() {
+        let path = std::env::temp_dir().join(format!("selfops-sparse-{}", std::process::id()));
+        let file = std::fs::File::options()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        // 64 GiB of holes: reading it whole would take minutes and the memory.
+        file.set_len(64 << 30).unwrap();
+        let start = std::time::Instant::now();
+        let built = UnwindTable::build(&file);
+        let _ = std::fs::remove_file(&path);
+        assert!(built.is_err());
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
+    }
+
     fn row(start: u32, cfa: Cfa, cfa_offset: i16) -> Row {
         Row {
             start,
