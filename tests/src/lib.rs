@@ -69,6 +69,19 @@ pub fn privileged(test: &str) -> bool {
     false
 }
 
+/// Runs a program to completion and returns its stdout, or None if it
+/// could not start or failed.
+pub fn command_output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program)
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -1,6 +1,5 @@
 //! Developer tasks: `cargo xtask setup | run | test | bench`.
 
-mod bench;
 mod setup;
 mod shell;
 mod test;
@@ -24,10 +23,12 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Benchmarks against a baseline in the same run.
+    /// Set up if needed, build, and run a benchmark (trace, profile, nab,
+    /// xdp, loop) against its baseline in the same run.
     Bench {
-        #[command(subcommand)]
-        what: bench::Bench,
+        /// The benchmark and its arguments, e.g. `nab --emit out`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        args: Vec<String>,
     },
     /// Set up if needed, then fmt check, clippy, unit and privileged tests.
     Test {
@@ -47,9 +48,19 @@ fn main() -> anyhow::Result<()> {
             command.arg("run").args(args);
             shell::exec(command)
         }
-        Command::Bench { what } => {
+        Command::Bench { args } => {
             setup::run()?;
-            bench::run(what)
+            shell::cargo(&["build", "--release", "--package", "selfops-agent"])?;
+            let mut cargo: Vec<&str> = vec![
+                "run",
+                "--release",
+                "--quiet",
+                "--package",
+                "selfops-bench",
+                "--",
+            ];
+            cargo.extend(args.iter().map(String::as_str));
+            shell::cargo(&cargo)
         }
         Command::Test { filter } => {
             setup::run()?;

@@ -1,16 +1,24 @@
-//! `cargo xtask bench …`: measurements side by side with a baseline in the
-//! same run, reported as ratios.
+//! The benchmarks behind `cargo xtask bench …`: measurements side by side
+//! with a baseline in the same run, reported as ratios. xtask installs what
+//! they need and builds the agent first.
 
 mod r#loop;
 mod nab;
 mod profile;
-pub mod trace;
+mod trace;
 mod xdp;
 
-use clap::Subcommand;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "selfops-bench")]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
 
 #[derive(Subcommand)]
-pub enum Bench {
+enum Bench {
     /// wrk against nginx at saturation, with and without the agent.
     Trace,
     /// CPU profiler at 19 Hz against `perf record -F 19 -g` on the same workload.
@@ -23,8 +31,8 @@ pub enum Bench {
     Loop,
 }
 
-pub fn run(bench: Bench) -> anyhow::Result<()> {
-    match bench {
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().bench {
         Bench::Trace => trace::run(),
         Bench::Profile => profile::run(),
         Bench::Nab(args) => nab::run(args),

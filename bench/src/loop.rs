@@ -71,7 +71,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 pub fn run() -> anyhow::Result<()> {
-    crate::shell::cargo(&["build", "--release", "--package", "selfops-agent"])?;
     let pair = VethPair::new("loop").map_err(anyhow::Error::msg)?;
     server_end_to_host(&pair).map_err(anyhow::Error::msg)?;
     let server = SocketAddr::new(IpAddr::V4(pair.server_v4), free_port());

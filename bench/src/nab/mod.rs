@@ -1,5 +1,5 @@
 //! `cargo xtask bench nab`: runs the detectors over a labelled corpus in
-//! NAB's layout (by default the vendored subset in `xtask/nab/`), scores them
+//! NAB's layout (by default the vendored subset in `bench/nab/`), scores them
 //! by NAB's rules and measures their cost per point.
 
 mod corpus;

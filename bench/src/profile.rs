@@ -14,7 +14,6 @@ use selfops_agent::profile::unwind::table::UnwindTable;
 use selfops_tests::{Agent, scratch_dir};
 
 use super::trace::cpu_of;
-use crate::shell;
 
 const EXECUTABLES: usize = 200;
 /// Signal number of SIGINT on Linux.
@@ -110,7 +109,7 @@ fn peak_rss(pid: u32) -> anyhow::Result<f64> {
 
 /// Run count and total run time of the sampler program (kernel.bpf_stats).
 fn sampler_stats() -> Option<(u64, u64)> {
-    let out = shell::output("bpftool", &["-j", "prog", "show"])?;
+    let out = selfops_tests::command_output("bpftool", &["-j", "prog", "show"])?;
     let progs: serde_json::Value = serde_json::from_str(&out).ok()?;
     progs.as_array()?.iter().find_map(|p| {
         let name = p["name"].as_str()?;
@@ -142,7 +141,6 @@ fn table_sizes() -> Vec<(String, usize, usize)> {
 }
 
 pub fn run() -> anyhow::Result<()> {
-    shell::cargo(&["build", "--release", "--package", "selfops-agent"])?;
     let dir = scratch_dir("bench-profile");
     let paths = executables(&dir)?;
     let seconds = PHASE.as_secs() + 5;

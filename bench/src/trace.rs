@@ -5,8 +5,6 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use selfops_tests::{Agent, scratch_dir, services::nginx};
 
-use crate::shell;
-
 /// User + system CPU time of process `pid` so far.
 pub fn cpu_of(pid: u32) -> anyhow::Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -18,7 +16,7 @@ pub fn cpu_of(pid: u32) -> anyhow::Result<Duration> {
 }
 
 pub fn clock_ticks() -> u64 {
-    shell::output("getconf", &["CLK_TCK"])
+    selfops_tests::command_output("getconf", &["CLK_TCK"])
         .and_then(|t| t.trim().parse().ok())
         .unwrap_or(100)
 }
@@ -31,7 +29,7 @@ struct Load {
 }
 
 fn wrk(url: &str, seconds: u32) -> anyhow::Result<Load> {
-    let out = shell::output(
+    let out = selfops_tests::command_output(
         "wrk",
         &["-t2", "-c32", &format!("-d{seconds}s"), "--latency", url],
     )
@@ -71,7 +69,6 @@ fn duration_ms(text: &str) -> anyhow::Result<f64> {
 }
 
 pub fn run() -> anyhow::Result<()> {
-    shell::cargo(&["build", "--release", "--package", "selfops-agent"])?;
     let dir = scratch_dir("bench-trace");
     let server = nginx(&dir);
     let url = format!("http://127.0.0.1:{}/index.html", server.port);
@@ -92,7 +89,7 @@ pub fn run() -> anyhow::Result<()> {
 
     // A fixed 10,000 requests/s (hey: 20 workers × 500/s) for the loss check.
     let lost_before_rate = lost();
-    let hey = shell::output("hey", &["-z", "10s", "-c", "20", "-q", "500", &url])
+    let hey = selfops_tests::command_output("hey", &["-z", "10s", "-c", "20", "-q", "500", &url])
         .context("hey (installed by `cargo xtask setup`)")?;
     let hey_rps = hey
         .lines()
