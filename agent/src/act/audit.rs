@@ -37,7 +37,7 @@ pub struct AuditMetrics {
     pub active: Gauge,
     /// Signal crossing its level → limit live in the kernel.
     pub latency: Histogram,
-    /// Series readings and their failures.
+    /// Sampling ticks of the loop.
     pub samples: Counter,
 }
 

@@ -90,13 +90,13 @@ impl ActuationLoop {
                 pin_dir: config.persist.then(|| DEFAULT_PIN_DIR.into()),
             })
             .context("loading the limiter")?;
+            // The limiter logs which hook each interface got.
             for interface in &config.interfaces {
-                let hook = match config.hook {
-                    Hook::Xdp => limiter.attach_xdp(interface).map(|h| h.to_string()),
-                    Hook::Tc => limiter.attach_tc(interface).map(|h| h.to_string()),
+                match config.hook {
+                    Hook::Xdp => limiter.attach_xdp(interface).map(drop),
+                    Hook::Tc => limiter.attach_tc(interface).map(drop),
                 }
                 .with_context(|| format!("attaching the limiter to {interface}"))?;
-                tracing::info!(%interface, %hook, "limiter attached");
             }
             Box::new(limiter)
         } else {
