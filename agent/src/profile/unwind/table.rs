@@ -169,10 +169,11 @@ impl UnwindTable {
 
     /// The ELF virtual address of a file offset, if a segment maps it.
     pub fn vaddr_of(&self, file_offset: u64) -> Option<u64> {
+        // Segment fields come from the file: a corrupt one must not overflow.
         self.segments
             .iter()
             .find(|s| file_offset >= s.file_offset && file_offset - s.file_offset < s.file_size)
-            .map(|s| s.vaddr + (file_offset - s.file_offset))
+            .and_then(|s| s.vaddr.checked_add(file_offset - s.file_offset))
     }
 
     /// The row covering `vaddr`.
