@@ -171,7 +171,15 @@ fn cpu_shares_of_programs_without_frame_pointers() {
     // Bad input alongside: an executable deleted after it started, and
     // processes that exit while being sampled.
     let doomed = build_dir.join("shares_deleted");
-    std::fs::copy(&c, &doomed).expect("copy C program");
+    // A build of its own (with -g: another build-id), so its deletion is
+    // judged on its own and not through the program it would share one with.
+    let status = Command::new("gcc")
+        .args(["-O2", "-fomit-frame-pointer", "-g", "-o"])
+        .arg(&doomed)
+        .arg(asset("shares.c"))
+        .status()
+        .expect("gcc");
+    assert!(status.success(), "gcc failed");
     let mut deleted_run = Command::new(&doomed)
         .arg("6")
         .spawn()

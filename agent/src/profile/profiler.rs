@@ -39,7 +39,7 @@ const DRAIN_PERIOD: Duration = Duration::from_millis(50);
 /// Most records handled per drain, so a flood cannot starve the interval.
 const MAX_RECORDS_PER_DRAIN: usize = 16_384;
 /// Time an interval may spend symbolizing frames not seen before.
-const SYMBOLIZE_BUDGET: Duration = Duration::from_millis(500);
+const SYMBOLIZE_BUDGET: Duration = Duration::from_millis(2_000);
 /// The same at shutdown, which a user waits for.
 const SHUTDOWN_SYMBOLIZE_BUDGET: Duration = Duration::from_millis(150);
 
