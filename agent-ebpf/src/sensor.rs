@@ -33,3 +33,54 @@ impl Sensor {
 
 /// Number of entries in the `LOST_EVENTS` per-CPU array.
 pub const SENSOR_COUNT: u32 = 4;
+
+/// Events a sensor had in hand and could not report, for a reason other
+/// than a full ring buffer: the index of each reason in the per-CPU
+/// `KERNEL_DROPS` counter array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelDrop {
+    /// A socket event's header could not be filled (the socket's 4-tuple
+    /// was unreadable): the reserved record was discarded.
+    SocketHeader = 0,
+    /// A socket call could not be remembered for its exit (map update
+    /// failed).
+    SocketCallInsert = 1,
+    /// An SSL call could not be remembered for its return.
+    SslCallInsert = 2,
+    /// An SSL call returned without its entry record: evicted from the
+    /// full LRU map, or never stored.
+    SslCallMissing = 3,
+    /// The socket of an SSL object could not be remembered.
+    SslSocketInsert = 4,
+    /// TLS plaintext whose socket is unknown (the call made no syscall and
+    /// the SSL object's socket was never learned or was evicted).
+    SslSocketUnknown = 5,
+}
+
+impl KernelDrop {
+    /// Every reason, in index order.
+    pub const ALL: [KernelDrop; KERNEL_DROP_COUNT as usize] = [
+        KernelDrop::SocketHeader,
+        KernelDrop::SocketCallInsert,
+        KernelDrop::SslCallInsert,
+        KernelDrop::SslCallMissing,
+        KernelDrop::SslSocketInsert,
+        KernelDrop::SslSocketUnknown,
+    ];
+
+    /// The reason's label in metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            KernelDrop::SocketHeader => "socket_header_unreadable",
+            KernelDrop::SocketCallInsert => "socket_call_not_stored",
+            KernelDrop::SslCallInsert => "ssl_call_not_stored",
+            KernelDrop::SslCallMissing => "ssl_call_evicted",
+            KernelDrop::SslSocketInsert => "ssl_socket_not_stored",
+            KernelDrop::SslSocketUnknown => "ssl_socket_unknown",
+        }
+    }
+}
+
+/// Number of entries in the `KERNEL_DROPS` per-CPU array.
+pub const KERNEL_DROP_COUNT: u32 = 6;

@@ -113,7 +113,10 @@ async fn run_agent(config: Config) -> anyhow::Result<()> {
     release_startup_memory();
 
     let ring = RingReader::new(object.take_process_ring()?).context("polling the ring buffer")?;
-    let resources = Arc::new(ResourceBuilder::new(&config.service)?);
+    let resources = Arc::new(
+        ResourceBuilder::new(&config.service)?
+            .with_command_line_on_signals(config.process.command_line_on_signals),
+    );
     let profiler = profiler
         .map(|p| p.start(model.table(), resources.clone()))
         .transpose()?;

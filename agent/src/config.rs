@@ -74,7 +74,7 @@ pub struct ProfileConfig {
 impl Default for ProfileConfig {
     fn default() -> Self {
         Self {
-            enabled: false,
+            enabled: true,
             frequency_hz: 19,
             interval: Duration::from_secs(10),
             include: Vec::new(),
@@ -100,6 +100,9 @@ pub struct TraceConfig {
     /// Distinct route templates per service in the RED metrics; beyond it
     /// requests count under one overflow route.
     pub max_routes_per_service: usize,
+    /// RED series the agent keeps in all (every service together); beyond
+    /// it requests are counted under overflow series.
+    pub max_red_series: usize,
     /// How often RED metrics are exported.
     #[serde(with = "humantime_serde")]
     pub metrics_interval: Duration,
@@ -128,6 +131,7 @@ impl Default for TraceConfig {
             max_connections: 16_384,
             ring_bytes: 8 << 20,
             max_routes_per_service: 100,
+            max_red_series: 4096,
             metrics_interval: Duration::from_secs(10),
             include: Vec::new(),
             exclude: Vec::new(),
@@ -224,6 +228,9 @@ pub struct ProcessConfig {
     pub rescan_interval: Duration,
     /// Executables whose build-ids are cached (one ELF read per file).
     pub build_id_cache_entries: usize,
+    /// Put `process.command_line` on signal resources too (it is always in
+    /// `/processes`). Off: command lines often carry secrets.
+    pub command_line_on_signals: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -297,6 +304,7 @@ impl Default for ProcessConfig {
             exited_retention: Duration::from_secs(5),
             rescan_interval: Duration::from_secs(30),
             build_id_cache_entries: 4096,
+            command_line_on_signals: false,
         }
     }
 }
@@ -402,6 +410,12 @@ impl Config {
             return Err(invalid(
                 "trace.max_routes_per_service",
                 "must be at least 1".to_owned(),
+            ));
+        }
+        if !(1..=1_048_576).contains(&t.max_red_series) {
+            return Err(invalid(
+                "trace.max_red_series",
+                format!("{} is not allowed: use 1 to 1048576", t.max_red_series),
             ));
         }
         if t.metrics_interval < Duration::from_millis(100) {

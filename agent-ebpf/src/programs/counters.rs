@@ -1,7 +1,7 @@
 //! Kernel-side counters the agent reads for /metrics.
 
 use aya_ebpf::{macros::map, maps::PerCpuArray};
-use selfops_ebpf::{SENSOR_COUNT, Sensor};
+use selfops_ebpf::{KERNEL_DROP_COUNT, KernelDrop, SENSOR_COUNT, Sensor};
 
 /// Ring-buffer reservations that failed, per sensor and CPU: events lost
 /// because userspace did not drain the buffer fast enough.
@@ -11,6 +11,18 @@ static LOST_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SENSOR_COUN
 #[inline(always)]
 pub fn count_lost(sensor: Sensor) {
     if let Some(count) = LOST_EVENTS.get_ptr_mut(sensor as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        unsafe { *count += 1 };
+    }
+}
+
+/// Events dropped for reasons other than a full ring, per reason and CPU.
+#[map]
+static KERNEL_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(KERNEL_DROP_COUNT, 0);
+
+#[inline(always)]
+pub fn count_drop(reason: KernelDrop) {
+    if let Some(count) = KERNEL_DROPS.get_ptr_mut(reason as u32) {
         // SAFETY: per-CPU slot, only this CPU writes it while we run.
         unsafe { *count += 1 };
     }

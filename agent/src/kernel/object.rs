@@ -11,7 +11,10 @@ use aya::{
         uprobe::{UProbeLinkId, UProbeScope},
     },
 };
-use selfops_ebpf::{NetSettings, SENSOR_COUNT, Sensor, SocketOffsets, TracepointLayout};
+use selfops_ebpf::{
+    KERNEL_DROP_COUNT, KernelDrop, NetSettings, SENSOR_COUNT, Sensor, SocketOffsets,
+    TracepointLayout,
+};
 
 use super::EBPF_OBJECT;
 
@@ -215,19 +218,29 @@ impl SensorObject {
     }
 
     pub fn take_lost_counters(&mut self) -> Result<LostCounters, ObjectError> {
-        let name = "LOST_EVENTS";
+        Ok(LostCounters {
+            map: self.take_per_cpu_array("LOST_EVENTS")?,
+            drops: self.take_per_cpu_array("KERNEL_DROPS")?,
+        })
+    }
+
+    fn take_per_cpu_array(
+        &mut self,
+        name: &'static str,
+    ) -> Result<PerCpuArray<MapData, u64>, ObjectError> {
         let map = self
             .ebpf
             .take_map(name)
             .ok_or(ObjectError::Missing { kind: "map", name })?;
-        let map = PerCpuArray::try_from(map).map_err(|source| ObjectError::Map { name, source })?;
-        Ok(LostCounters { map })
+        PerCpuArray::try_from(map).map_err(|source| ObjectError::Map { name, source })
     }
 }
 
-/// The kernel's per-CPU count of failed ring-buffer reservations per sensor.
+/// The kernel's per-CPU count of failed ring-buffer reservations per
+/// sensor, and of events dropped for other reasons.
 pub struct LostCounters {
     map: PerCpuArray<MapData, u64>,
+    drops: PerCpuArray<MapData, u64>,
 }
 
 impl LostCounters {
@@ -236,6 +249,16 @@ impl LostCounters {
         let mut totals = Sensor::ALL.map(|s| (s, 0));
         for (sensor, total) in &mut totals {
             let per_cpu = self.map.get(&(*sensor as u32), 0)?;
+            *total = per_cpu.iter().sum();
+        }
+        Ok(totals)
+    }
+
+    /// Totals over all CPUs, per drop reason.
+    pub fn read_drops(&self) -> Result<[(KernelDrop, u64); KERNEL_DROP_COUNT as usize], MapError> {
+        let mut totals = KernelDrop::ALL.map(|r| (r, 0));
+        for (reason, total) in &mut totals {
+            let per_cpu = self.drops.get(&(*reason as u32), 0)?;
             *total = per_cpu.iter().sum();
         }
         Ok(totals)

@@ -18,6 +18,9 @@ pub struct ResourceBuilder {
     host_name: String,
     host_arch: &'static str,
     rules: Vec<(Target, String)>,
+    /// Whether signals carry `process.command_line`: off by default, since
+    /// command lines often hold secrets (`--token=…`).
+    command_line_on_signals: bool,
 }
 
 impl ResourceBuilder {
@@ -37,7 +40,15 @@ impl ResourceBuilder {
             host_name: host_name(),
             host_arch: host_arch(),
             rules,
+            command_line_on_signals: false,
         })
+    }
+
+    /// Puts the command line on every signal's resource too, not only in
+    /// `/processes` (`process.command_line_on_signals`).
+    pub fn with_command_line_on_signals(mut self, on: bool) -> Self {
+        self.command_line_on_signals = on;
+        self
     }
 
     /// First matching rule's name, else the executable name.
@@ -54,8 +65,13 @@ impl ResourceBuilder {
             .map_or(name, |(_, service)| service.as_str())
     }
 
-    /// Resource attributes with OTel semantic-convention keys.
+    /// Resource attributes with OTel semantic-convention keys, the command
+    /// line included (for the local `/processes` view).
     pub fn attributes(&self, process: &Process) -> Attributes {
+        self.attributes_with(process, true)
+    }
+
+    fn attributes_with(&self, process: &Process, command_line: bool) -> Attributes {
         let mut attrs = vec![
             (
                 "service.name",
@@ -71,9 +87,16 @@ impl ResourceBuilder {
                 AttrValue::Str(process.executable_name().to_owned()),
             ),
         ];
+        let no_command_line = None;
         let optional = [
             ("process.executable.path", &process.executable_path),
-            ("process.command_line", &process.command_line),
+            (
+                "process.command_line",
+                match command_line {
+                    true => &process.command_line,
+                    false => &no_command_line,
+                },
+            ),
             ("container.id", &process.container_id),
         ];
         for (key, value) in optional {
@@ -101,9 +124,10 @@ impl ResourceBuilder {
         }
     }
 
+    /// The resource signals carry.
     pub fn resource(&self, process: &Process) -> Resource {
         Resource {
-            attributes: self.attributes(process),
+            attributes: self.attributes_with(process, self.command_line_on_signals),
         }
     }
 }
@@ -171,6 +195,22 @@ mod tests {
         assert_eq!(get("os.type"), Some(AttrValue::Str("linux".into())));
         assert_eq!(get("container.id"), None);
         assert!(get("host.name").is_some());
+        assert!(get("process.command_line").is_some(), "kept for /processes");
+    }
+
+    #[test]
+    fn command_line_leaves_signals_unless_asked() {
+        let has_command_line = |builder: &ResourceBuilder| {
+            builder
+                .resource(&nginx())
+                .attributes
+                .iter()
+                .any(|(key, _)| *key == "process.command_line")
+        };
+        let builder = ResourceBuilder::new(&ServiceConfig::default()).unwrap();
+        assert!(!has_command_line(&builder));
+        let builder = builder.with_command_line_on_signals(true);
+        assert!(has_command_line(&builder));
     }
 
     #[test]

@@ -179,10 +179,13 @@ pub fn prune(dir: &Path, retention: Retention, now: SystemTime) -> io::Result<us
     let mut removed = 0;
     for (i, (_, time, size, names)) in intervals.iter().enumerate() {
         bytes = bytes.saturating_add(*size);
+        // The newest interval stays whatever its age or size: a clock
+        // stepped forward, or one huge interval, must not empty the directory.
+        let newest = i == 0;
         let too_many = i >= retention.max_intervals.max(1);
         let too_old = oldest_kept.is_some_and(|oldest| *time < oldest);
-        let too_big = i > 0 && bytes > retention.max_bytes;
-        if !(too_many || too_old || too_big) {
+        let too_big = bytes > retention.max_bytes;
+        if newest || !(too_many || too_old || too_big) {
             continue;
         }
         for name in names {

@@ -81,6 +81,9 @@ pub struct OutputOptions {
     /// dropped for OTLP (its files are still written).
     pub otlp_queue_capacity: usize,
     pub retention: Retention,
+    /// "Now" for retention by age: the wall clock, or a fixed time in
+    /// tests whose intervals have fixed dates.
+    pub clock: fn() -> SystemTime,
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
 }
@@ -91,6 +94,7 @@ impl Default for OutputOptions {
             queue_capacity: 4,
             otlp_queue_capacity: 2,
             retention: Retention::default(),
+            clock: SystemTime::now,
             initial_backoff: Backoff::INITIAL,
             max_backoff: Backoff::MAX,
         }
@@ -173,6 +177,7 @@ impl ProfileOutputs {
         let files = run_files(
             dir.clone(),
             options.retention,
+            options.clock,
             rx,
             deadline_rx,
             otlp_tx,
@@ -268,6 +273,7 @@ fn write_interval(
     dir: &Path,
     profile: &IntervalProfile,
     retention: Retention,
+    clock: fn() -> SystemTime,
     want_otlp: bool,
 ) -> Written {
     let stem = files::free_stem(dir, profile.start);
@@ -282,7 +288,7 @@ fn write_interval(
         files::write_atomic(dir, &format!("{stem}{SVG_SUFFIX}"), &bytes).map_err(Into::into)
     });
     let otlp = (want_otlp && !profile.stacks.is_empty()).then(|| otlp::build_request(profile));
-    let pruned = files::prune(dir, retention, SystemTime::now());
+    let pruned = files::prune(dir, retention, clock());
     Written {
         processes: process_count(profile),
         pprof,
@@ -295,6 +301,7 @@ fn write_interval(
 async fn run_files(
     dir: PathBuf,
     retention: Retention,
+    clock: fn() -> SystemTime,
     mut intervals: mpsc::Receiver<IntervalProfile>,
     mut deadline: Deadline,
     otlp: Option<mpsc::Sender<Arc<ExportProfilesServiceRequest>>>,
@@ -322,7 +329,7 @@ async fn run_files(
         let want_otlp = otlp.is_some();
         let n = process_count(&profile);
         let written = tokio::task::spawn_blocking(move || {
-            write_interval(&job_dir, &profile, retention, want_otlp)
+            write_interval(&job_dir, &profile, retention, clock, want_otlp)
         })
         .await;
         let written = match written {

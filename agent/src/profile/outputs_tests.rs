@@ -36,8 +36,15 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// An hour after the fixture's first interval, whatever today's date: the
+/// fixture's intervals have fixed dates.
+fn fixture_now() -> std::time::SystemTime {
+    test_fixture::start() + Duration::from_secs(3600)
+}
+
 fn options() -> OutputOptions {
     OutputOptions {
+        clock: fixture_now,
         initial_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(20),
         ..OutputOptions::default()

@@ -23,6 +23,9 @@ pub struct Metrics {
     /// Records the kernel could not reserve ring space for (read from the
     /// kernel's per-CPU counters at scrape time).
     pub events_lost: Family<SensorLabel, Counter>,
+    /// Events the kernel programs had and dropped for another reason (read
+    /// from the kernel's per-CPU counters at scrape time).
+    pub kernel_drops: Family<ReasonLabel, Counter>,
     /// Records that failed to decode.
     pub events_malformed: Family<SensorLabel, Counter>,
     pub process_table_size: Gauge,
@@ -43,6 +46,7 @@ impl Metrics {
         let metrics = Self {
             events_received: Family::default(),
             events_lost: Family::default(),
+            kernel_drops: Family::default(),
             events_malformed: Family::default(),
             process_table_size: Gauge::default(),
             process_table_exited: Gauge::default(),
@@ -62,6 +66,11 @@ impl Metrics {
             "sensor_events_lost",
             "Events dropped in the kernel because the ring buffer was full",
             metrics.events_lost.clone(),
+        );
+        registry.register(
+            "sensor_kernel_drops",
+            "Events the kernel programs dropped other than for a full ring, by reason",
+            metrics.kernel_drops.clone(),
         );
         registry.register(
             "sensor_events_malformed",

@@ -14,7 +14,10 @@ use axum::{
 };
 use serde::Serialize;
 
-use super::{Metrics, metrics::resident_memory_bytes};
+use super::{
+    Metrics,
+    metrics::{ReasonLabel, resident_memory_bytes},
+};
 use crate::{
     kernel::object::LostCounters,
     process::{ResourceBuilder, SharedTable},
@@ -32,7 +35,20 @@ impl TelemetryState {
     /// Brings scrape-time values up to date: kernel loss counters, memory,
     /// table sizes.
     fn refresh(&self) {
-        let lost = self.lost.lock().unwrap_or_else(|e| e.into_inner()).read();
+        let counters = self.lost.lock().unwrap_or_else(|e| e.into_inner());
+        match counters.read_drops() {
+            Ok(totals) => {
+                for (reason, total) in totals {
+                    let counter = self.metrics.kernel_drops.get_or_create(&ReasonLabel {
+                        reason: reason.name(),
+                    });
+                    Metrics::raise_to(&counter, total);
+                }
+            }
+            Err(err) => tracing::warn!(%err, "reading the kernel's drop counters"),
+        }
+        let lost = counters.read();
+        drop(counters);
         match lost {
             Ok(totals) => {
                 for (sensor, total) in totals {

@@ -49,8 +49,10 @@ pub struct Connection {
     responses: Http1Parser,
     pub in_flight: VecDeque<InFlight>,
     unknown_events: u32,
-    /// Requests dropped because MAX_IN_FLIGHT were already waiting.
-    pub overflowed: u64,
+    /// A client whose requests the agent does not see although its server
+    /// reads them (a TLS library without probes): server spans stop
+    /// waiting for its events.
+    pub silent: bool,
     /// The connection carries TLS: only plaintext from the OpenSSL probes
     /// is parsed, never the bytes seen at syscalls.
     pub tls: bool,
@@ -89,7 +91,7 @@ impl Connection {
             responses: Http1Parser::keeping_only(Role::Response, &[]),
             in_flight: VecDeque::new(),
             unknown_events: 0,
-            overflowed: 0,
+            silent: false,
             tls: false,
             excluded: false,
         }
@@ -194,11 +196,17 @@ impl Connection {
         }
     }
 
-    pub fn push_in_flight(&mut self, entry: InFlight) {
-        if self.in_flight.len() >= MAX_IN_FLIGHT {
-            self.in_flight.pop_front();
-            self.overflowed += 1;
-        }
+    /// Queues `entry`; when MAX_IN_FLIGHT already wait, the oldest is
+    /// evicted and returned, so the caller can count it and release what
+    /// it held (its thread's serving count).
+    #[must_use]
+    pub fn push_in_flight(&mut self, entry: InFlight) -> Option<InFlight> {
+        let evicted = if self.in_flight.len() >= MAX_IN_FLIGHT {
+            self.in_flight.pop_front()
+        } else {
+            None
+        };
         self.in_flight.push_back(entry);
+        evicted
     }
 }

@@ -77,9 +77,14 @@ pub struct RedMetrics {
     series: FastMap<SeriesKey, Series>,
     routes: FastMap<Arc<str>, FastSet<String>>,
     max_routes_per_service: usize,
+    /// Series the agent keeps in all; beyond it new series fold into one
+    /// overflow series per kind and status class.
+    max_series: usize,
     start_unix_nano: u64,
     /// Observations whose route went to the overflow bucket.
     pub overflowed: u64,
+    /// Observations folded into an overflow series (agent-wide cap).
+    pub series_overflowed: u64,
 }
 
 /// `/users/42/orders/9f8e…` → `/users/{id}/orders/{id}`: segments that look
@@ -121,19 +126,25 @@ fn status_class(status: u16) -> &'static str {
 }
 
 impl RedMetrics {
-    pub fn new(max_routes_per_service: usize, start_unix_nano: u64) -> Self {
+    pub fn new(max_routes_per_service: usize, max_series: usize, start_unix_nano: u64) -> Self {
         Self {
             series: FastMap::default(),
             routes: FastMap::default(),
             max_routes_per_service,
+            max_series,
             start_unix_nano,
             overflowed: 0,
+            series_overflowed: 0,
         }
     }
 
     pub fn record(&mut self, o: Observation<'_>) {
         let service: Arc<str> = match self.routes.get_key_value(o.service) {
             Some((name, _)) => name.clone(),
+            // A new service's routes would add series beyond the cap.
+            None if self.series.len() >= self.max_series => {
+                return self.record_overflow(&o);
+            }
             None => Arc::from(o.service),
         };
         let template = route_template(o.path);
@@ -161,6 +172,29 @@ impl RedMetrics {
             service,
             method,
             route,
+            status_class: status_class(o.status),
+        };
+        if !self.series.contains_key(&key) && self.series.len() >= self.max_series {
+            return self.record_overflow(&o);
+        }
+        self.series
+            .entry(key)
+            .or_insert_with(Series::new)
+            .record(o.seconds);
+    }
+
+    /// The agent-wide cap is reached: one series per kind and status class
+    /// holds what no series of its own may (at most a dozen beyond the cap).
+    fn record_overflow(&mut self, o: &Observation<'_>) {
+        self.series_overflowed += 1;
+        let key = SeriesKey {
+            kind: match o.kind {
+                SpanKind::Server => SpanKindKey::Server,
+                SpanKind::Client => SpanKindKey::Client,
+            },
+            service: Arc::from(OVERFLOW_ROUTE),
+            method: "_OTHER".to_owned(),
+            route: OVERFLOW_ROUTE.to_owned(),
             status_class: status_class(o.status),
         };
         self.series
@@ -244,7 +278,7 @@ mod tests {
 
     #[test]
     fn histogram_and_cap() {
-        let mut red = RedMetrics::new(2, 1);
+        let mut red = RedMetrics::new(2, 1000, 1);
         observe(&mut red, "/a/1", 200, 0.003);
         observe(&mut red, "/a/2", 200, 0.2);
         observe(&mut red, "/b", 503, 20.0);
@@ -266,5 +300,29 @@ mod tests {
         assert_eq!(b.bucket_counts[DURATION_BOUNDS.len()], 1, "20 s in +Inf");
         let overflow = points.iter().find(|p| route(p) == OVERFLOW_ROUTE).unwrap();
         assert_eq!(overflow.count, 2);
+    }
+
+    #[test]
+    fn series_are_capped_per_agent() {
+        let mut red = RedMetrics::new(100, 3, 1);
+        for service in ["a", "b", "c", "d", "e"] {
+            red.record(Observation {
+                kind: SpanKind::Server,
+                service,
+                method: "GET",
+                path: "/",
+                status: 200,
+                seconds: 0.01,
+            });
+        }
+        assert_eq!(red.series_overflowed, 2, "services d and e overflow");
+        assert_eq!(
+            red.series_count(),
+            4,
+            "three series and one overflow series"
+        );
+        let resource = Arc::new(Resource { attributes: vec![] });
+        let points = red.collect(2, &mut |_| resource.clone());
+        assert_eq!(points.iter().map(|p| p.count).sum::<u64>(), 5);
     }
 }

@@ -44,19 +44,29 @@ type ConnKey = (u32, u64);
 const MAX_RECORDS_PER_WAKEUP: usize = 4096;
 /// How often the socket ring is drained when the kernel did not wake us.
 const DRAIN_EVERY: Duration = Duration::from_millis(10);
-/// How long a finished server span waits for its client's event.
+/// How long a finished server span waits for its client's event when no
+/// traced connection on this host is that client (a remote peer).
 const PARK_FOR: Duration = Duration::from_millis(250);
+/// How long it waits when its client is a connection the agent traces:
+/// that client's event is sure to come (its process may be descheduled
+/// between its write and the probe's return), so the wait ends when it
+/// comes or the connection closes; this bound only caps memory and the
+/// delay for clients whose requests cannot be seen.
+const CLIENT_WAIT_MAX: Duration = Duration::from_secs(5);
 /// Server spans waiting at most; beyond it they are decided at once.
 const MAX_PARKED: usize = 4096;
 
 /// A finished server span whose client end was not seen yet.
 struct Parked {
-    deadline: Instant,
+    since: Instant,
     pid: u32,
     endpoints: Endpoints,
     entry: InFlight,
     response: Response,
     tls: bool,
+    /// Given a trace of its own while in flight (it called out before its
+    /// client's event came): waits for that client to become its parent.
+    awaiting_parent: bool,
 }
 
 /// Fixes `entry`'s trace from the client end (if its event was processed)
@@ -91,6 +101,7 @@ pub struct TraceMetrics {
     pub requests_unanswered: Counter,
     pub red_series: Gauge,
     pub red_routes_overflowed: Counter,
+    pub red_series_overflowed: Counter,
     /// Things the tracer could not use, by reason.
     pub untraced: Family<ReasonLabel, Counter>,
 }
@@ -108,6 +119,7 @@ impl TraceMetrics {
             requests_unanswered: Counter::default(),
             red_series: Gauge::default(),
             red_routes_overflowed: Counter::default(),
+            red_series_overflowed: Counter::default(),
             untraced: Family::default(),
         };
         registry.register(
@@ -125,6 +137,11 @@ impl TraceMetrics {
             "trace_red_routes_overflowed",
             "Requests counted under the overflow route (route cap per service reached)",
             m.red_routes_overflowed.clone(),
+        );
+        registry.register(
+            "trace_red_series_overflowed",
+            "Requests counted under an overflow series (trace.max_red_series reached)",
+            m.red_series_overflowed.clone(),
         );
         registry.register(
             "trace_spans",
@@ -170,6 +187,9 @@ pub struct Tracer {
     /// Server spans in flight that were given a trace before their client's
     /// event was seen, by the server's endpoints.
     orphans: FastMap<Endpoints, (ConnKey, SpanId)>,
+    /// Client-side connections by their endpoints, so a server span can
+    /// tell whether its client is a connection the agent traces.
+    clients: FastMap<Endpoints, ConnKey>,
     /// Pids whose /proc entry was missing at the last upkeep.
     dead_last_time: super::FastSet<u32>,
     table: SharedTable,
@@ -222,7 +242,11 @@ impl Tracer {
             client_spans,
         };
         Ok(Self {
-            red: RedMetrics::new(config.max_routes_per_service, unix_now_ns()),
+            red: RedMetrics::new(
+                config.max_routes_per_service,
+                config.max_red_series,
+                unix_now_ns(),
+            ),
             red_interval: config.metrics_interval,
             parked: VecDeque::new(),
             filter,
@@ -233,6 +257,7 @@ impl Tracer {
             serving: FastMap::default(),
             dead_last_time: super::FastSet::default(),
             orphans: FastMap::default(),
+            clients: FastMap::default(),
             table,
             resources,
             resource_cache: FastMap::default(),
@@ -300,6 +325,9 @@ impl Tracer {
         // Filtered-out connections stay in the table, ignored, so the
         // decision is made once per connection.
         conn.excluded = !self.filter.allows(process.as_deref(), &event.endpoints);
+        if side == Some(Side::Client) {
+            self.clients.insert(event.endpoints, key);
+        }
         self.connections.insert(key, conn);
         true
     }
@@ -323,7 +351,7 @@ impl Tracer {
         let Some(conn) = self.connections.remove(&key) else {
             return;
         };
-        let unanswered = conn.in_flight.len() as u64 + conn.overflowed;
+        let unanswered = conn.in_flight.len() as u64;
         self.trace_metrics.requests_unanswered.inc_by(unanswered);
         match conn.side {
             Some(Side::Server) => {
@@ -334,8 +362,56 @@ impl Tracer {
             }
             // Requests it sent were claimed by their servers long before the
             // client closed; whatever is left is for servers never seen.
-            Some(Side::Client) => self.rendezvous.forget(conn.endpoints),
+            Some(Side::Client) => {
+                self.rendezvous.forget(conn.endpoints);
+                if self.clients.get(&conn.endpoints) == Some(&key) {
+                    self.clients.remove(&conn.endpoints);
+                }
+                // Its events are all in: server spans waiting for it go.
+                if !self.parked.is_empty() {
+                    self.release_parked(Instant::now());
+                }
+            }
             None => {}
+        }
+    }
+
+    /// Whether the client of a server connection with `endpoints` is a
+    /// connection the agent traces, so its request event is still to come.
+    fn client_pending(&self, endpoints: Endpoints) -> bool {
+        self.clients
+            .get(&endpoints.reversed())
+            .and_then(|key| self.connections.get(key))
+            .is_some_and(|c| !c.excluded && !c.silent)
+    }
+
+    /// The client of `endpoints` never showed the request its server read.
+    fn mark_client_silent(&mut self, endpoints: Endpoints) {
+        if let Some(key) = self.clients.get(&endpoints.reversed())
+            && let Some(conn) = self.connections.get_mut(key)
+        {
+            conn.silent = true;
+        }
+        self.trace_metrics.dropped("client_event_not_seen");
+    }
+
+    /// Queues a request on its connection; an evicted one (too many in
+    /// flight) is counted and releases its thread.
+    fn push_in_flight(&mut self, key: ConnKey, entry: InFlight) {
+        let Some(conn) = self.connections.get_mut(&key) else {
+            return;
+        };
+        let side = conn.side;
+        let Some(evicted) = conn.push_in_flight(entry) else {
+            return;
+        };
+        self.trace_metrics.requests_unanswered.inc();
+        self.trace_metrics.dropped("in_flight_overflow");
+        if side == Some(Side::Server) {
+            self.finish_serving(evicted.tid);
+            if self.active_server.get(&evicted.tid) == Some(&(key, evicted.span_id)) {
+                self.active_server.remove(&evicted.tid);
+            }
         }
     }
 
@@ -368,9 +444,9 @@ impl Tracer {
         // The client's write is usually processed already; if not, the
         // context is resolved again when it is first needed.
         resolve_entry(&mut self.rendezvous, conn.endpoints, &mut entry, false);
-        conn.push_in_flight(entry);
         self.active_server.insert(tid, (key, span_id));
         *self.serving.entry(tid).or_insert(0) += 1;
+        self.push_in_flight(key, entry);
     }
 
     /// The trace of a server request: the client end if seen, else the
@@ -392,6 +468,12 @@ impl Tracer {
             // Decided without its client: if the client's event turns up
             // while this span is in flight, the client joins this trace.
             if self.orphans.len() >= MAX_PARKED {
+                self.trace_metrics
+                    .untraced
+                    .get_or_create(&ReasonLabel {
+                        reason: "orphans_cleared",
+                    })
+                    .inc_by(self.orphans.len() as u64);
                 self.orphans.clear();
             }
             self.orphans.insert(endpoints, (key, span_id));
@@ -407,12 +489,24 @@ impl Tracer {
     /// and becomes the server span's parent. Returns the client's context.
     fn adopt_late_client(&mut self, client: Endpoints) -> Option<SpanContext> {
         let (server_key, server_span) = self.orphans.remove(&client.reversed())?;
-        let entry = self
+        // In flight, or answered and parked waiting for this client.
+        let in_flight = self
             .connections
-            .get_mut(&server_key)?
-            .in_flight
-            .iter_mut()
-            .find(|e| e.span_id == server_span)?;
+            .get(&server_key)
+            .is_some_and(|c| c.in_flight.iter().any(|e| e.span_id == server_span));
+        let entry = if in_flight {
+            self.connections
+                .get_mut(&server_key)?
+                .in_flight
+                .iter_mut()
+                .find(|e| e.span_id == server_span)?
+        } else {
+            &mut self
+                .parked
+                .iter_mut()
+                .find(|p| p.entry.span_id == server_span)?
+                .entry
+        };
         let span_id = new_span_id();
         entry.parent = Some(span_id);
         Some(SpanContext {
@@ -483,17 +577,17 @@ impl Tracer {
                 (trace_id, span_id)
             }
         };
-        let Some(conn) = self.connections.get_mut(&key) else {
-            return;
-        };
-        conn.push_in_flight(InFlight {
-            request,
-            span_id,
-            trace_id: Some(trace_id),
-            parent,
-            tid,
-            traceparent,
-        });
+        self.push_in_flight(
+            key,
+            InFlight {
+                request,
+                span_id,
+                trace_id: Some(trace_id),
+                parent,
+                tid,
+                traceparent,
+            },
+        );
         if !self.parked.is_empty() {
             self.release_parked(now);
         }
@@ -530,21 +624,29 @@ impl Tracer {
             }
             self.finish_serving(entry.tid);
             resolve_entry(&mut self.rendezvous, endpoints, &mut entry, false);
-            if entry.trace_id.is_none() {
-                // The server answered before the agent saw the client send
-                // (it read the request before the client's call returned):
-                // wait briefly for the client's event.
+            let undecided = entry.trace_id.is_none();
+            let orphan = !undecided
+                && entry.parent.is_none()
+                && self
+                    .orphans
+                    .get(&endpoints)
+                    .is_some_and(|(_, span)| *span == entry.span_id);
+            // The server answered before the agent saw the client send (it
+            // read the request before the client's call returned): wait for
+            // the client's event.
+            if undecided || (orphan && self.client_pending(endpoints)) {
                 if self.parked.len() >= MAX_PARKED {
                     self.trace_metrics.dropped("parked_full_decided_early");
                     resolve_entry(&mut self.rendezvous, endpoints, &mut entry, true);
                 } else {
                     self.parked.push_back(Parked {
-                        deadline: Instant::now() + PARK_FOR,
+                        since: Instant::now(),
                         pid: key.0,
                         endpoints,
                         entry,
                         response,
                         tls,
+                        awaiting_parent: !undecided,
                     });
                     return;
                 }
@@ -558,14 +660,31 @@ impl Tracer {
     fn release_parked(&mut self, now: Instant) {
         let mut waiting = VecDeque::with_capacity(self.parked.len());
         while let Some(mut parked) = self.parked.pop_front() {
-            let expired = now >= parked.deadline;
-            resolve_entry(
-                &mut self.rendezvous,
-                parked.endpoints,
-                &mut parked.entry,
-                expired,
-            );
-            if parked.entry.trace_id.is_some() {
+            let waited = now.saturating_duration_since(parked.since);
+            let pending = self.client_pending(parked.endpoints);
+            let expired = waited >= if pending { CLIENT_WAIT_MAX } else { PARK_FOR };
+            let ready = if parked.awaiting_parent {
+                parked.entry.parent.is_some() || expired
+            } else {
+                resolve_entry(
+                    &mut self.rendezvous,
+                    parked.endpoints,
+                    &mut parked.entry,
+                    expired,
+                );
+                parked.entry.trace_id.is_some()
+            };
+            if expired && pending && parked.entry.parent.is_none() {
+                self.mark_client_silent(parked.endpoints);
+            }
+            if ready {
+                if self
+                    .orphans
+                    .get(&parked.endpoints)
+                    .is_some_and(|(_, span)| *span == parked.entry.span_id)
+                {
+                    self.orphans.remove(&parked.endpoints);
+                }
                 self.emit(
                     parked.pid,
                     Side::Server,
@@ -667,10 +786,12 @@ impl Tracer {
         }
         self.dead_last_time = dead;
         let connections = &self.connections;
+        let parked = &self.parked;
         self.orphans.retain(|_, (key, span)| {
             connections
                 .get(key)
                 .is_some_and(|c| c.in_flight.iter().any(|e| e.span_id == *span))
+                || parked.iter().any(|p| p.entry.span_id == *span)
         });
         self.trace_metrics
             .connections
@@ -694,6 +815,11 @@ impl Tracer {
             self.red
                 .overflowed
                 .saturating_sub(self.trace_metrics.red_routes_overflowed.get()),
+        );
+        self.trace_metrics.red_series_overflowed.inc_by(
+            self.red
+                .series_overflowed
+                .saturating_sub(self.trace_metrics.red_series_overflowed.get()),
         );
         for point in points {
             (self.sink)(Signal::Histogram(point));
@@ -727,6 +853,9 @@ impl Tracer {
                 }
                 _ = parked.tick() => {
                     if !self.parked.is_empty() {
+                        // What the ring holds first: a client event may be
+                        // waiting there while the agent itself was slow.
+                        ring.drain_pending(MAX_RECORDS_PER_WAKEUP, |record| self.handle_record(record));
                         self.release_parked(Instant::now());
                     }
                 }

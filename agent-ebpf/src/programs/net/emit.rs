@@ -6,10 +6,12 @@ use aya_ebpf::{
     macros::map,
     maps::RingBuf,
 };
-use selfops_ebpf::{NetEvent, NetEventHeader, NetEventKind, NetSettings, PAYLOAD_MAX, Sensor};
+use selfops_ebpf::{
+    KernelDrop, NetEvent, NetEventHeader, NetEventKind, NetSettings, PAYLOAD_MAX, Sensor,
+};
 
 use super::socket::tuple_of;
-use crate::programs::counters::count_lost;
+use crate::programs::counters::{count_drop, count_lost};
 
 /// Socket events for the agent; its size is set by the agent at load time.
 #[map]
@@ -88,6 +90,7 @@ pub fn emit_control(kind: NetEventKind, call: &Call, pid_tgid: u64, end_ns: u64)
     if fill_header(entry.as_mut_ptr(), kind, call, pid_tgid, end_ns, 0).is_ok() {
         entry.submit(submit_flags());
     } else {
+        count_drop(KernelDrop::SocketHeader);
         entry.discard(0);
     }
 }
@@ -112,6 +115,7 @@ pub fn emit_data(
     // SAFETY: `event` points into reserved ring-buffer memory.
     let header = unsafe { core::ptr::addr_of_mut!((*event).header) };
     if fill_header(header, kind, call, pid_tgid, end_ns, total_len).is_err() {
+        count_drop(KernelDrop::SocketHeader);
         entry.discard(0);
         return;
     }

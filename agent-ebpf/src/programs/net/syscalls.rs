@@ -12,7 +12,9 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::TracePointContext,
 };
-use selfops_ebpf::NetEventKind;
+use selfops_ebpf::{KernelDrop, NetEventKind};
+
+use crate::programs::counters::count_drop;
 
 use super::{
     emit::{Call, emit_control, emit_data, settings},
@@ -71,7 +73,10 @@ fn try_enter(ctx: &TracePointContext, syscall: u8, buf_kind: u8) -> Result<(), i
         buf_kind,
         _pad: 0,
     };
-    CALLS.insert(pid_tgid, call, 0).map_err(i64::from)
+    CALLS.insert(pid_tgid, call, 0).map_err(|e| {
+        count_drop(KernelDrop::SocketCallInsert);
+        i64::from(e)
+    })
 }
 
 #[inline(always)]

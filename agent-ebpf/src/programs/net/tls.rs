@@ -9,7 +9,11 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::{ProbeContext, RetProbeContext},
 };
-use selfops_ebpf::{NetEventKind, SYSCALL_SSL_HANDSHAKE, SYSCALL_SSL_READ, SYSCALL_SSL_WRITE};
+use selfops_ebpf::{
+    KernelDrop, NetEventKind, SYSCALL_SSL_HANDSHAKE, SYSCALL_SSL_READ, SYSCALL_SSL_WRITE,
+};
+
+use crate::programs::counters::count_drop;
 
 use super::emit::{Call, emit_data, settings};
 
@@ -104,13 +108,22 @@ fn try_enter(ctx: &ProbeContext, syscall: u8, ex: bool) -> Result<(), i64> {
         syscall,
         _pad: [0; 3],
     };
-    SSL_CALLS.insert(pid_tgid, call, 0).map_err(i64::from)
+    SSL_CALLS.insert(pid_tgid, call, 0).map_err(|e| {
+        count_drop(KernelDrop::SslCallInsert);
+        i64::from(e)
+    })
 }
 
 fn try_exit(ctx: &RetProbeContext, ex: bool) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
+    if (pid_tgid >> 32) as u32 == settings().agent_tgid {
+        return Ok(());
+    }
     // SAFETY: copied out before removal.
     let Some(call) = (unsafe { SSL_CALLS.get(pid_tgid) }).copied() else {
+        // Every return follows its entry on the same thread: the record
+        // was evicted or never stored.
+        count_drop(KernelDrop::SslCallMissing);
         return Ok(());
     };
     let _ = SSL_CALLS.remove(pid_tgid);
@@ -134,7 +147,11 @@ fn try_exit(ctx: &RetProbeContext, ex: bool) -> Result<(), i64> {
     } else {
         return Ok(());
     };
-    if call.sock == 0 || bytes == 0 {
+    if bytes == 0 {
+        return Ok(());
+    }
+    if call.sock == 0 {
+        count_drop(KernelDrop::SslSocketUnknown);
         return Ok(());
     }
     remember_socket(pid_tgid, &call);
@@ -160,7 +177,7 @@ fn try_exit(ctx: &RetProbeContext, ex: bool) -> Result<(), i64> {
 
 #[inline(always)]
 fn remember_socket(pid_tgid: u64, call: &SslCall) {
-    let _ = SSL_SOCKETS.insert(
+    let stored = SSL_SOCKETS.insert(
         SslKey {
             tgid: pid_tgid >> 32,
             ssl: call.ssl,
@@ -172,6 +189,9 @@ fn remember_socket(pid_tgid: u64, call: &SslCall) {
         },
         0,
     );
+    if stored.is_err() {
+        count_drop(KernelDrop::SslSocketInsert);
+    }
 }
 
 /// SSL_do_handshake (which SSL_connect and SSL_accept run).
