@@ -1,5 +1,6 @@
-//! Developer tasks: `cargo xtask setup | run | test | bench`.
+//! Developer tasks: `cargo xtask setup | run | test | bench | fuzz`.
 
+mod fuzz;
 mod setup;
 mod shell;
 mod test;
@@ -35,6 +36,14 @@ enum Command {
         /// Only run tests whose name contains this filter.
         filter: Option<String>,
     },
+    /// Set up if needed, then run every fuzz target for a bounded time.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target (`http1`, `unwind_table`).
+        target: Option<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -65,6 +74,10 @@ fn main() -> anyhow::Result<()> {
         Command::Test { filter } => {
             setup::run()?;
             test::run(filter.as_deref())
+        }
+        Command::Fuzz { seconds, target } => {
+            setup::run()?;
+            fuzz::run(seconds, target.as_deref())
         }
     }
 }

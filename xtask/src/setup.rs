@@ -21,9 +21,11 @@ const PACKAGES: &[&str] = &[
     "python3",
     "binutils",
     "gcc",
+    "faketime",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 pub fn run() -> anyhow::Result<()> {
     let mut did = Vec::new();
@@ -35,6 +37,9 @@ pub fn run() -> anyhow::Result<()> {
     }
     if let Some(what) = ensure_bpf_linker()? {
         did.push(what);
+    }
+    if ensure_cargo_fuzz()? {
+        did.push(format!("installed cargo-fuzz {CARGO_FUZZ_VERSION}"));
     }
     let missing = missing_packages();
     if !missing.is_empty() {
@@ -125,6 +130,26 @@ fn ensure_bpf_linker() -> anyhow::Result<Option<String>> {
     Ok(Some(format!(
         "installed bpf-linker {BPF_LINKER_VERSION} (LLVM {major} from the nightly toolchain)"
     )))
+}
+
+/// cargo-fuzz drives the fuzz targets (`cargo xtask fuzz`, and briefly in
+/// `cargo xtask test`).
+fn ensure_cargo_fuzz() -> anyhow::Result<bool> {
+    if shell::output("cargo", &["fuzz", "--version"])
+        .is_some_and(|v| v.contains(CARGO_FUZZ_VERSION))
+    {
+        return Ok(false);
+    }
+    let mut command = Command::new("cargo");
+    command.args([
+        "install",
+        "cargo-fuzz",
+        "--locked",
+        "--version",
+        CARGO_FUZZ_VERSION,
+    ]);
+    shell::run(command)?;
+    Ok(true)
 }
 
 fn llvm_major(rustc_verbose: &str) -> Option<u32> {

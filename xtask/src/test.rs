@@ -1,5 +1,6 @@
 //! `cargo xtask test`: formatting, lints on host and eBPF crates, unit
-//! tests, and the privileged end-to-end tests in `tests/`.
+//! tests, the privileged end-to-end tests in `tests/`, and each fuzz
+//! target for a bounded time.
 
 use std::process::Command;
 
@@ -32,8 +33,17 @@ pub fn run(filter: Option<&str>) -> anyhow::Result<()> {
     if let Some(filter) = filter {
         args.push(filter);
     }
-    shell::cargo(&args)
+    shell::cargo(&args)?;
+    // Every parser of untrusted bytes, briefly: a regression that crashes
+    // within seconds fails CI. Longer campaigns: `cargo xtask fuzz`.
+    if filter.is_none() {
+        crate::fuzz::run(FUZZ_SECONDS, None)?;
+    }
+    Ok(())
 }
+
+/// Seconds per fuzz target in `cargo xtask test`.
+const FUZZ_SECONDS: u64 = 30;
 
 /// The kernel programs only build for the BPF target, with the nightly
 /// toolchain; lint them there, in their own target directory.

@@ -1,7 +1,8 @@
 //! Kernel events carry CLOCK_BOOTTIME; signals carry Unix time.
 
 /// Converts CLOCK_BOOTTIME nanoseconds to Unix nanoseconds with an offset
-/// measured once (drift over an agent's life is far below a span's size).
+/// measured when made; its users measure again periodically, so a step of
+/// the Unix clock (NTP, an operator) is followed.
 #[derive(Debug, Clone, Copy)]
 pub struct BootClock {
     unix_minus_boot_ns: i128,

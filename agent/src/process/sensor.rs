@@ -229,6 +229,8 @@ impl ProcessModel {
 
     /// Expires exited entries and repairs the table from /proc.
     pub fn reconcile(&mut self) {
+        // An NTP step moves the Unix clock, not the boot clock.
+        self.clock = BootClock::measure();
         let scan_seq = self.table.read().last_seq();
         let Ok(pids) = procfs::list_pids() else {
             self.failed("proc_scan");

@@ -768,6 +768,9 @@ impl Tracer {
     /// go.
     pub fn maintain(&mut self) {
         self.resource_cache.clear();
+        // An NTP step moves the Unix clock, not the boot clock: spans follow
+        // it within one upkeep instead of being skewed until restart.
+        self.clock = BootClock::measure();
         let pids: super::FastSet<u32> = self.connections.keys().map(|(pid, _)| *pid).collect();
         // /proc, not the process table: a process may trace before the
         // table has processed its fork.
