@@ -157,6 +157,9 @@ async fn start(
             .get_or_create(&Metrics::sensor(sensor));
     }
 
+    if !go_on() {
+        return Ok(false);
+    }
     let features = Features::probe();
     for row in &features.features {
         tracing::debug!(feature = row.feature.label(), available = row.available, detail = %row.detail, "probe");

@@ -32,6 +32,25 @@ fn logs(agent: &Agent) -> String {
     std::fs::read_to_string(agent.dir.join("data/logs.jsonl")).unwrap_or_default()
 }
 
+/// The log without its ANSI colour sequences.
+fn without_colours(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ … letter
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn limiter_loaded() -> bool {
     loaded_program_names()
         .iter()
@@ -113,9 +132,13 @@ fn check_aftermath(agent: &Agent, task: &str, after: &Aftermath) {
             "{metric}"
         );
     }
-    let log = agent.log();
+    let log = without_colours(&agent.log());
     assert!(
-        log.contains("supervised task failed") && log.contains(&format!("task=\"{task}\"")),
+        log.contains("supervised task failed")
+            && log.contains(&format!("task=\"{task}\""))
+            && log.contains(&format!(
+                "cause=panicked: fault injected into the {task} task"
+            )),
         "{log}"
     );
 }
