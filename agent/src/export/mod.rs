@@ -22,7 +22,9 @@
 //! `logs.jsonl`, OTLP/JSON, rotated to `.1` at 256 MiB)
 //! and the OTLP sink (gRPC or HTTP/protobuf, gzip, headers, timeout,
 //! retries with backoff for at most `retry_for`). Every signal lost on the
-//! way is counted in `selfops_export_dropped_total{signal,reason}`. With
+//! way is counted in `selfops_export_dropped_total{signal,reason}`. Audit
+//! records (`ExportHandle::send_audit`) take a lane of their own through the
+//! batcher and each sink (see `queue`), counted apart when it overflows. With
 //! `file: false` and no `otlp` there is no sink and batches are discarded.
 
 #[cfg(test)]

@@ -304,21 +304,23 @@ impl Supervisor {
                     return Poll::Ready(Some(exit));
                 }
             }
-            match self.spawned.poll_join_next_with_id(cx) {
-                Poll::Ready(Some(Ok((id, exit)))) => {
-                    self.ids.remove(&id);
-                    Poll::Ready(Some(exit))
-                }
-                Poll::Ready(Some(Err(err))) => {
+            loop {
+                return match self.spawned.poll_join_next_with_id(cx) {
+                    Poll::Ready(Some(Ok((id, exit)))) => {
+                        self.ids.remove(&id);
+                        Poll::Ready(Some(exit))
+                    }
                     // The guard catches panics, so this is a cancellation.
-                    let task = self.ids.remove(&err.id()).unwrap_or(Task::Telemetry);
-                    Poll::Ready(Some(Exit {
-                        task,
-                        result: Err(format!("cancelled: {err}")),
-                    }))
-                }
-                Poll::Ready(None) if self.local.is_empty() => Poll::Ready(None),
-                Poll::Ready(None) | Poll::Pending => Poll::Pending,
+                    Poll::Ready(Some(Err(err))) => match self.ids.remove(&err.id()) {
+                        Some(task) => Poll::Ready(Some(Exit {
+                            task,
+                            result: Err(format!("cancelled: {err}")),
+                        })),
+                        None => continue,
+                    },
+                    Poll::Ready(None) if self.local.is_empty() => Poll::Ready(None),
+                    Poll::Ready(None) | Poll::Pending => Poll::Pending,
+                };
             }
         })
         .await
