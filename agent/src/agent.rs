@@ -296,18 +296,20 @@ async fn start(
     Ok(go_on())
 }
 
-/// Not ready any more; limits withdrawn (and audited) before the exporters
-/// flush; programs detached meanwhile; the telemetry server answers to the
+/// Not ready any more; sensors detaching meanwhile; limits withdrawn (and
+/// audited) before the exporters flush; the telemetry server answers to the
 /// end, so `/readyz` tells the truth while the agent stops.
 async fn stop_in_order(supervisor: &mut Supervisor, running: Running) {
     supervisor.stopping();
+    // Detaching waits on kernel grace periods (the longest stage, longer
+    // still on a busy host): started first, it overlaps everything else.
+    let detach = running
+        .object
+        .map(|object| tokio::task::spawn_blocking(move || object.detach()));
     if let Some(stop) = running.stop_actuation {
         let _ = stop.send(true);
         supervisor.finish(&[Task::Actuation], WITHDRAW_WITHIN).await;
     }
-    let detach = running
-        .object
-        .map(|object| tokio::task::spawn_blocking(move || object.detach()));
     if let Some(stop) = running.stop_profiler {
         let _ = stop.send(true);
     }

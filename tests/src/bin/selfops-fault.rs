@@ -1,10 +1,15 @@
 //! `selfops run` with the supervision tests' fault hook:
 //! `selfops-fault TASK TRIGGER CONFIG` runs the agent with CONFIG and makes
 //! TASK (process, tracer, export, actuation, telemetry) panic from inside
-//! once the file TRIGGER exists. The same agent library as `selfops`; only
+//! once the file TRIGGER exists, after writing the time it fired (Unix
+//! nanoseconds) to TRIGGER.fired. The same agent library as `selfops`; only
 //! this binary, built with the tests, can set the hook.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use selfops_agent::{
     agent::{self, RunOptions},
@@ -39,6 +44,10 @@ fn main() -> ExitCode {
             while !trigger.exists() {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            let _ = std::fs::write(trigger.with_extension("fired"), now.to_string());
         }),
     };
     match agent::run_with(config, RunOptions { fault: Some(fault) }) {
