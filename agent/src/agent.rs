@@ -1,16 +1,17 @@
-//! `selfops run`: lock, probe, load, attach, seed, serve — and on SIGINT or
-//! SIGTERM detach everything and exit.
+//! `selfops run`: lock, start the pipeline's components under supervision,
+//! run until a signal or a task failure, and stop in order: limits
+//! withdrawn, programs detached, exporters flushed.
 
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use selfops_ebpf::{NetSettings, SocketOffsets};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
 
 use crate::{
     act::{ActuationLoop, audit::AuditMetrics},
     config::Config,
-    export::ExportPipeline,
+    export::{ExportHandle, ExportPipeline},
     kernel::{
         btf_offsets,
         features::{Features, raise_memlock_rlimit},
@@ -22,6 +23,10 @@ use crate::{
     lock::{InstanceLock, LOCK_DIR},
     process::{ResourceBuilder, sensor::ProcessModel},
     series::ServiceStats,
+    supervise::{
+        self, FaultPlan, Health, Supervisor, Task, TaskMetrics,
+        signals::{self, StopRequest},
+    },
     telemetry::{Metrics, server},
     trace::{
         tls_libraries,
@@ -29,7 +34,31 @@ use crate::{
     },
 };
 
+/// How long each stage of stopping may take; together well under the 2 s
+/// in which a failed agent must be gone.
+const WITHDRAW_WITHIN: Duration = Duration::from_millis(500);
+const FLUSH_WITHIN: Duration = Duration::from_millis(500);
+const PROFILER_STOP_WITHIN: Duration = Duration::from_millis(800);
+/// After a task failure the process is gone by then, stopped in order or
+/// not: a restart by systemd or Kubernetes beats an agent stuck stopping.
+/// Limits expire in the kernel by themselves, and closing the process's
+/// descriptors detaches its programs.
+const FAILED_EXIT_WITHIN: Duration = Duration::from_millis(1800);
+
+/// Hooks for tests; `Default` is what `selfops run` uses.
+#[derive(Default)]
+pub struct RunOptions {
+    /// Makes one task fail on cue (the supervision tests).
+    pub fault: Option<FaultPlan>,
+}
+
 pub fn run(config: Config) -> anyhow::Result<()> {
+    run_with(config, RunOptions::default())
+}
+
+pub fn run_with(config: Config, options: RunOptions) -> anyhow::Result<()> {
+    // Until the handlers are installed a SIGTERM waits instead of killing.
+    signals::defer();
     let _lock = InstanceLock::acquire(std::path::Path::new(LOCK_DIR))?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
@@ -38,17 +67,107 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    let result = runtime.block_on(run_agent(config));
+    let result = runtime.block_on(run_agent(config, options));
     // Tasks still running hold nothing the kernel needs; do not wait on them.
     runtime.shutdown_timeout(Duration::from_millis(200));
     result
 }
 
-async fn run_agent(config: Config) -> anyhow::Result<()> {
+/// What start-up brought up, for stopping in order.
+struct Running {
+    export: ExportHandle,
+    object: Option<SensorObject>,
+    stop_actuation: Option<watch::Sender<bool>>,
+    stop_profiler: Option<watch::Sender<bool>>,
+}
+
+async fn run_agent(config: Config, options: RunOptions) -> anyhow::Result<()> {
+    let mut stop = signals::listen().context("installing the SIGINT/SIGTERM handlers")?;
     let listener = server::bind(config.telemetry.listen)
         .await
         .with_context(|| format!("binding telemetry.listen {}", config.telemetry.listen))?;
+    let mut metrics = Metrics::new();
+    let health = Arc::new(Health::default());
+    let mut supervisor = Supervisor::new(
+        health.clone(),
+        TaskMetrics::register(metrics.registry_mut()),
+        options.fault,
+    );
+    // Exporters first: whatever starts later has somewhere to send to.
+    let (export, pipeline) =
+        ExportPipeline::start(&config.export, &config.data_dir, metrics.registry_mut())?;
+    supervisor.spawn(Task::Export, pipeline);
+    let mut running = Running {
+        export,
+        object: None,
+        stop_actuation: None,
+        stop_profiler: None,
+    };
 
+    let started = start(
+        &config,
+        &stop,
+        listener,
+        metrics,
+        &mut supervisor,
+        &mut running,
+    )
+    .await;
+    let outcome: anyhow::Result<()> = match started {
+        Ok(true) => {
+            health.started();
+            tracing::info!(listen = %config.telemetry.listen, "running; self-telemetry at /metrics, /healthz, /readyz");
+            tokio::select! {
+                failure = supervisor.next_failure() => {
+                    exit_anyway_after(FAILED_EXIT_WITHIN);
+                    Err(failure.into())
+                }
+                name = stop.wait() => { tracing::info!("{name}: detaching"); Ok(()) }
+            }
+        }
+        Ok(false) => {
+            let name = stop.requested().unwrap_or("signal");
+            tracing::info!("{name} during start-up: detaching what was attached");
+            Ok(())
+        }
+        Err(err) => Err(err),
+    };
+    stop_in_order(&mut supervisor, running).await;
+    match supervisor.failures().first() {
+        // A failure while stopping still makes the exit non-zero.
+        Some(failure) if outcome.is_ok() => Err(failure.clone().into()),
+        _ => outcome,
+    }
+}
+
+/// Loads, attaches and starts everything, checking between steps whether a
+/// signal asked the agent to stop. `Ok(false)`: stopped early on request.
+async fn start(
+    config: &Config,
+    stop: &StopRequest,
+    listener: tokio::net::TcpListener,
+    mut metrics: Metrics,
+    supervisor: &mut Supervisor,
+    running: &mut Running,
+) -> anyhow::Result<bool> {
+    let go_on = || stop.requested().is_none();
+    let trace_metrics = TraceMetrics::register(metrics.registry_mut());
+    let profiler = crate::profile::run::Prepared::new(config, metrics.registry_mut())?;
+    let audit_metrics = AuditMetrics::register(metrics.registry_mut());
+    let metrics = Arc::new(metrics);
+    for sensor in selfops_ebpf::Sensor::ALL {
+        // Zero-valued series from the start, so a scrape shows every sensor.
+        let _ = metrics
+            .events_received
+            .get_or_create(&Metrics::sensor(sensor));
+        let _ = metrics
+            .events_malformed
+            .get_or_create(&Metrics::sensor(sensor));
+    }
+
+    if !go_on() {
+        return Ok(false);
+    }
     let features = Features::probe();
     for row in &features.features {
         tracing::debug!(feature = row.feature.label(), available = row.available, detail = %row.detail, "probe");
@@ -64,7 +183,10 @@ async fn run_agent(config: Config) -> anyhow::Result<()> {
     } else {
         SocketOffsets::default()
     };
-    let mut object = SensorObject::load(&LoadOptions {
+    if !go_on() {
+        return Ok(false);
+    }
+    let object = running.object.insert(SensorObject::load(&LoadOptions {
         layout,
         process_ring_bytes: config.sensors.process_ring_bytes,
         socket_offsets,
@@ -73,9 +195,12 @@ async fn run_agent(config: Config) -> anyhow::Result<()> {
             payload_bytes: config.trace.payload_bytes,
         },
         socket_ring_bytes: config.trace.ring_bytes,
-    })?;
+    })?);
     let attached = object.attach_process_sensors()?;
     tracing::info!(?attached, "process sensors attached");
+    if !go_on() {
+        return Ok(false);
+    }
     if config.trace.enabled {
         // Only the tracepoint tier is written so far; choose() logs what
         // cheaper tiers this kernel would offer.
@@ -86,57 +211,63 @@ async fn run_agent(config: Config) -> anyhow::Result<()> {
             tracepoints = count,
             "socket sensor attached (syscall tracepoints)"
         );
+        if !go_on() {
+            return Ok(false);
+        }
     }
 
-    let mut metrics = Metrics::new();
-    let (export, pipeline) =
-        ExportPipeline::start(&config.export, &config.data_dir, metrics.registry_mut())?;
-    let pipeline = tokio::spawn(pipeline);
-    let trace_metrics = TraceMetrics::register(metrics.registry_mut());
-    let profiler = crate::profile::run::Prepared::new(&config, metrics.registry_mut())?;
-    let audit_metrics = AuditMetrics::register(metrics.registry_mut());
-    let metrics = Arc::new(metrics);
-    for sensor in selfops_ebpf::Sensor::ALL {
-        // Zero-valued series from the start, so a scrape shows every sensor.
-        let _ = metrics
-            .events_received
-            .get_or_create(&Metrics::sensor(sensor));
-        let _ = metrics
-            .events_malformed
-            .get_or_create(&Metrics::sensor(sensor));
-    }
     let mut model = ProcessModel::new(&config.process, metrics.clone());
     let seeded = model
         .seed()
         .context("seeding the process table from /proc")?;
     tracing::info!(seeded, "process table seeded from /proc");
     release_startup_memory();
-
     let ring = RingReader::new(object.take_process_ring()?).context("polling the ring buffer")?;
     let resources = Arc::new(
         ResourceBuilder::new(&config.service)?
             .with_command_line_on_signals(config.process.command_line_on_signals),
     );
-    let profiler = profiler
-        .map(|p| p.start(model.table(), resources.clone()))
-        .transpose()?;
+    if !go_on() {
+        return Ok(false);
+    }
+
+    if let Some(profiler) = profiler {
+        let profiler = profiler.start(model.table(), resources.clone())?;
+        let (tx, stopping) = watch::channel(false);
+        running.stop_profiler = Some(tx);
+        supervisor.spawn(Task::Profiler, supervise::profiler(profiler, stopping));
+        if !go_on() {
+            return Ok(false);
+        }
+    }
+
     // Server spans feed the per-service series the playbooks read.
     let service_stats = Arc::new(ServiceStats::default());
     let actuation = {
-        let sink = export.clone();
+        let sink = running.export.clone();
         ActuationLoop::start(
             &config.actuation,
             model.table(),
             service_stats.clone(),
             audit_metrics,
-            Box::new(move |signal| sink.send(signal)),
+            // Audit records take their own lane through the exporters.
+            Box::new(move |signal| sink.send_audit(signal)),
         )?
     };
-    let (stop_actuation, stopping) = tokio::sync::watch::channel(false);
-    let actuation = actuation.map(|run| tokio::spawn(run.run(stopping)));
-    let tracer = if config.trace.enabled {
-        attach_tls(&mut object);
-        let sink = export.clone();
+    if let Some(actuation) = actuation {
+        // Started even when a stop is already requested: stopping it is
+        // what withdraws whatever it may have put in place.
+        let (tx, stopping) = watch::channel(false);
+        running.stop_actuation = Some(tx);
+        supervisor.spawn(Task::Actuation, actuation.run(stopping));
+    }
+    if !go_on() {
+        return Ok(false);
+    }
+
+    if config.trace.enabled {
+        attach_tls(object);
+        let sink = running.export.clone();
         // Only when a playbook reads a service series: it costs a lock per span.
         let services = config
             .actuation
@@ -159,50 +290,73 @@ async fn run_agent(config: Config) -> anyhow::Result<()> {
         )?;
         let ring =
             RingReader::new(object.take_socket_ring()?).context("polling the socket ring")?;
-        Some(tracer.run(ring))
-    } else {
-        None
-    };
+        supervisor.local(Task::Tracer, tracer.run(ring));
+    }
     let state = Arc::new(server::TelemetryState {
         metrics,
         table: model.table(),
         resources,
         lost: std::sync::Mutex::new(object.take_lost_counters()?),
+        health: supervisor.health().clone(),
     });
-    tracing::info!(listen = %config.telemetry.listen, "self-telemetry at /metrics and /processes");
+    supervisor.local(
+        Task::Process,
+        model.run(ring, config.process.rescan_interval),
+    );
+    supervisor.spawn(Task::Telemetry, server::serve(listener, state));
+    Ok(go_on())
+}
 
-    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let tracing = async {
-        match tracer {
-            Some(run) => run.await,
-            None => std::future::pending().await,
-        }
-    };
-    let outcome = tokio::select! {
-        r = model.run(ring, config.process.rescan_interval) => r.context("process sensor stopped"),
-        r = tracing => r.context("tracer stopped"),
-        r = server::serve(listener, state) => r.context("telemetry server stopped"),
-        _ = sigint.recv() => { tracing::info!("SIGINT: detaching"); Ok(()) }
-        _ = sigterm.recv() => { tracing::info!("SIGTERM: detaching"); Ok(()) }
-    };
-    // Limits are withdrawn (and audited) before the exporters flush.
-    let _ = stop_actuation.send(true);
-    if let Some(actuation) = actuation {
-        let _ = tokio::time::timeout(Duration::from_millis(500), actuation).await;
+/// Not ready any more; sensors detaching meanwhile; limits withdrawn (and
+/// audited) before the exporters flush; the telemetry server answers to the
+/// end, so `/readyz` tells the truth while the agent stops.
+async fn stop_in_order(supervisor: &mut Supervisor, running: Running) {
+    supervisor.stopping();
+    // Detaching waits on kernel grace periods (the longest stage, longer
+    // still on a busy host): started first, it overlaps everything else.
+    let detach = running
+        .object
+        .map(|object| tokio::task::spawn_blocking(move || object.detach()));
+    if let Some(stop) = running.stop_actuation {
+        let _ = stop.send(true);
+        supervisor.finish(&[Task::Actuation], WITHDRAW_WITHIN).await;
     }
-    // Detaching waits on the kernel; flush the exporters meanwhile.
-    let detach = tokio::task::spawn_blocking(move || object.detach());
-    if let Some(profiler) = profiler {
-        profiler.stop(Duration::from_millis(500)).await;
+    if let Some(stop) = running.stop_profiler {
+        let _ = stop.send(true);
     }
-    if !export.shutdown(Duration::from_millis(500)).await {
+    let export = running.export;
+    let (_, flushed) = tokio::join!(
+        supervisor.finish(&[Task::Profiler, Task::Export], PROFILER_STOP_WITHIN),
+        export.shutdown(FLUSH_WITHIN),
+    );
+    if !flushed {
         tracing::warn!("export queue not drained at shutdown; the rest is counted as dropped");
     }
-    let _ = pipeline.await;
-    detach.await.context("detaching")?;
-    tracing::info!("all programs detached");
-    outcome
+    if let Some(detach) = detach {
+        match detach.await {
+            Ok(()) => tracing::info!("all programs detached"),
+            Err(err) => tracing::error!(%err, "detaching the programs failed"),
+        }
+    }
+    supervisor.abort_all();
+}
+
+/// A watchdog thread that ends the process with status 1 after `within`,
+/// whatever the runtime is doing.
+fn exit_anyway_after(within: Duration) {
+    let watchdog = std::thread::Builder::new()
+        .name("stop-watchdog".into())
+        .spawn(move || {
+            std::thread::sleep(within);
+            tracing::error!(
+                ?within,
+                "stopping after a task failure took too long: exiting now"
+            );
+            std::process::exit(1);
+        });
+    if let Err(err) = watchdog {
+        tracing::warn!(%err, "no stop watchdog");
+    }
 }
 
 /// TLS uprobes on every OpenSSL 3 library in use. A failure costs TLS

@@ -13,5 +13,6 @@ pub mod process;
 pub mod profile;
 pub mod series;
 pub mod signal;
+pub mod supervise;
 pub mod telemetry;
 pub mod trace;

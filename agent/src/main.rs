@@ -3,20 +3,18 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use selfops_agent::{agent, cli, config, kernel};
+use selfops_agent::{agent, cli, config, kernel, supervise::signals};
 
 /// Exit code for a refused configuration (nothing was attached).
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    if matches!(cli.command, cli::Command::Run { .. }) {
+        // Before anything else: a SIGTERM now waits for the handlers.
+        signals::defer();
+    }
+    cli::init_logging();
     match cli.command {
         cli::Command::Version => {
             println!("selfops {}", env!("CARGO_PKG_VERSION"));

@@ -109,6 +109,32 @@ impl Agent {
     /// Starts the agent with `extra` YAML appended to a config that sets a
     /// private data directory and telemetry port; waits until it serves.
     pub fn start(name: &str, extra: &str) -> Self {
+        Self::start_command(name, extra, |config| {
+            let mut command = Command::new(selfops_bin());
+            command.args(["run", "--config"]).arg(config);
+            command
+        })
+    }
+
+    /// `start` with the command line `command` builds from the config path
+    /// (another binary, such as the tests' `selfops-fault`).
+    pub fn start_command(name: &str, extra: &str, command: impl FnOnce(&Path) -> Command) -> Self {
+        let mut agent = Self::spawn_command(name, extra, command);
+        agent.wait_ready(Duration::from_secs(30));
+        agent
+    }
+
+    /// Starts `selfops run` and returns at once, without waiting for it to
+    /// serve.
+    pub fn spawn(name: &str, extra: &str) -> Self {
+        Self::spawn_command(name, extra, |config| {
+            let mut command = Command::new(selfops_bin());
+            command.args(["run", "--config"]).arg(config);
+            command
+        })
+    }
+
+    fn spawn_command(name: &str, extra: &str, command: impl FnOnce(&Path) -> Command) -> Self {
         let dir = scratch_dir(name);
         let port = free_port();
         let config = dir.join("selfops.yaml");
@@ -121,20 +147,38 @@ impl Agent {
         )
         .expect("write config");
         let log = std::fs::File::create(dir.join("agent.log")).expect("agent log");
-        let child = Command::new(selfops_bin())
-            .args(["run", "--config"])
-            .arg(&config)
+        let child = command(&config)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("spawn selfops");
-        let mut agent = Self {
+        Self {
             child: Some(child),
             port,
             dir,
-        };
-        agent.wait_ready(Duration::from_secs(30));
-        agent
+        }
+    }
+
+    /// The exit status once the agent has exited (without waiting).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// A GET that also returns the status code: `None` when nothing answers.
+    pub fn status_of(&self, path: &str) -> Option<(u16, String)> {
+        let url = format!("http://127.0.0.1:{}{path}", self.port);
+        match ureq::get(&url).timeout(Duration::from_secs(5)).call() {
+            Ok(response) => Some((
+                response.status(),
+                response.into_string().unwrap_or_default(),
+            )),
+            Err(ureq::Error::Status(code, response)) => {
+                Some((code, response.into_string().unwrap_or_default()))
+            }
+            Err(_) => None,
+        }
     }
 
     fn wait_ready(&mut self, timeout: Duration) {
@@ -241,20 +285,24 @@ pub fn metric_value(text: &str, name: &str, filters: &[&str]) -> f64 {
 
 /// Names of the BPF programs loaded in the kernel now (bpftool).
 pub fn loaded_program_names() -> Vec<String> {
+    bpftool_json(&["prog", "show"])
+        .iter()
+        .filter_map(|p| p["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// `bpftool -j ARGS` as a list of objects.
+pub fn bpftool_json(args: &[&str]) -> Vec<serde_json::Value> {
     let out = Command::new("bpftool")
-        .args(["-j", "prog", "show"])
+        .arg("-j")
+        .args(args)
         .output()
         .expect("bpftool (installed by `cargo xtask setup`)");
-    assert!(out.status.success(), "bpftool prog show failed");
-    let progs: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
-    progs
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| p["name"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
+    assert!(out.status.success(), "bpftool {args:?} failed");
+    match serde_json::from_slice(&out.stdout).expect("bpftool JSON") {
+        serde_json::Value::Array(items) => items,
+        _ => Vec::new(),
+    }
 }
 
 /// Polls `check` every 50 ms until it returns Some or `timeout` passes.

@@ -1,7 +1,9 @@
 //! The export pipeline against real OTLP receivers on loopback: a tonic
 //! gRPC server implementing the collector's TraceService and MetricsService,
-//! and an axum HTTP server taking `/v1/traces` and `/v1/metrics`. Needs no
-//! privilege: it drives the agent library's pipeline directly.
+//! and an axum HTTP server taking `/v1/traces` and `/v1/metrics`. Most tests
+//! need no privilege: they drive the agent library's pipeline directly; the
+//! `real_agent_*` ones run the agent binary against a receiver that asks
+//! for delays no clock can hold.
 
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
@@ -36,6 +38,7 @@ use selfops_agent::{
     export::{ExportHandle, ExportOptions, ExportPipeline},
     signal::{AttrValue, HistogramPoint, Resource, Signal, Span, SpanKind, SpanStatus},
 };
+use selfops_tests::{Agent, one_agent_at_a_time, privileged};
 use tonic::{Code, codec::CompressionEncoding};
 
 // ---- signals -------------------------------------------------------------
@@ -118,7 +121,11 @@ enum Reply {
     Grpc(Code),
     /// A gRPC error carrying a google.rpc.RetryInfo.
     GrpcWithRetryInfo(Code),
+    /// A gRPC error whose RetryInfo asks for this many seconds.
+    GrpcRetryDelay(Code, i64),
     Http(u16),
+    /// An HTTP error with this `Retry-After`.
+    HttpRetryAfter(u16, &'static str),
 }
 
 #[derive(Clone, Default)]
@@ -188,11 +195,12 @@ fn grpc_error(code: Code, retry_info: bool) -> tonic::Status {
     if !retry_info {
         return tonic::Status::new(code, "scripted failure");
     }
+    grpc_error_with_delay(code, 0, 20_000_000)
+}
+
+fn grpc_error_with_delay(code: Code, seconds: i64, nanos: i32) -> tonic::Status {
     let info = RetryInfo {
-        retry_delay: Some(ProtoDuration {
-            seconds: 0,
-            nanos: 20_000_000,
-        }),
+        retry_delay: Some(ProtoDuration { seconds, nanos }),
     };
     let status = RpcStatus {
         code: code as i32,
@@ -235,7 +243,10 @@ impl TraceService for Receiver {
             }
             Reply::Grpc(code) => Err(grpc_error(code, false)),
             Reply::GrpcWithRetryInfo(code) => Err(grpc_error(code, true)),
-            Reply::Http(_) => unreachable!("HTTP reply scripted for gRPC"),
+            Reply::GrpcRetryDelay(code, seconds) => Err(grpc_error_with_delay(code, seconds, 0)),
+            Reply::Http(_) | Reply::HttpRetryAfter(..) => {
+                unreachable!("HTTP reply scripted for gRPC")
+            }
         }
     }
 }
@@ -327,6 +338,13 @@ async fn http_traces(
                     .headers_mut()
                     .insert(header::RETRY_AFTER, "0".parse().unwrap());
             }
+            response
+        }
+        Reply::HttpRetryAfter(code, after) => {
+            let mut response = (StatusCode::from_u16(code).unwrap(), "slow down").into_response();
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, after.parse().unwrap());
             response
         }
         other => unreachable!("{other:?} scripted for HTTP"),
@@ -716,4 +734,115 @@ async fn http_503_retried_then_400_dropped() {
     assert_eq!(pipeline.metric(RETRIES), 2, "400 is not retried");
     assert_eq!(receiver.seen(|s| s.trace_calls), 4);
     pipeline.stop().await;
+}
+
+// ---- the real agent against delays no clock can hold ------------------------------
+
+/// The largest `Retry-After` a header can carry as seconds.
+const HUGE_RETRY_AFTER: &str = "18446744073709551615";
+
+/// Runs the agent binary exporting to `addr`, while this process keeps
+/// making HTTP requests of its own (to the agent's /metrics), which the
+/// agent traces: a steady stream of spans. Checks that batches answered with
+/// huge delays are given up at once and counted, a retryable error is
+/// retried and counted, later batches are delivered, and the agent stays up.
+fn real_agent_survives_huge_delays(name: &str, addr: SocketAddr, protocol: &str) {
+    let _one = one_agent_at_a_time();
+    let mut agent = Agent::start(
+        name,
+        &format!(
+            "export:\n  batch_timeout: 100ms\n  otlp:\n    endpoint: http://{addr}\n    protocol: {protocol}\n    retry_for: 2s\n"
+        ),
+    );
+    let metric =
+        |text: &str, name: &str, filters: &[&str]| selfops_tests::metric_value(text, name, filters);
+    let start = Instant::now();
+    let last = loop {
+        let text = agent.get("/metrics");
+        let given_up = metric(
+            &text,
+            "selfops_export_dropped_total",
+            &["signal=\"traces\"", "reason=\"retries_exhausted\""],
+        );
+        let retried = metric(&text, "selfops_export_retries_total", &["sink=\"otlp\""]);
+        let delivered = metric(
+            &text,
+            "selfops_export_signals_total",
+            &["signal=\"traces\"", "sink=\"otlp\""],
+        );
+        if given_up >= 2.0 && retried >= 1.0 && delivered >= 1.0 {
+            break text;
+        }
+        if let Some(status) = agent.exited() {
+            panic!("agent exited ({status}):\n{}", agent.log());
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "given up {given_up}, retried {retried}, delivered {delivered}:\n{text}\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        metric(&last, "selfops_export_failures_total", &["sink=\"otlp\""]) >= 2.0,
+        "{last}"
+    );
+    // Still exporting: more spans keep arriving after the recovery.
+    let delivered = |text: &str| {
+        metric(
+            text,
+            "selfops_export_signals_total",
+            &["signal=\"traces\"", "sink=\"otlp\""],
+        )
+    };
+    let before = delivered(&last);
+    let start = Instant::now();
+    while delivered(&agent.get("/metrics")) <= before {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "export stalled:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(agent.exited().is_none(), "{}", agent.log());
+    assert_eq!(agent.status_of("/healthz").map(|r| r.0), Some(200));
+    assert_eq!(agent.status_of("/readyz").map(|r| r.0), Some(200));
+    assert!(!agent.log().contains("panicked"), "{}", agent.log());
+    let log = agent.log();
+    let (status, _) = agent.stop(libc::SIGTERM);
+    assert!(status.success(), "{status}\n{log}");
+}
+
+#[test]
+fn real_agent_http_retry_after_u64_max_is_clamped_and_export_goes_on() {
+    if !privileged("real_agent_http_retry_after_u64_max_is_clamped_and_export_goes_on") {
+        return;
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let receiver = Receiver::scripted(&[
+        Reply::HttpRetryAfter(429, HUGE_RETRY_AFTER),
+        Reply::HttpRetryAfter(503, HUGE_RETRY_AFTER),
+        // A plain 503 (Retry-After: 0) is retried, then the receiver recovers.
+        Reply::Http(503),
+    ]);
+    let addr = runtime.block_on(http_receiver(&receiver));
+    real_agent_survives_huge_delays("otlp-huge-retry-after", addr, "http_protobuf");
+    assert!(receiver.seen(|s| !s.traces.is_empty()));
+}
+
+#[test]
+fn real_agent_grpc_retry_info_i64_max_is_clamped_and_export_goes_on() {
+    if !privileged("real_agent_grpc_retry_info_i64_max_is_clamped_and_export_goes_on") {
+        return;
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let receiver = Receiver::scripted(&[
+        Reply::GrpcRetryDelay(Code::ResourceExhausted, i64::MAX),
+        Reply::GrpcRetryDelay(Code::Unavailable, i64::MAX),
+        Reply::Grpc(Code::Unavailable),
+    ]);
+    let addr = runtime.block_on(grpc_receiver(&receiver));
+    real_agent_survives_huge_delays("otlp-huge-retry-info", addr, "grpc");
+    assert!(receiver.seen(|s| !s.traces.is_empty()));
 }

@@ -21,6 +21,8 @@ pub const SINK_OTLP: &str = "otlp";
 pub enum DropReason {
     /// The bounded queue (or a sink's batch queue) was full.
     QueueFull,
+    /// The audit records' own queue (or a sink's audit queue) was full.
+    AuditQueueFull,
     /// A non-retryable export error, or a file write error.
     ExportFailed,
     /// Retryable errors lasted longer than `retry_for`.
@@ -36,6 +38,7 @@ impl DropReason {
     pub fn as_str(self) -> &'static str {
         match self {
             DropReason::QueueFull => "queue_full",
+            DropReason::AuditQueueFull => "audit_queue_full",
             DropReason::ExportFailed => "export_failed",
             DropReason::RetriesExhausted => "retries_exhausted",
             DropReason::EncodeFailed => "encode_failed",

@@ -7,6 +7,7 @@
 //!                                                metrics.registry_mut())?;
 //! let pipeline = tokio::spawn(pipeline);
 //! export.send(signal);                               // from any task; never waits
+//! export.send_audit(record);                         // audit records: their own lane
 //! export.shutdown(Duration::from_millis(900)).await; // on SIGTERM: flush, bounded
 //! let _ = pipeline.await;
 //! ```
@@ -21,9 +22,13 @@
 //! `logs.jsonl`, OTLP/JSON, rotated to `.1` at 256 MiB)
 //! and the OTLP sink (gRPC or HTTP/protobuf, gzip, headers, timeout,
 //! retries with backoff for at most `retry_for`). Every signal lost on the
-//! way is counted in `selfops_export_dropped_total{signal,reason}`. With
+//! way is counted in `selfops_export_dropped_total{signal,reason}`. Audit
+//! records (`ExportHandle::send_audit`) take a lane of their own through the
+//! batcher and each sink (see `queue`), counted apart when it overflows. With
 //! `file: false` and no `otlp` there is no sink and batches are discarded.
 
+#[cfg(test)]
+mod audit_lane_tests;
 mod convert;
 mod json_file;
 #[cfg(test)]
@@ -78,6 +83,11 @@ pub struct ExportOptions {
     /// Converted batches each sink may have waiting; beyond that a batch is
     /// dropped for that sink (`reason="queue_full"`).
     pub sink_queue_batches: usize,
+    /// Audit records waiting to be batched, and audit batches each sink may
+    /// have waiting: their own lane, so a span burst cannot crowd them out
+    /// (`reason="audit_queue_full"` beyond it).
+    pub audit_queue_capacity: usize,
+    pub sink_audit_batches: usize,
 }
 
 impl Default for ExportOptions {
@@ -87,6 +97,8 @@ impl Default for ExportOptions {
             initial_backoff: retry::Backoff::INITIAL,
             max_backoff: retry::Backoff::MAX,
             sink_queue_batches: 8,
+            audit_queue_capacity: 1024,
+            sink_audit_batches: 64,
         }
     }
 }
@@ -141,11 +153,13 @@ impl ExportPipeline {
         };
 
         let metrics = ExportMetrics::register(registry);
-        let channels = queue::channels(config.queue_capacity, metrics.clone());
-        let sink_queue = |name| {
-            let (tx, rx) = tokio::sync::mpsc::channel(options.sink_queue_batches.max(1));
-            (queue::SinkQueue { name, batches: tx }, rx)
-        };
+        let channels = queue::channels(
+            config.queue_capacity,
+            options.audit_queue_capacity,
+            metrics.clone(),
+        );
+        let sink_queue =
+            |name| queue::sink_queue(name, options.sink_queue_batches, options.sink_audit_batches);
         let mut sinks = Vec::new();
         let file = config.file.then(|| {
             let (queue, rx) = sink_queue(metrics::SINK_FILE);
@@ -170,6 +184,7 @@ impl ExportPipeline {
         });
         let batcher = queue::Batcher {
             signals: channels.signals,
+            audit: channels.audit,
             batch_size: config.batch_size.max(1),
             batch_timeout: config.batch_timeout,
             deadline: channels.deadline,

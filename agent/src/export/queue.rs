@@ -1,5 +1,11 @@
 //! The bounded signal queue, its handle, and the batcher that turns queued
 //! signals into converted batches for the sinks.
+//!
+//! Audit records (the actuation loop's decisions) have a lane of their own
+//! from end to end: their own bounded queue in, their own batches, and
+//! their own small queue at each sink, read before the others. A span burst
+//! can fill the signal queue or a sink's batch queue, never theirs; their
+//! own overflow is counted as `reason="audit_queue_full"`.
 
 use std::{sync::Arc, time::Duration};
 
@@ -26,11 +32,16 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(100);
 /// one wakes it.
 const COALESCE: Duration = Duration::from_millis(2);
 
+/// Stands in for durations too large to add to an `Instant` (about 30
+/// years: tokio's own far future).
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+
 /// Feeds the export pipeline. Cheap to clone; every clone feeds the same
 /// queue.
 #[derive(Debug, Clone)]
 pub struct ExportHandle {
     signals: mpsc::Sender<Signal>,
+    audit: mpsc::Sender<Signal>,
     /// Set once, by `shutdown`: when the pipeline must be done.
     deadline: Arc<watch::Sender<Option<Instant>>>,
     done: watch::Receiver<bool>,
@@ -63,6 +74,22 @@ impl ExportHandle {
         self.metrics.queue_length.set(self.queue_len() as i64);
     }
 
+    /// Queues an audit record on the audit lane, without waiting. Dropped
+    /// and counted (`audit_queue_full`) only when that lane is full.
+    pub fn send_audit(&self, signal: Signal) {
+        match self.audit.try_send(signal) {
+            Ok(()) => {}
+            Err(TrySendError::Full(signal)) => {
+                self.metrics
+                    .drop_signals(signal_name(&signal), DropReason::AuditQueueFull, 1);
+            }
+            Err(TrySendError::Closed(signal)) => {
+                self.metrics
+                    .drop_signals(signal_name(&signal), DropReason::Shutdown, 1);
+            }
+        }
+    }
+
     /// Signals waiting in the queue.
     pub fn queue_len(&self) -> usize {
         self.signals.max_capacity() - self.signals.capacity()
@@ -78,7 +105,10 @@ impl ExportHandle {
     /// call are dropped and counted too. Returns true when the pipeline
     /// finished in time; waits at most `within` plus a short grace.
     pub async fn shutdown(&self, within: Duration) -> bool {
-        let at = Instant::now() + within;
+        // A caller's huge `within` means "no deadline" in practice.
+        let at = Instant::now()
+            .checked_add(within)
+            .unwrap_or_else(|| Instant::now() + FAR_FUTURE);
         // The first caller's deadline stands.
         self.deadline.send_if_modified(|deadline| {
             if deadline.is_none() {
@@ -91,7 +121,11 @@ impl ExportHandle {
         let at = (*self.deadline.borrow()).unwrap_or(at);
         let mut done = self.done.clone();
         matches!(
-            tokio::time::timeout_at(at + SHUTDOWN_GRACE, done.wait_for(|done| *done)).await,
+            tokio::time::timeout_at(
+                at.checked_add(SHUTDOWN_GRACE).unwrap_or(at),
+                done.wait_for(|done| *done)
+            )
+            .await,
             Ok(Ok(_))
         )
     }
@@ -101,35 +135,77 @@ impl ExportHandle {
 pub struct Channels {
     pub handle: ExportHandle,
     pub signals: mpsc::Receiver<Signal>,
+    pub audit: mpsc::Receiver<Signal>,
     pub deadline: Deadline,
     pub done: watch::Sender<bool>,
 }
 
-pub fn channels(capacity: usize, metrics: ExportMetrics) -> Channels {
+pub fn channels(capacity: usize, audit_capacity: usize, metrics: ExportMetrics) -> Channels {
     let (signals_tx, signals) = mpsc::channel(capacity.max(1));
+    let (audit_tx, audit) = mpsc::channel(audit_capacity.max(1));
     let (deadline_tx, deadline) = watch::channel(None);
     let (done, done_rx) = watch::channel(false);
     Channels {
         handle: ExportHandle {
             signals: signals_tx,
+            audit: audit_tx,
             deadline: Arc::new(deadline_tx),
             done: done_rx,
             metrics,
         },
         signals,
+        audit,
         deadline,
         done,
     }
 }
 
-/// A sink's batch queue.
+/// A sink's queues: batches of signals, and batches of audit records.
 pub struct SinkQueue {
     pub name: &'static str,
     pub batches: mpsc::Sender<Arc<OtlpBatch>>,
+    pub audit: mpsc::Sender<Arc<OtlpBatch>>,
+}
+
+/// A sink's end of its queues; audit batches are taken first.
+pub struct SinkInput {
+    pub batches: mpsc::Receiver<Arc<OtlpBatch>>,
+    pub audit: mpsc::Receiver<Arc<OtlpBatch>>,
+}
+
+impl SinkInput {
+    /// The next batch, audit first; `None` once both queues are closed and
+    /// empty.
+    pub async fn recv(&mut self) -> Option<Arc<OtlpBatch>> {
+        tokio::select! {
+            biased;
+            Some(batch) = self.audit.recv() => Some(batch),
+            Some(batch) = self.batches.recv() => Some(batch),
+            else => None,
+        }
+    }
+}
+
+/// A sink's pair of queues and its input, of `batches` and `audit` batches.
+pub fn sink_queue(name: &'static str, batches: usize, audit: usize) -> (SinkQueue, SinkInput) {
+    let (batches_tx, batches_rx) = mpsc::channel(batches.max(1));
+    let (audit_tx, audit_rx) = mpsc::channel(audit.max(1));
+    (
+        SinkQueue {
+            name,
+            batches: batches_tx,
+            audit: audit_tx,
+        },
+        SinkInput {
+            batches: batches_rx,
+            audit: audit_rx,
+        },
+    )
 }
 
 pub struct Batcher {
     pub signals: mpsc::Receiver<Signal>,
+    pub audit: mpsc::Receiver<Signal>,
     pub batch_size: usize,
     pub batch_timeout: Duration,
     pub deadline: Deadline,
@@ -139,17 +215,38 @@ pub struct Batcher {
 
 impl Batcher {
     /// Runs until every handle is dropped or shutdown has drained the
-    /// queue; then the sinks' queues close and they finish.
+    /// queues; then the sinks' queues close and they finish.
     pub async fn run(mut self) {
         let mut batch: Vec<Signal> = Vec::with_capacity(self.batch_size.min(4096));
         // When the oldest signal of the batch arrived.
         let mut oldest: Option<Instant> = None;
         let mut shutting_down = false;
         let mut deadline_open = true;
-        loop {
-            let flush_at = oldest.map(|t| t + self.batch_timeout);
+        let (mut signals_open, mut audit_open) = (true, true);
+        while signals_open || audit_open {
+            // A batch_timeout too large for the clock: flushed by size only.
+            let flush_at = oldest.and_then(|t| t.checked_add(self.batch_timeout));
             tokio::select! {
-                received = self.signals.recv() => match received {
+                biased;
+                received = self.audit.recv(), if audit_open => match received {
+                    Some(record) => {
+                        let mut records = vec![record];
+                        if !shutting_down {
+                            // Decisions of one tick come together.
+                            tokio::time::sleep(COALESCE).await;
+                        }
+                        while records.len() < self.batch_size {
+                            match self.audit.try_recv() {
+                                Ok(record) => records.push(record),
+                                Err(_) => break,
+                            }
+                        }
+                        // Audit records do not wait for a batch to fill.
+                        self.flush(&mut records, shutting_down, Lane::Audit).await;
+                    }
+                    None => audit_open = false,
+                },
+                received = self.signals.recv(), if signals_open => match received {
                     Some(signal) => {
                         if batch.is_empty() {
                             oldest = Some(Instant::now());
@@ -168,14 +265,14 @@ impl Batcher {
                             }
                         }
                         if batch.len() >= self.batch_size {
-                            self.flush(&mut batch, shutting_down).await;
+                            self.flush(&mut batch, shutting_down, Lane::Signals).await;
                             oldest = None;
                         }
                     }
-                    None => break,
+                    None => signals_open = false,
                 },
                 () = sleep_until_some(flush_at) => {
-                    self.flush(&mut batch, shutting_down).await;
+                    self.flush(&mut batch, shutting_down, Lane::Signals).await;
                     oldest = None;
                 }
                 changed = self.deadline.changed(), if deadline_open && !shutting_down => {
@@ -185,6 +282,7 @@ impl Batcher {
                             // queued is still received, then recv gives None.
                             shutting_down = true;
                             self.signals.close();
+                            self.audit.close();
                         }
                         Err(_) => deadline_open = false,
                     }
@@ -192,11 +290,11 @@ impl Batcher {
             }
             self.metrics.queue_length.set(self.signals.len() as i64);
         }
-        self.flush(&mut batch, true).await;
+        self.flush(&mut batch, true, Lane::Signals).await;
         self.metrics.queue_length.set(0);
     }
 
-    async fn flush(&self, batch: &mut Vec<Signal>, shutting_down: bool) {
+    async fn flush(&self, batch: &mut Vec<Signal>, shutting_down: bool, lane: Lane) {
         if batch.is_empty() {
             return;
         }
@@ -211,10 +309,14 @@ impl Batcher {
         }
         let converted = Arc::new(converted);
         for sink in &self.sinks {
+            let (queue, full) = match lane {
+                Lane::Signals => (&sink.batches, DropReason::QueueFull),
+                Lane::Audit => (&sink.audit, DropReason::AuditQueueFull),
+            };
             let lost = if shutting_down {
                 // The final batches wait for room, but not past the
                 // deadline.
-                let send = sink.batches.send(Arc::clone(&converted));
+                let send = queue.send(Arc::clone(&converted));
                 let deadline = *self.deadline.borrow();
                 let sent = match deadline {
                     Some(at) => tokio::time::timeout_at(at, send).await,
@@ -227,9 +329,9 @@ impl Batcher {
                     Err(_) => Some(DropReason::Shutdown),
                 }
             } else {
-                match sink.batches.try_send(Arc::clone(&converted)) {
+                match queue.try_send(Arc::clone(&converted)) {
                     Ok(()) => None,
-                    Err(TrySendError::Full(_)) => Some(DropReason::QueueFull),
+                    Err(TrySendError::Full(_)) => Some(full),
                     Err(TrySendError::Closed(_)) => Some(DropReason::ExportFailed),
                 }
             };
@@ -243,6 +345,13 @@ impl Batcher {
             }
         }
     }
+}
+
+/// Which of a sink's queues a batch goes to.
+#[derive(Debug, Clone, Copy)]
+enum Lane {
+    Signals,
+    Audit,
 }
 
 async fn sleep_until_some(at: Option<Instant>) {

@@ -6,6 +6,11 @@
 //! 502, 503 and 504 and connection failures are retryable. A server's delay
 //! (`RetryInfo.retry_delay`, `Retry-After`) is a lower bound on the wait;
 //! otherwise the wait is exponential with jitter.
+//!
+//! Server delays come from the peer and configured durations from the user,
+//! so neither may overflow an `Instant`: a delay is clamped to `retry_for`,
+//! and one longer than what is left of the retry budget gives up at once
+//! (counted as `retries_exhausted`) instead of sleeping past it.
 
 use std::{
     collections::HashMap,
@@ -105,11 +110,16 @@ pub fn classify_http(status: u16, retry_after: Option<Duration>, detail: String)
     }
 }
 
-/// `Retry-After`: delay-seconds or an HTTP-date.
+/// `Retry-After`: delay-seconds or an HTTP-date. Seconds beyond `u64`
+/// mean "longer than anyone will wait": `Duration::MAX`.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(
+            value
+                .parse::<u64>()
+                .map_or(Duration::MAX, Duration::from_secs),
+        );
     }
     let at = httpdate::parse_http_date(value).ok()?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
@@ -195,7 +205,7 @@ impl Backoff {
     /// never less than the server asked for.
     pub fn next_delay(&mut self, server_delay: Option<Duration>) -> Duration {
         let step = self.next;
-        self.next = (self.next * 2).min(self.max);
+        self.next = self.next.saturating_mul(2).min(self.max);
         let half = step / 2;
         let jitter = rand::rng().random_range(Duration::ZERO..=half);
         let delay = half + jitter;
@@ -243,7 +253,8 @@ where
     F: FnMut(Duration) -> Fut,
     Fut: Future<Output = Attempt>,
 {
-    let give_up_at = Instant::now() + policy.retry_for;
+    // A retry_for too large for the clock means "until shutdown".
+    let give_up_at = Instant::now().checked_add(policy.retry_for);
     let mut backoff = Backoff::new(policy.initial_backoff, policy.max_backoff);
     let mut deadline = deadline.clone();
     loop {
@@ -269,11 +280,23 @@ where
                 delay,
             } => (kind, detail, delay),
         };
-        let resume = Instant::now() + backoff.next_delay(server_delay);
-        if resume > give_up_at {
-            return Delivery::RetriesExhausted { kind, detail };
-        }
-        tracing::debug!(sink, %kind, %detail, "export failed, retrying");
+        let now = Instant::now();
+        let left = give_up_at.map_or(Duration::MAX, |at| at.saturating_duration_since(now));
+        let server_delay = server_delay.map(|d| d.min(policy.retry_for));
+        let wait = backoff.next_delay(server_delay);
+        let resume = match now.checked_add(wait) {
+            Some(resume) if wait <= left => resume,
+            _ => {
+                let detail = match server_delay {
+                    Some(asked) if asked > left => format!(
+                        "{detail} (the server asked to wait {asked:?} or more, {left:?} of retry_for was left)"
+                    ),
+                    _ => detail,
+                };
+                return Delivery::RetriesExhausted { kind, detail };
+            }
+        };
+        tracing::debug!(sink, %kind, %detail, ?wait, "export failed, retrying");
         tokio::select! {
             () = tokio::time::sleep_until(resume) => {}
             () = deadline_passed(&mut deadline) => return Delivery::Shutdown,
@@ -562,6 +585,155 @@ mod tests {
         .await;
         assert!(matches!(delivery, Delivery::RetriesExhausted { .. }));
         assert!(start.elapsed() < Duration::from_millis(500));
+    }
+
+    #[test]
+    fn huge_server_delays_parse_without_overflow() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480);
+        assert_eq!(
+            parse_retry_after("18446744073709551615", now),
+            Some(Duration::from_secs(u64::MAX))
+        );
+        assert_eq!(
+            parse_retry_after("99999999999999999999999999", now),
+            Some(Duration::MAX),
+            "beyond u64 seconds"
+        );
+        let far = parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now).unwrap();
+        assert!(far > Duration::from_secs(200 * 365 * 86_400), "{far:?}");
+
+        let encoded = |seconds: i64, nanos: i32| {
+            let info = RetryInfo {
+                retry_delay: Some(ProtoDuration { seconds, nanos }),
+            };
+            RpcStatus {
+                code: 14,
+                message: String::new(),
+                details: vec![ProtoAny {
+                    type_url: format!("type.googleapis.com/{RETRY_INFO_TYPE}"),
+                    value: info.encode_to_vec(),
+                }],
+            }
+            .encode_to_vec()
+        };
+        assert_eq!(
+            retry_info_delay(&encoded(i64::MAX, i32::MAX)),
+            Some(Duration::new(i64::MAX as u64, 999_999_999))
+        );
+        assert_eq!(retry_info_delay(&encoded(-5, -1)), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn backoff_never_overflows() {
+        let mut b = Backoff::new(Duration::MAX / 2, Duration::MAX);
+        for _ in 0..4 {
+            let _ = b.next_delay(None);
+        }
+        assert_eq!(b.next_delay(Some(Duration::MAX)), Duration::MAX);
+    }
+
+    #[tokio::test]
+    async fn huge_server_delay_gives_up_counted_and_does_not_panic() {
+        let (_tx, deadline) = watch::channel(None);
+        for asked in [
+            Duration::from_secs(u64::MAX),
+            Duration::new(i64::MAX as u64, 999_999_999),
+            Duration::MAX,
+        ] {
+            let start = Instant::now();
+            let metrics = ExportMetrics::default();
+            let delivery = with_retries(
+                &policy(Duration::from_secs(5)),
+                &deadline,
+                &metrics,
+                "otlp",
+                |_| async move {
+                    Attempt::Retryable {
+                        kind: "http 429".to_owned(),
+                        detail: "slow down".to_owned(),
+                        delay: Some(asked),
+                    }
+                },
+            )
+            .await;
+            match delivery {
+                Delivery::RetriesExhausted { kind, detail } => {
+                    assert_eq!(kind, "http 429");
+                    // Clamped to retry_for before it is compared or shown.
+                    assert!(detail.contains("asked to wait 5s"), "{detail}");
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(start.elapsed() < Duration::from_secs(1));
+        }
+    }
+
+    #[tokio::test]
+    async fn server_delay_within_the_budget_is_waited_for() {
+        let (_tx, deadline) = watch::channel(None);
+        let calls = AtomicU32::new(0);
+        let start = Instant::now();
+        let metrics = ExportMetrics::default();
+        let delivery = with_retries(
+            &policy(Duration::from_secs(5)),
+            &deadline,
+            &metrics,
+            "otlp",
+            |_| {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n == 0 {
+                        Attempt::Retryable {
+                            kind: "grpc Unavailable".to_owned(),
+                            detail: String::new(),
+                            delay: Some(Duration::from_millis(50)),
+                        }
+                    } else {
+                        Attempt::Delivered {
+                            rejected: 0,
+                            message: String::new(),
+                        }
+                    }
+                }
+            },
+        )
+        .await;
+        assert!(matches!(delivery, Delivery::Delivered { .. }));
+        assert!(start.elapsed() >= Duration::from_millis(50));
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_retry_for_beyond_the_clock_retries_without_overflow() {
+        let (_tx, deadline) = watch::channel(None);
+        let calls = AtomicU32::new(0);
+        let mut policy = policy(Duration::MAX);
+        policy.timeout = Duration::MAX;
+        let delivery = with_retries(
+            &policy,
+            &deadline,
+            &ExportMetrics::default(),
+            "otlp",
+            |_| {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n < 2 {
+                        Attempt::Retryable {
+                            kind: "http 503".to_owned(),
+                            detail: String::new(),
+                            delay: Some(Duration::from_millis(1)),
+                        }
+                    } else {
+                        Attempt::Delivered {
+                            rejected: 0,
+                            message: String::new(),
+                        }
+                    }
+                }
+            },
+        )
+        .await;
+        assert!(matches!(delivery, Delivery::Delivered { .. }));
     }
 
     #[tokio::test]

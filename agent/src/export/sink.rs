@@ -7,14 +7,13 @@ use opentelemetry_proto::tonic::collector::{
     logs::v1::ExportLogsServiceResponse, metrics::v1::ExportMetricsServiceResponse,
     trace::v1::ExportTraceServiceResponse,
 };
-use tokio::sync::mpsc;
 
 use super::{
-    convert::OtlpBatch,
     json_file::{FileSink, LineOutcome},
     metrics::{DropReason, ExportMetrics, LOGS, METRICS, SINK_FILE, SINK_OTLP, TRACES},
     otlp_grpc::{GrpcExporter, GrpcSettings},
     otlp_http::HttpExporter,
+    queue::SinkInput,
     retry::{Deadline, Delivery, RetryPolicy, WarnLimiter, with_retries},
 };
 
@@ -63,7 +62,7 @@ impl PartialSuccess for ExportLogsServiceResponse {
 pub async fn run_file_sink(
     dir: PathBuf,
     rotate_bytes: u64,
-    mut batches: mpsc::Receiver<Arc<OtlpBatch>>,
+    mut batches: SinkInput,
     metrics: ExportMetrics,
 ) {
     let mut warn = WarnLimiter::new(WARN_EVERY);
@@ -174,7 +173,7 @@ pub async fn run_otlp_sink(
     settings: OtlpSettings,
     policy: RetryPolicy,
     deadline: Deadline,
-    mut batches: mpsc::Receiver<Arc<OtlpBatch>>,
+    mut batches: SinkInput,
     metrics: ExportMetrics,
 ) {
     let client = match settings {

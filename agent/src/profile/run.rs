@@ -91,6 +91,11 @@ impl Prepared {
 }
 
 impl Running {
+    /// True once the worker thread has ended (a panic included).
+    pub fn is_finished(&self) -> bool {
+        self.worker.is_finished()
+    }
+
     /// Detaches the sampler, emits the partial interval and flushes the
     /// outputs within `timeout`.
     pub async fn stop(self, timeout: Duration) {

@@ -1,4 +1,7 @@
-//! The self-telemetry HTTP endpoint: GET /metrics and GET /processes.
+//! The self-telemetry HTTP endpoint: GET /metrics, /processes, and the
+//! probes /healthz (live: no supervised task has failed) and /readyz
+//! (ready: started, no task failed, not shutting down), 200 or 503 with
+//! the reason.
 
 use std::{
     net::SocketAddr,
@@ -22,6 +25,7 @@ use crate::{
     kernel::object::LostCounters,
     process::{ResourceBuilder, SharedTable},
     signal::AttrValue,
+    supervise::Health,
 };
 
 pub struct TelemetryState {
@@ -29,6 +33,7 @@ pub struct TelemetryState {
     pub table: SharedTable,
     pub resources: Arc<ResourceBuilder>,
     pub lost: Mutex<LostCounters>,
+    pub health: Arc<Health>,
 }
 
 impl TelemetryState {
@@ -81,6 +86,8 @@ pub async fn serve(
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/processes", get(processes))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .with_state(state);
     axum::serve(listener, app).await
 }
@@ -101,6 +108,21 @@ async fn metrics(State(state): State<Arc<TelemetryState>>) -> Response {
         )
             .into_response(),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn healthz(State(state): State<Arc<TelemetryState>>) -> Response {
+    probe(state.health.live(), "ok")
+}
+
+async fn readyz(State(state): State<Arc<TelemetryState>>) -> Response {
+    probe(state.health.ready(), "ready")
+}
+
+fn probe(result: Result<(), String>, ok: &'static str) -> Response {
+    match result {
+        Ok(()) => (StatusCode::OK, format!("{ok}\n")).into_response(),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")).into_response(),
     }
 }
 
