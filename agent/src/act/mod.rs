@@ -3,12 +3,16 @@
 pub mod audit;
 pub mod condition;
 pub mod engine;
+mod enforcement;
 pub mod limiter;
+pub mod limiter_audit;
 pub mod playbook;
 pub mod runner;
 
 pub use playbook::ActuationConfig;
 pub use runner::ActuationLoop;
 
+#[cfg(test)]
+mod modes_tests;
 #[cfg(test)]
 mod tests;
