@@ -221,7 +221,8 @@ fn limiter(pair: &VethPair, setup: Setup) -> anyhow::Result<(Limiter, String)> {
                 per_second: RATE_MAX,
                 burst: u32::MAX,
             },
-            Scope::AllPackets, TTL,
+            Scope::AllPackets,
+            TTL,
         )?;
         Ok((limiter, hook))
     });

@@ -11,6 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+#[path = "limiter/agent.rs"]
 mod agent;
 
 use selfops_agent::act::limiter::{
@@ -262,7 +263,8 @@ fn xdp_all_packets_scope_meters_udp_and_blocks_a_source() {
                 per_second: 1000,
                 burst: UDP_BURST,
             },
-            Scope::AllPackets, TTL,
+            Scope::AllPackets,
+            TTL,
         )
         .expect("set 1000/s");
     let start = Instant::now();
@@ -513,7 +515,10 @@ fn the_allowlist_passes_before_any_key_and_an_expired_key_is_absent() {
         (f.completed > 0).then_some(Instant::now())
     })
     .expect("still blocked past the deadline");
-    assert!(open - set_at >= ttl - Duration::from_millis(100), "expired early");
+    assert!(
+        open - set_at >= ttl - Duration::from_millis(100),
+        "expired early"
+    );
     let stats = limiter.stats().expect("stats");
     assert!(stats.expired > 0, "{stats:?}");
     let entry = limiter
@@ -526,7 +531,12 @@ fn the_allowlist_passes_before_any_key_and_an_expired_key_is_absent() {
     // TTLs are bounded.
     assert!(
         limiter
-            .set(Key::Port(1), Rate::BLOCK, Scope::AllPackets, Duration::from_secs(90_000))
+            .set(
+                Key::Port(1),
+                Rate::BLOCK,
+                Scope::AllPackets,
+                Duration::from_secs(90_000)
+            )
             .is_err()
     );
 }
@@ -553,8 +563,18 @@ fn a_pinned_link_whose_interface_was_recreated_is_replaced() {
     let ns = pair.server_ns.as_str();
     ip(&["-n", ns, "link", "del", &pair.server_if]).expect("delete");
     ip(&[
-        "-n", ns, "link", "add", &pair.server_if, "type", "veth", "peer", "name",
-        &pair.client_if, "netns", &pair.client_ns,
+        "-n",
+        ns,
+        "link",
+        "add",
+        &pair.server_if,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &pair.client_if,
+        "netns",
+        &pair.client_ns,
     ])
     .expect("recreate");
     ip(&["-n", ns, "link", "set", &pair.server_if, "up"]).expect("up");

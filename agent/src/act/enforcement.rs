@@ -127,7 +127,14 @@ pub fn install(
     }
     let mut found = limiter.entries().context("reading the limiter's keys")?;
     found.extend(inherited);
-    let decisions = adopt(&mut limiter, engine, &found, metrics, resource, &mut records);
+    let decisions = adopt(
+        &mut limiter,
+        engine,
+        &found,
+        metrics,
+        resource,
+        &mut records,
+    );
     let enforcer: Box<dyn Enforcer + Send> = if hooked == 0 {
         tracing::error!(
             "the limiter is hooked to no interface: enforcing actions will fail (audited)"
@@ -190,7 +197,11 @@ fn adopt(
         })
         .collect();
     let mut decisions = Vec::new();
-    for (adoption, pinned) in engine.adopt(&pinned, Instant::now()).into_iter().zip(&pinned) {
+    for (adoption, pinned) in engine
+        .adopt(&pinned, Instant::now())
+        .into_iter()
+        .zip(&pinned)
+    {
         match adoption {
             Adoption::Adopted(mut decision) => {
                 let left = match decision.outcome {

@@ -2,8 +2,8 @@
 
 pub mod audit;
 pub mod condition;
-pub mod engine;
 mod enforcement;
+pub mod engine;
 pub mod limiter;
 pub mod limiter_audit;
 pub mod playbook;

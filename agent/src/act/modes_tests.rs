@@ -196,7 +196,9 @@ fn persisted_keys_are_adopted_when_a_playbook_accounts_for_them() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(matches!(&adoptions[1], Adoption::Withdraw { key: Key::Port(8080), reason } if reason.contains("no configured playbook")));
+    assert!(
+        matches!(&adoptions[1], Adoption::Withdraw { key: Key::Port(8080), reason } if reason.contains("no configured playbook"))
+    );
     assert!(matches!(&adoptions[2], Adoption::Withdraw { reason, .. } if reason == "expired"));
     // The adopted limit is on the books: the playbook does not apply again
     // (and the dry-run one sees it), and it expires when its time is up.

@@ -444,7 +444,10 @@ impl ActuationConfig {
         if self.allowlist.sources.len() > selfops_ebpf::limiter::ALLOW_SOURCES_MAX as usize {
             return err(
                 "actuation.allowlist.sources".into(),
-                format!("at most {} sources", selfops_ebpf::limiter::ALLOW_SOURCES_MAX),
+                format!(
+                    "at most {} sources",
+                    selfops_ebpf::limiter::ALLOW_SOURCES_MAX
+                ),
             );
         }
         if enforcing && self.interfaces.is_empty() {

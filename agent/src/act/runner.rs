@@ -9,8 +9,8 @@ use tokio::sync::watch;
 
 use super::{
     audit::{self, AuditMetrics, ReasonLabels},
-    engine::{Enforcer, Engine},
     enforcement::{self, NoLimiter},
+    engine::{Enforcer, Engine},
     limiter::{Key, UnmeteredStats},
     playbook::ActuationConfig,
 };

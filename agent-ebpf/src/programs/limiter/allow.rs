@@ -14,11 +14,11 @@ const ADDRESS_BITS: u32 = 128;
 #[inline(always)]
 pub fn allowed(packet: &Packet) -> bool {
     if let Some(port) = packet.port
-        && LIMITER_ALLOW_PORTS.get_ptr(&port).is_some()
+        && LIMITER_ALLOW_PORTS.get_ptr(port).is_some()
     {
         return true;
     }
     LIMITER_ALLOW_SOURCES
-        .get(&Key::new(ADDRESS_BITS, packet.addr))
+        .get(Key::new(ADDRESS_BITS, packet.addr))
         .is_some()
 }

@@ -122,7 +122,13 @@ mod tests {
 
     #[test]
     fn prefixes_round_trip_ipv4_mapped() {
-        for text in ["10.0.0.0/8", "192.168.1.7/32", "fd00::/64", "::/0", "0.0.0.0/0"] {
+        for text in [
+            "10.0.0.0/8",
+            "192.168.1.7/32",
+            "fd00::/64",
+            "::/0",
+            "0.0.0.0/0",
+        ] {
             let net: IpNet = text.parse().unwrap();
             let key = prefix_key(&net);
             assert_eq!(prefix_of(&key), Some(net), "{text}");

@@ -125,7 +125,9 @@ impl Limiter {
         let id = program
             .attach_to_link(link)
             .map_err(|e| attach_error(interface, &e))?;
-        let link = program.take_link(id).map_err(|e| attach_error(interface, &e))?;
+        let link = program
+            .take_link(id)
+            .map_err(|e| attach_error(interface, &e))?;
         // Closing our descriptor later leaves the pinned link in force.
         std::mem::drop(link);
         Ok(())
@@ -214,7 +216,9 @@ impl Limiter {
         let id = program
             .attach_to_link(link)
             .map_err(|e| attach_error(interface, &e))?;
-        let link = program.take_link(id).map_err(|e| attach_error(interface, &e))?;
+        let link = program
+            .take_link(id)
+            .map_err(|e| attach_error(interface, &e))?;
         std::mem::drop(link);
         Ok(())
     }
@@ -297,7 +301,11 @@ fn load_once(
 
 /// A pinned link that cannot be taken over (ENOLINK once its interface is
 /// gone or recreated) enforces nothing: unpin it and hook afresh.
-fn unpin_stale(path: &std::path::Path, interface: &str, why: &LimiterError) -> Result<(), LimiterError> {
+fn unpin_stale(
+    path: &std::path::Path,
+    interface: &str,
+    why: &LimiterError,
+) -> Result<(), LimiterError> {
     tracing::warn!(interface, path = %path.display(), error = %why, "stale pinned limiter link: replaced");
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(LimiterError::PinDir {

@@ -24,8 +24,8 @@ pub use allow::AllowRules;
 pub use attach::{TcHook, TcMode, XdpHook, enable_run_stats};
 pub use error::LimiterError;
 pub use policy::{Counters, Entry, Key, Rate, Scope, UnmeteredStats};
-pub use stale::{link_pins, remove_stale_filters, remove_stale_links};
 pub use selfops_ebpf::limiter::RATE_MAX;
+pub use stale::{link_pins, remove_stale_filters, remove_stale_links};
 
 use std::{
     path::{Path, PathBuf},
@@ -100,7 +100,10 @@ impl Limiter {
         let pins: Vec<(&str, PathBuf)>;
         if let Some(dir) = &options.pin_dir {
             pin::ensure_bpffs(dir)?;
-            pins = PINNED_MAPS.iter().map(|name| (*name, dir.join(name))).collect();
+            pins = PINNED_MAPS
+                .iter()
+                .map(|name| (*name, dir.join(name)))
+                .collect();
             pin::discard_incompatible(dir)?;
             // An existing pin is reused: the buckets of a previous run stay
             // in force.
@@ -109,18 +112,16 @@ impl Limiter {
             }
         }
         let mut ebpf = loader.load(LIMITER_OBJECT)?;
-        let buckets = HashMap::try_from(take(&mut ebpf, BUCKETS)?).map_err(|source| {
-            LimiterError::Map {
+        let buckets =
+            HashMap::try_from(take(&mut ebpf, BUCKETS)?).map_err(|source| LimiterError::Map {
                 name: BUCKETS,
                 source,
-            }
-        })?;
-        let stats = PerCpuArray::try_from(take(&mut ebpf, STATS)?).map_err(|source| {
-            LimiterError::Map {
+            })?;
+        let stats =
+            PerCpuArray::try_from(take(&mut ebpf, STATS)?).map_err(|source| LimiterError::Map {
                 name: STATS,
                 source,
-            }
-        })?;
+            })?;
         let mut allow_ports =
             HashMap::try_from(take(&mut ebpf, allow::PORTS)?).map_err(|source| {
                 LimiterError::Map {

@@ -3,8 +3,8 @@
 
 use std::{
     ffi::CString,
-    mem::size_of,
     io,
+    mem::size_of,
     os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
 };

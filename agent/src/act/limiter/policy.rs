@@ -142,7 +142,9 @@ impl Entry {
 }
 
 /// Every key of a bucket map, skipping keys that vanish during the walk.
-pub fn entries(buckets: &HashMap<MapData, LimiterKey, LimiterBucket>) -> Result<Vec<Entry>, LimiterError> {
+pub fn entries(
+    buckets: &HashMap<MapData, LimiterKey, LimiterBucket>,
+) -> Result<Vec<Entry>, LimiterError> {
     let mut entries = Vec::new();
     for item in buckets.iter() {
         match item {

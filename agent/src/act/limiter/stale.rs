@@ -14,7 +14,10 @@ use crate::kernel::errno;
 pub fn remove_stale_filters(interface: &str) -> Result<bool, LimiterError> {
     match qdisc_detach_program(interface, TcAttachType::Ingress, TC_PROGRAM) {
         Ok(()) => {
-            tracing::info!(interface, "removed a limiter clsact filter left by an earlier run");
+            tracing::info!(
+                interface,
+                "removed a limiter clsact filter left by an earlier run"
+            );
             Ok(true)
         }
         Err(e) => {
