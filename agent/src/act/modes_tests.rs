@@ -211,7 +211,9 @@ fn persisted_keys_are_adopted_when_a_playbook_accounts_for_them() {
 #[test]
 fn ttls_are_bounded_naming_the_key_and_the_allowlist_only_grows() {
     let yaml = config("dry-run").replacen("ttl: 60s", "ttl: 25h", 1);
-    let err = parse(&yaml).err().expect("25h accepted");
+    let Err(err) = parse(&yaml) else {
+        panic!("25h accepted")
+    };
     assert!(
         err.contains("actuation.playbooks[1].ttl") && err.contains("at most 24h"),
         "{err}"
