@@ -83,15 +83,23 @@ impl ForeignXdp {
     }
 }
 
-/// The name of the XDP program on `interface` (`bpftool net`), if any.
+/// The name of the XDP program on `interface` (`bpftool net` gives its
+/// id, `bpftool prog` its name), if any.
 pub fn xdp_program_on(interface: &str) -> Option<String> {
-    let out = std::process::Command::new("bpftool")
-        .args(["-j", "net", "show", "dev", interface])
-        .output()
-        .ok()?;
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    json.as_array()?
+    let json = |args: &[&str]| -> Option<serde_json::Value> {
+        let out = std::process::Command::new("bpftool")
+            .arg("-j")
+            .args(args)
+            .output()
+            .ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    };
+    let net = json(&["net", "show", "dev", interface])?;
+    let id = net
+        .as_array()?
         .iter()
         .flat_map(|section| section["xdp"].as_array().into_iter().flatten())
-        .find_map(|p| p["name"].as_str().map(str::to_owned))
+        .find_map(|p| p["id"].as_u64())?;
+    let prog = json(&["prog", "show", "id", &id.to_string()])?;
+    prog["name"].as_str().map(str::to_owned)
 }
