@@ -13,6 +13,12 @@
 //! protocols, non-first IPv4 fragments) are checked against the source key
 //! only. IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`) so one map
 //! serves both families.
+//!
+//! Before any key, the allowlist: a packet to a port in `LIMITER_ALLOW_PORTS`
+//! or from a source in the LPM trie `LIMITER_ALLOW_SOURCES` (IPv4-mapped
+//! too, so an IPv4 prefix is stored with 96 added to its length) passes,
+//! whatever the buckets say. A bucket past its `expires_ns` is treated as
+//! absent, so no limit outlives its deadline even when the agent is gone.
 
 /// `LimiterKey::kind`: the key names a destination port only.
 pub const KEY_PORT: u8 = 1;
@@ -46,7 +52,19 @@ pub const STAT_TRUNCATED: u32 = 2;
 /// (other CPUs metering the same key): dropped, since admitting it could
 /// exceed the rate.
 pub const STAT_CONTENDED: u32 = 3;
-pub const STAT_COUNT: u32 = 4;
+/// A key matched but its deadline had passed: treated as absent (the next
+/// key, if any, decided).
+pub const STAT_EXPIRED: u32 = 4;
+/// Passed by the allowlist before any key was consulted.
+pub const STAT_ALLOWLISTED: u32 = 5;
+pub const STAT_COUNT: u32 = 6;
+
+/// Most ports and most source prefixes the allowlist holds.
+pub const ALLOW_PORTS_MAX: u32 = 1024;
+pub const ALLOW_SOURCES_MAX: u32 = 1024;
+
+/// Prefix length added to an IPv4 prefix stored IPv4-mapped.
+pub const IPV4_MAPPED_PREFIX: u32 = 96;
 
 /// Which traffic a bucket meters.
 #[repr(C)]
@@ -104,9 +122,13 @@ pub struct LimiterBucket {
     pub interval_ns: u64,
     /// How far `tat_ns` may run ahead of now: (burst - 1) × interval.
     pub burst_ns: u64,
-    /// Theoretical arrival time, CLOCK_MONOTONIC ns; updated atomically by
+    /// Theoretical arrival time, CLOCK_BOOTTIME ns; updated atomically by
     /// the programs, 0 for a full bucket.
     pub tat_ns: u64,
+    /// Absolute deadline, CLOCK_BOOTTIME ns (bpf_ktime_get_boot_ns, which
+    /// keeps counting through suspend): from then on the programs ignore
+    /// the key.
+    pub expires_ns: u64,
     /// Packets metered and admitted (atomic adds).
     pub passed: u64,
     /// Packets metered and dropped (atomic adds).
@@ -129,4 +151,4 @@ mod pod {
 
 // No implicit padding: the sizes are the sums of the fields.
 const _: () = assert!(core::mem::size_of::<LimiterKey>() == 20);
-const _: () = assert!(core::mem::size_of::<LimiterBucket>() == 56);
+const _: () = assert!(core::mem::size_of::<LimiterBucket>() == 64);

@@ -1,4 +1,4 @@
-//! Command line: `selfops run`, `selfops probe`, `selfops version`.
+//! Command line: `selfops run`, `selfops probe`, `selfops limits`, `selfops version`.
 
 use std::path::PathBuf;
 
@@ -29,8 +29,35 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show or remove the kernel limiter's keys, with or without a running
+    /// agent.
+    Limits {
+        #[command(subcommand)]
+        command: LimitsCommand,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LimitsCommand {
+    /// Every key in force in the kernel, with its rate, counters and the
+    /// time it has left.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove keys: `--all` (every key, the pinned state, stale clsact
+    /// filters) or `--target` (one key; repeatable).
+    Clear {
+        /// Remove every key and everything pinned.
+        #[arg(long, conflicts_with = "target", required_unless_present = "target")]
+        all: bool,
+        /// `port=N`, `source=ADDR` or `source=ADDR,port=N`.
+        #[arg(long, value_parser = crate::limits::parse_target)]
+        target: Vec<crate::act::limiter::Key>,
+    },
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).

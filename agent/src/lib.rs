@@ -8,6 +8,7 @@ pub mod config;
 pub mod detect;
 pub mod export;
 pub mod kernel;
+pub mod limits;
 pub mod lock;
 pub mod process;
 pub mod profile;

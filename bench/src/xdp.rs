@@ -29,6 +29,8 @@ use selfops_tests::netns::VethPair;
 const PHASE: Duration = Duration::from_secs(2);
 /// Rounds of (none, xdp, tc); each setup's median round is reported.
 const ROUNDS: usize = 5;
+/// Keys outlive the benchmark.
+const TTL: Duration = Duration::from_secs(600);
 const PORT: u16 = 9000;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -220,6 +222,7 @@ fn limiter(pair: &VethPair, setup: Setup) -> anyhow::Result<(Limiter, String)> {
                 burst: u32::MAX,
             },
             Scope::AllPackets,
+            TTL,
         )?;
         Ok((limiter, hook))
     });

@@ -4,10 +4,12 @@
 //! These tests load the real eBPF object into the running kernel. Without
 //! root they skip, saying why — except under `CI=true`, where they fail.
 
+pub mod audit;
 pub mod netns;
 pub mod services;
 pub mod spans;
 pub mod traffic;
+pub mod xdp;
 
 use std::{
     net::TcpListener,

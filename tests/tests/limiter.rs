@@ -11,14 +11,21 @@ use std::{
     time::{Duration, Instant},
 };
 
+#[path = "limiter/agent.rs"]
+mod agent;
+
 use selfops_agent::act::limiter::{
-    Counters, Key, Limiter, LimiterOptions, Rate, Scope, TcHook, XdpHook, remove_pinned,
+    AllowRules, Counters, Key, Limiter, LimiterOptions, Rate, Scope, TcHook, XdpHook, clock,
+    remove_pinned,
 };
 use selfops_tests::{
-    netns::VethPair,
+    netns::{VethPair, ip},
     privileged,
     traffic::{CONNECT_TIMEOUT, Flood, TcpServer, connect_flood},
 };
+
+/// Long enough for any test; a key always expires by itself.
+const TTL: Duration = Duration::from_secs(120);
 
 /// The tests share the kernel's network stack and CPU time: one at a time.
 static NETWORK: Mutex<()> = Mutex::new(());
@@ -57,6 +64,15 @@ fn tc(limiter: &mut Limiter, interface: &str) -> String {
     let hook = limiter.attach_tc(interface).expect("attach tc");
     assert!(matches!(hook, TcHook::Tcx | TcHook::Clsact), "got {hook}");
     hook.to_string()
+}
+
+/// Removes a test's pin directory, also when the test fails.
+struct Unpin(std::path::PathBuf);
+
+impl Drop for Unpin {
+    fn drop(&mut self) {
+        let _ = remove_pinned(&self.0);
+    }
 }
 
 fn within(value: f64, target: f64, tolerance: f64) -> bool {
@@ -110,7 +126,7 @@ fn xdp_syn_limit_holds_200_per_second_and_lifts() {
         burst: 20,
     };
     limiter
-        .set(key, rate, Scope::NewConnections)
+        .set(key, rate, Scope::NewConnections, TTL)
         .expect("set 200/s");
     let throttled = connect_flood(&pair.client_ns, limited, Duration::from_secs(3));
     let admitted = throttled.rate();
@@ -160,7 +176,7 @@ fn xdp_syn_limit_holds_200_per_second_and_lifts() {
 
     // Dropping the limiter takes its enforcement with it.
     limiter
-        .set(key, Rate::BLOCK, Scope::NewConnections)
+        .set(key, Rate::BLOCK, Scope::NewConnections, TTL)
         .expect("block");
     assert_eq!(
         connect_flood(&pair.client_ns, limited, Duration::from_millis(200)).completed,
@@ -248,6 +264,7 @@ fn xdp_all_packets_scope_meters_udp_and_blocks_a_source() {
                 burst: UDP_BURST,
             },
             Scope::AllPackets,
+            TTL,
         )
         .expect("set 1000/s");
     let start = Instant::now();
@@ -279,7 +296,7 @@ fn xdp_all_packets_scope_meters_udp_and_blocks_a_source() {
 
     // Rate 0 blocks the source entirely, TCP included.
     limiter
-        .set(key, Rate::BLOCK, Scope::AllPackets)
+        .set(key, Rate::BLOCK, Scope::AllPackets, TTL)
         .expect("block");
     let blocked = connect_flood(&pair.client_ns, tcp, Duration::from_millis(300));
     assert_eq!(blocked.completed, 0, "{blocked:?}");
@@ -315,10 +332,10 @@ fn tc_ipv6_port_source_key_wins_over_port_and_bad_updates_change_nothing() {
         burst: 10,
     };
     limiter
-        .set(specific, rate, Scope::NewConnections)
+        .set(specific, rate, Scope::NewConnections, TTL)
         .expect("set port+source");
     limiter
-        .set(port, Rate::BLOCK, Scope::NewConnections)
+        .set(port, Rate::BLOCK, Scope::NewConnections, TTL)
         .expect("block port");
     let flood = connect_flood(&pair.client_ns, server, Duration::from_secs(2));
     eprintln!("ipv6 via tc, 200/s: {flood:?} = {:.1}/s", flood.rate());
@@ -335,7 +352,7 @@ fn tc_ipv6_port_source_key_wins_over_port_and_bad_updates_change_nothing() {
         per_second: 100,
         burst: 0,
     };
-    assert!(limiter.set(specific, bad, Scope::AllPackets).is_err());
+    assert!(limiter.set(specific, bad, Scope::AllPackets, TTL).is_err());
     let after = limiter.entries().expect("entries");
     let find = |entries: &[selfops_agent::act::limiter::Entry]| {
         entries
@@ -357,7 +374,7 @@ fn tc_ipv6_port_source_key_wins_over_port_and_bad_updates_change_nothing() {
 
     // Dropping the limiter detaches the tc program.
     limiter
-        .set(port, Rate::BLOCK, Scope::NewConnections)
+        .set(port, Rate::BLOCK, Scope::NewConnections, TTL)
         .expect("block");
     assert_eq!(
         connect_flood(&pair.client_ns, server, Duration::from_millis(200)).completed,
@@ -381,12 +398,6 @@ fn persisted_limiter_outlives_its_process_and_is_taken_over() {
         "/sys/fs/bpf/selfops-test-limiter-{}",
         std::process::id()
     ));
-    struct Unpin(std::path::PathBuf);
-    impl Drop for Unpin {
-        fn drop(&mut self) {
-            let _ = remove_pinned(&self.0);
-        }
-    }
     let _unpin = Unpin(pin_dir.clone());
     let options = LimiterOptions {
         pin_dir: Some(pin_dir.clone()),
@@ -395,7 +406,7 @@ fn persisted_limiter_outlives_its_process_and_is_taken_over() {
     let key = Key::Source(IpAddr::V4(pair.client_v4));
     let (mut limiter, _) = limiter_on(&pair, options.clone(), xdp);
     limiter
-        .set(key, Rate::BLOCK, Scope::AllPackets)
+        .set(key, Rate::BLOCK, Scope::AllPackets, TTL)
         .expect("block");
     drop(limiter);
     let blocked = connect_flood(&pair.client_ns, server, Duration::from_millis(300));
@@ -439,7 +450,7 @@ fn xdp_falls_back_to_generic_mode_where_the_driver_has_none() {
     let blocked = pair
         .in_server(move || {
             limiter
-                .set(Key::Port(8080), Rate::BLOCK, Scope::NewConnections)
+                .set(Key::Port(8080), Rate::BLOCK, Scope::NewConnections, TTL)
                 .expect("block");
             let refused = TcpStream::connect_timeout(&server, CONNECT_TIMEOUT).is_err();
             let counters = limiter.counters(Key::Port(8080)).expect("counters");
@@ -449,4 +460,130 @@ fn xdp_falls_back_to_generic_mode_where_the_driver_has_none() {
         .expect("loopback client");
     assert!(blocked.0, "a SYN over lo passed a blocked port");
     assert_eq!(blocked.1.map(|c| c.dropped), Some(1), "{:?}", blocked.1);
+}
+
+#[test]
+fn the_allowlist_passes_before_any_key_and_an_expired_key_is_absent() {
+    if !privileged("the_allowlist_passes_before_any_key_and_an_expired_key_is_absent") {
+        return;
+    }
+    let _serial = serial();
+    let pair = VethPair::new("lall").expect("veth pair");
+    let allowed = SocketAddr::new(pair.server_addr(false), 2222);
+    let other = SocketAddr::new(pair.server_addr(false), 8080);
+    let v6 = SocketAddr::new(pair.server_addr(true), 8443);
+    let _servers = [allowed, other, v6].map(|a| TcpServer::start(Some(&pair.server_ns), a));
+    let client_v6: ipnet::IpNet = format!("{}/128", pair.client_v6).parse().expect("net");
+    let options = LimiterOptions {
+        allow: AllowRules {
+            ports: vec![2222],
+            sources: vec![client_v6],
+        },
+        ..LimiterOptions::default()
+    };
+    let (mut limiter, how) = limiter_on(&pair, options.clone(), xdp);
+    eprintln!("limiter on {}: {how}", pair.server_if);
+    assert_eq!(limiter.allowlist(), options.allow);
+    for v6 in [false, true] {
+        limiter
+            .set(
+                Key::Source(pair.client_addr(v6)),
+                Rate::BLOCK,
+                Scope::AllPackets,
+                TTL,
+            )
+            .expect("block");
+    }
+    let flood = |to| connect_flood(&pair.client_ns, to, Duration::from_millis(300));
+    assert_eq!(flood(other).completed, 0, "the block did not hold");
+    assert_unlimited(&flood(allowed), "allowlisted port");
+    assert_unlimited(&flood(v6), "allowlisted IPv6 source");
+    let stats = limiter.stats().expect("stats");
+    assert!(stats.allowlisted > 0, "{stats:?}");
+
+    // A key past its deadline is absent, with nobody lifting it.
+    let v4 = Key::Source(pair.client_addr(false));
+    limiter.lift(v4).expect("lift");
+    let ttl = Duration::from_secs(1);
+    limiter
+        .set(Key::Port(8080), Rate::BLOCK, Scope::AllPackets, ttl)
+        .expect("block for 1 s");
+    let set_at = Instant::now();
+    assert_eq!(flood(other).completed, 0, "the 1 s block did not hold");
+    let open = selfops_tests::wait_for(ttl + Duration::from_secs(2), || {
+        let f = connect_flood(&pair.client_ns, other, Duration::from_millis(100));
+        (f.completed > 0).then_some(Instant::now())
+    })
+    .expect("still blocked past the deadline");
+    assert!(
+        open - set_at >= ttl - Duration::from_millis(100),
+        "expired early"
+    );
+    let stats = limiter.stats().expect("stats");
+    assert!(stats.expired > 0, "{stats:?}");
+    let entry = limiter
+        .entries()
+        .expect("entries")
+        .into_iter()
+        .find(|e| e.key == Key::Port(8080))
+        .expect("still in the map");
+    assert_eq!(entry.remaining(clock::boot_ns()), None);
+    // TTLs are bounded.
+    assert!(
+        limiter
+            .set(
+                Key::Port(1),
+                Rate::BLOCK,
+                Scope::AllPackets,
+                Duration::from_secs(90_000)
+            )
+            .is_err()
+    );
+}
+
+#[test]
+fn a_pinned_link_whose_interface_was_recreated_is_replaced() {
+    if !privileged("a_pinned_link_whose_interface_was_recreated_is_replaced") {
+        return;
+    }
+    let _serial = serial();
+    let pair = VethPair::new("lims").expect("veth pair");
+    let pin_dir = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/selfops-test-stale-{}",
+        std::process::id()
+    ));
+    let _unpin = Unpin(pin_dir.clone());
+    let options = LimiterOptions {
+        pin_dir: Some(pin_dir.clone()),
+        ..LimiterOptions::default()
+    };
+    let (limiter, _) = limiter_on(&pair, options.clone(), xdp);
+    drop(limiter);
+    // Same name, new device: the pinned link is severed from it.
+    let ns = pair.server_ns.as_str();
+    ip(&["-n", ns, "link", "del", &pair.server_if]).expect("delete");
+    ip(&[
+        "-n",
+        ns,
+        "link",
+        "add",
+        &pair.server_if,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &pair.client_if,
+        "netns",
+        &pair.client_ns,
+    ])
+    .expect("recreate");
+    ip(&["-n", ns, "link", "set", &pair.server_if, "up"]).expect("up");
+    let (limiter, how) = limiter_on(&pair, options, |l, i| {
+        l.attach_xdp(i)
+            .unwrap_or_else(|e| panic!("attach over a stale pin: {e}"))
+            .to_string()
+    });
+    assert_ne!(how, XdpHook::TakenOver.to_string());
+    drop(limiter);
+    remove_pinned(&pin_dir).expect("remove pins");
 }

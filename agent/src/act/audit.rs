@@ -24,6 +24,11 @@ pub struct DecisionLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PacketLabels {
     pub target: String,
     pub verdict: &'static str,
@@ -33,6 +38,9 @@ pub struct AuditMetrics {
     /// Packets the kernel limiter passed or dropped, per key in force
     /// (copied from the kernel's counters every tick).
     pub packets: Family<PacketLabels, Gauge>,
+    /// Packets the kernel limiter saw that no key metered, by reason
+    /// (unmatched, not_ip, truncated, contended, expired, allowlisted).
+    pub unmetered: Family<ReasonLabels, Counter>,
     pub decisions: Family<DecisionLabels, Counter>,
     pub active: Gauge,
     /// Signal crossing its level → limit live in the kernel.
@@ -45,6 +53,7 @@ impl AuditMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self {
             packets: Family::default(),
+            unmetered: Family::default(),
             decisions: Family::default(),
             active: Gauge::default(),
             latency: Histogram::new([0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0]),
@@ -52,7 +61,7 @@ impl AuditMetrics {
         };
         registry.register(
             "playbook_decisions",
-            "Playbook decisions by outcome: applied, expired, lifted, refused, failed, withdrawn",
+            "Playbook decisions by outcome: applied, expired, lifted, refused, failed, withdrawn, adopted",
             m.decisions.clone(),
         );
         registry.register(
@@ -71,7 +80,22 @@ impl AuditMetrics {
             "Packets the kernel limiter passed or dropped, per key in force",
             m.packets.clone(),
         );
+        registry.register(
+            "limiter_unmetered_packets",
+            "Packets the kernel limiter passed or dropped without a key deciding, by reason: unmatched, not_ip, truncated (passed unparsed), contended (dropped), expired (key past its deadline), allowlisted",
+            m.unmetered.clone(),
+        );
         m
+    }
+
+    /// Drops the per-key series of keys no longer in force.
+    pub fn forget_packets(&self, key: Key) {
+        for verdict in ["passed", "dropped"] {
+            self.packets.remove(&PacketLabels {
+                target: key.to_string(),
+                verdict,
+            });
+        }
     }
 
     pub fn record_packets(&self, key: Key, passed: u64, dropped: u64) {
@@ -86,7 +110,7 @@ impl AuditMetrics {
     }
 }
 
-fn now_unix_nano() -> u64 {
+pub fn now_unix_nano() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
@@ -120,6 +144,13 @@ pub fn record(decision: &Decision, metrics: &AuditMetrics, resource: &Arc<Resour
         Outcome::Withdrawn => (
             Severity::Info,
             format!("{verb} {target} withdrawn: agent stopping{mode}"),
+        ),
+        Outcome::Adopted(left) => (
+            Severity::Warn,
+            format!(
+                "{verb} {target} adopted from an earlier run: {:.1} s left{mode}",
+                left.as_secs_f64()
+            ),
         ),
         Outcome::Refused(why) => (
             Severity::Warn,
@@ -171,6 +202,12 @@ pub fn record(decision: &Decision, metrics: &AuditMetrics, resource: &Arc<Resour
             AttrValue::from(latency.as_secs_f64()),
         ));
     }
+    if let Outcome::Adopted(left) = decision.outcome {
+        attributes.push((
+            "selfops.remaining_ttl_seconds",
+            AttrValue::from(left.as_secs_f64()),
+        ));
+    }
     if let Outcome::Refused(why) | Outcome::Failed(why) = &decision.outcome {
         attributes.push(("selfops.reason", AttrValue::from(why.as_str())));
     }
@@ -184,6 +221,7 @@ pub fn record(decision: &Decision, metrics: &AuditMetrics, resource: &Arc<Resour
             Outcome::Withdrawn => "selfops.action.withdrawn",
             Outcome::Refused(_) => "selfops.action.refused",
             Outcome::Failed(_) => "selfops.action.failed",
+            Outcome::Adopted(_) => "selfops.action.adopted",
         },
         body,
         attributes,

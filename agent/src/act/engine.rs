@@ -1,6 +1,16 @@
 //! Plan and execute: playbook verdicts become actions on the kernel
 //! limiter, each with a TTL, under a cool-down, a concurrency cap and the
 //! allowlist; every decision comes back to be audited.
+//!
+//! Dry-run and enforcing playbooks share the books but not the kernel: an
+//! enforcing action ignores dry-run bookings (they hold nothing in the
+//! kernel), a dry-run action sees every booking (it shows what enforcing
+//! would do), and a dry-run `lift` removes only dry-run bookings, so an
+//! enforced limit never leaves the books while it stays in the kernel.
+
+mod adopt;
+
+pub use adopt::{Adoption, Pinned};
 
 use std::time::{Duration, Instant};
 
@@ -17,11 +27,17 @@ use crate::{
 /// What carries an effect into the kernel. Errors are messages: the
 /// engine only audits them (the limiter keeps the previous enforcement).
 pub trait Enforcer {
-    fn limit(&mut self, key: Key, rate: Rate, scope: Scope) -> Result<(), String>;
+    /// Limits `key` for `ttl`; the kernel ignores the key after that even
+    /// if nothing lifts it.
+    fn limit(&mut self, key: Key, rate: Rate, scope: Scope, ttl: Duration) -> Result<(), String>;
     fn lift(&mut self, key: Key) -> Result<(), String>;
     /// Packets passed and dropped per key in force, as the kernel counts them.
     fn counters(&self) -> Vec<(Key, u64, u64)> {
         Vec::new()
+    }
+    /// Packets the kernel saw that no key metered.
+    fn unmetered(&self) -> Option<super::limiter::UnmeteredStats> {
+        None
     }
 }
 
@@ -39,6 +55,9 @@ pub enum Outcome {
     Failed(String),
     /// Lifted because the agent is stopping.
     Withdrawn,
+    /// Found in force in the kernel at start (persisted by an earlier run)
+    /// and taken back on the books, with the time it had left.
+    Adopted(Duration),
 }
 
 impl Outcome {
@@ -50,6 +69,7 @@ impl Outcome {
             Outcome::Refused(_) => "refused",
             Outcome::Failed(_) => "failed",
             Outcome::Withdrawn => "withdrawn",
+            Outcome::Adopted(_) => "adopted",
         }
     }
 }
@@ -90,6 +110,8 @@ struct Active {
     playbook: usize,
     key: Key,
     expires_at: Instant,
+    /// Booked by a dry-run playbook: nothing of it is in the kernel.
+    dry_run: bool,
 }
 
 pub struct Engine {
@@ -161,13 +183,19 @@ impl Engine {
                 continue;
             }
             let crossed_at = state.condition.crossed_at();
+            let booked = self.active.len();
             let outcome = self.act(index, now, enforcer);
             let state = &mut self.playbooks[index];
-            let refused = matches!(outcome, Outcome::Refused(_));
-            if refused && state.refusal_audited {
+            // Audited once per episode: a refusal, and a dry-run lift that
+            // changed nothing (it would repeat every tick).
+            let idle_dry_lift = state.dry_run
+                && matches!(state.effect, Effect::Lift { .. })
+                && self.active.len() == booked;
+            let repeats = matches!(outcome, Outcome::Refused(_)) || idle_dry_lift;
+            if repeats && state.refusal_audited {
                 continue;
             }
-            state.refusal_audited |= refused;
+            state.refusal_audited |= repeats;
             let applied = outcome == Outcome::Applied || outcome == Outcome::Lifted;
             decisions.push(Decision {
                 playbook: state.config.name.clone(),
@@ -196,47 +224,64 @@ impl Engine {
                 state.config.cooldown
             ));
         }
+        let dry_run = state.dry_run;
+        // What an action of this mode competes with (see the module docs).
+        let relevant = |a: &&Active| dry_run || !a.dry_run;
         match state.effect {
             Effect::Limit { key, rate, scope } => {
                 if let Some(why) = self.allowlist.protects(key) {
                     return Outcome::Refused(why);
                 }
-                if let Some(other) = self.active.iter().find(|a| a.key == key) {
+                if let Some(other) = self.active.iter().filter(relevant).find(|a| a.key == key) {
                     return Outcome::Refused(format!(
                         "{key} is already limited by playbook {:?}",
                         self.playbooks[other.playbook].config.name
                     ));
                 }
-                if self.active.len() >= self.max_concurrent {
+                if self.active.iter().filter(relevant).count() >= self.max_concurrent {
                     return Outcome::Refused(format!(
                         "{} actions in force: the maximum",
                         self.max_concurrent
                     ));
                 }
-                if !state.dry_run
-                    && let Err(err) = enforcer.limit(key, rate, scope)
-                {
+                let ttl = state.config.ttl;
+                let Some(expires_at) = now.checked_add(ttl) else {
+                    return Outcome::Refused(format!("ttl {ttl:?} overflows the clock"));
+                };
+                if !dry_run && let Err(err) = enforcer.limit(key, rate, scope, ttl) {
                     return Outcome::Failed(err);
                 }
                 self.active.push(Active {
                     playbook: index,
                     key,
-                    expires_at: now + state.config.ttl,
+                    expires_at,
+                    dry_run,
                 });
                 Outcome::Applied
             }
             Effect::Lift { key } => {
-                let Some(position) = self.active.iter().position(|a| a.key == key) else {
+                let on_key = |a: &Active| a.key == key && (!dry_run || a.dry_run);
+                if !self.active.iter().any(|a| a.key == key) {
                     return Outcome::Refused(format!("nothing in force on {key}"));
-                };
-                let lifted_dry = self.playbooks[self.active[position].playbook].dry_run;
-                if !(state.dry_run || lifted_dry)
+                }
+                let enforced = self.active.iter().any(|a| a.key == key && !a.dry_run);
+                if !dry_run
+                    && enforced
                     && let Err(err) = enforcer.lift(key)
                 {
                     return Outcome::Failed(err);
                 }
-                let lifted = self.active.swap_remove(position);
-                self.playbooks[lifted.playbook].ended_at = Some(now);
+                // A dry-run lift of an enforced limit is audited as what
+                // enforcing would do, and the limit stays on the books.
+                let mut i = 0;
+                while i < self.active.len() {
+                    if on_key(&self.active[i]) {
+                        let lifted = self.active.swap_remove(i);
+                        self.playbooks[lifted.playbook].ended_at = Some(now);
+                    } else {
+                        i += 1;
+                    }
+                }
                 Outcome::Lifted
             }
         }
@@ -253,14 +298,16 @@ impl Engine {
                 continue;
             }
             let action = self.active.swap_remove(i);
-            let (key, playbook) = (action.key, action.playbook);
+            let (key, playbook, dry_run) = (action.key, action.playbook, action.dry_run);
             let decision = self.end(action, now, Outcome::Expired, enforcer);
             if matches!(decision.outcome, Outcome::Failed(_)) {
-                // Still in the kernel: keep it on the books and try again.
+                // Still in the kernel (until its own deadline): keep it on
+                // the books and try again.
                 retry.push(Active {
                     playbook,
                     key,
-                    expires_at: now + EXPIRY_RETRY,
+                    expires_at: now.checked_add(EXPIRY_RETRY).unwrap_or(now),
+                    dry_run,
                 });
             }
             decisions.push(decision);
@@ -288,7 +335,7 @@ impl Engine {
     ) -> Decision {
         let state = &mut self.playbooks[action.playbook];
         state.ended_at = Some(now);
-        let outcome = match state.dry_run {
+        let outcome = match action.dry_run {
             true => outcome,
             false => match enforcer.lift(action.key) {
                 Ok(()) => outcome,
@@ -299,12 +346,21 @@ impl Engine {
             playbook: state.config.name.clone(),
             outcome,
             effect: state.effect,
-            dry_run: state.dry_run,
+            dry_run: action.dry_run,
             series: state.series.clone(),
             value: None,
             compared: None,
             latency: None,
             ttl: state.config.ttl,
         }
+    }
+
+    /// Keys of enforced actions on the books.
+    pub fn enforced_keys(&self) -> Vec<Key> {
+        self.active
+            .iter()
+            .filter(|a| !a.dry_run)
+            .map(|a| a.key)
+            .collect()
     }
 }

@@ -8,7 +8,7 @@ use std::{net::IpAddr, time::Duration};
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::limiter::{Key, Rate, Scope};
+use super::limiter::{AllowRules, Key, Rate, Scope, TTL_MAX};
 use crate::{
     detect::DetectorConfig,
     series::{SeriesKey, SeriesName},
@@ -23,7 +23,8 @@ pub struct ActuationConfig {
     /// Interfaces the limiter attaches to (ingress).
     pub interfaces: Vec<String>,
     /// Which kernel hook enforces: `xdp` (generic mode where the driver has
-    /// none) or `tc` (TCX, else clsact).
+    /// none; tc on an interface another program's XDP holds), `tc` (TCX,
+    /// else clsact) or `tc_clsact` (a clsact filter even where TCX exists).
     pub hook: Hook,
     /// `enforce`, or `dry-run`: decide and audit, change nothing.
     pub mode: Mode,
@@ -34,7 +35,8 @@ pub struct ActuationConfig {
     /// Keys the kernel limiter holds (an LRU: the least recent goes first).
     pub max_keys: u32,
     /// Keep enforcement in the kernel after the agent stops (pinned under
-    /// /sys/fs/bpf/selfops). Off: everything goes with the agent.
+    /// /sys/fs/bpf/selfops/limiter), each key until its TTL. Off: everything
+    /// goes with the agent.
     pub persist: bool,
     pub playbooks: Vec<Playbook>,
 }
@@ -61,6 +63,7 @@ pub enum Hook {
     #[default]
     Xdp,
     Tc,
+    TcClsact,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -71,29 +74,54 @@ pub enum Mode {
     DryRun,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// Ports that stay reachable unless a local configuration says otherwise.
+pub const DEFAULT_ALLOWED_PORTS: [u16; 1] = [22];
+
+/// Traffic never throttled or blocked: the kernel programs pass it before
+/// looking at any key, and playbooks naming it are refused at load. The
+/// entries extend the defaults (port 22); only `replace_defaults: true` in
+/// the local configuration drops them.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Allowlist {
     pub ports: Vec<u16>,
     /// Addresses or CIDR blocks.
     pub sources: Vec<IpNet>,
-}
-
-impl Default for Allowlist {
-    fn default() -> Self {
-        // SSH stays reachable unless the operator says otherwise.
-        Self {
-            ports: vec![22],
-            sources: Vec::new(),
-        }
-    }
+    /// The entries replace the default ports instead of extending them.
+    pub replace_defaults: bool,
 }
 
 impl Allowlist {
+    /// Destination ports protected: the defaults (unless replaced) and the
+    /// configured ones.
+    pub fn ports(&self) -> Vec<u16> {
+        let defaults = if self.replace_defaults {
+            &[][..]
+        } else {
+            &DEFAULT_ALLOWED_PORTS[..]
+        };
+        let mut ports: Vec<u16> = defaults.iter().chain(&self.ports).copied().collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
+
+    /// What the kernel programs pass.
+    pub fn rules(&self) -> AllowRules {
+        let mut sources: Vec<IpNet> = self.sources.iter().map(IpNet::trunc).collect();
+        sources.sort_unstable();
+        sources.dedup();
+        AllowRules {
+            ports: self.ports(),
+            sources,
+        }
+    }
+
     /// Why `key` may not be limited, if it may not.
     pub fn protects(&self, key: Key) -> Option<String> {
+        let ports = self.ports();
         let port = |p: u16| {
-            self.ports
+            ports
                 .contains(&p)
                 .then(|| format!("port {p} is allowlisted"))
         };
@@ -119,7 +147,8 @@ pub struct Playbook {
     /// `{ throttle: {...} }`: a one-key map, not a YAML tag.
     #[serde(rename = "do", with = "serde_yaml_ng::with::singleton_map")]
     pub action: Action,
-    /// Every action expires by itself after this long.
+    /// Every action expires by itself after this long (at most 24 h), in
+    /// the kernel too.
     #[serde(with = "humantime_serde")]
     pub ttl: Duration,
     /// After an action ends, the playbook waits this long before acting again.
@@ -381,6 +410,18 @@ impl ActuationConfig {
                     "must be more than 0: every action expires by itself".into(),
                 );
             }
+            if p.ttl > TTL_MAX {
+                return err(
+                    key("ttl"),
+                    format!("{:?} is not allowed: at most 24h", p.ttl),
+                );
+            }
+            if p.cooldown > TTL_MAX {
+                return err(
+                    key("cooldown"),
+                    format!("{:?} is not allowed: at most 24h", p.cooldown),
+                );
+            }
             self.validate_when(&p.when)
                 .map_err(|(f, m)| (key(&format!("when.{f}")), m))?;
             let effect = p
@@ -393,6 +434,21 @@ impl ActuationConfig {
                 return err(key("do"), format!("refused: {why}"));
             }
             enforcing |= p.mode.unwrap_or(self.mode) == Mode::Enforce;
+        }
+        if self.allowlist.ports().len() > selfops_ebpf::limiter::ALLOW_PORTS_MAX as usize {
+            return err(
+                "actuation.allowlist.ports".into(),
+                format!("at most {} ports", selfops_ebpf::limiter::ALLOW_PORTS_MAX),
+            );
+        }
+        if self.allowlist.sources.len() > selfops_ebpf::limiter::ALLOW_SOURCES_MAX as usize {
+            return err(
+                "actuation.allowlist.sources".into(),
+                format!(
+                    "at most {} sources",
+                    selfops_ebpf::limiter::ALLOW_SOURCES_MAX
+                ),
+            );
         }
         if enforcing && self.interfaces.is_empty() {
             return err(

@@ -2,60 +2,23 @@
 //! or lift limits, audit — every `actuation.interval` — and on stop withdraw
 //! what is in force unless it is persisted.
 
-use std::{sync::Arc, time::Instant};
+use std::{collections::HashSet, sync::Arc, time::Instant};
 
 use anyhow::Context as _;
 use tokio::sync::watch;
 
 use super::{
-    audit::{self, AuditMetrics},
+    audit::{self, AuditMetrics, ReasonLabels},
+    enforcement::{self, NoLimiter},
     engine::{Enforcer, Engine},
-    limiter::{DEFAULT_PIN_DIR, Key, Limiter, LimiterOptions, Rate, Scope},
-    playbook::{ActuationConfig, Hook},
+    limiter::{Key, UnmeteredStats},
+    playbook::ActuationConfig,
 };
 use crate::{
     process::SharedTable,
     series::{Sampler, ServiceStats},
     signal::{AttrValue, Resource, Signal},
 };
-
-impl Enforcer for Limiter {
-    fn limit(&mut self, key: Key, rate: Rate, scope: Scope) -> Result<(), String> {
-        self.set(key, rate, scope).map_err(|e| e.to_string())
-    }
-
-    fn lift(&mut self, key: Key) -> Result<(), String> {
-        Limiter::lift(self, key)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    }
-
-    fn counters(&self) -> Vec<(Key, u64, u64)> {
-        match self.entries() {
-            Ok(entries) => entries
-                .into_iter()
-                .map(|e| (e.key, e.counters.passed, e.counters.dropped))
-                .collect(),
-            Err(err) => {
-                tracing::debug!(%err, "reading the limiter's counters");
-                Vec::new()
-            }
-        }
-    }
-}
-
-/// Stands in when every playbook is dry-run: the engine never calls it.
-struct NoLimiter;
-
-impl Enforcer for NoLimiter {
-    fn limit(&mut self, _: Key, _: Rate, _: Scope) -> Result<(), String> {
-        Err("no limiter is loaded".into())
-    }
-
-    fn lift(&mut self, _: Key) -> Result<(), String> {
-        Err("no limiter is loaded".into())
-    }
-}
 
 pub type Sink = Box<dyn Fn(Signal) + Send + Sync>;
 
@@ -68,6 +31,10 @@ pub struct ActuationLoop {
     metrics: AuditMetrics,
     resource: Arc<Resource>,
     sink: Sink,
+    /// Keys with series at /metrics, to drop the series when a key goes.
+    reported: HashSet<Key>,
+    /// The kernel's unmetered counts at the last tick.
+    unmetered: UnmeteredStats,
 }
 
 impl ActuationLoop {
@@ -83,27 +50,7 @@ impl ActuationLoop {
         if config.playbooks.is_empty() {
             return Ok(None);
         }
-        let engine = Engine::new(config, Instant::now()).context("actuation.playbooks")?;
-        let enforcer: Box<dyn Enforcer + Send> = if engine.enforces() {
-            let mut limiter = Limiter::load(&LimiterOptions {
-                max_keys: config.max_keys,
-                pin_dir: config.persist.then(|| DEFAULT_PIN_DIR.into()),
-            })
-            .context("loading the limiter")?;
-            // The limiter logs which hook each interface got.
-            for interface in &config.interfaces {
-                match config.hook {
-                    Hook::Xdp => limiter.attach_xdp(interface).map(drop),
-                    Hook::Tc => limiter.attach_tc(interface).map(drop),
-                }
-                .with_context(|| format!("attaching the limiter to {interface}"))?;
-            }
-            Box::new(limiter)
-        } else {
-            tracing::info!("every playbook is dry-run: no limiter loaded");
-            Box::new(NoLimiter)
-        };
-        let sampler = Sampler::new(&engine.series(), services, table);
+        let mut engine = Engine::new(config, Instant::now()).context("actuation.playbooks")?;
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         let resource = Arc::new(Resource {
             attributes: vec![
@@ -115,7 +62,16 @@ impl ActuationLoop {
                 ("host.name", AttrValue::from(host.trim())),
             ],
         });
-        Ok(Some(Self {
+        let (enforcer, decisions, records) = if engine.enforces() {
+            let installed = enforcement::install(config, &mut engine, &metrics, &resource)?;
+            (installed.enforcer, installed.decisions, installed.records)
+        } else {
+            tracing::info!("every playbook is dry-run: no limiter loaded");
+            let none: Box<dyn Enforcer + Send> = Box::new(NoLimiter("no limiter is loaded"));
+            (none, Vec::new(), Vec::new())
+        };
+        let sampler = Sampler::new(&engine.series(), services, table);
+        let this = Self {
             engine,
             sampler,
             enforcer,
@@ -124,7 +80,14 @@ impl ActuationLoop {
             metrics,
             resource,
             sink,
-        }))
+            reported: HashSet::new(),
+            unmetered: UnmeteredStats::default(),
+        };
+        for record in records {
+            (this.sink)(Signal::Log(record));
+        }
+        this.audit(&decisions);
+        Ok(Some(this))
     }
 
     /// Runs until `stop` turns true, then withdraws (unless persisted).
@@ -140,9 +103,7 @@ impl ActuationLoop {
             self.metrics.samples.inc();
             let decisions = self.engine.step(&sample, self.enforcer.as_mut());
             self.audit(&decisions);
-            for (key, passed, dropped) in self.enforcer.counters() {
-                self.metrics.record_packets(key, passed, dropped);
-            }
+            self.report_kernel_counts();
         }
         if self.persist {
             tracing::info!(
@@ -152,6 +113,32 @@ impl ActuationLoop {
         } else {
             let decisions = self.engine.withdraw_all(self.enforcer.as_mut());
             self.audit(&decisions);
+        }
+    }
+
+    /// Copies the kernel's per-key and unmetered counts to /metrics; the
+    /// series of a key that went (lifted, expired, cleared) go with it.
+    fn report_kernel_counts(&mut self) {
+        let mut present = HashSet::new();
+        for (key, passed, dropped) in self.enforcer.counters() {
+            self.metrics.record_packets(key, passed, dropped);
+            present.insert(key);
+        }
+        for gone in self.reported.difference(&present) {
+            self.metrics.forget_packets(*gone);
+        }
+        self.reported = present;
+        if let Some(now) = self.enforcer.unmetered() {
+            let before = self.unmetered.by_reason();
+            for (i, (reason, count)) in now.by_reason().into_iter().enumerate() {
+                // A count below the last one is a new map: all of it is new.
+                let delta = count.checked_sub(before[i].1).unwrap_or(count);
+                self.metrics
+                    .unmetered
+                    .get_or_create(&ReasonLabels { reason })
+                    .inc_by(delta);
+            }
+            self.unmetered = now;
         }
     }
 

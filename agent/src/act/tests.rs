@@ -12,7 +12,7 @@ use crate::{
     series::{Sample, SeriesKey, SeriesName},
 };
 
-fn parse(yaml: &str) -> Result<Config, String> {
+pub(super) fn parse(yaml: &str) -> Result<Config, String> {
     Config::parse(yaml, std::path::Path::new("test.yaml")).map_err(|e| e.to_string())
 }
 
@@ -69,13 +69,13 @@ fn bad_playbooks_are_rejected_naming_the_key() {
 
 /// Records what the engine asks of the kernel; can be told to fail.
 #[derive(Default)]
-struct Recorder {
-    calls: Vec<String>,
-    fail: bool,
+pub(super) struct Recorder {
+    pub(super) calls: Vec<String>,
+    pub(super) fail: bool,
 }
 
 impl Enforcer for Recorder {
-    fn limit(&mut self, key: Key, rate: Rate, _: Scope) -> Result<(), String> {
+    fn limit(&mut self, key: Key, rate: Rate, _: Scope, _: Duration) -> Result<(), String> {
         self.calls.push(format!("limit {key} {}", rate.per_second));
         if self.fail {
             Err("map full".into())
@@ -89,7 +89,7 @@ impl Enforcer for Recorder {
     }
 }
 
-fn cpu(at: Instant, value: f64) -> Sample {
+pub(super) fn cpu(at: Instant, value: f64) -> Sample {
     Sample {
         at,
         values: vec![(

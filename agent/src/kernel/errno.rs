@@ -17,6 +17,20 @@ pub fn describe(err: &(dyn Error + 'static)) -> String {
     err.to_string()
 }
 
+/// The first OS error number in `err`'s source chain.
+pub fn code(err: &(dyn Error + 'static)) -> Option<i32> {
+    let mut current: Option<&(dyn Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && let Some(code) = io.raw_os_error()
+        {
+            return Some(code);
+        }
+        current = e.source();
+    }
+    None
+}
+
 /// The C library's message for `code`, without Rust's "(os error N)".
 fn strerror(code: i32) -> String {
     let text = std::io::Error::from_raw_os_error(code).to_string();
@@ -46,6 +60,7 @@ pub fn name(code: i32) -> String {
         libc::ENOSYS => "ENOSYS",
         libc::EOPNOTSUPP => "EOPNOTSUPP",
         libc::EADDRINUSE => "EADDRINUSE",
+        libc::ENOLINK => "ENOLINK",
         // The kernel-internal ENOTSUPP leaks out of some BPF paths.
         524 => "ENOTSUPP",
         _ => return format!("errno {code}"),

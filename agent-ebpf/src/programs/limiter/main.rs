@@ -10,6 +10,7 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod allow;
 mod maps;
 mod meter;
 mod parse;

@@ -1,10 +1,13 @@
 //! The limiter's maps, shared by the XDP and tc programs of the object.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{LruHashMap, PerCpuArray},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
-use selfops_ebpf::limiter::{LimiterBucket, LimiterKey, STAT_COUNT};
+use selfops_ebpf::limiter::{
+    ALLOW_PORTS_MAX, ALLOW_SOURCES_MAX, LimiterBucket, LimiterKey, STAT_COUNT,
+};
 
 /// Buckets by key. LRU so that a full map evicts the key used longest ago
 /// instead of refusing a new one. Only the agent inserts (the programs look
@@ -13,6 +16,16 @@ use selfops_ebpf::limiter::{LimiterBucket, LimiterKey, STAT_COUNT};
 #[map]
 pub static LIMITER_BUCKETS: LruHashMap<LimiterKey, LimiterBucket> =
     LruHashMap::with_max_entries(4096, 0);
+
+/// Destination ports never limited (the value is unused).
+#[map]
+pub static LIMITER_ALLOW_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(ALLOW_PORTS_MAX, 0);
+
+/// Source prefixes never limited, IPv6 or IPv4-mapped (the value is
+/// unused). LPM tries must be created without preallocation.
+#[map]
+pub static LIMITER_ALLOW_SOURCES: LpmTrie<[u8; 16], u8> =
+    LpmTrie::with_max_entries(ALLOW_SOURCES_MAX, BPF_F_NO_PREALLOC);
 
 /// Packets no bucket metered, by reason (`STAT_*`), per CPU.
 #[map]

@@ -1,8 +1,15 @@
 //! Hooking the limiter's programs to interfaces: XDP in driver mode where
 //! the device supports it, generic (SKB) mode otherwise; tc through TCX
-//! where the kernel has it, a clsact qdisc otherwise. With a pin directory
-//! the links are pinned there, and a link a previous run pinned is taken
-//! over in place (the program swapped atomically, no gap in enforcement).
+//! where the kernel has it (or unless told otherwise), a clsact qdisc
+//! otherwise. With a pin directory the links are pinned there, and a link a
+//! previous run pinned is taken over in place (the program swapped
+//! atomically, no gap in enforcement); a pinned link that can no longer be
+//! taken over (its interface gone or recreated) is unpinned and replaced.
+//!
+//! An interface already carrying another program's XDP is never replaced:
+//! the kernel refuses a link over an attached program (EBUSY) or a second
+//! mode (EEXIST), and [`LimiterError::Occupied`] says so, for the caller to
+//! hook tc there instead.
 
 use std::{fmt, path::PathBuf, time::Duration};
 
@@ -17,7 +24,7 @@ use super::{Limiter, LimiterError};
 use crate::kernel::errno;
 
 const XDP_PROGRAM: &str = "limiter_xdp";
-const TC_PROGRAM: &str = "limiter_tc";
+pub(super) const TC_PROGRAM: &str = "limiter_tc";
 
 /// How the XDP program was hooked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +35,16 @@ pub enum XdpHook {
     Generic,
     /// A link pinned by an earlier run, now running this program.
     TakenOver,
+}
+
+/// Which tc hook to use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TcMode {
+    /// TCX where the kernel has it (6.6+), else clsact.
+    #[default]
+    Auto,
+    /// A clsact qdisc filter (netlink) even where TCX exists.
+    Clsact,
 }
 
 /// How the tc program was hooked (ingress).
@@ -62,30 +79,32 @@ impl Limiter {
     /// Hooks the XDP program to `interface`: driver mode, else generic.
     pub fn attach_xdp(&mut self, interface: &str) -> Result<XdpHook, LimiterError> {
         let pin = self.link_pin_path("xdp", interface);
-        let program = self.xdp_program()?;
         if let Some(path) = &pin
             && let Ok(old) = PinnedLink::from_pin(path)
         {
-            let link =
-                XdpLink::try_from(FdLink::from(old)).map_err(|e| attach_error(interface, &e))?;
-            let id = program
-                .attach_to_link(link)
-                .map_err(|e| attach_error(interface, &e))?;
-            let link = program
-                .take_link(id)
-                .map_err(|e| attach_error(interface, &e))?;
-            // Closing our descriptor later leaves the pinned link in force.
-            std::mem::drop(link);
-            tracing::info!(interface, path = %path.display(), "limiter took over pinned xdp link");
-            return Ok(XdpHook::TakenOver);
+            match self.take_over_xdp(old, interface) {
+                Ok(()) => {
+                    tracing::info!(interface, path = %path.display(), "limiter took over pinned xdp link");
+                    return Ok(XdpHook::TakenOver);
+                }
+                Err(e) => unpin_stale(path, interface, &e)?,
+            }
         }
+        let program = self.xdp_program()?;
         let (id, hook) = match program.attach(interface, XdpMode::Driver) {
             Ok(id) => (id, XdpHook::Driver),
             Err(driver) => {
                 tracing::debug!(interface, error = %errno::describe(&driver), "no native xdp");
-                let id = program
-                    .attach(interface, XdpMode::Skb)
-                    .map_err(|e| attach_error(interface, &e))?;
+                if is_occupied(&driver) {
+                    return Err(occupied(interface, &driver));
+                }
+                let id = program.attach(interface, XdpMode::Skb).map_err(|e| {
+                    if is_occupied(&e) {
+                        occupied(interface, &e)
+                    } else {
+                        attach_error(interface, &e)
+                    }
+                })?;
                 (id, XdpHook::Generic)
             }
         };
@@ -100,41 +119,63 @@ impl Limiter {
         Ok(hook)
     }
 
+    fn take_over_xdp(&mut self, old: PinnedLink, interface: &str) -> Result<(), LimiterError> {
+        let program = self.xdp_program()?;
+        let link = XdpLink::try_from(FdLink::from(old)).map_err(|e| attach_error(interface, &e))?;
+        let id = program
+            .attach_to_link(link)
+            .map_err(|e| attach_error(interface, &e))?;
+        let link = program
+            .take_link(id)
+            .map_err(|e| attach_error(interface, &e))?;
+        // Closing our descriptor later leaves the pinned link in force.
+        std::mem::drop(link);
+        Ok(())
+    }
+
     /// Hooks the tc program to `interface` ingress: TCX, else clsact.
     pub fn attach_tc(&mut self, interface: &str) -> Result<TcHook, LimiterError> {
+        self.attach_tc_with(interface, TcMode::Auto)
+    }
+
+    /// Hooks the tc program to `interface` ingress as `mode` says. A clsact
+    /// filter has no link to pin: with a pin directory it is left in place
+    /// when the limiter goes (its keys expire by themselves), and the next
+    /// start removes it ([`super::remove_stale_filters`]) before hooking
+    /// anew.
+    pub fn attach_tc_with(
+        &mut self,
+        interface: &str,
+        mode: TcMode,
+    ) -> Result<TcHook, LimiterError> {
         let pin = self.link_pin_path("tc", interface);
-        let program = self.tc_program()?;
-        if let Some(path) = &pin
+        if mode == TcMode::Auto
+            && let Some(path) = &pin
             && let Ok(old) = PinnedLink::from_pin(path)
         {
-            let link = FdLink::from(old)
-                .try_into()
-                .map_err(|e| attach_error(interface, &e))?;
-            let id = program
-                .attach_to_link(link)
-                .map_err(|e| attach_error(interface, &e))?;
-            let link = program
-                .take_link(id)
-                .map_err(|e| attach_error(interface, &e))?;
-            std::mem::drop(link);
-            tracing::info!(interface, path = %path.display(), "limiter took over pinned tc link");
-            return Ok(TcHook::TakenOver);
+            match self.take_over_tc(old, interface) {
+                Ok(()) => {
+                    tracing::info!(interface, path = %path.display(), "limiter took over pinned tc link");
+                    return Ok(TcHook::TakenOver);
+                }
+                Err(e) => unpin_stale(path, interface, &e)?,
+            }
         }
-        let tcx = program.attach_with_options(
-            interface,
-            TcAttachType::Ingress,
-            TcAttachOptions::TcxOrder(LinkOrder::default()),
-        );
+        let persist = pin.is_some();
+        let program = self.tc_program()?;
+        let tcx = match mode {
+            TcMode::Auto => Some(program.attach_with_options(
+                interface,
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )),
+            TcMode::Clsact => None,
+        };
         let (id, hook) = match tcx {
-            Ok(id) => (id, TcHook::Tcx),
-            Err(e) => {
-                tracing::debug!(interface, error = %errno::describe(&e), "no tcx");
-                if pin.is_some() {
-                    // A netlink filter has no link to pin.
-                    return Err(LimiterError::Attach {
-                        interface: interface.to_owned(),
-                        detail: format!("persisting needs tcx: {}", errno::describe(&e)),
-                    });
+            Some(Ok(id)) => (id, TcHook::Tcx),
+            tcx => {
+                if let Some(Err(e)) = tcx {
+                    tracing::debug!(interface, error = %errno::describe(&e), "no tcx");
                 }
                 // Already present is fine: the qdisc is shared.
                 let _ = qdisc_add_clsact(interface);
@@ -145,7 +186,15 @@ impl Limiter {
                         TcAttachOptions::Netlink(NlOptions::default()),
                     )
                     .map_err(|e| attach_error(interface, &e))?;
-                (id, TcHook::Clsact)
+                if persist {
+                    // Persist: the filter stays when the limiter goes.
+                    let link = program
+                        .take_link(id)
+                        .map_err(|e| attach_error(interface, &e))?;
+                    std::mem::forget(link);
+                }
+                tracing::info!(interface, hook = %TcHook::Clsact, "limiter attached");
+                return Ok(TcHook::Clsact);
             }
         };
         if let Some(path) = pin {
@@ -157,6 +206,21 @@ impl Limiter {
         }
         tracing::info!(interface, %hook, "limiter attached");
         Ok(hook)
+    }
+
+    fn take_over_tc(&mut self, old: PinnedLink, interface: &str) -> Result<(), LimiterError> {
+        let program = self.tc_program()?;
+        let link = FdLink::from(old)
+            .try_into()
+            .map_err(|e| attach_error(interface, &e))?;
+        let id = program
+            .attach_to_link(link)
+            .map_err(|e| attach_error(interface, &e))?;
+        let link = program
+            .take_link(id)
+            .map_err(|e| attach_error(interface, &e))?;
+        std::mem::drop(link);
+        Ok(())
     }
 
     /// Time spent in each program and how often it ran, as the kernel
@@ -232,6 +296,36 @@ fn load_once(
     match result {
         Ok(()) | Err(aya::programs::ProgramError::AlreadyLoaded) => Ok(()),
         Err(source) => Err(LimiterError::Program { name, source }),
+    }
+}
+
+/// A pinned link that cannot be taken over (ENOLINK once its interface is
+/// gone or recreated) enforces nothing: unpin it and hook afresh.
+fn unpin_stale(
+    path: &std::path::Path,
+    interface: &str,
+    why: &LimiterError,
+) -> Result<(), LimiterError> {
+    tracing::warn!(interface, path = %path.display(), error = %why, "stale pinned limiter link: replaced");
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(LimiterError::PinDir {
+            path: path.to_owned(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// EBUSY: a program (or another link) is attached in that mode; EEXIST:
+/// one is attached in the other mode.
+fn is_occupied(e: &(dyn std::error::Error + 'static)) -> bool {
+    matches!(errno::code(e), Some(libc::EBUSY | libc::EEXIST))
+}
+
+fn occupied(interface: &str, e: &(dyn std::error::Error + 'static)) -> LimiterError {
+    LimiterError::Occupied {
+        interface: interface.to_owned(),
+        detail: errno::describe(e),
     }
 }
 

@@ -27,6 +27,9 @@ pub enum LimiterError {
         name: &'static str,
         source: ProgramError,
     },
+    /// Another program's XDP is on the interface; it is left alone.
+    #[error("{interface} already carries another XDP program ({detail}): left in place")]
+    Occupied { interface: String, detail: String },
     #[error("attaching the limiter to {interface}: {detail}")]
     Attach { interface: String, detail: String },
     #[error("pinning {path}: {source}")]

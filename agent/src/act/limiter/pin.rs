@@ -4,11 +4,15 @@
 use std::{
     ffi::CString,
     io,
+    mem::size_of,
     os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
 };
 
-use super::LimiterError;
+use aya::maps::MapInfo;
+use selfops_ebpf::limiter::{LimiterBucket, LimiterKey};
+
+use super::{BUCKETS, LimiterError, STATS, allow};
 
 /// Where bpffs is conventionally mounted.
 const BPFFS: &str = "/sys/fs/bpf";
@@ -66,6 +70,33 @@ fn mount_bpffs() -> io::Result<()> {
     };
     if rc != 0 {
         return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Removes a pinned map whose layout this build's programs cannot use (an
+/// older or newer agent's): the verifier would refuse the programs, and
+/// the agent must start. Its keys are lost with it; a key always expires
+/// by itself anyway.
+pub fn discard_incompatible(dir: &Path) -> Result<(), LimiterError> {
+    let expected = [
+        (BUCKETS, size_of::<LimiterKey>(), size_of::<LimiterBucket>()),
+        (STATS, size_of::<u32>(), size_of::<u64>()),
+        (allow::PORTS, size_of::<u16>(), size_of::<u8>()),
+        (allow::SOURCES, size_of::<u32>() + 16, size_of::<u8>()),
+    ];
+    for (name, key_size, value_size) in expected {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let fits = MapInfo::from_pin(&path).is_ok_and(|info| {
+            info.key_size() as usize == key_size && info.value_size() as usize == value_size
+        });
+        if !fits {
+            tracing::warn!(path = %path.display(), "pinned limiter map has another layout: removed");
+            std::fs::remove_file(&path).map_err(|source| LimiterError::PinDir { path, source })?;
+        }
     }
     Ok(())
 }

@@ -6,13 +6,14 @@ use std::{
     net::{IpAddr, Ipv6Addr},
 };
 
-use aya::maps::MapError;
+use aya::maps::{HashMap, MapData, MapError, PerCpuArray};
 use selfops_ebpf::limiter::{
     INTERVAL_BLOCK, KEY_PORT, KEY_PORT_SOURCE, KEY_SOURCE, LimiterBucket, LimiterKey, RATE_MAX,
-    SCOPE_ALL, SCOPE_SYN,
+    SCOPE_ALL, SCOPE_SYN, STAT_ALLOWLISTED, STAT_CONTENDED, STAT_EXPIRED, STAT_NOT_IP,
+    STAT_TRUNCATED, STAT_UNMATCHED,
 };
 
-use super::LimiterError;
+use super::{BUCKETS, LimiterError, STATS};
 
 const NANOS_PER_SECOND: u64 = 1_000_000_000;
 
@@ -108,9 +109,17 @@ pub struct Entry {
     pub rate: Rate,
     pub scope: Scope,
     pub counters: Counters,
+    /// CLOCK_BOOTTIME ns from which the programs ignore the key.
+    pub deadline_ns: u64,
 }
 
 impl Entry {
+    /// Time the key has left at `now_ns` (see [`super::clock::boot_ns`]),
+    /// `None` once it has expired.
+    pub fn remaining(&self, now_ns: u64) -> Option<std::time::Duration> {
+        super::clock::remaining(self.deadline_ns, now_ns)
+    }
+
     pub fn from_kernel(key: &LimiterKey, bucket: &LimiterBucket) -> Option<Self> {
         Some(Self {
             key: Key::from_kernel(key)?,
@@ -127,8 +136,56 @@ impl Entry {
                 passed: bucket.passed,
                 dropped: bucket.dropped,
             },
+            deadline_ns: bucket.expires_ns,
         })
     }
+}
+
+/// Every key of a bucket map, skipping keys that vanish during the walk.
+pub fn entries(
+    buckets: &HashMap<MapData, LimiterKey, LimiterBucket>,
+) -> Result<Vec<Entry>, LimiterError> {
+    let mut entries = Vec::new();
+    for item in buckets.iter() {
+        match item {
+            Ok((key, bucket)) => {
+                if let Some(entry) = Entry::from_kernel(&key, &bucket) {
+                    entries.push(entry);
+                }
+            }
+            // A key evicted or lifted during the walk: skip it.
+            Err(e) if is_not_found(&e) => {}
+            Err(source) => {
+                return Err(LimiterError::Map {
+                    name: BUCKETS,
+                    source,
+                });
+            }
+        }
+    }
+    Ok(entries)
+}
+
+/// The stats map summed over CPUs; slots an older, smaller map lacks read 0.
+pub fn stats(map: &PerCpuArray<MapData, u64>) -> Result<UnmeteredStats, LimiterError> {
+    let read = |index: u32| -> Result<u64, LimiterError> {
+        match map.get(&index, 0) {
+            Ok(per_cpu) => Ok(per_cpu.iter().sum()),
+            Err(MapError::OutOfBounds { .. }) => Ok(0),
+            Err(source) => Err(LimiterError::Map {
+                name: STATS,
+                source,
+            }),
+        }
+    };
+    Ok(UnmeteredStats {
+        unmatched: read(STAT_UNMATCHED)?,
+        not_ip: read(STAT_NOT_IP)?,
+        truncated: read(STAT_TRUNCATED)?,
+        contended: read(STAT_CONTENDED)?,
+        expired: read(STAT_EXPIRED)?,
+        allowlisted: read(STAT_ALLOWLISTED)?,
+    })
 }
 
 /// Packets the programs saw but no key metered.
@@ -142,6 +199,24 @@ pub struct UnmeteredStats {
     pub truncated: u64,
     /// Dropped because the bucket changed under the program too often.
     pub contended: u64,
+    /// Matched a key past its deadline (treated as absent).
+    pub expired: u64,
+    /// Passed by the allowlist.
+    pub allowlisted: u64,
+}
+
+impl UnmeteredStats {
+    /// (reason, count), as /metrics labels them.
+    pub fn by_reason(&self) -> [(&'static str, u64); 6] {
+        [
+            ("unmatched", self.unmatched),
+            ("not_ip", self.not_ip),
+            ("truncated", self.truncated),
+            ("contended", self.contended),
+            ("expired", self.expired),
+            ("allowlisted", self.allowlisted),
+        ]
+    }
 }
 
 /// A fresh bucket (full, counters zero) for `rate` and `scope`.
