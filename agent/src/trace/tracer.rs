@@ -326,6 +326,9 @@ impl Tracer {
         // decision is made once per connection.
         conn.excluded = !self.filter.allows(process.as_deref(), &event.endpoints);
         if side == Some(Side::Client) {
+            // A new connection on a 4-tuple: contexts its predecessor left
+            // unclaimed are not for this one's server.
+            self.rendezvous.forget(event.endpoints);
             self.clients.insert(event.endpoints, key);
         }
         self.connections.insert(key, conn);
@@ -360,10 +363,13 @@ impl Tracer {
                 }
                 self.active_server.retain(|_, (k, _)| *k != key);
             }
-            // Requests it sent were claimed by their servers long before the
-            // client closed; whatever is left is for servers never seen.
+            // What it sent but no server claimed yet stays in the rendezvous
+            // (bounded, with its TTL): a server's probe may report its
+            // request or response after this client has read the answer
+            // and closed, when the server was descheduled between its
+            // syscall and the probe's return. A later connection on the
+            // same 4-tuple forgets it.
             Some(Side::Client) => {
-                self.rendezvous.forget(conn.endpoints);
                 if self.clients.get(&conn.endpoints) == Some(&key) {
                     self.clients.remove(&conn.endpoints);
                 }
@@ -874,3 +880,7 @@ fn unix_now_ns() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
+
+#[cfg(test)]
+#[path = "tracer_tests.rs"]
+mod tests;
