@@ -59,6 +59,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 pub fn run_with(config: Config, options: RunOptions) -> anyhow::Result<()> {
     // Until the handlers are installed a SIGTERM waits instead of killing.
     signals::defer();
+    supervise::log_panics_in_one_line();
     let _lock = InstanceLock::acquire(std::path::Path::new(LOCK_DIR))?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
@@ -281,6 +282,7 @@ async fn start(
             resources.clone(),
             metrics.clone(),
             trace_metrics,
+            model.caught_up(),
             Box::new(move |signal| {
                 if let Some(services) = &services {
                     services.observe(&signal);

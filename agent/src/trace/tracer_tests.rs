@@ -15,8 +15,8 @@ use selfops_ebpf::NetEventKind;
 use super::{TraceMetrics, Tracer};
 use crate::{
     config::{ServiceConfig, TraceConfig},
-    process::{ResourceBuilder, SharedTable, table::ProcessTable},
-    signal::{Signal, Span, SpanKind},
+    process::{Process, ResourceBuilder, SharedTable, caught_up::CaughtUp, table::ProcessTable},
+    signal::{AttrValue, Signal, Span, SpanKind},
     telemetry::Metrics,
     trace::event::{Endpoints, SocketEvent},
 };
@@ -43,10 +43,31 @@ struct Harness {
     tracer: Tracer,
     spans: Arc<Mutex<Vec<Span>>>,
     clock_ns: u64,
+    table: SharedTable,
+}
+
+/// The client process as the table holds it: `executable` its image.
+fn client_process(executable: &str) -> Process {
+    Process {
+        pid: CLIENT_PID,
+        ppid: 1,
+        comm: executable.to_owned(),
+        executable_path: Some(format!("/usr/bin/{executable}").into()),
+        build_id: None,
+        command_line: None,
+        cgroup: None,
+        container_id: None,
+        start_time_unix_nano: 0,
+    }
 }
 
 impl Harness {
     fn new() -> Self {
+        Self::with_process_model(CaughtUp::always())
+    }
+
+    /// A tracer waiting on `caught_up` for the process table.
+    fn with_process_model(caught_up: CaughtUp) -> Self {
         let spans = Arc::new(Mutex::new(Vec::new()));
         let sink = {
             let spans = spans.clone();
@@ -57,12 +78,14 @@ impl Harness {
             })
         };
         let mut registry = Registry::default();
+        let table = SharedTable::new(ProcessTable::new(64, Duration::from_secs(60)));
         let tracer = Tracer::new(
             &TraceConfig::default(),
-            SharedTable::new(ProcessTable::new(64, Duration::from_secs(60))),
+            table.clone(),
             Arc::new(ResourceBuilder::new(&ServiceConfig::default()).unwrap()),
             Arc::new(Metrics::new()),
             TraceMetrics::register(&mut registry),
+            caught_up,
             sink,
         )
         .unwrap();
@@ -70,6 +93,7 @@ impl Harness {
             tracer,
             spans,
             clock_ns: 1_000_000,
+            table,
         }
     }
 
@@ -213,4 +237,41 @@ fn a_reused_four_tuple_does_not_inherit_unclaimed_contexts() {
         .unwrap();
     let server = spans.iter().find(|s| s.kind == SpanKind::Server).unwrap();
     assert_eq!(server.parent_span_id, Some(second.span_id), "{spans:#?}");
+}
+
+/// The process ring is read apart from the socket ring: curl's socket
+/// events can be read before its exec, while the table still holds the
+/// image it forked from. Its span waits for the table, then names curl.
+#[test]
+fn a_span_waits_for_the_exec_of_its_process() {
+    let caught_up = CaughtUp::new();
+    let mut h = Harness::with_process_model(caught_up.clone());
+    let _ = h.table.write().insert(client_process("test-runner"));
+    h.run(40_003, &USUAL_ORDER);
+    assert!(h.spans().is_empty(), "{:#?}", h.spans());
+    // The process model reads the exec, then finds its ring empty.
+    let _ = h.table.write().insert(client_process("curl"));
+    caught_up.reached(h.clock_ns);
+    h.tracer.release_awaiting_table(std::time::Instant::now());
+    let spans = h.spans();
+    assert_one_trace(&spans);
+    let client = spans.iter().find(|s| s.kind == SpanKind::Client).unwrap();
+    assert_eq!(
+        client.resource.get("process.executable.name"),
+        Some(&AttrValue::Str("curl".into())),
+        "{client:#?}"
+    );
+}
+
+/// A process model that fell behind holds spans back for a bounded time
+/// only; they go with what the table knows, and are counted.
+#[test]
+fn spans_do_not_wait_for_the_table_beyond_a_second() {
+    let mut h = Harness::with_process_model(CaughtUp::new());
+    h.run(40_004, &USUAL_ORDER);
+    assert!(h.spans().is_empty());
+    h.tracer
+        .release_awaiting_table(std::time::Instant::now() + Duration::from_millis(1_001));
+    assert_one_trace(&h.spans());
+    assert_eq!(h.tracer.trace_metrics.resource_unconfirmed.get(), 2);
 }
