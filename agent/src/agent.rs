@@ -354,7 +354,10 @@ fn exit_anyway_after(within: Duration) {
                 ?within,
                 "stopping after a task failure took too long: exiting now"
             );
-            std::process::exit(1);
+            // _exit, not exit: no atexit handler or stdio lock held by a
+            // stuck thread can keep the process alive.
+            // SAFETY: ends the process; nothing runs after it.
+            unsafe { libc::_exit(1) };
         });
     if let Err(err) = watchdog {
         tracing::warn!(%err, "no stop watchdog");
