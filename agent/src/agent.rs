@@ -129,6 +129,7 @@ async fn run_agent(config: Config, options: RunOptions) -> anyhow::Result<()> {
                 &Arc::new(config.clone()),
                 live,
                 health.clone(),
+                running.export.metrics().clone(),
                 control_metrics,
                 Box::new(move |signal| sink.send_audit(signal)),
             )

@@ -1,5 +1,6 @@
-//! Remote-config outcomes as audit log records (the exporters' audit lane,
-//! like the playbooks' decisions).
+//! Remote-config decisions as audit log records (the exporters' audit lane,
+//! like the playbooks' decisions): every offer accepted or refused, every
+//! trial confirmed or rolled back.
 
 use std::sync::Arc;
 
@@ -12,38 +13,67 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A remote config that was applied (`reason` None) or not.
-pub fn record(
-    resource: &Arc<Resource>,
-    config_hash: &[u8],
-    outcome: Result<&[&str], &str>,
-) -> LogRecord {
+/// What became of a remote config.
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome<'a> {
+    /// Verified and applied; its health window begins.
+    Accepted(&'a [&'a str]),
+    /// Not believed or not allowed; nothing changed.
+    Refused(&'a str),
+    /// Healthy for the whole window: now the last-known-good config.
+    Applied(&'a [&'a str]),
+    /// Unhealthy within the window: the last-known-good config is back.
+    RolledBack(&'a str),
+}
+
+impl Outcome<'_> {
+    fn name(&self) -> &'static str {
+        match self {
+            Outcome::Accepted(_) => "accepted",
+            Outcome::Refused(_) => "failed",
+            Outcome::Applied(_) => "applied",
+            Outcome::RolledBack(_) => "rolled_back",
+        }
+    }
+}
+
+pub fn record(resource: &Arc<Resource>, config_hash: &[u8], outcome: Outcome<'_>) -> LogRecord {
     let hash = hex(config_hash);
     let mut attributes = vec![
         ("selfops.config.hash", AttrValue::from(hash.as_str())),
-        (
-            "selfops.outcome",
-            AttrValue::from(if outcome.is_ok() { "applied" } else { "failed" }),
-        ),
+        ("selfops.outcome", AttrValue::from(outcome.name())),
     ];
     let (severity, event_name, body) = match outcome {
-        Ok(keys) => {
-            attributes.push((
-                "selfops.config.keys",
-                AttrValue::from(keys.join(",").as_str()),
-            ));
+        Outcome::Accepted(keys) => {
+            attributes.push(keys_attribute(keys));
+            (
+                Severity::Info,
+                "selfops.config.accepted",
+                format!("remote config {hash} accepted, on trial: {}", changed(keys)),
+            )
+        }
+        Outcome::Applied(keys) => {
+            attributes.push(keys_attribute(keys));
             (
                 Severity::Info,
                 "selfops.config.applied",
                 format!("remote config {hash} applied: {}", changed(keys)),
             )
         }
-        Err(reason) => {
+        Outcome::Refused(reason) => {
             attributes.push(("selfops.reason", AttrValue::from(reason)));
             (
                 Severity::Warn,
                 "selfops.config.failed",
                 format!("remote config {hash} refused: {reason}"),
+            )
+        }
+        Outcome::RolledBack(reason) => {
+            attributes.push(("selfops.reason", AttrValue::from(reason)));
+            (
+                Severity::Warn,
+                "selfops.config.rolled_back",
+                format!("remote config {hash} rolled back: {reason}"),
             )
         }
     };
@@ -55,6 +85,13 @@ pub fn record(
         attributes,
         resource: resource.clone(),
     }
+}
+
+fn keys_attribute(keys: &[&str]) -> (&'static str, AttrValue) {
+    (
+        "selfops.config.keys",
+        AttrValue::from(keys.join(",").as_str()),
+    )
 }
 
 fn changed(keys: &[&str]) -> String {

@@ -4,6 +4,8 @@
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
+use tokio::time::Instant;
+
 use selfops_proto::opamp::{
     AgentConfigFile, AgentConfigMap, AgentRemoteConfig, AgentToServer, ComponentHealth,
     EffectiveConfig, RemoteConfigStatus, RemoteConfigStatuses, ServerToAgent,
@@ -15,7 +17,8 @@ use super::{
     backoff::Backoff,
     config::{OpampConfig, Scheme},
     frame::FrameError,
-    http, identity,
+    gate::{Baseline, Watch},
+    http, identity, last_good,
     metrics::ControlMetrics,
     policy, signed,
     state::ClientState,
@@ -24,7 +27,6 @@ use super::{
 use crate::{
     config::Config,
     signal::{Resource, Signal},
-    supervise::Health,
 };
 
 pub type AuditSink = Box<dyn Fn(Signal) + Send + Sync>;
@@ -47,12 +49,17 @@ pub struct Client {
     pub(super) metrics: ControlMetrics,
     data_dir: PathBuf,
     current: Arc<Config>,
+    /// The last-known-good config: `current` unless a config is on trial.
+    good: Arc<Config>,
+    /// The remote config within its health window.
+    trial: Option<Trial>,
+    window: Duration,
     /// The local file's text, under every remote config.
     local: Arc<str>,
     live: Live,
     audit: AuditSink,
     resource: Arc<Resource>,
-    health: Arc<Health>,
+    watch: Watch,
     started_unix_nano: u64,
     /// The last offer handled, so the same offer repeated is not redone.
     last_offer: Option<Vec<u8>>,
@@ -70,7 +77,7 @@ impl Client {
         live: Live,
         audit: AuditSink,
         resource: Arc<Resource>,
-        health: Arc<Health>,
+        watch: Watch,
     ) -> Self {
         let mut client = Self {
             opamp,
@@ -78,15 +85,19 @@ impl Client {
             metrics,
             data_dir: current.data_dir.clone(),
             local: current.source.clone().unwrap_or_else(|| "".into()),
+            good: current.clone(),
+            trial: None,
+            window: current.control.health_window,
             current,
             live,
             audit,
             resource,
-            health,
+            watch,
             started_unix_nano: crate::act::audit::now_unix_nano(),
             last_offer: None,
             answered: false,
         };
+        client.resume_last_good();
         client.report_effective();
         client.refresh_health();
         client
@@ -118,9 +129,15 @@ impl Client {
                     self.state.reconnected();
                     let delay = backoff.next_delay_after(retry_after);
                     tracing::warn!(endpoint = %self.opamp.endpoint, %reason, ?delay, "OpAMP session ended; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = stop.changed() => return,
+                    // The health window runs on while disconnected.
+                    let until = Instant::now() + delay;
+                    let mut gate = tokio::time::interval(GATE_EVERY);
+                    loop {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(until) => break,
+                            _ = gate.tick() => self.poll_gate(),
+                            _ = stop.changed() => return,
+                        }
                     }
                 }
             }
@@ -140,12 +157,14 @@ impl Client {
 
     /// The next message, with health refreshed first.
     pub(super) fn next_message(&mut self) -> AgentToServer {
+        self.poll_gate();
         self.refresh_health();
         self.metrics.message("sent");
         self.state.next_message()
     }
 
     pub(super) fn has_news(&mut self) -> bool {
+        self.poll_gate();
         self.refresh_health();
         self.state.has_news()
     }
@@ -195,26 +214,44 @@ impl Client {
         let outcome = signed::verify(&remote, &self.current.control.trusted_keys)
             .map_err(|e| e.to_string())
             .and_then(|yaml| {
-                policy::accept(&yaml, &self.local, &self.current).map_err(|e| e.to_string())
+                policy::accept(&yaml, &self.local, &self.good).map_err(|e| e.to_string())
             });
-        let status = match outcome {
-            Ok((config, keys)) => {
+        match outcome {
+            Ok((config, _)) => {
+                if let Some(superseded) = self.trial.take() {
+                    tracing::info!(
+                        hash = %audit::hex(&superseded.remote.config_hash),
+                        "remote config on trial superseded by a new offer"
+                    );
+                }
                 let config = Arc::new(config);
+                // Published relative to what runs now (a superseded trial
+                // included); rolled back relative to the last-known-good.
+                let keys = policy::changed_keys(&self.current, &config);
                 self.live.apply(&config, &keys);
                 self.current = config;
-                tracing::info!(keys = ?keys, "remote config applied");
-                self.metrics.apply("applied");
+                let keys = policy::changed_keys(&self.good, &self.current);
+                tracing::info!(keys = ?keys, window = ?self.window, "remote config accepted; on trial");
+                self.metrics.apply("accepted");
+                self.metrics.on_trial.set(1);
                 (self.audit)(Signal::Log(audit::record(
                     &self.resource,
                     &remote.config_hash,
-                    Ok(&keys),
+                    audit::Outcome::Accepted(&keys),
                 )));
                 self.report_effective();
-                RemoteConfigStatus {
-                    last_remote_config_hash: remote.config_hash,
-                    status: RemoteConfigStatuses::Applied as i32,
+                self.state.set_remote_status(RemoteConfigStatus {
+                    last_remote_config_hash: remote.config_hash.clone(),
+                    status: RemoteConfigStatuses::Applying as i32,
                     error_message: String::new(),
-                }
+                });
+                self.trial = Some(Trial {
+                    since: self.watch.baseline(),
+                    until: Instant::now() + self.window,
+                    remote,
+                });
+                // A window of 0 ends at once, if the agent is healthy.
+                self.poll_gate();
             }
             Err(reason) => {
                 tracing::warn!(%reason, "remote config refused");
@@ -222,16 +259,114 @@ impl Client {
                 (self.audit)(Signal::Log(audit::record(
                     &self.resource,
                     &remote.config_hash,
-                    Err(&reason),
+                    audit::Outcome::Refused(&reason),
                 )));
-                RemoteConfigStatus {
+                self.state.set_remote_status(RemoteConfigStatus {
                     last_remote_config_hash: remote.config_hash,
                     status: RemoteConfigStatuses::Failed as i32,
                     error_message: reason,
-                }
+                });
+            }
+        }
+    }
+
+    /// Decides the config on trial, if any: rolled back as soon as the
+    /// agent is unhealthy, APPLIED once the window has passed healthy.
+    pub(super) fn poll_gate(&mut self) {
+        let Some(trial) = &self.trial else {
+            return;
+        };
+        match self.watch.check(&trial.since) {
+            Err(reason) => self.roll_back(&reason),
+            Ok(()) if Instant::now() >= trial.until => self.confirm(),
+            Ok(()) => {}
+        }
+    }
+
+    fn confirm(&mut self) {
+        let Some(trial) = self.trial.take() else {
+            return;
+        };
+        let keys = policy::changed_keys(&self.good, &self.current);
+        self.good = self.current.clone();
+        self.metrics.on_trial.set(0);
+        self.metrics.apply("applied");
+        if let Err(err) = last_good::store(&self.data_dir, &trial.remote) {
+            // Applied all the same; a restart would start on the previous one.
+            tracing::warn!(%err, "keeping the last-known-good config");
+        }
+        tracing::info!(keys = ?keys, "remote config healthy through its window: applied");
+        (self.audit)(Signal::Log(audit::record(
+            &self.resource,
+            &trial.remote.config_hash,
+            audit::Outcome::Applied(&keys),
+        )));
+        self.state.set_remote_status(RemoteConfigStatus {
+            last_remote_config_hash: trial.remote.config_hash,
+            status: RemoteConfigStatuses::Applied as i32,
+            error_message: String::new(),
+        });
+    }
+
+    fn roll_back(&mut self, why: &str) {
+        let Some(trial) = self.trial.take() else {
+            return;
+        };
+        let keys = policy::changed_keys(&self.current, &self.good);
+        self.live.apply(&self.good, &keys);
+        self.current = self.good.clone();
+        self.metrics.on_trial.set(0);
+        self.metrics.apply("rolled_back");
+        let reason =
+            super::state::one_line(&format!("rolled back to the last-known-good config: {why}"));
+        tracing::warn!(%reason, keys = ?keys, "remote config unhealthy within its window");
+        (self.audit)(Signal::Log(audit::record(
+            &self.resource,
+            &trial.remote.config_hash,
+            audit::Outcome::RolledBack(&reason),
+        )));
+        self.report_effective();
+        self.state.set_remote_status(RemoteConfigStatus {
+            last_remote_config_hash: trial.remote.config_hash,
+            status: RemoteConfigStatuses::Failed as i32,
+            error_message: reason,
+        });
+    }
+
+    /// At start-up: the last-known-good remote config, verified and checked
+    /// again as if it were a new offer, becomes the running config.
+    fn resume_last_good(&mut self) {
+        let remote = match last_good::load(&self.data_dir) {
+            Ok(Some(remote)) => remote,
+            Ok(None) => return,
+            Err(err) => {
+                tracing::warn!(%err, "last-known-good remote config not used");
+                return;
             }
         };
-        self.state.set_remote_status(status);
+        let outcome = signed::verify(&remote, &self.current.control.trusted_keys)
+            .map_err(|e| e.to_string())
+            .and_then(|yaml| {
+                policy::accept(&yaml, &self.local, &self.current).map_err(|e| e.to_string())
+            });
+        match outcome {
+            Ok((config, keys)) => {
+                let config = Arc::new(config);
+                self.live.apply(&config, &keys);
+                self.current = config.clone();
+                self.good = config;
+                tracing::info!(keys = ?keys, hash = %audit::hex(&remote.config_hash), "running the last-known-good remote config");
+                self.last_offer = Some(fingerprint(&remote));
+                self.state.set_remote_status(RemoteConfigStatus {
+                    last_remote_config_hash: remote.config_hash,
+                    status: RemoteConfigStatuses::Applied as i32,
+                    error_message: String::new(),
+                });
+            }
+            Err(reason) => {
+                tracing::warn!(%reason, "last-known-good remote config not used");
+            }
+        }
     }
 
     fn report_effective(&mut self) {
@@ -251,7 +386,7 @@ impl Client {
     }
 
     fn refresh_health(&mut self) {
-        let (healthy, last_error) = match self.health.ready() {
+        let (healthy, last_error) = match self.watch.health().ready() {
             Ok(()) => (true, String::new()),
             Err(err) => (false, err),
         };
@@ -266,6 +401,18 @@ impl Client {
         });
     }
 }
+
+/// A remote config within its health window.
+struct Trial {
+    /// The offer as received: kept as last-known-good once confirmed.
+    remote: AgentRemoteConfig,
+    since: Baseline,
+    until: Instant,
+}
+
+/// How often the health window is looked at between sessions (within a
+/// session the transports do it at each status check, every second).
+const GATE_EVERY: Duration = Duration::from_secs(1);
 
 /// What identifies an offer: its hash and the files that matter, so a
 /// repeated offer is not redone while one re-signed is.

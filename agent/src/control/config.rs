@@ -10,7 +10,7 @@ use super::signed::TrustedKey;
 /// Largest message accepted from a server unless configured otherwise.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControlConfig {
     /// The OpAMP connection; no remote configuration without it.
@@ -21,6 +21,11 @@ pub struct ControlConfig {
     /// Reported to the server as non-identifying attributes (what fleet
     /// rollouts select on).
     pub labels: BTreeMap<String, String>,
+    /// How long a remote config must run healthy before it is reported
+    /// APPLIED and kept as the last-known-good config; unhealthy within it,
+    /// it is rolled back.
+    #[serde(with = "humantime_serde")]
+    pub health_window: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -58,6 +63,20 @@ pub struct TlsConfig {
     pub server_name: Option<String>,
 }
 
+/// Health window when none is configured.
+pub const DEFAULT_HEALTH_WINDOW: Duration = Duration::from_secs(30);
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            opamp: None,
+            trusted_keys: Vec::new(),
+            labels: BTreeMap::new(),
+            health_window: DEFAULT_HEALTH_WINDOW,
+        }
+    }
+}
+
 fn default_heartbeat() -> Duration {
     Duration::from_secs(30)
 }
@@ -89,6 +108,9 @@ impl OpampConfig {
 impl ControlConfig {
     /// The key (below `control.`) and why, for the first problem found.
     pub fn validate(&self) -> Result<(), (String, String)> {
+        if self.health_window > Duration::from_secs(24 * 3600) {
+            return Err(("health_window".into(), "use 0s to 24h".into()));
+        }
         let Some(opamp) = &self.opamp else {
             return Ok(());
         };

@@ -31,8 +31,11 @@ pub struct ControlMetrics {
     pub rejected: Family<ReasonLabel, Counter>,
     /// Waits the server asked for: unavailable, http_503, http_429.
     pub retries: Family<ReasonLabel, Counter>,
-    /// Remote configs by outcome: applied, failed.
+    /// Remote configs by outcome: accepted (on trial), failed (refused),
+    /// applied (healthy through the window), rolled_back.
     pub applies: Family<OutcomeLabel, Counter>,
+    /// 1 while a remote config is within its health window.
+    pub on_trial: Gauge,
 }
 
 impl ControlMetrics {
@@ -65,8 +68,13 @@ impl ControlMetrics {
         );
         registry.register(
             "remote_config_applies",
-            "Remote configs by outcome: applied, failed",
+            "Remote configs by outcome: accepted (on trial), failed (refused), applied (healthy through the health window), rolled_back",
             m.applies.clone(),
+        );
+        registry.register(
+            "remote_config_on_trial",
+            "1 while a remote config is within its health window",
+            m.on_trial.clone(),
         );
         m
     }

@@ -8,8 +8,10 @@ pub mod backoff;
 mod client;
 pub mod config;
 pub mod frame;
+pub mod gate;
 mod http;
 pub mod identity;
+pub mod last_good;
 mod metrics;
 pub mod policy;
 pub mod signed;
@@ -29,6 +31,7 @@ pub use metrics::ControlMetrics;
 
 use crate::{
     config::{Config, TraceConfig},
+    export::ExportMetrics,
     signal::{AttrValue, Resource},
     supervise::Health,
 };
@@ -78,6 +81,7 @@ pub fn start(
     config: &Arc<Config>,
     live: Live,
     health: Arc<Health>,
+    export: ExportMetrics,
     metrics: ControlMetrics,
     audit: AuditSink,
 ) -> anyhow::Result<Option<ControlHandle>> {
@@ -118,7 +122,7 @@ pub fn start(
         live,
         audit,
         resource,
-        health,
+        gate::Watch::new(health, export),
     );
     let (stop, stopping) = watch::channel(false);
     let task = tokio::spawn(client.run(stopping));

@@ -248,4 +248,26 @@ mod tests {
         assert!(TrustedKey::parse("AAAA").is_err());
         assert!(TrustedKey::parse("not base64!").is_err());
     }
+
+    /// The recipe in the README (OpenSSL, no selfops tool): a key made with
+    /// `openssl genpkey -algorithm ed25519`, its public key as the last 32
+    /// bytes of `openssl pkey -pubout -outform DER`, and the signature made
+    /// with `openssl dgst -sha256 -binary selfops.yaml | openssl pkeyutl
+    /// -sign -inkey k.pem -rawin`. Ed25519 is deterministic, so this key
+    /// and YAML always give this signature.
+    #[test]
+    fn openssl_signatures_verify() {
+        let yaml = b"trace:\n  exclude: [{ executable: curl }]\n";
+        let public = TrustedKey::parse("/vM1nwlL0ms5cIxYzB4gpAMG7vM2F1Znnu01v840XGU=").unwrap();
+        let sig = "3r/pfJe2daX8bvqhf898UqRkfjIvSuyjDuNUZknwg39R0d1OQy0BGsLfH5sl8xClb6OZRLvfZF1MQlo4Rxs0DQ==";
+        let config = remote(
+            &[(CONFIG_FILE, yaml), (SIGNATURE_FILE, sig.as_bytes())],
+            sha256(yaml).to_vec(),
+        );
+        assert!(verify(&config, std::slice::from_ref(&public)).is_ok());
+        // The same secret (the last 32 bytes of the PKCS#8 DER) signs alike.
+        let secret = SecretKey::parse("9WuSdEmanwLGV63/zLTaNaD+INo+4oSZPREFBgweUXU=").unwrap();
+        assert_eq!(secret.public(), public);
+        assert_eq!(secret.sign(yaml), sig);
+    }
 }

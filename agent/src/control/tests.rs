@@ -1,5 +1,13 @@
 //! The client against loopback servers: WebSocket and HTTP, signed and
-//! refused configs, bad frames, server errors, goodbye on stop.
+//! refused configs, the health gate and rollback, the last-known-good config
+//! after a restart, bad frames, server errors, goodbye on stop.
+//!
+//! The servers are written here, after the OpAMP specification's server
+//! side: WebSocket at /v1/opamp with binary frames carrying the zero varint
+//! header and a ServerToAgent protobuf, each reply addressed to the agent's
+//! instance_uid and announcing the server's capabilities; HTTP polling
+//! answered with `application/x-protobuf` bodies. None of the agent's own
+//! server-side code is used to check the agent.
 
 use std::{
     sync::{Arc, Mutex},
@@ -29,18 +37,32 @@ const WITHIN: Duration = Duration::from_secs(10);
 
 struct Agent {
     audit: Arc<Mutex<Vec<Signal>>>,
+    export: crate::export::ExportMetrics,
+    health: Arc<Health>,
+    metrics: ControlMetrics,
     trace: tokio::sync::watch::Receiver<crate::config::TraceConfig>,
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     dir: std::path::PathBuf,
 }
 
-fn start_agent(endpoint: &str, key: &SecretKey, name: &str) -> Agent {
+fn fresh_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("selfops-control-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn start_agent(endpoint: &str, key: &SecretKey, name: &str) -> Agent {
+    start_agent_in(&fresh_dir(name), endpoint, key, "0s")
+}
+
+/// An agent whose data directory is `dir` and whose remote configs must
+/// stay healthy for `window`.
+fn start_agent_in(dir: &std::path::Path, endpoint: &str, key: &SecretKey, window: &str) -> Agent {
+    let dir = dir.to_path_buf();
     let yaml = format!(
-        "data_dir: {}\ncontrol:\n  opamp: {{ endpoint: '{endpoint}', heartbeat_interval: 1s }}\n  trusted_keys: ['{}']\n  labels: {{ zone: a }}\n",
+        "data_dir: {}\ncontrol:\n  opamp: {{ endpoint: '{endpoint}', heartbeat_interval: 1s }}\n  trusted_keys: ['{}']\n  labels: {{ zone: a }}\n  health_window: {window}\n",
         dir.display(),
         key.public().to_base64()
     );
@@ -53,20 +75,25 @@ fn start_agent(endpoint: &str, key: &SecretKey, name: &str) -> Agent {
     let sink = audit.clone();
     let uid = super::identity::load_or_create(&dir).unwrap();
     let state = ClientState::new(uid, super::description(&config.control));
+    let export = crate::export::ExportMetrics::default();
+    let metrics = ControlMetrics::default();
     let client = Client::new(
         config.control.opamp.clone().unwrap(),
         state,
-        ControlMetrics::default(),
+        metrics.clone(),
         config.clone(),
         live,
         Box::new(move |signal| sink.lock().unwrap().push(signal)),
         Arc::new(crate::signal::Resource { attributes: vec![] }),
-        health,
+        super::gate::Watch::new(health.clone(), export.clone()),
     );
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(client.run(stopping));
     Agent {
         audit,
+        export,
+        health,
+        metrics,
         trace,
         stop,
         task,
@@ -297,6 +324,7 @@ async fn websocket_session_applies_signed_refuses_unsigned_and_says_goodbye() {
         assert_eq!(
             events,
             [
+                "selfops.config.accepted",
                 "selfops.config.applied",
                 "selfops.config.failed",
                 "selfops.config.failed"
@@ -449,4 +477,251 @@ async fn http_polling_honours_503_and_the_heartbeat() {
         .unwrap()
         .unwrap();
     let _ = std::fs::remove_dir_all(&agent.dir);
+}
+
+/// What the test server offers: status, effective config and remote config.
+const SERVER_CAPABILITIES: u64 = selfops_proto::opamp::ServerCapabilities::AcceptsStatus as u64
+    | selfops_proto::opamp::ServerCapabilities::OffersRemoteConfig as u64
+    | selfops_proto::opamp::ServerCapabilities::AcceptsEffectiveConfig as u64;
+
+/// A server reply to the agent `uid`, offering `remote` if given.
+fn to_agent(uid: &[u8], remote: Option<AgentRemoteConfig>) -> ServerToAgent {
+    ServerToAgent {
+        instance_uid: uid.to_vec(),
+        capabilities: SERVER_CAPABILITIES,
+        remote_config: remote,
+        ..Default::default()
+    }
+}
+
+fn audit_events(agent: &Agent) -> Vec<&'static str> {
+    agent
+        .audit
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|s| match s {
+            Signal::Log(l) => Some(l.event_name),
+            _ => None,
+        })
+        .collect()
+}
+
+fn effective_body(message: &AgentToServer) -> Option<String> {
+    let map = message.effective_config.as_ref()?.config_map.as_ref()?;
+    String::from_utf8(map.config_map.get(signed::CONFIG_FILE)?.body.clone()).ok()
+}
+
+fn applies(agent: &Agent, outcome: &'static str) -> u64 {
+    agent
+        .metrics
+        .applies
+        .get_or_create(&super::metrics::OutcomeLabel { outcome })
+        .get()
+}
+
+async fn stop(agent: Agent) {
+    agent.stop.send(true).unwrap();
+    tokio::time::timeout(WITHIN, agent.task)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn applied_is_reported_only_after_the_health_window() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("ws://{}/v1/opamp", listener.local_addr().unwrap());
+    let key = SecretKey::generate();
+    let dir = fresh_dir("window");
+    let window = Duration::from_secs(2);
+    let agent = start_agent_in(&dir, &endpoint, &key, "2s");
+    let mut ws = accept(&listener).await;
+    let first = next_agent_message(&mut ws).await;
+
+    let good = signed_offer(&key, "trace:\n  exclude: [{ executable: curl }]\n");
+    let offered = tokio::time::Instant::now();
+    send(&mut ws, to_agent(&first.instance_uid, Some(good.clone()))).await;
+    // Until the window has passed, at most APPLYING; however slow the
+    // machine, APPLIED cannot come sooner than the window.
+    let applied = tokio::time::timeout(WITHIN, async {
+        loop {
+            let status = next_status(&mut ws).await;
+            assert_eq!(status.last_remote_config_hash, good.config_hash);
+            match RemoteConfigStatuses::try_from(status.status) {
+                Ok(RemoteConfigStatuses::Applying) => continue,
+                Ok(RemoteConfigStatuses::Applied) => return offered.elapsed(),
+                other => panic!("{other:?}: {}", status.error_message),
+            }
+        }
+    })
+    .await
+    .expect("APPLIED within the deadline");
+    assert!(applied >= window, "APPLIED after {applied:?}");
+    // Kept as the last-known-good config, audited twice.
+    let kept = super::last_good::load(&dir).unwrap().expect("stored");
+    assert_eq!(kept, good);
+    assert_eq!(
+        audit_events(&agent),
+        ["selfops.config.accepted", "selfops.config.applied"]
+    );
+    assert_eq!(applies(&agent, "applied"), 1);
+    assert_eq!(agent.metrics.on_trial.get(), 0);
+    stop(agent).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn unhealthy_within_the_window_rolls_back_and_reports_failed() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("ws://{}/v1/opamp", listener.local_addr().unwrap());
+    let key = SecretKey::generate();
+    let dir = fresh_dir("rollback");
+    // A window no test run outlasts: only ill health can end it.
+    let mut agent = start_agent_in(&dir, &endpoint, &key, "1h");
+    let mut ws = accept(&listener).await;
+    let first = next_agent_message(&mut ws).await;
+    let uid = first.instance_uid.clone();
+
+    // 1. The pipeline stops delivering: a batch given up.
+    let offer = signed_offer(&key, "trace:\n  exclude: [{ executable: curl }]\n");
+    send(&mut ws, to_agent(&uid, Some(offer.clone()))).await;
+    let status = next_status(&mut ws).await;
+    assert_eq!(
+        status.status,
+        RemoteConfigStatuses::Applying as i32,
+        "{}",
+        status.error_message
+    );
+    tokio::time::timeout(WITHIN, agent.trace.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(agent.trace.borrow_and_update().exclude.len(), 1);
+    assert_eq!(agent.metrics.on_trial.get(), 1);
+    agent.export.failure(crate::export::metrics::SINK_OTLP);
+
+    let failed = next_such(&mut ws, |m| {
+        m.remote_config_status
+            .as_ref()
+            .is_some_and(|s| s.status == RemoteConfigStatuses::Failed as i32)
+    })
+    .await;
+    let status = failed.remote_config_status.clone().unwrap();
+    assert_eq!(status.last_remote_config_hash, offer.config_hash);
+    assert!(
+        status.error_message.starts_with("rolled back")
+            && status.error_message.contains("export failing")
+            && !status.error_message.contains('\n'),
+        "{}",
+        status.error_message
+    );
+    // The effective config it returned to, and the trace section back.
+    let body = effective_body(&failed).expect("effective config with the status");
+    assert!(!body.contains("curl"), "{body}");
+    tokio::time::timeout(WITHIN, agent.trace.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(agent.trace.borrow_and_update().exclude.is_empty());
+    assert!(super::last_good::load(&dir).unwrap().is_none());
+
+    // 2. A supervised task fails during another config's window.
+    let offer = signed_offer(&key, "trace:\n  include: [{ executable: nginx }]\n");
+    send(&mut ws, to_agent(&uid, Some(offer.clone()))).await;
+    let status = next_status(&mut ws).await;
+    assert_eq!(status.status, RemoteConfigStatuses::Applying as i32);
+    assert_eq!(status.last_remote_config_hash, offer.config_hash);
+    agent.health.failed(&crate::supervise::Failure {
+        task: crate::supervise::Task::Tracer,
+        cause: "ring gone".into(),
+    });
+    let status = next_status(&mut ws).await;
+    assert_eq!(status.status, RemoteConfigStatuses::Failed as i32);
+    assert!(
+        status.error_message.contains("tracer") && status.error_message.contains("ring gone"),
+        "{}",
+        status.error_message
+    );
+    tokio::time::timeout(WITHIN, async {
+        while !agent.trace.borrow_and_update().include.is_empty() {
+            agent.trace.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("include back to the local value");
+
+    assert_eq!(
+        audit_events(&agent),
+        [
+            "selfops.config.accepted",
+            "selfops.config.rolled_back",
+            "selfops.config.accepted",
+            "selfops.config.rolled_back",
+        ]
+    );
+    assert_eq!(applies(&agent, "rolled_back"), 2);
+    assert_eq!(applies(&agent, "applied"), 0);
+    assert_eq!(agent.metrics.on_trial.get(), 0);
+    assert!(super::last_good::load(&dir).unwrap().is_none());
+    stop(agent).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_restart_runs_the_last_known_good_config_if_it_still_verifies() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("ws://{}/v1/opamp", listener.local_addr().unwrap());
+    let key = SecretKey::generate();
+    let dir = fresh_dir("restart");
+    let agent = start_agent_in(&dir, &endpoint, &key, "0s");
+    let mut ws = accept(&listener).await;
+    let first = next_agent_message(&mut ws).await;
+    let good = signed_offer(&key, "trace:\n  exclude: [{ executable: curl }]\n");
+    send(&mut ws, to_agent(&first.instance_uid, Some(good.clone()))).await;
+    let status = next_status(&mut ws).await;
+    assert_eq!(
+        status.status,
+        RemoteConfigStatuses::Applied as i32,
+        "{}",
+        status.error_message
+    );
+    stop(agent).await;
+    drop(ws);
+
+    // The same node restarted: it runs the last-known-good config from the
+    // start and says so in its first message, before any offer.
+    let again = start_agent_in(&dir, &endpoint, &key, "0s");
+    assert_eq!(again.trace.borrow().exclude.len(), 1);
+    let mut ws = accept(&listener).await;
+    let first = next_agent_message(&mut ws).await;
+    let status = first.remote_config_status.clone().expect("status reported");
+    assert_eq!(status.status, RemoteConfigStatuses::Applied as i32);
+    assert_eq!(status.last_remote_config_hash, good.config_hash);
+    assert!(effective_body(&first).unwrap().contains("curl"));
+    // The same offer again is not redone (nothing audited); the full state
+    // asked for next shows it still applied.
+    send(&mut ws, to_agent(&first.instance_uid, Some(good.clone()))).await;
+    let mut full = to_agent(&first.instance_uid, None);
+    full.flags = ServerToAgentFlags::ReportFullState as u64;
+    send(&mut ws, full).await;
+    let full = next_such(&mut ws, |m| m.agent_description.is_some()).await;
+    let status = full.remote_config_status.expect("full state");
+    assert_eq!(status.status, RemoteConfigStatuses::Applied as i32);
+    assert_eq!(status.last_remote_config_hash, good.config_hash);
+    assert!(audit_events(&again).is_empty());
+    stop(again).await;
+    drop(ws);
+
+    // Trusted keys changed locally: the stored config no longer verifies
+    // and the agent runs its local file.
+    let rotated = SecretKey::generate();
+    let other = start_agent_in(&dir, &endpoint, &rotated, "0s");
+    assert!(other.trace.borrow().exclude.is_empty());
+    let mut ws = accept(&listener).await;
+    let first = next_agent_message(&mut ws).await;
+    assert!(first.remote_config_status.is_none());
+    assert!(!effective_body(&first).unwrap().contains("curl"));
+    stop(other).await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
