@@ -53,6 +53,8 @@ pub struct Client {
     good: Arc<Config>,
     /// The remote config within its health window.
     trial: Option<Trial>,
+    /// The trial an earlier run of the agent did not live through.
+    interrupted: Option<last_good::TrialMark>,
     window: Duration,
     /// The local file's text, under every remote config.
     local: Arc<str>,
@@ -87,6 +89,7 @@ impl Client {
             local: current.source.clone().unwrap_or_else(|| "".into()),
             good: current.clone(),
             trial: None,
+            interrupted: None,
             window: current.control.health_window,
             current,
             live,
@@ -98,21 +101,38 @@ impl Client {
             answered: false,
         };
         client.resume_last_good();
+        client.interrupted = last_good::count_interrupted_trial(&client.data_dir);
+        if let Some(mark) = &client.interrupted {
+            tracing::warn!(
+                offer = %mark.offer,
+                runs = mark.interrupted,
+                "the agent ended within a remote config's health window; running the last-known-good config"
+            );
+        }
         client.report_effective();
         client.refresh_health();
         client
     }
 
-    /// Sessions until `stop`; each failure waits a backoff.
-    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+    /// Sessions until `stop`; each failure waits a backoff. Stopping in
+    /// order within a health window is not a crash: the trial is forgotten
+    /// and will be tried afresh.
+    pub async fn run(mut self, stop: watch::Receiver<bool>) {
+        self.sessions(stop).await;
+        if self.trial.is_some() {
+            last_good::clear_trial(&self.data_dir);
+        }
+    }
+
+    async fn sessions(&mut self, mut stop: watch::Receiver<bool>) {
         let mut backoff = Backoff::default();
         loop {
             if *stop.borrow() {
                 return;
             }
             let end = match self.opamp.scheme() {
-                Some(Scheme::WebSocket { tls }) => ws::session(&mut self, tls, &mut stop).await,
-                Some(Scheme::Http { tls }) => http::session(&mut self, tls, &mut stop).await,
+                Some(Scheme::WebSocket { tls }) => ws::session(self, tls, &mut stop).await,
+                Some(Scheme::Http { tls }) => http::session(self, tls, &mut stop).await,
                 None => return,
             };
             self.metrics.connected.set(0);
@@ -210,12 +230,24 @@ impl Client {
         if self.last_offer.as_ref() == Some(&fingerprint) {
             return;
         }
+        let offer = audit::hex(&fingerprint);
         self.last_offer = Some(fingerprint);
-        let outcome = signed::verify(&remote, &self.current.control.trusted_keys)
-            .map_err(|e| e.to_string())
-            .and_then(|yaml| {
-                policy::accept(&yaml, &self.local, &self.good).map_err(|e| e.to_string())
-            });
+        let interrupted = self
+            .interrupted
+            .as_ref()
+            .filter(|mark| mark.offer == offer)
+            .map_or(0, |mark| mark.interrupted);
+        let outcome = if interrupted >= last_good::MAX_INTERRUPTED {
+            Err(format!(
+                "the agent ended {interrupted} times within this config's health window"
+            ))
+        } else {
+            signed::verify(&remote, &self.current.control.trusted_keys)
+                .map_err(|e| e.to_string())
+                .and_then(|yaml| {
+                    policy::accept(&yaml, &self.local, &self.good).map_err(|e| e.to_string())
+                })
+        };
         match outcome {
             Ok((config, _)) => {
                 if let Some(superseded) = self.trial.take() {
@@ -250,6 +282,10 @@ impl Client {
                     until: Instant::now() + self.window,
                     remote,
                 });
+                let mark = last_good::TrialMark { offer, interrupted };
+                if let Err(err) = last_good::mark_trial(&self.data_dir, &mark) {
+                    tracing::warn!(%err, "marking the config on trial");
+                }
                 // A window of 0 ends at once, if the agent is healthy.
                 self.poll_gate();
             }
@@ -287,6 +323,7 @@ impl Client {
         let Some(trial) = self.trial.take() else {
             return;
         };
+        last_good::clear_trial(&self.data_dir);
         let keys = policy::changed_keys(&self.good, &self.current);
         self.good = self.current.clone();
         self.metrics.on_trial.set(0);
@@ -312,6 +349,7 @@ impl Client {
         let Some(trial) = self.trial.take() else {
             return;
         };
+        last_good::clear_trial(&self.data_dir);
         let keys = policy::changed_keys(&self.current, &self.good);
         self.live.apply(&self.good, &keys);
         self.current = self.good.clone();

@@ -18,9 +18,14 @@ pub struct Watch {
     export: ExportMetrics,
 }
 
-/// The export counters when a trial began.
+/// The export counters, per sink, when a trial began.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Baseline {
+    sinks: [SinkCounts; 2],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct SinkCounts {
     failures: u64,
     retries: u64,
     delivered: u64,
@@ -39,42 +44,39 @@ impl Watch {
     }
 
     pub fn baseline(&self) -> Baseline {
-        let sum = |family: &prometheus_client::metrics::family::Family<
-            export::SinkLabels,
-            prometheus_client::metrics::counter::Counter,
-        >| {
-            SINKS
-                .iter()
-                .map(|&sink| family.get_or_create(&export::SinkLabels { sink }).get())
-                .fold(0u64, u64::saturating_add)
-        };
         Baseline {
-            failures: sum(&self.export.failures),
-            retries: sum(&self.export.retries),
-            delivered: SIGNALS
-                .iter()
-                .flat_map(|&signal| SINKS.iter().map(move |&sink| (signal, sink)))
-                .map(|(signal, sink)| self.export.exported_count(signal, sink))
-                .fold(0u64, u64::saturating_add),
+            sinks: SINKS.map(|sink| {
+                let label = export::SinkLabels { sink };
+                SinkCounts {
+                    failures: self.export.failures.get_or_create(&label).get(),
+                    retries: self.export.retries.get_or_create(&label).get(),
+                    delivered: SIGNALS
+                        .iter()
+                        .map(|&signal| self.export.exported_count(signal, sink))
+                        .fold(0u64, u64::saturating_add),
+                }
+            }),
         }
     }
 
-    /// `Err` with a one-line reason when the agent is not healthy, or its
-    /// pipeline has been failing, since `since`.
+    /// `Err` with a one-line reason when the agent is not healthy, or one of
+    /// its sinks has been failing, since `since`.
     pub fn check(&self, since: &Baseline) -> Result<(), String> {
         self.health.live()?;
         let now = self.baseline();
-        let failures = now.failures.saturating_sub(since.failures);
-        if failures > 0 {
-            return Err(format!(
-                "export failing: {failures} batch(es) not delivered since the config was applied"
-            ));
-        }
-        let retries = now.retries.saturating_sub(since.retries);
-        if retries > 0 && now.delivered == since.delivered {
-            return Err(format!(
-                "export failing: {retries} retries and nothing delivered since the config was applied"
-            ));
+        for ((sink, then), now) in SINKS.iter().zip(&since.sinks).zip(&now.sinks) {
+            let failures = now.failures.saturating_sub(then.failures);
+            if failures > 0 {
+                return Err(format!(
+                    "export to {sink} failing: {failures} batch(es) not delivered since the config was applied"
+                ));
+            }
+            let retries = now.retries.saturating_sub(then.retries);
+            if retries > 0 && now.delivered == then.delivered {
+                return Err(format!(
+                    "export to {sink} failing: {retries} retries and nothing delivered since the config was applied"
+                ));
+            }
         }
         Ok(())
     }
@@ -101,17 +103,22 @@ mod tests {
         export.exported(export::TRACES, export::SINK_OTLP, 3);
         assert_eq!(watch.check(&since), Ok(()));
 
-        // Retries with nothing delivered are not.
+        // Retries with nothing delivered are not, even while another sink
+        // delivers.
         let since = watch.baseline();
         export.retry(export::SINK_OTLP);
+        export.exported(export::TRACES, export::SINK_FILE, 3);
         let err = watch.check(&since).unwrap_err();
-        assert!(err.contains("nothing delivered"), "{err}");
+        assert!(
+            err.contains("otlp") && err.contains("nothing delivered"),
+            "{err}"
+        );
 
         // A batch given up.
         let since = watch.baseline();
         export.failure(export::SINK_FILE);
         let err = watch.check(&since).unwrap_err();
-        assert!(err.contains("1 batch"), "{err}");
+        assert!(err.contains("to file") && err.contains("1 batch"), "{err}");
 
         // A supervised task that failed.
         let since = watch.baseline();

@@ -13,6 +13,15 @@ use super::identity::write_atomically;
 
 pub const FILE: &str = "remote_config_last_good.pb";
 
+/// The config on trial: its fingerprint (hex) and how many runs of the
+/// agent ended within its window. Written when a trial begins, removed when
+/// it ends either way or the agent stops in order; found at start-up, it
+/// means the last run died within the window.
+pub const TRIAL_FILE: &str = "remote_config_on_trial";
+
+/// Runs ended within one config's window before that config is refused.
+pub const MAX_INTERRUPTED: u32 = 2;
+
 #[derive(Debug, thiserror::Error)]
 pub enum LastGoodError {
     #[error("reading {FILE}: {0}")]
@@ -34,6 +43,51 @@ pub fn load(data_dir: &Path) -> Result<Option<AgentRemoteConfig>, LastGoodError>
 
 pub fn store(data_dir: &Path, remote: &AgentRemoteConfig) -> Result<(), LastGoodError> {
     write_atomically(&data_dir.join(FILE), &remote.encode_to_vec()).map_err(LastGoodError::Write)
+}
+
+/// A trial marker: the offer's fingerprint (hex) and the runs it outlived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrialMark {
+    pub offer: String,
+    pub interrupted: u32,
+}
+
+/// The marker a previous run left, counted once more (and stored so), or
+/// None. An unreadable marker is dropped.
+pub fn count_interrupted_trial(data_dir: &Path) -> Option<TrialMark> {
+    let path = data_dir.join(TRIAL_FILE);
+    let text = std::fs::read_to_string(&path).ok()?;
+    let mark = text.split_once(' ').and_then(|(offer, n)| {
+        Some(TrialMark {
+            offer: offer.to_owned(),
+            interrupted: n.trim().parse::<u32>().ok()?.saturating_add(1),
+        })
+    });
+    match &mark {
+        Some(mark) => {
+            if let Err(err) = mark_trial(data_dir, mark) {
+                tracing::warn!(%err, "counting an interrupted trial");
+            }
+        }
+        None => clear_trial(data_dir),
+    }
+    mark
+}
+
+pub fn mark_trial(data_dir: &Path, mark: &TrialMark) -> Result<(), LastGoodError> {
+    write_atomically(
+        &data_dir.join(TRIAL_FILE),
+        format!("{} {}\n", mark.offer, mark.interrupted).as_bytes(),
+    )
+    .map_err(LastGoodError::Write)
+}
+
+pub fn clear_trial(data_dir: &Path) {
+    match std::fs::remove_file(data_dir.join(TRIAL_FILE)) {
+        Ok(()) => {}
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(err) => tracing::warn!(%err, "removing {TRIAL_FILE}"),
+    }
 }
 
 #[cfg(test)]

@@ -611,7 +611,7 @@ async fn unhealthy_within_the_window_rolls_back_and_reports_failed() {
     assert_eq!(status.last_remote_config_hash, offer.config_hash);
     assert!(
         status.error_message.starts_with("rolled back")
-            && status.error_message.contains("export failing")
+            && status.error_message.contains("export to otlp failing")
             && !status.error_message.contains('\n'),
         "{}",
         status.error_message
@@ -723,5 +723,55 @@ async fn a_restart_runs_the_last_known_good_config_if_it_still_verifies() {
     assert!(first.remote_config_status.is_none());
     assert!(!effective_body(&first).unwrap().contains("curl"));
     stop(other).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_config_the_agent_dies_under_twice_is_refused() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("ws://{}/v1/opamp", listener.local_addr().unwrap());
+    let key = SecretKey::generate();
+    let dir = fresh_dir("crashes");
+    let offer = signed_offer(&key, "trace:\n  exclude: [{ executable: curl }]\n");
+    // Twice the agent takes the config and dies within its window (the
+    // task aborted: no orderly stop), then restarts on its local config.
+    for _ in 0..2 {
+        let agent = start_agent_in(&dir, &endpoint, &key, "1h");
+        assert!(agent.trace.borrow().exclude.is_empty());
+        let mut ws = accept(&listener).await;
+        let first = next_agent_message(&mut ws).await;
+        send(&mut ws, to_agent(&first.instance_uid, Some(offer.clone()))).await;
+        let status = next_status(&mut ws).await;
+        assert_eq!(
+            status.status,
+            RemoteConfigStatuses::Applying as i32,
+            "{}",
+            status.error_message
+        );
+        agent.task.abort();
+        let _ = agent.task.await;
+    }
+    // The third time the server offers it, it is refused.
+    let agent = start_agent_in(&dir, &endpoint, &key, "1h");
+    let mut ws = accept(&listener).await;
+    let first = next_agent_message(&mut ws).await;
+    send(&mut ws, to_agent(&first.instance_uid, Some(offer.clone()))).await;
+    let status = next_status(&mut ws).await;
+    assert_eq!(status.status, RemoteConfigStatuses::Failed as i32);
+    assert!(
+        status.error_message.contains("ended 2 times"),
+        "{}",
+        status.error_message
+    );
+    assert!(agent.trace.borrow().exclude.is_empty());
+    assert_eq!(audit_events(&agent), ["selfops.config.failed"]);
+    // Another config is still taken, and an orderly stop within its window
+    // does not count against it.
+    let other = signed_offer(&key, "trace:\n  include: [{ executable: nginx }]\n");
+    send(&mut ws, to_agent(&first.instance_uid, Some(other))).await;
+    let status = next_status(&mut ws).await;
+    assert_eq!(status.status, RemoteConfigStatuses::Applying as i32);
+    stop(agent).await;
+    assert!(!dir.join(super::last_good::TRIAL_FILE).exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
