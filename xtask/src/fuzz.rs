@@ -28,6 +28,11 @@ const TARGETS: &[Target] = &[
         // Real ELF files with CFI: the fuzzer mutates from valid tables.
         seeds: &["/bin/true", "/usr/lib/x86_64-linux-gnu/libc.so.6"],
     },
+    Target {
+        name: "opamp",
+        dictionary: None,
+        seeds: &[],
+    },
 ];
 
 /// Runs every target (or the one named) for `seconds` each; a crash or a
