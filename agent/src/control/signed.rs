@@ -141,31 +141,33 @@ impl SecretKey {
     }
 }
 
+/// A server's offer of `files` (name, body) with `hash` (tests here and
+/// in the client's tests).
+#[cfg(test)]
+pub(crate) fn offer(files: &[(&str, &[u8])], hash: Vec<u8>) -> AgentRemoteConfig {
+    use selfops_proto::opamp::{AgentConfigFile, AgentConfigMap};
+    AgentRemoteConfig {
+        config: Some(AgentConfigMap {
+            config_map: files
+                .iter()
+                .map(|(name, body)| {
+                    (
+                        (*name).to_owned(),
+                        AgentConfigFile {
+                            body: body.to_vec(),
+                            content_type: String::new(),
+                        },
+                    )
+                })
+                .collect(),
+        }),
+        config_hash: hash,
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use selfops_proto::opamp::{AgentConfigFile, AgentConfigMap};
-
     use super::*;
-
-    fn remote(files: &[(&str, &[u8])], hash: Vec<u8>) -> AgentRemoteConfig {
-        AgentRemoteConfig {
-            config: Some(AgentConfigMap {
-                config_map: files
-                    .iter()
-                    .map(|(name, body)| {
-                        (
-                            (*name).to_owned(),
-                            AgentConfigFile {
-                                body: body.to_vec(),
-                                content_type: String::new(),
-                            },
-                        )
-                    })
-                    .collect(),
-            }),
-            config_hash: hash,
-        }
-    }
 
     const YAML: &[u8] = b"profile: { frequency_hz: 49 }\n";
 
@@ -173,13 +175,13 @@ mod tests {
     fn signed_by_a_trusted_key_verifies() {
         let key = SecretKey::generate();
         let sig = key.sign(YAML);
-        let config = remote(
+        let config = offer(
             &[(CONFIG_FILE, YAML), (SIGNATURE_FILE, sig.as_bytes())],
             sha256(YAML).to_vec(),
         );
         assert_eq!(verify(&config, &[key.public()]).unwrap().as_bytes(), YAML);
         // No hash sent is fine too.
-        let config = remote(
+        let config = offer(
             &[(CONFIG_FILE, YAML), (SIGNATURE_FILE, sig.as_bytes())],
             vec![],
         );
@@ -193,21 +195,21 @@ mod tests {
         let sig = key.sign(YAML);
         let trusted = [key.public()];
         let cases = [
-            (remote(&[], vec![]), Rejected::Missing),
-            (remote(&[(CONFIG_FILE, YAML)], vec![]), Rejected::Unsigned),
+            (offer(&[], vec![]), Rejected::Missing),
+            (offer(&[(CONFIG_FILE, YAML)], vec![]), Rejected::Unsigned),
             (
-                remote(
+                offer(
                     &[(CONFIG_FILE, YAML), (SIGNATURE_FILE, sig.as_bytes())],
                     vec![0; 32],
                 ),
                 Rejected::WrongHash,
             ),
             (
-                remote(&[(CONFIG_FILE, YAML), (SIGNATURE_FILE, b"!!")], vec![]),
+                offer(&[(CONFIG_FILE, YAML), (SIGNATURE_FILE, b"!!")], vec![]),
                 Rejected::BadSignature,
             ),
             (
-                remote(
+                offer(
                     &[
                         (CONFIG_FILE, YAML),
                         (SIGNATURE_FILE, other.sign(YAML).as_bytes()),
@@ -218,7 +220,7 @@ mod tests {
             ),
             // The YAML changed after signing.
             (
-                remote(
+                offer(
                     &[
                         (CONFIG_FILE, b"profile: { enabled: false }\n"),
                         (SIGNATURE_FILE, sig.as_bytes()),
@@ -260,7 +262,7 @@ mod tests {
         let yaml = b"trace:\n  exclude: [{ executable: curl }]\n";
         let public = TrustedKey::parse("/vM1nwlL0ms5cIxYzB4gpAMG7vM2F1Znnu01v840XGU=").unwrap();
         let sig = "3r/pfJe2daX8bvqhf898UqRkfjIvSuyjDuNUZknwg39R0d1OQy0BGsLfH5sl8xClb6OZRLvfZF1MQlo4Rxs0DQ==";
-        let config = remote(
+        let config = offer(
             &[(CONFIG_FILE, yaml), (SIGNATURE_FILE, sig.as_bytes())],
             sha256(yaml).to_vec(),
         );

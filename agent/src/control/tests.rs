@@ -17,8 +17,8 @@ use std::{
 use futures_util::{SinkExt as _, StreamExt as _};
 use prost::Message as _;
 use selfops_proto::opamp::{
-    AgentConfigFile, AgentConfigMap, AgentRemoteConfig, AgentToServer, ConnectionSettingsOffers,
-    OpAmpConnectionSettings, RemoteConfigStatuses, ServerToAgent, ServerToAgentFlags,
+    AgentRemoteConfig, AgentToServer, ConnectionSettingsOffers, OpAmpConnectionSettings,
+    RemoteConfigStatuses, ServerToAgent, ServerToAgentFlags,
 };
 use tokio::{net::TcpListener, sync::mpsc};
 use tokio_tungstenite::tungstenite::Message;
@@ -101,29 +101,9 @@ fn start_agent_in(dir: &std::path::Path, endpoint: &str, key: &SecretKey, window
     }
 }
 
-fn offer(files: &[(&str, &[u8])], hash: Vec<u8>) -> AgentRemoteConfig {
-    AgentRemoteConfig {
-        config: Some(AgentConfigMap {
-            config_map: files
-                .iter()
-                .map(|(name, body)| {
-                    (
-                        (*name).to_owned(),
-                        AgentConfigFile {
-                            body: body.to_vec(),
-                            content_type: String::new(),
-                        },
-                    )
-                })
-                .collect(),
-        }),
-        config_hash: hash,
-    }
-}
-
 fn signed_offer(key: &SecretKey, yaml: &str) -> AgentRemoteConfig {
     let sig = key.sign(yaml.as_bytes());
-    offer(
+    signed::offer(
         &[
             (signed::CONFIG_FILE, yaml.as_bytes()),
             (signed::SIGNATURE_FILE, sig.as_bytes()),
@@ -254,7 +234,7 @@ async fn websocket_session_applies_signed_refuses_unsigned_and_says_goodbye() {
     assert_eq!(agent.trace.borrow().exclude.len(), 1);
 
     // Unsigned: failed with its reason, nothing published.
-    let unsigned = offer(
+    let unsigned = signed::offer(
         &[(signed::CONFIG_FILE, b"trace: { exclude: [] }\n")],
         signed::sha256(b"trace: { exclude: [] }\n").to_vec(),
     );
