@@ -12,6 +12,7 @@ mod ewma;
 mod holt_winters;
 mod hysteresis;
 mod likelihood;
+pub mod onnx;
 mod ring;
 mod seasonal_likelihood;
 mod stats;
@@ -24,6 +25,7 @@ pub use ewma::{Ewma, EwmaConfig};
 pub use holt_winters::{HoltWinters, HoltWintersConfig};
 pub use hysteresis::{Hysteresis, HysteresisConfig, Verdict};
 pub use likelihood::{Likelihood, LikelihoodConfig};
+pub use onnx::{Onnx, OnnxConfig};
 pub use seasonal_likelihood::{SeasonalLikelihood, SeasonalLikelihoodConfig};
 pub use threshold::{Threshold, ThresholdConfig};
 pub use zscore::{ZScore, ZScoreConfig};
@@ -48,6 +50,7 @@ pub enum DetectorConfig {
     HoltWinters(HoltWintersConfig),
     Threshold(ThresholdConfig),
     SeasonalLikelihood(SeasonalLikelihoodConfig),
+    Onnx(OnnxConfig),
 }
 
 impl Default for DetectorConfig {
@@ -65,11 +68,16 @@ impl DetectorConfig {
             DetectorConfig::HoltWinters(c) => c.validate(),
             DetectorConfig::Threshold(c) => c.validate(),
             DetectorConfig::SeasonalLikelihood(c) => c.validate(),
+            DetectorConfig::Onnx(c) => c.validate(),
         }
     }
 
     /// Builds the detector, allocating all its rolling state now.
     pub fn build(&self) -> Result<Box<dyn Detector>, ConfigError> {
+        if let DetectorConfig::Onnx(c) = self {
+            // Loading the model is its validation: done once, not twice.
+            return Ok(Box::new(Onnx::new(c.clone())?));
+        }
         self.validate()?;
         Ok(match self {
             DetectorConfig::Ewma(c) => Box::new(Ewma::new(c.clone())),
@@ -77,6 +85,7 @@ impl DetectorConfig {
             DetectorConfig::HoltWinters(c) => Box::new(HoltWinters::new(c.clone())),
             DetectorConfig::Threshold(c) => Box::new(Threshold::new(c.clone())),
             DetectorConfig::SeasonalLikelihood(c) => Box::new(SeasonalLikelihood::new(c.clone())),
+            DetectorConfig::Onnx(c) => Box::new(Onnx::new(c.clone())?),
         })
     }
 }
