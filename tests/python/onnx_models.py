@@ -4,7 +4,7 @@ as the reference the agent's scores are checked against.
   onnx_models.py make KIND WINDOW OUT.onnx [--symbolic-batch]
       KIND: score  (a two-layer network ending in a sigmoid: one value)
             recon  (a linear autoencoder: the window reconstructed)
-            jump   (sigmoid(20 * (mean of the last 3 - mean of the first 5) - 8))
+            jump   (sigmoid(40 * (mean of the last 3 - mean of the first 5) - 4))
   onnx_models.py run MODEL.onnx SERIES.json
       SERIES.json: {"window": W, "values": [...]}; prints a JSON list: for
       each full window, in order, the model's first output, flattened.
@@ -57,14 +57,14 @@ def make(kind, window, out, symbolic):
         if window < 8:
             raise SystemExit("jump needs a window of at least 8")
         w = np.zeros((window, 1))
-        w[:5, 0] = -20.0 / 5
-        w[-3:, 0] = 20.0 / 3
+        w[:5, 0] = -40.0 / 5
+        w[-3:, 0] = 40.0 / 3
         nodes = [
             helper.make_node("MatMul", ["x", "w"], ["d"]),
             helper.make_node("Add", ["d", "b"], ["z"]),
             helper.make_node("Sigmoid", ["z"], ["score"]),
         ]
-        inits = [const("w", w), const("b", [-8.0])]
+        inits = [const("w", w), const("b", [-4.0])]
         y = helper.make_tensor_value_info("score", TensorProto.FLOAT, [batch, 1])
     else:
         raise SystemExit(f"unknown model kind {kind}")

@@ -258,3 +258,20 @@ fn window_normalisation_centres_each_series() {
         assert!((col[2] - col[0] - 2.449_49).abs() < 1e-3, "{col:?}");
     }
 }
+
+#[test]
+fn a_jump_model_fires_on_a_step_and_not_on_a_flat_series() {
+    let Some(py) = python() else { return };
+    let dir = scratch("jump");
+    let path = make_model(&py, &dir, "jump", 8, &[]);
+    let cfg: DetectorConfig = serde_json::from_str(&format!(
+        r#"{{"kind":"onnx","model":{:?},"window":8}}"#,
+        path.display()
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut d = cfg.build().unwrap_or_else(|e| panic!("{e}"));
+    let flat = (0..20).map(|i| d.update(f64::from(i), 0.001)).fold(0.0, f64::max);
+    assert!(flat < 0.05, "flat {flat}");
+    let step = (20..28).map(|i| d.update(f64::from(i), 1.0)).fold(0.0, f64::max);
+    assert!(step > 0.9, "step {step}");
+}
