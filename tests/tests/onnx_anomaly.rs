@@ -73,13 +73,11 @@ fn an_onnx_anomaly_condition_fires_on_a_cpu_jump_and_is_audited() {
     std::fs::copy("/bin/sh", &hog_bin).unwrap_or_else(|e| panic!("copying sh: {e}"));
 
     let agent = Agent::start("onnx-anomaly", &config(&model));
-    let hog = Hog(
-        Command::new(&hog_bin)
-            .args(["-c", "sleep 4; while :; do :; done"])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {HOG}: {e}")),
-    );
+    let hog = Hog(Command::new(&hog_bin)
+        .args(["-c", "sleep 4; while :; do :; done"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {HOG}: {e}")));
     // Idle first: full windows of flat readings fire nothing.
     std::thread::sleep(Duration::from_secs(3));
     let early: Vec<_> = log_records(&agent)
@@ -98,7 +96,10 @@ fn an_onnx_anomaly_condition_fires_on_a_cpu_jump_and_is_audited() {
     assert_eq!(applied["selfops.dry_run"], Value::Bool(true), "{applied:?}");
     let score = number(&applied, "selfops.signal.compared");
     assert!((0.5..=1.0).contains(&score), "score {score}: {applied:?}");
-    assert!(number(&applied, "selfops.signal.value") > 0.05, "{applied:?}");
+    assert!(
+        number(&applied, "selfops.signal.value") > 0.05,
+        "{applied:?}"
+    );
     assert!(agent.metric("selfops_playbook_decisions_total", &["outcome=\"applied\""]) >= 1.0);
     let (status, _) = agent.stop(libc::SIGTERM);
     assert!(status.success(), "agent exit {status}");
@@ -122,6 +123,9 @@ fn an_onnx_model_that_does_not_fit_the_window_is_a_config_error() {
         .output()
         .unwrap_or_else(|e| panic!("{e}"));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "started with a mismatched model: {stderr}");
+    assert!(
+        !out.status.success(),
+        "started with a mismatched model: {stderr}"
+    );
     assert!(stderr.contains("onnx.window"), "{stderr}");
 }

@@ -192,8 +192,14 @@ fn ensure_python_packages() -> anyhow::Result<Option<String>> {
         made = true;
     }
     let mut pip = Command::new(&python);
-    pip.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
-        .args(PYTHON_PACKAGES);
+    pip.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+    ])
+    .args(PYTHON_PACKAGES);
     shell::run(pip)?;
     Ok(Some(format!(
         "{} a Python environment at {} and installed {}",

@@ -54,7 +54,10 @@ pub fn families() -> Vec<(String, Vec<DetectorConfig>)> {
         ),
         (
             "zscore".into(),
-            product(json!({"kind": "zscore"}), &[("window", vals![50, 100, 200, 400, 800])]),
+            product(
+                json!({"kind": "zscore"}),
+                &[("window", vals![50, 100, 200, 400, 800])],
+            ),
         ),
         (
             "ewma".into(),
@@ -94,6 +97,9 @@ mod tests {
 
     #[test]
     fn every_grid_point_parses_and_builds() {
+        let sizes: Vec<usize> = families().iter().map(|(_, g)| g.len()).collect();
+        // A point that failed to parse would be missing here.
+        assert_eq!(sizes, [1, 5, 12, 6, 24]);
         for (name, grid) in families() {
             assert!(!grid.is_empty(), "{name}");
             for c in grid {

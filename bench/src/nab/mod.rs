@@ -171,12 +171,17 @@ fn print_loco(corpus: &Corpus, extra: &[(String, DetectorConfig)]) -> anyhow::Re
         }
     }
     let cats = loco::categories(corpus);
-    println!("\nleave-one-category-out (standard profile): parameters and threshold chosen on the other categories, scored on the one left out");
+    println!(
+        "\nleave-one-category-out (standard profile): parameters and threshold chosen on the other categories, scored on the one left out"
+    );
     let mut header = format!("{:<22}", "detector");
     for c in &cats {
         header.push_str(&format!(" {:>22}", c));
     }
-    header.push_str(&format!(" {:>8} {:>9} {:>6} {:>9}", "LOCO", "in-sample", "grid", "ns/point"));
+    header.push_str(&format!(
+        " {:>8} {:>9} {:>6} {:>9}",
+        "LOCO", "in-sample", "grid", "ns/point"
+    ));
     println!("{header}");
     let mut all_scores = Vec::new();
     let mut all_labels = Vec::new();
@@ -184,7 +189,8 @@ fn print_loco(corpus: &Corpus, extra: &[(String, DetectorConfig)]) -> anyhow::Re
         let mut family = Vec::with_capacity(grid.len());
         let mut worst_ns: f64 = 0.0;
         for cfg in grid {
-            let (scores, ns) = score_once(cfg, corpus).with_context(|| format!("detector {name}"))?;
+            let (scores, ns) =
+                score_once(cfg, corpus).with_context(|| format!("detector {name}"))?;
             worst_ns = worst_ns.max(ns);
             family.push(scores);
         }
@@ -196,10 +202,18 @@ fn print_loco(corpus: &Corpus, extra: &[(String, DetectorConfig)]) -> anyhow::Re
     let out = loco::evaluate(corpus, &all_scores);
     print_outcome("default (any family)", &out, all_scores.len(), f64::NAN);
     for (cat, _, _, k) in &out.per_category {
-        println!("    without {cat:<22} chose {} {:?}", all_labels[*k].0, all_labels[*k].1);
+        println!(
+            "    without {cat:<22} chose {} {:?}",
+            all_labels[*k].0, all_labels[*k].1
+        );
     }
-    println!("    on everything            chose {} {:?}", all_labels[out.chosen].0, all_labels[out.chosen].1);
-    println!("  per category: normalised score (artificialNoAnomaly has no windows: its raw false-positive cost); ns/point: slowest configuration, one pass");
+    println!(
+        "    on everything            chose {} {:?}",
+        all_labels[out.chosen].0, all_labels[out.chosen].1
+    );
+    println!(
+        "  per category: normalised score (artificialNoAnomaly has no windows: its raw false-positive cost); ns/point: slowest configuration, one pass"
+    );
     Ok(())
 }
 
@@ -212,8 +226,15 @@ fn print_outcome(name: &str, out: &loco::Outcome, grid: usize, ns: f64) {
         };
         line.push_str(&format!(" {cell:>22}"));
     }
-    let ns = if ns.is_finite() { format!("{ns:.1}") } else { "-".into() };
-    line.push_str(&format!(" {:>8.1} {:>9.1} {:>6} {:>9}", out.overall, out.in_sample, grid, ns));
+    let ns = if ns.is_finite() {
+        format!("{ns:.1}")
+    } else {
+        "-".into()
+    };
+    line.push_str(&format!(
+        " {:>8.1} {:>9.1} {:>6} {:>9}",
+        out.overall, out.in_sample, grid, ns
+    ));
     println!("{line}");
 }
 

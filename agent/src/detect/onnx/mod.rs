@@ -268,7 +268,11 @@ pub fn map_score(map: ScoreMap, scale: f64, raw: f64) -> f64 {
         ScoreMap::Logistic => 1.0 / (1.0 + (-raw / scale).exp()),
         ScoreMap::Ratio => {
             let r = raw.max(0.0);
-            if r.is_infinite() { 1.0 } else { r / (r + scale) }
+            if r.is_infinite() {
+                1.0
+            } else {
+                r / (r + scale)
+            }
         }
     };
     s.clamp(0.0, 1.0)

@@ -69,7 +69,10 @@ impl Model {
         }
         match catch_unwind(AssertUnwindSafe(|| build(bytes, cfg))) {
             Ok(result) => result,
-            Err(_) => Err(invalid("onnx.model", "the model could not be loaded (malformed)")),
+            Err(_) => Err(invalid(
+                "onnx.model",
+                "the model could not be loaded (malformed)",
+            )),
         }
     }
 
@@ -115,7 +118,10 @@ fn build(bytes: &[u8], cfg: &OnnxConfig) -> Result<Model, ConfigError> {
     if inputs.len() != 1 {
         return Err(invalid(
             "onnx.input",
-            format!("the model takes {} inputs {names:?}; one is supported", inputs.len()),
+            format!(
+                "the model takes {} inputs {names:?}; one is supported",
+                inputs.len()
+            ),
         ));
     }
     if let Some(want) = &cfg.input
@@ -169,7 +175,10 @@ fn build(bytes: &[u8], cfg: &OnnxConfig) -> Result<Model, ConfigError> {
         (None, None) => {
             return Err(invalid(
                 "onnx.window",
-                format!("input {:?} has no fixed shape: the window must be given", names[0]),
+                format!(
+                    "input {:?} has no fixed shape: the window must be given",
+                    names[0]
+                ),
             ));
         }
         // Symbolic dimensions (a batch axis, say): fixed from the config.
@@ -206,9 +215,12 @@ fn build(bytes: &[u8], cfg: &OnnxConfig) -> Result<Model, ConfigError> {
             .map_err(|e| invalid("onnx.output", e.to_string()))?;
     }
 
-    let typed = model
-        .into_optimized()
-        .map_err(|e| invalid("onnx.model", format!("the model does not run on shape {shape:?}: {e:#}")))?;
+    let typed = model.into_optimized().map_err(|e| {
+        invalid(
+            "onnx.model",
+            format!("the model does not run on shape {shape:?}: {e:#}"),
+        )
+    })?;
     let out_fact = typed
         .output_fact(0)
         .map_err(|e| invalid("onnx.output", e.to_string()))?;
@@ -218,10 +230,12 @@ fn build(bytes: &[u8], cfg: &OnnxConfig) -> Result<Model, ConfigError> {
             format!("output is {:?}; float32 is supported", out_fact.datum_type),
         ));
     }
-    let out_dims = out_fact
-        .shape
-        .as_concrete()
-        .ok_or_else(|| invalid("onnx.output", "output shape is not fixed by the input shape"))?;
+    let out_dims = out_fact.shape.as_concrete().ok_or_else(|| {
+        invalid(
+            "onnx.output",
+            "output shape is not fixed by the input shape",
+        )
+    })?;
     let output_len: usize = out_dims.iter().product();
     match cfg.output_is {
         Output::Score if output_len != 1 => {

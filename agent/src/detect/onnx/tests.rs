@@ -21,8 +21,7 @@ fn workspace() -> PathBuf {
 fn python() -> Option<PathBuf> {
     let candidates = [
         std::env::var_os("SELFOPS_PYTHON").map(PathBuf::from),
-        std::env::var_os("CARGO_TARGET_DIR")
-            .map(|t| PathBuf::from(t).join("python/bin/python3")),
+        std::env::var_os("CARGO_TARGET_DIR").map(|t| PathBuf::from(t).join("python/bin/python3")),
         Some(workspace().join("target/python/bin/python3")),
         Some(PathBuf::from("python3")),
     ];
@@ -112,7 +111,11 @@ fn score_model_matches_onnxruntime() {
         let s = d.update(i as f64, v);
         if i + 1 >= 16 {
             let expect = want[k][0];
-            assert!((d.raw() - expect).abs() < 1e-5, "window {k}: {} vs {expect}", d.raw());
+            assert!(
+                (d.raw() - expect).abs() < 1e-5,
+                "window {k}: {} vs {expect}",
+                d.raw()
+            );
             assert!((s - expect.clamp(0.0, 1.0)).abs() < 1e-5);
             k += 1;
         } else {
@@ -150,7 +153,11 @@ fn reconstruction_error_matches_onnxruntime_with_a_symbolic_batch() {
             .map(|(&x, &y)| (f64::from(x as f32) - y).powi(2))
             .sum::<f64>()
             / 16.0;
-        assert!((d.raw() - mse).abs() < 1e-5, "row {i}: {} vs {mse}", d.raw());
+        assert!(
+            (d.raw() - mse).abs() < 1e-5,
+            "row {i}: {} vs {mse}",
+            d.raw()
+        );
         assert!((s - mse / (mse + 0.5)).abs() < 1e-5);
     }
 }
@@ -197,10 +204,16 @@ fn mismatches_are_config_errors_naming_the_key() {
     let d = Onnx::new(base).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(d.ring.len(), 16);
 
-    let json = format!(r#"{{"kind":"onnx","model":{:?},"window":16}}"#, score.display());
+    let json = format!(
+        r#"{{"kind":"onnx","model":{:?},"window":16}}"#,
+        score.display()
+    );
     let cfg: DetectorConfig = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(cfg.build().map(|d| d.name()).ok(), Some("onnx"));
-    let unknown = format!(r#"{{"kind":"onnx","model":{:?},"windw":16}}"#, score.display());
+    let unknown = format!(
+        r#"{{"kind":"onnx","model":{:?},"windw":16}}"#,
+        score.display()
+    );
     assert!(serde_json::from_str::<DetectorConfig>(&unknown).is_err());
 }
 
@@ -238,7 +251,15 @@ fn corrupt_and_hostile_models_are_refused_without_panic() {
 
 #[test]
 fn scores_map_into_the_unit_interval() {
-    for raw in [f64::NEG_INFINITY, -3.0, 0.0, 0.4, 2.0, f64::INFINITY, f64::NAN] {
+    for raw in [
+        f64::NEG_INFINITY,
+        -3.0,
+        0.0,
+        0.4,
+        2.0,
+        f64::INFINITY,
+        f64::NAN,
+    ] {
         for map in [ScoreMap::Clamp, ScoreMap::Logistic, ScoreMap::Ratio] {
             let s = map_score(map, 1.0, raw);
             assert!((0.0..=1.0).contains(&s), "{map:?} {raw} → {s}");
@@ -252,7 +273,10 @@ fn scores_map_into_the_unit_interval() {
 fn window_normalisation_centres_each_series() {
     let mut w = [1.0f32, 10.0, 2.0, 20.0, 3.0, 30.0];
     normalize(&mut w, 2);
-    let (a, b): (Vec<f32>, Vec<f32>) = (w.iter().step_by(2).copied().collect(), w.iter().skip(1).step_by(2).copied().collect());
+    let (a, b): (Vec<f32>, Vec<f32>) = (
+        w.iter().step_by(2).copied().collect(),
+        w.iter().skip(1).step_by(2).copied().collect(),
+    );
     for col in [a, b] {
         assert!(col.iter().sum::<f32>().abs() < 1e-5);
         assert!((col[2] - col[0] - 2.449_49).abs() < 1e-3, "{col:?}");
@@ -270,8 +294,12 @@ fn a_jump_model_fires_on_a_step_and_not_on_a_flat_series() {
     ))
     .unwrap_or_else(|e| panic!("{e}"));
     let mut d = cfg.build().unwrap_or_else(|e| panic!("{e}"));
-    let flat = (0..20).map(|i| d.update(f64::from(i), 0.001)).fold(0.0, f64::max);
+    let flat = (0..20)
+        .map(|i| d.update(f64::from(i), 0.001))
+        .fold(0.0, f64::max);
     assert!(flat < 0.05, "flat {flat}");
-    let step = (20..28).map(|i| d.update(f64::from(i), 1.0)).fold(0.0, f64::max);
+    let step = (20..28)
+        .map(|i| d.update(f64::from(i), 1.0))
+        .fold(0.0, f64::max);
     assert!(step > 0.9, "step {step}");
 }
