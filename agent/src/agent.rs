@@ -59,6 +59,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 pub fn run_with(config: Config, options: RunOptions) -> anyhow::Result<()> {
     // Until the handlers are installed a SIGTERM waits instead of killing.
     signals::defer();
+    supervise::log_panics_in_one_line();
     let _lock = InstanceLock::acquire(std::path::Path::new(LOCK_DIR))?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
@@ -281,6 +282,7 @@ async fn start(
             resources.clone(),
             metrics.clone(),
             trace_metrics,
+            model.caught_up(),
             Box::new(move |signal| {
                 if let Some(services) = &services {
                     services.observe(&signal);
@@ -352,7 +354,10 @@ fn exit_anyway_after(within: Duration) {
                 ?within,
                 "stopping after a task failure took too long: exiting now"
             );
-            std::process::exit(1);
+            // _exit, not exit: no atexit handler or stdio lock held by a
+            // stuck thread can keep the process alive.
+            // SAFETY: ends the process; nothing runs after it.
+            unsafe { libc::_exit(1) };
         });
     if let Err(err) = watchdog {
         tracing::warn!(%err, "no stop watchdog");

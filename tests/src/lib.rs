@@ -294,6 +294,14 @@ pub fn loaded_program_names() -> Vec<String> {
         .collect()
 }
 
+/// Whether any of the limiter's programs is loaded (by the agent, or left
+/// pinned behind).
+pub fn limiter_loaded() -> bool {
+    loaded_program_names()
+        .iter()
+        .any(|p| p.starts_with("limiter"))
+}
+
 /// `bpftool -j ARGS` as a list of objects.
 pub fn bpftool_json(args: &[&str]) -> Vec<serde_json::Value> {
     let out = Command::new("bpftool")

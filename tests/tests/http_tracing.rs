@@ -30,6 +30,39 @@ fn spans_on_port(spans: &[FlatSpan], port: u16) -> impl Iterator<Item = &FlatSpa
         .filter(move |s| s.attr_int("server.port") == Some(i64::from(port)))
 }
 
+/// One line per span, grouped by trace: enough to tell a split trace from
+/// a duplicated span or a stray request.
+fn summary(by_trace: &BTreeMap<&str, Vec<&FlatSpan>>) -> String {
+    let mut out = String::new();
+    for (trace_id, spans) in by_trace {
+        out.push_str(trace_id);
+        out.push('\n');
+        for s in spans {
+            out.push_str(&format!(
+                "  kind {} port {:?} {} {:?} span {} parent {} start {} pid {:?}\n",
+                s.kind,
+                s.attr_int("server.port"),
+                s.name,
+                s.attr_str("url.path"),
+                s.span_id,
+                s.parent_span_id,
+                s.start,
+                s.resource.get("process.pid"),
+            ));
+        }
+    }
+    out
+}
+
+fn tracer_metrics(agent: &Agent) -> String {
+    agent
+        .get("/metrics")
+        .lines()
+        .filter(|l| l.starts_with("selfops_trace_") || l.starts_with("selfops_sensor_"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 #[test]
 fn curl_python_nginx_is_one_trace_of_four_spans() {
     if !privileged("curl_python_nginx_is_one_trace_of_four_spans") {
@@ -106,7 +139,9 @@ fn topology(tls: bool) {
     assert_eq!(
         by_trace.len(),
         2 * REQUESTS_EACH,
-        "one trace per curl request; traces without four spans: {broken:#?}"
+        "one trace per curl request; traces without four spans: {broken:#?}\nevery trace:\n{}\ntracer metrics:\n{}",
+        summary(&by_trace),
+        tracer_metrics(&agent)
     );
 
     let (mut with, mut without) = (0, 0);

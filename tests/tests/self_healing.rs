@@ -10,7 +10,9 @@ use std::{
 };
 
 use selfops_tests::{
-    Agent, free_port, loaded_program_names,
+    Agent,
+    audit::{number, wait_for_record},
+    free_port, limiter_loaded,
     netns::VethPair,
     one_agent_at_a_time, privileged,
     traffic::{CpuHog, TcpServer, connect_flood, server_end_to_host},
@@ -41,58 +43,6 @@ actuation:
     )
 }
 
-/// Every log record in logs.jsonl: (eventName, attributes as key → value).
-fn log_records(agent: &Agent) -> Vec<(String, serde_json::Map<String, Value>)> {
-    let text = std::fs::read_to_string(agent.dir.join("data/logs.jsonl")).unwrap_or_default();
-    let mut records = Vec::new();
-    for line in text.lines().filter(|l| l.ends_with('}')) {
-        let Ok(request) = serde_json::from_str::<Value>(line) else {
-            continue;
-        };
-        for resource in request["resourceLogs"].as_array().into_iter().flatten() {
-            for scope in resource["scopeLogs"].as_array().into_iter().flatten() {
-                for record in scope["logRecords"].as_array().into_iter().flatten() {
-                    let mut attributes = serde_json::Map::new();
-                    for kv in record["attributes"].as_array().into_iter().flatten() {
-                        let value = kv["value"]
-                            .as_object()
-                            .and_then(|v| v.values().next().cloned())
-                            .unwrap_or(Value::Null);
-                        attributes.insert(kv["key"].as_str().unwrap_or("").to_owned(), value);
-                    }
-                    let name = record["eventName"].as_str().unwrap_or("").to_owned();
-                    records.push((name, attributes));
-                }
-            }
-        }
-    }
-    records
-}
-
-fn wait_for_event(agent: &Agent, event: &str, timeout: Duration) -> serde_json::Map<String, Value> {
-    wait_for(timeout, || {
-        log_records(agent)
-            .into_iter()
-            .find(|(name, _)| name == event)
-            .map(|(_, attributes)| attributes)
-    })
-    .unwrap_or_else(|| panic!("no {event} within {timeout:?}:\n{}", agent.log()))
-}
-
-fn number(attributes: &serde_json::Map<String, Value>, key: &str) -> f64 {
-    match &attributes[key] {
-        Value::Number(n) => n.as_f64().unwrap_or(f64::NAN),
-        Value::String(s) => s.parse().unwrap_or(f64::NAN),
-        _ => f64::NAN,
-    }
-}
-
-fn limiter_loaded() -> bool {
-    loaded_program_names()
-        .iter()
-        .any(|p| p.starts_with("limiter"))
-}
-
 /// CPU hog plus connection flood until the playbook decides; returns the
 /// `applied` record's attributes, with the hog stopped.
 fn hog_and_flood_until_applied(agent: &Agent, s: &Setup) -> serde_json::Map<String, Value> {
@@ -101,7 +51,12 @@ fn hog_and_flood_until_applied(agent: &Agent, s: &Setup) -> serde_json::Map<Stri
     let applied = std::thread::scope(|scope| {
         let flood =
             scope.spawn(|| connect_flood(&s.pair.client_ns, s.server, Duration::from_secs(3)));
-        let applied = wait_for_event(agent, "selfops.action.applied", Duration::from_secs(10));
+        let applied = wait_for_record(
+            agent,
+            "selfops.action.applied",
+            Duration::from_secs(10),
+            |_| true,
+        );
         let _ = flood.join();
         applied
     });
@@ -166,7 +121,12 @@ fn cpu_hog_and_flood_throttle_the_port_to_200_per_second_until_the_ttl_passes() 
     );
 
     // The TTL lifts it (30 s after it was applied), whatever the CPU does.
-    let expired = wait_for_event(&agent, "selfops.action.expired", Duration::from_secs(40));
+    let expired = wait_for_record(
+        &agent,
+        "selfops.action.expired",
+        Duration::from_secs(40),
+        |_| true,
+    );
     assert_eq!(expired["selfops.playbook"], "cpu-hot-throttle");
     let after = connect_flood(&s.pair.client_ns, s.server, Duration::from_secs(1));
     eprintln!("after the TTL: {after:?} (before: {full:?})");

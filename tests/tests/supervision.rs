@@ -11,7 +11,7 @@ use std::{
 };
 
 use selfops_tests::{
-    Agent, free_port, loaded_program_names,
+    Agent, free_port, limiter_loaded,
     netns::VethPair,
     one_agent_at_a_time, privileged,
     traffic::{TcpServer, server_end_to_host},
@@ -49,12 +49,6 @@ fn without_colours(log: &str) -> String {
         }
     }
     out
-}
-
-fn limiter_loaded() -> bool {
-    loaded_program_names()
-        .iter()
-        .any(|p| p.starts_with("limiter"))
 }
 
 /// What the test saw after pulling the trigger.

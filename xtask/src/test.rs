@@ -1,6 +1,6 @@
 //! `cargo xtask test`: formatting, lints on host and eBPF crates, unit
-//! tests, the privileged end-to-end tests in `tests/`, and each fuzz
-//! target for a bounded time.
+//! tests (also with the clock a month ahead), the privileged end-to-end
+//! tests in `tests/`, and each fuzz target for a bounded time.
 
 use std::process::Command;
 
@@ -34,12 +34,26 @@ pub fn run(filter: Option<&str>) -> anyhow::Result<()> {
         args.push(filter);
     }
     shell::cargo(&args)?;
+    if filter.is_none() {
+        unit_tests_a_month_ahead()?;
+    }
     // Every parser of untrusted bytes, briefly: a regression that crashes
     // within seconds fails CI. Longer campaigns: `cargo xtask fuzz`.
     if filter.is_none() {
         crate::fuzz::run(FUZZ_SECONDS, None)?;
     }
     Ok(())
+}
+
+/// The agent's unit tests once more with the wall clock 31 days ahead
+/// (Debian's `faketime`): none may depend on the date they were written.
+fn unit_tests_a_month_ahead() -> anyhow::Result<()> {
+    let mut command = Command::new("faketime");
+    command
+        .args(["-f", "+31d"])
+        .arg(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["test", "--release", "--package", "selfops-agent", "--lib"]);
+    shell::run(command)
 }
 
 /// Seconds per fuzz target in `cargo xtask test`.

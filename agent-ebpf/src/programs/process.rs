@@ -130,6 +130,8 @@ pub fn process_exit(ctx: TracePointContext) -> u32 {
 fn try_process_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let (pid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    // Every thread's exit, not only the process's.
+    super::net::forget_thread(pid_tgid);
     let group_dead_offset = layout().exit_group_dead;
     let process_ends = if group_dead_offset == FIELD_ABSENT {
         // Older kernels: take the leader's exit as the process's.

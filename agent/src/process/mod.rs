@@ -3,6 +3,7 @@
 //! resource of every signal the agent emits.
 
 pub mod build_id;
+pub mod caught_up;
 pub mod clock;
 pub mod container;
 pub mod event;

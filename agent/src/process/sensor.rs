@@ -9,6 +9,7 @@ use selfops_ebpf::Sensor;
 
 use super::{
     build_id::BuildIdCache,
+    caught_up::{CaughtUp, boot_now_ns},
     clock::{BootClock, clock_ticks_per_second},
     container::container_id,
     event::{ProcessEvent, decode},
@@ -23,6 +24,9 @@ use crate::{
 
 /// Records handled per wake-up before the task yields to its timers.
 const MAX_RECORDS_PER_WAKEUP: usize = 4096;
+/// How often the ring is checked when it did not wake us: the delay a span
+/// may wait for the table (see `caught_up`).
+const CATCH_UP_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
 
 pub struct ProcessModel {
     table: SharedTable,
@@ -33,6 +37,7 @@ pub struct ProcessModel {
     /// Per-sensor received counters, looked up once (index: `Sensor`).
     received: [Counter; 3],
     metrics: Arc<Metrics>,
+    caught_up: CaughtUp,
 }
 
 impl ProcessModel {
@@ -58,11 +63,17 @@ impl ProcessModel {
                     .clone()
             }),
             metrics,
+            caught_up: CaughtUp::new(),
         }
     }
 
     pub fn table(&self) -> SharedTable {
         self.table.clone()
+    }
+
+    /// How far this model has read its ring, for the tracer to wait on.
+    pub fn caught_up(&self) -> CaughtUp {
+        self.caught_up.clone()
     }
 
     fn failed(&self, reason: &'static str) {
@@ -281,11 +292,26 @@ impl ProcessModel {
     ) -> std::io::Result<()> {
         let mut expire = tokio::time::interval(std::time::Duration::from_secs(1));
         let mut rescan = tokio::time::interval(rescan_interval);
+        // Without process events the ring never wakes us; the tracer still
+        // needs to know the table is current.
+        let mut catch_up = tokio::time::interval(CATCH_UP_EVERY);
+        catch_up.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         rescan.tick().await; // the first tick is immediate; seeding just ran
         loop {
             tokio::select! {
                 ready = ring.ready() => {
-                    ready?.drain(MAX_RECORDS_PER_WAKEUP, |record| self.handle_record(record));
+                    let began = boot_now_ns();
+                    let n = ready?.drain(MAX_RECORDS_PER_WAKEUP, |record| self.handle_record(record));
+                    if n < MAX_RECORDS_PER_WAKEUP {
+                        self.caught_up.reached(began);
+                    }
+                }
+                _ = catch_up.tick() => {
+                    let began = boot_now_ns();
+                    let n = ring.drain_pending(MAX_RECORDS_PER_WAKEUP, |record| self.handle_record(record));
+                    if n < MAX_RECORDS_PER_WAKEUP {
+                        self.caught_up.reached(began);
+                    }
                 }
                 _ = expire.tick() => self.table.write().expire(Instant::now()),
                 _ = rescan.tick() => self.reconcile(),

@@ -217,6 +217,12 @@ impl ProfileOutputs {
         self.set_queue_length();
     }
 
+    /// Watches the output task without owning it: the profiler's supervisor
+    /// sees it end (a panic included) while the worker thread owns `self`.
+    pub fn task_handle(&self) -> tokio::task::AbortHandle {
+        self.task.abort_handle()
+    }
+
     /// `<data_dir>/profiles`.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -268,6 +268,20 @@ async fn go_tool_pprof_reads_every_written_file() {
     std::fs::remove_dir_all(&data).unwrap();
 }
 
+/// The handle the profiler's supervisor watches is the output task's own:
+/// it reports the task ended once it has, and not before.
+#[tokio::test]
+async fn task_handle_sees_the_output_task_end() {
+    let data = temp_dir("task-handle");
+    let mut registry = Registry::default();
+    let outputs = ProfileOutputs::with_options(&data, None, &mut registry, options()).unwrap();
+    let handle = outputs.task_handle();
+    assert!(!handle.is_finished());
+    handle.abort();
+    wait_for("the aborted output task to end", || handle.is_finished()).await;
+    std::fs::remove_dir_all(&data).unwrap();
+}
+
 #[tokio::test]
 async fn retention_bounds_the_directory() {
     let data = temp_dir("retention");

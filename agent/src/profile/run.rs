@@ -28,6 +28,7 @@ pub struct Prepared {
 pub struct Running {
     stop: Arc<AtomicBool>,
     worker: std::thread::JoinHandle<ProfileOutputs>,
+    outputs_task: tokio::task::AbortHandle,
     sampler: Sampler,
 }
 
@@ -67,6 +68,7 @@ impl Prepared {
         );
         let stop = Arc::new(AtomicBool::new(false));
         let outputs = self.outputs;
+        let outputs_task = outputs.task_handle();
         let worker = std::thread::Builder::new()
             .name("selfops-profiler".into())
             .spawn({
@@ -85,15 +87,23 @@ impl Prepared {
         Ok(Running {
             stop,
             worker,
+            outputs_task,
             sampler,
         })
     }
 }
 
 impl Running {
-    /// True once the worker thread has ended (a panic included).
-    pub fn is_finished(&self) -> bool {
-        self.worker.is_finished()
+    /// What has ended before being asked to stop (a panic included): the
+    /// worker thread or the task writing and exporting its profiles.
+    pub fn ended(&self) -> Option<&'static str> {
+        if self.worker.is_finished() {
+            Some("the profiler thread ended")
+        } else if self.outputs_task.is_finished() {
+            Some("the profile output task ended")
+        } else {
+            None
+        }
     }
 
     /// Detaches the sampler, emits the partial interval and flushes the

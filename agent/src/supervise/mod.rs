@@ -11,6 +11,7 @@
 
 mod fault;
 mod guard;
+pub use guard::log_panics_in_one_line;
 mod health;
 mod profiler;
 pub mod signals;

@@ -1,5 +1,6 @@
 //! The profiler's worker is a thread, not a task: supervised by a task that
-//! checks every tick whether the thread ended before it was asked to stop.
+//! checks every tick whether the thread, or the task writing its profiles,
+//! ended before it was asked to stop.
 
 use std::time::Duration;
 
@@ -21,8 +22,8 @@ pub async fn profiler(
         tokio::select! {
             _ = stopping.wait_for(|stop| *stop) => break,
             _ = check.tick() => {
-                if profiler.is_finished() {
-                    return Err("the profiler thread ended".to_owned());
+                if let Some(ended) = profiler.ended() {
+                    return Err(ended.to_owned());
                 }
             }
         }

@@ -30,8 +30,8 @@ use super::{
 use crate::{
     config::TraceConfig,
     kernel::ring_reader::RingReader,
-    process::{ResourceBuilder, SharedTable, clock::BootClock},
-    signal::{AttrValue, Resource, Signal},
+    process::{Process, ResourceBuilder, SharedTable, caught_up::CaughtUp, clock::BootClock},
+    signal::{AttrValue, Resource, Signal, Span},
     telemetry::{
         Metrics,
         metrics::{ReasonLabel, SensorLabel},
@@ -55,6 +55,23 @@ const PARK_FOR: Duration = Duration::from_millis(250);
 const CLIENT_WAIT_MAX: Duration = Duration::from_secs(5);
 /// Server spans waiting at most; beyond it they are decided at once.
 const MAX_PARKED: usize = 4096;
+/// Spans waiting for the process table at most, and for how long: beyond
+/// either they go with what the table knows, counted.
+const MAX_AWAITING_TABLE: usize = 8192;
+const TABLE_WAIT_MAX: Duration = Duration::from_secs(1);
+
+/// A finished span whose process's exec (or fork) may still be unread in
+/// the process ring: its resource is looked up once the table has caught
+/// up with the span's first byte.
+struct AwaitingTable {
+    since: Instant,
+    pid: u32,
+    first_byte_ns: u64,
+    span: Span,
+    method: String,
+    path: String,
+    status: u16,
+}
 
 /// A finished server span whose client end was not seen yet.
 struct Parked {
@@ -102,6 +119,8 @@ pub struct TraceMetrics {
     pub red_series: Gauge,
     pub red_routes_overflowed: Counter,
     pub red_series_overflowed: Counter,
+    /// Spans sent before the process table had caught up with them.
+    pub resource_unconfirmed: Counter,
     /// Things the tracer could not use, by reason.
     pub untraced: Family<ReasonLabel, Counter>,
 }
@@ -120,8 +139,15 @@ impl TraceMetrics {
             red_series: Gauge::default(),
             red_routes_overflowed: Counter::default(),
             red_series_overflowed: Counter::default(),
+            resource_unconfirmed: Counter::default(),
             untraced: Family::default(),
         };
+        registry.register(
+            "trace_spans_resource_unconfirmed",
+            "Spans sent with the process resource known so far, the process table not \
+             having caught up within 1 s (or too many spans waiting for it)",
+            m.resource_unconfirmed.clone(),
+        );
         registry.register(
             "trace_untraced",
             "Responses without a request, client requests the rendezvous could not hold, \
@@ -194,7 +220,13 @@ pub struct Tracer {
     dead_last_time: super::FastSet<u32>,
     table: SharedTable,
     resources: Arc<ResourceBuilder>,
-    resource_cache: FastMap<u32, Arc<Resource>>,
+    /// By pid, with the table entry it was built from: an exec replaces
+    /// the entry, and with it the resource.
+    resource_cache: FastMap<u32, (Arc<Process>, Arc<Resource>)>,
+    caught_up: CaughtUp,
+    awaiting_table: VecDeque<AwaitingTable>,
+    /// Stands in for the resource of a span waiting for the table.
+    no_resource: Arc<Resource>,
     clock: BootClock,
     sink: Box<dyn FnMut(Signal) + Send>,
     trace_metrics: TraceMetrics,
@@ -212,6 +244,7 @@ impl Tracer {
         resources: Arc<ResourceBuilder>,
         metrics: Arc<Metrics>,
         trace_metrics: TraceMetrics,
+        caught_up: CaughtUp,
         sink: Box<dyn FnMut(Signal) + Send>,
     ) -> Result<Self, globset::Error> {
         let filter = TraceFilter::new(&config.include, &config.exclude)?;
@@ -261,6 +294,11 @@ impl Tracer {
             table,
             resources,
             resource_cache: FastMap::default(),
+            caught_up,
+            awaiting_table: VecDeque::new(),
+            no_resource: Arc::new(Resource {
+                attributes: Vec::new(),
+            }),
             clock,
             sink,
             counters,
@@ -326,6 +364,9 @@ impl Tracer {
         // decision is made once per connection.
         conn.excluded = !self.filter.allows(process.as_deref(), &event.endpoints);
         if side == Some(Side::Client) {
+            // A new connection on a 4-tuple: contexts its predecessor left
+            // unclaimed are not for this one's server.
+            self.rendezvous.forget(event.endpoints);
             self.clients.insert(event.endpoints, key);
         }
         self.connections.insert(key, conn);
@@ -360,10 +401,13 @@ impl Tracer {
                 }
                 self.active_server.retain(|_, (k, _)| *k != key);
             }
-            // Requests it sent were claimed by their servers long before the
-            // client closed; whatever is left is for servers never seen.
+            // What it sent but no server claimed yet stays in the rendezvous
+            // (bounded, with its TTL): a server's probe may report its
+            // request or response after this client has read the answer
+            // and closed, when the server was descheduled between its
+            // syscall and the probe's return. A later connection on the
+            // same 4-tuple forgets it.
             Some(Side::Client) => {
-                self.rendezvous.forget(conn.endpoints);
                 if self.clients.get(&conn.endpoints) == Some(&key) {
                     self.clients.remove(&conn.endpoints);
                 }
@@ -712,7 +756,18 @@ impl Tracer {
         let Some(trace_id) = entry.trace_id else {
             return;
         };
-        let resource = self.resource_of(pid);
+        // The process's exec precedes its first byte on this connection.
+        let first_byte_ns = entry.request.start_ns;
+        let mut waits = self.caught_up.get() < first_byte_ns;
+        if waits && self.awaiting_table.len() >= MAX_AWAITING_TABLE {
+            self.trace_metrics.resource_unconfirmed.inc();
+            waits = false;
+        }
+        let resource = if waits {
+            self.no_resource.clone()
+        } else {
+            self.resource_of(pid)
+        };
         let clock = self.clock;
         let span = build(Exchange {
             side,
@@ -729,38 +784,77 @@ impl Tracer {
             Side::Server => self.counters.server_spans.inc(),
             Side::Client => self.counters.client_spans.inc(),
         };
+        let path = super::spans::url_path(&entry.request.target);
+        if waits {
+            self.awaiting_table.push_back(AwaitingTable {
+                since: Instant::now(),
+                pid,
+                first_byte_ns,
+                span,
+                method: entry.request.method.clone(),
+                path: path.to_owned(),
+                status: response.status,
+            });
+        } else {
+            self.send(span, &entry.request.method, path, response.status);
+        }
+    }
+
+    /// Spans whose process the table now knows (or that waited long
+    /// enough) get their resource and go.
+    fn release_awaiting_table(&mut self, now: Instant) {
+        let caught_up = self.caught_up.get();
+        while let Some(front) = self.awaiting_table.front() {
+            let overdue = now.saturating_duration_since(front.since) >= TABLE_WAIT_MAX;
+            if front.first_byte_ns > caught_up && !overdue {
+                break;
+            }
+            let Some(mut waiting) = self.awaiting_table.pop_front() else {
+                break;
+            };
+            if waiting.first_byte_ns > caught_up {
+                self.trace_metrics.resource_unconfirmed.inc();
+            }
+            waiting.span.resource = self.resource_of(waiting.pid);
+            self.send(waiting.span, &waiting.method, &waiting.path, waiting.status);
+        }
+    }
+
+    /// Records the span in the RED series and hands it to the sink.
+    fn send(&mut self, span: Span, method: &str, path: &str, status: u16) {
         let seconds = span.end_unix_nano.saturating_sub(span.start_unix_nano) as f64 / 1e9;
         self.red.record(Observation {
             kind: span.kind,
             service: span.resource.service_name(),
-            method: &entry.request.method,
-            path: super::spans::url_path(&entry.request.target),
-            status: response.status,
+            method,
+            path,
+            status,
             seconds,
         });
         (self.sink)(Signal::Span(span));
     }
 
     fn resource_of(&mut self, pid: u32) -> Arc<Resource> {
-        if let Some(cached) = self.resource_cache.get(&pid) {
+        let Some(process) = self.table.read().get(pid) else {
+            return Arc::new(Resource {
+                attributes: vec![("process.pid", AttrValue::Int(i64::from(pid)))],
+            });
+        };
+        if let Some((built_from, cached)) = self.resource_cache.get(&pid)
+            && Arc::ptr_eq(built_from, &process)
+        {
             return cached.clone();
         }
-        let resource = match self.table.read().get(pid) {
-            Some(process) => self.resources.resource(&process),
-            None => Resource {
-                attributes: vec![("process.pid", AttrValue::Int(i64::from(pid)))],
-            },
-        };
         // Bounded: a full cache starts over (rebuilding is cheap).
         if self.resource_cache.len() >= 4096 {
             self.resource_cache.clear();
         }
-        let resource = Arc::new(resource);
-        self.resource_cache.insert(pid, resource.clone());
+        let resource = Arc::new(self.resources.resource(&process));
+        self.resource_cache.insert(pid, (process, resource.clone()));
         resource
     }
 
-    /// Periodic upkeep: cached resources go stale when processes exec, and
+    /// Periodic upkeep: cached resources of processes long gone go, and
     /// the connections of processes that exited without closing them (exit
     /// makes no close syscall) are dropped, so the table cannot silt up. A
     /// process must be gone at two upkeeps in a row, so its last events
@@ -841,6 +935,7 @@ impl Tracer {
             tokio::select! {
                 ready = ring.ready() => {
                     ready?.drain(MAX_RECORDS_PER_WAKEUP, |record| self.handle_record(record));
+                    self.release_awaiting_table(Instant::now());
                 }
                 _ = drain.tick() => {
                     // Bounded, so upkeep, parked spans and RED export still
@@ -853,6 +948,8 @@ impl Tracer {
                         }
                         tokio::task::yield_now().await;
                     }
+                    // The process model reads its ring on the same tick.
+                    self.release_awaiting_table(Instant::now());
                 }
                 _ = parked.tick() => {
                     if !self.parked.is_empty() {
@@ -874,3 +971,7 @@ fn unix_now_ns() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
+
+#[cfg(test)]
+#[path = "tracer_tests.rs"]
+mod tests;

@@ -15,7 +15,7 @@ use std::{
 use selfops_tests::{
     Agent,
     audit::{limits, log_records, number, wait_for_record},
-    free_port, loaded_program_names,
+    free_port, limiter_loaded,
     netns::{VethPair, spawn_in},
     one_agent_at_a_time, privileged,
     traffic::{TcpServer, connect_flood, server_end_to_host},
@@ -120,12 +120,6 @@ fn applied(agent: &Agent) -> Instant {
         |a| a["selfops.playbook"] == "block-client",
     );
     Instant::now()
-}
-
-fn limiter_loaded() -> bool {
-    loaded_program_names()
-        .iter()
-        .any(|p| p.starts_with("limiter"))
 }
 
 fn pins() -> Vec<String> {

@@ -7,4 +7,6 @@
 mod emit;
 mod socket;
 mod syscalls;
+
+pub use syscalls::forget_thread;
 mod tls;

@@ -9,7 +9,7 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, bpf_probe_read_user},
     macros::{map, tracepoint},
-    maps::LruHashMap,
+    maps::HashMap,
     programs::TracePointContext,
 };
 use selfops_ebpf::{KernelDrop, NetEventKind};
@@ -19,7 +19,7 @@ use crate::programs::counters::count_drop;
 use super::{
     emit::{Call, emit_control, emit_data, settings},
     socket::tcp_sock_of_fd,
-    tls::claim_for_ssl,
+    tls::{claim_for_ssl, forget_ssl_call},
 };
 
 const ARG0: usize = 16;
@@ -33,10 +33,20 @@ const BUF_IOVEC: u8 = 1;
 const BUF_MSGHDR: u8 = 2;
 const BUF_NONE: u8 = 3;
 
-/// In-flight calls on TCP sockets, by thread. LRU, so the entries of
-/// threads that died inside a call make room by themselves.
+/// In-flight calls on TCP sockets, by thread. A plain hash, not an LRU: a
+/// full map refuses the insert, which is counted, where an LRU would evict
+/// another thread's call without a trace. A thread's entry goes at its
+/// syscall's exit, or at the thread's exit (`forget_thread`).
 #[map]
-static CALLS: LruHashMap<u64, Call> = LruHashMap::with_max_entries(65_536, 0);
+static CALLS: HashMap<u64, Call> = HashMap::with_max_entries(65_536, 0);
+
+/// Called when a thread exits: whatever call it left behind goes with it,
+/// so entries never outlive their threads.
+#[inline(always)]
+pub fn forget_thread(pid_tgid: u64) {
+    let _ = CALLS.remove(pid_tgid);
+    forget_ssl_call(pid_tgid);
+}
 
 #[inline(always)]
 fn now() -> u64 {

@@ -55,6 +55,13 @@ pub struct SslSocket {
 #[map]
 static SSL_CALLS: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(16_384, 0);
 
+/// A thread's SSL call ends with the thread, whether or not its uretprobe
+/// ran.
+#[inline(always)]
+pub fn forget_ssl_call(pid_tgid: u64) {
+    let _ = SSL_CALLS.remove(pid_tgid);
+}
+
 /// An SSL call older than this is a leftover of a thread that died in it.
 const STALE_NS: u64 = 10_000_000_000;
 
