@@ -88,3 +88,61 @@ pub fn evaluate(corpus: &Corpus, family: &[Scores]) -> Outcome {
         chosen: in_sample.1,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use super::super::corpus::DataFile;
+
+    /// One 100-row file per category, one window at rows 40..=59.
+    fn corpus() -> Corpus {
+        let file = |category: &str| DataFile {
+            key: format!("{category}/f.csv"),
+            category: category.into(),
+            stem: "f".into(),
+            raw: Vec::new(),
+            times: (0..100).map(f64::from).collect(),
+            values: vec![0.0; 100],
+            windows: vec![(40, 59)],
+        };
+        Corpus {
+            files: vec![file("a"), file("b")],
+        }
+    }
+
+    fn fires_at(rows: &[usize]) -> Vec<f64> {
+        (0..100)
+            .map(|i| if rows.contains(&i) { 1.0 } else { 0.0 })
+            .collect()
+    }
+
+    #[test]
+    fn a_perfect_detector_is_perfect_out_of_sample_too() {
+        let c = corpus();
+        let out = evaluate(&c, &[vec![fires_at(&[40]), fires_at(&[40])]]);
+        assert!((out.overall - 100.0).abs() < 1e-9);
+        assert!((out.in_sample - 100.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn nothing_is_learnt_from_the_category_scored() {
+        let c = corpus();
+        // Right on `a`, only a false positive on `b`: chosen on `b`, the
+        // threshold never fires, so `a` held out scores 0 although the
+        // detector is perfect there.
+        let out = evaluate(&c, &[vec![fires_at(&[40]), fires_at(&[20])]]);
+        let a = out.per_category.iter().find(|p| p.0 == "a").and_then(|p| p.1);
+        assert_eq!(a, Some(0.0));
+        assert!(out.in_sample > 0.0);
+        // With a second configuration right on both, each fold finds it.
+        let out = evaluate(
+            &c,
+            &[
+                vec![fires_at(&[45]), fires_at(&[20])],
+                vec![fires_at(&[40]), fires_at(&[40])],
+            ],
+        );
+        assert!(out.per_category.iter().all(|p| p.3 == 1), "{:?}", out.per_category);
+        assert!((out.overall - 100.0).abs() < 1e-9);
+    }
+}
