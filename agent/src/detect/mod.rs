@@ -17,6 +17,7 @@ mod ring;
 mod seasonal_likelihood;
 mod stats;
 mod threshold;
+mod windowed_likelihood;
 mod zscore;
 
 use serde::Deserialize;
@@ -28,6 +29,7 @@ pub use likelihood::{Likelihood, LikelihoodConfig};
 pub use onnx::{Onnx, OnnxConfig};
 pub use seasonal_likelihood::{SeasonalLikelihood, SeasonalLikelihoodConfig};
 pub use threshold::{Threshold, ThresholdConfig};
+pub use windowed_likelihood::{WindowedLikelihood, WindowedLikelihoodConfig};
 pub use zscore::{ZScore, ZScoreConfig};
 
 /// A streaming anomaly detector.
@@ -50,6 +52,7 @@ pub enum DetectorConfig {
     HoltWinters(HoltWintersConfig),
     Threshold(ThresholdConfig),
     SeasonalLikelihood(SeasonalLikelihoodConfig),
+    WindowedLikelihood(WindowedLikelihoodConfig),
     Onnx(OnnxConfig),
 }
 
@@ -68,6 +71,7 @@ impl DetectorConfig {
             DetectorConfig::HoltWinters(c) => c.validate(),
             DetectorConfig::Threshold(c) => c.validate(),
             DetectorConfig::SeasonalLikelihood(c) => c.validate(),
+            DetectorConfig::WindowedLikelihood(c) => c.validate(),
             DetectorConfig::Onnx(c) => c.validate(),
         }
     }
@@ -85,6 +89,7 @@ impl DetectorConfig {
             DetectorConfig::HoltWinters(c) => Box::new(HoltWinters::new(c.clone())),
             DetectorConfig::Threshold(c) => Box::new(Threshold::new(c.clone())),
             DetectorConfig::SeasonalLikelihood(c) => Box::new(SeasonalLikelihood::new(c.clone())),
+            DetectorConfig::WindowedLikelihood(c) => Box::new(WindowedLikelihood::new(c.clone())),
             DetectorConfig::Onnx(c) => Box::new(Onnx::new(c.clone())?),
         })
     }

@@ -88,6 +88,18 @@ pub fn families() -> Vec<(String, Vec<DetectorConfig>)> {
                 ],
             ),
         ),
+        (
+            "windowed_likelihood".into(),
+            product(
+                json!({"kind": "windowed_likelihood"}),
+                &[
+                    ("window", vals![100, 400, 1600]),
+                    ("fast_alpha", vals![0.0, 0.6]),
+                    ("quiet", vals![0, 200]),
+                    ("likelihood.scale", vals![5.0, 10.0]),
+                ],
+            ),
+        ),
     ]
 }
 
@@ -99,7 +111,7 @@ mod tests {
     fn every_grid_point_parses_and_builds() {
         let sizes: Vec<usize> = families().iter().map(|(_, g)| g.len()).collect();
         // A point that failed to parse would be missing here.
-        assert_eq!(sizes, [1, 5, 12, 6, 24]);
+        assert_eq!(sizes, [1, 5, 12, 6, 24, 24]);
         for (name, grid) in families() {
             assert!(!grid.is_empty(), "{name}");
             for c in grid {

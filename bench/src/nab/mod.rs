@@ -13,7 +13,8 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use selfops_agent::detect::{
-    Detector, DetectorConfig, EwmaConfig, HoltWintersConfig, ThresholdConfig, ZScoreConfig,
+    Detector, DetectorConfig, EwmaConfig, HoltWintersConfig, ThresholdConfig,
+    WindowedLikelihoodConfig, ZScoreConfig,
 };
 
 use corpus::Corpus;
@@ -61,6 +62,10 @@ fn builtin() -> Vec<(String, DetectorConfig)> {
         (
             "holt_winters".into(),
             DetectorConfig::HoltWinters(HoltWintersConfig::default()),
+        ),
+        (
+            "windowed_likelihood".into(),
+            DetectorConfig::WindowedLikelihood(WindowedLikelihoodConfig::default()),
         ),
         ("seasonal_likelihood".into(), DetectorConfig::default()),
     ]
@@ -331,5 +336,28 @@ fn print_per_file(corpus: &Corpus, scores: &[Vec<f64>], threshold: f64) {
             fps.len(),
             &fps[..fps.len().min(8)]
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_onnx_detector_is_a_model_path_or_a_json_config() {
+        let cfg = extra_detector("onnx", "models/jump.onnx").unwrap_or_else(|e| panic!("{e:#}"));
+        let DetectorConfig::Onnx(c) = &cfg else {
+            panic!("not onnx: {cfg:?}")
+        };
+        assert_eq!(c.model, PathBuf::from("models/jump.onnx"));
+        let cfg = extra_detector(
+            "onnx",
+            r#"{"kind":"onnx","model":"m.onnx","window":16,"normalize":"window"}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        assert!(matches!(&cfg, DetectorConfig::Onnx(c) if c.window == Some(16)));
+        let cfg = extra_detector("fast", r#"{"kind":"ewma","alpha":0.5}"#);
+        assert!(matches!(cfg, Ok(DetectorConfig::Ewma(_))));
+        assert!(extra_detector("fast", "not json").is_err());
     }
 }
