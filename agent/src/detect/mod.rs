@@ -57,7 +57,8 @@ pub enum DetectorConfig {
 }
 
 impl Default for DetectorConfig {
-    /// The detector that measured best on the labelled benchmark.
+    /// The detector chosen on the labelled benchmark by leave-one-category-out
+    /// (`cargo xtask bench nab`).
     fn default() -> Self {
         DetectorConfig::SeasonalLikelihood(SeasonalLikelihoodConfig::default())
     }
