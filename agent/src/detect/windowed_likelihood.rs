@@ -56,7 +56,10 @@ impl WindowedLikelihoodConfig {
         if self.min_points < 2 || self.min_points > self.window {
             return Err(ConfigError::Invalid {
                 field: "windowed_likelihood.min_points",
-                reason: format!("{} is outside 2..=window ({})", self.min_points, self.window),
+                reason: format!(
+                    "{} is outside 2..=window ({})",
+                    self.min_points, self.window
+                ),
             });
         }
         super::check_unit("windowed_likelihood.fast_alpha", self.fast_alpha)?;
@@ -196,7 +199,11 @@ mod tests {
             window: 1,
             ..WindowedLikelihoodConfig::default()
         };
-        let err = cfg.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        let err = cfg
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("windowed_likelihood.window"), "{err}");
         let mut d = WindowedLikelihood::new(WindowedLikelihoodConfig::default());
         for (i, n) in noise(3000).enumerate() {
@@ -204,6 +211,10 @@ mod tests {
             let s = d.update(i as f64, v);
             assert!((0.0..=1.0).contains(&s), "{s}");
         }
-        assert!(d.window.moments().is_some_and(|(m, s)| m.is_finite() && s.is_finite()));
+        assert!(
+            d.window
+                .moments()
+                .is_some_and(|(m, s)| m.is_finite() && s.is_finite())
+        );
     }
 }

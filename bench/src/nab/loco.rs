@@ -91,8 +91,8 @@ pub fn evaluate(corpus: &Corpus, family: &[Scores]) -> Outcome {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use super::super::corpus::DataFile;
+    use super::*;
 
     /// One 100-row file per category, one window at rows 40..=59.
     fn corpus() -> Corpus {
@@ -131,7 +131,11 @@ mod tests {
         // threshold never fires, so `a` held out scores 0 although the
         // detector is perfect there.
         let out = evaluate(&c, &[vec![fires_at(&[40]), fires_at(&[20])]]);
-        let a = out.per_category.iter().find(|p| p.0 == "a").and_then(|p| p.1);
+        let a = out
+            .per_category
+            .iter()
+            .find(|p| p.0 == "a")
+            .and_then(|p| p.1);
         assert_eq!(a, Some(0.0));
         assert!(out.in_sample > 0.0);
         // With a second configuration right on both, each fold finds it.
@@ -142,7 +146,11 @@ mod tests {
                 vec![fires_at(&[40]), fires_at(&[40])],
             ],
         );
-        assert!(out.per_category.iter().all(|p| p.3 == 1), "{:?}", out.per_category);
+        assert!(
+            out.per_category.iter().all(|p| p.3 == 1),
+            "{:?}",
+            out.per_category
+        );
         assert!((out.overall - 100.0).abs() < 1e-9);
     }
 }

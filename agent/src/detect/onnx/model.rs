@@ -158,7 +158,7 @@ fn build(bytes: &[u8], cfg: &OnnxConfig) -> Result<Model, ConfigError> {
             let len: usize = dims.iter().product();
             let fits = match configured {
                 Some(want) => len == want,
-                None => len > 0 && len % signals == 0,
+                None => len > 0 && len.is_multiple_of(signals),
             };
             if !fits {
                 return Err(invalid(
