@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use crate::{
     act::{ActuationLoop, audit::AuditMetrics},
     config::Config,
+    control::{self, ControlHandle, ControlMetrics, Live},
     export::{ExportHandle, ExportPipeline},
     kernel::{
         btf_offsets,
@@ -39,6 +40,7 @@ use crate::{
 const WITHDRAW_WITHIN: Duration = Duration::from_millis(500);
 const FLUSH_WITHIN: Duration = Duration::from_millis(500);
 const PROFILER_STOP_WITHIN: Duration = Duration::from_millis(800);
+const CONTROL_STOP_WITHIN: Duration = Duration::from_millis(400);
 /// After a task failure the process is gone by then, stopped in order or
 /// not: a restart by systemd or Kubernetes beats an agent stuck stopping.
 /// Limits expire in the kernel by themselves, and closing the process's
@@ -80,6 +82,7 @@ struct Running {
     object: Option<SensorObject>,
     stop_actuation: Option<watch::Sender<bool>>,
     stop_profiler: Option<watch::Sender<bool>>,
+    control: Option<ControlHandle>,
 }
 
 async fn run_agent(config: Config, options: RunOptions) -> anyhow::Result<()> {
@@ -103,17 +106,40 @@ async fn run_agent(config: Config, options: RunOptions) -> anyhow::Result<()> {
         object: None,
         stop_actuation: None,
         stop_profiler: None,
+        control: None,
     };
+    // Sections a remote config may change live, one channel each.
+    let live = Live::new(&config);
+    let control_metrics = ControlMetrics::register(metrics.registry_mut());
 
     let started = start(
         &config,
         &stop,
         listener,
         metrics,
+        &live,
         &mut supervisor,
         &mut running,
     )
     .await;
+    let started = match started {
+        Ok(true) => {
+            let sink = running.export.clone();
+            control::start(
+                &Arc::new(config.clone()),
+                live,
+                health.clone(),
+                running.export.metrics().clone(),
+                control_metrics,
+                Box::new(move |signal| sink.send_audit(signal)),
+            )
+            .map(|handle| {
+                running.control = handle;
+                true
+            })
+        }
+        other => other,
+    };
     let outcome: anyhow::Result<()> = match started {
         Ok(true) => {
             health.started();
@@ -148,6 +174,7 @@ async fn start(
     stop: &StopRequest,
     listener: tokio::net::TcpListener,
     mut metrics: Metrics,
+    live: &Live,
     supervisor: &mut Supervisor,
     running: &mut Running,
 ) -> anyhow::Result<bool> {
@@ -289,7 +316,8 @@ async fn start(
                 }
                 sink.send(signal)
             }),
-        )?;
+        )?
+        .with_updates(live.trace.subscribe());
         let ring =
             RingReader::new(object.take_socket_ring()?).context("polling the socket ring")?;
         supervisor.local(Task::Tracer, tracer.run(ring));
@@ -314,6 +342,10 @@ async fn start(
 /// end, so `/readyz` tells the truth while the agent stops.
 async fn stop_in_order(supervisor: &mut Supervisor, running: Running) {
     supervisor.stopping();
+    // The server hears agent_disconnect while the rest stops.
+    let control = running
+        .control
+        .map(|control| tokio::spawn(control.stop(CONTROL_STOP_WITHIN)));
     // Detaching waits on kernel grace periods (the longest stage, longer
     // still on a busy host): started first, it overlaps everything else.
     let detach = running
@@ -339,6 +371,9 @@ async fn stop_in_order(supervisor: &mut Supervisor, running: Running) {
             Ok(()) => tracing::info!("all programs detached"),
             Err(err) => tracing::error!(%err, "detaching the programs failed"),
         }
+    }
+    if let Some(control) = control {
+        let _ = control.await;
     }
     supervisor.abort_all();
 }

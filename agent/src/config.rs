@@ -43,6 +43,12 @@ pub struct Config {
     pub profile: ProfileConfig,
     /// Signals, playbooks and the kernel limiter (the self-healing loop).
     pub actuation: crate::act::ActuationConfig,
+    /// Remote configuration over OpAMP; local only (a remote config can
+    /// never change it).
+    pub control: crate::control::ControlConfig,
+    /// The YAML this was parsed from (reported as the effective config).
+    #[serde(skip)]
+    pub source: Option<std::sync::Arc<str>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -264,6 +270,8 @@ impl Default for Config {
             trace: TraceConfig::default(),
             profile: ProfileConfig::default(),
             actuation: crate::act::ActuationConfig::default(),
+            control: crate::control::ControlConfig::default(),
+            source: None,
         }
     }
 }
@@ -322,7 +330,7 @@ impl Config {
     /// Parses and validates YAML text; `path` only labels errors.
     pub fn parse(text: &str, path: &std::path::Path) -> Result<Self, ConfigError> {
         // An empty file is the default configuration, not an error.
-        let config = if text.trim().is_empty() {
+        let mut config = if text.trim().is_empty() {
             Config::default()
         } else {
             let deserializer = serde_yaml_ng::Deserializer::from_str(text);
@@ -339,6 +347,7 @@ impl Config {
             })?
         };
         config.validate(path)?;
+        config.source = Some(text.into());
         Ok(config)
     }
 
@@ -448,6 +457,7 @@ impl Config {
             }
         }
         self.validate_profile(&invalid)?;
+        self.validate_control(&invalid)?;
         let e = &self.export;
         if !(1..=1_048_576).contains(&e.queue_capacity) {
             return Err(invalid(
@@ -498,6 +508,15 @@ impl Config {
 }
 
 impl Config {
+    fn validate_control(
+        &self,
+        invalid: &impl Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        self.control
+            .validate()
+            .map_err(|(key, message)| invalid(&format!("control.{key}"), message))
+    }
+
     fn validate_profile(
         &self,
         invalid: &impl Fn(&str, String) -> ConfigError,

@@ -5,6 +5,7 @@ pub mod act;
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod detect;
 pub mod export;
 pub mod kernel;

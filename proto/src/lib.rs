@@ -3,12 +3,29 @@
 //!
 //! `pprof`: the pprof profile format (`profile.proto`), written as gzip
 //! files by the CPU profiler and readable by `go tool pprof`.
+//!
+//! `opamp`: the OpAMP agent-management protocol (`opamp.proto.v1`), spoken
+//! by the agent's control plane and the fleet server.
 
 /// `perftools.profiles`: the pprof schema.
 pub mod pprof {
     #![allow(clippy::doc_markdown, clippy::derive_partial_eq_without_eq)]
     include!(concat!(env!("OUT_DIR"), "/perftools.profiles.rs"));
 }
+
+/// `opamp.proto.v1`: OpAMP messages.
+pub mod opamp {
+    #![allow(
+        clippy::doc_markdown,
+        clippy::derive_partial_eq_without_eq,
+        clippy::enum_variant_names,
+        clippy::large_enum_variant
+    )]
+    include!(concat!(env!("OUT_DIR"), "/opamp.proto.v1.rs"));
+}
+
+#[cfg(test)]
+mod opamp_tests;
 
 #[cfg(test)]
 mod tests {

@@ -41,6 +41,12 @@ const TARGETS: &[Target] = &[
         // the protobuf parser.
         model_seeds: &[("score", 16), ("recon", 8), ("jump", 8)],
     },
+    Target {
+        name: "opamp",
+        dictionary: None,
+        seeds: &[],
+        model_seeds: &[],
+    },
 ];
 
 /// Runs every target (or the one named) for `seconds` each; a crash or a

@@ -11,9 +11,12 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// Runs `command` from the workspace root; fails on a non-zero exit.
+/// Runs `command` (from the workspace root unless it names a directory);
+/// fails on a non-zero exit.
 pub fn run(mut command: Command) -> anyhow::Result<()> {
-    command.current_dir(workspace_root());
+    if command.get_current_dir().is_none() {
+        command.current_dir(workspace_root());
+    }
     eprintln!("xtask: {}", describe(&command));
     let status = command
         .status()
@@ -24,7 +27,19 @@ pub fn run(mut command: Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub use selfops_tests::command_output as output;
+/// A command's stdout when it succeeds. Written here, not shared with the
+/// tests crate: xtask must build on a fresh machine before `setup` has
+/// installed the eBPF toolchain that the agent (and so the tests) need.
+pub fn output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program)
+        .args(args)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
 
 pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));

@@ -4,6 +4,8 @@
 
 use std::process::Command;
 
+use anyhow::{Context as _, bail};
+
 use crate::shell;
 
 pub fn run(filter: Option<&str>) -> anyhow::Result<()> {
@@ -47,13 +49,40 @@ pub fn run(filter: Option<&str>) -> anyhow::Result<()> {
 
 /// The agent's unit tests once more with the wall clock 31 days ahead
 /// (Debian's `faketime`): none may depend on the date they were written.
+/// The test executable cargo already built runs directly: cargo itself
+/// under a faked clock (and faked file times) would rebuild the crate.
 fn unit_tests_a_month_ahead() -> anyhow::Result<()> {
+    let executable = agent_unit_test_executable()?;
     let mut command = Command::new("faketime");
+    // As `cargo test` does: tests run from their package's directory.
     command
         .args(["-f", "+31d"])
-        .arg(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["test", "--release", "--package", "selfops-agent", "--lib"]);
+        .arg(executable)
+        .current_dir(shell::workspace_root().join("agent"));
     shell::run(command)
+}
+
+/// The path of the agent's built lib-test executable, from cargo's
+/// machine-readable build messages.
+fn agent_unit_test_executable() -> anyhow::Result<std::path::PathBuf> {
+    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["test", "--release", "--package", "selfops-agent", "--lib"])
+        .args(["--no-run", "--message-format=json"])
+        .current_dir(shell::workspace_root())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("listing the agent's unit-test executable")?;
+    if !output.status.success() {
+        bail!("building the agent's unit tests failed: {}", output.status);
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|message| message["reason"] == "compiler-artifact")
+        .filter(|message| message["profile"]["test"] == true)
+        .filter(|message| message["target"]["name"] == "selfops_agent")
+        .find_map(|message| message["executable"].as_str().map(std::path::PathBuf::from))
+        .context("cargo named no unit-test executable for selfops-agent")
 }
 
 /// Seconds per fuzz target in `cargo xtask test`.

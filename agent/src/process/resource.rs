@@ -139,7 +139,7 @@ fn host_name() -> String {
 }
 
 /// `host.arch` values from the OTel semantic conventions.
-fn host_arch() -> &'static str {
+pub fn host_arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",

@@ -14,6 +14,7 @@ use prometheus_client::{
     registry::Registry,
 };
 use selfops_ebpf::{NetEventKind, Sensor};
+use tokio::sync::watch;
 
 use super::{
     FastMap,
@@ -235,9 +236,28 @@ pub struct Tracer {
     red_interval: Duration,
     parked: VecDeque<Parked>,
     filter: TraceFilter,
+    /// Remote config: a new `trace` section (include/exclude applied to
+    /// connections from then on; the sensor stays attached).
+    updates: Option<watch::Receiver<TraceConfig>>,
 }
 
 impl Tracer {
+    pub fn with_updates(mut self, updates: watch::Receiver<TraceConfig>) -> Self {
+        self.updates = Some(updates);
+        self
+    }
+
+    fn reconfigure(&mut self, config: &TraceConfig) {
+        match TraceFilter::new(&config.include, &config.exclude) {
+            Ok(filter) => {
+                self.filter = filter;
+                tracing::info!("trace include/exclude reconfigured");
+            }
+            // Validated with the config before it got here.
+            Err(err) => tracing::warn!(%err, "trace include/exclude not reconfigured"),
+        }
+    }
+
     pub fn new(
         config: &TraceConfig,
         table: SharedTable,
@@ -283,6 +303,7 @@ impl Tracer {
             red_interval: config.metrics_interval,
             parked: VecDeque::new(),
             filter,
+            updates: None,
             connections: FastMap::default(),
             max_connections,
             rendezvous: Rendezvous::new(max_connections),
@@ -961,9 +982,23 @@ impl Tracer {
                 }
                 _ = refresh.tick() => self.maintain(),
                 _ = red.tick() => self.export_red(),
+                Some(config) = next_update(&mut self.updates) => self.reconfigure(&config),
             }
         }
     }
+}
+
+/// The next trace section, or never when there is no channel (or it closed).
+async fn next_update(updates: &mut Option<watch::Receiver<TraceConfig>>) -> Option<TraceConfig> {
+    let Some(rx) = updates else {
+        return std::future::pending().await;
+    };
+    if rx.changed().await.is_err() {
+        *updates = None;
+        return std::future::pending().await;
+    }
+    let config = rx.borrow_and_update().clone();
+    Some(config)
 }
 
 fn unix_now_ns() -> u64 {

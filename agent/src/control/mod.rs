@@ -1,0 +1,180 @@
+//! The control plane: an OpAMP client that reports the agent's status and
+//! takes remote configuration — verified against the local trusted keys,
+//! checked by the same validator as the file, limited to what may change
+//! remotely, and applied live through watch channels, one per component.
+
+mod audit;
+pub mod backoff;
+mod client;
+pub mod config;
+pub mod frame;
+pub mod gate;
+mod http;
+pub mod identity;
+pub mod last_good;
+mod metrics;
+pub mod policy;
+pub mod signed;
+pub mod state;
+mod tls;
+mod ws;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use selfops_proto::opamp::AgentDescription;
+use tokio::{sync::watch, task::JoinHandle};
+
+pub use client::AuditSink;
+pub use config::ControlConfig;
+pub use metrics::ControlMetrics;
+
+use crate::{
+    config::{Config, TraceConfig},
+    export::ExportMetrics,
+    signal::{AttrValue, Resource},
+    supervise::Health,
+};
+
+/// The sections applied live, each on its own channel: a component
+/// subscribes to its section and rebuilds what depends on it, while its
+/// sensors, rings and queues stay as they are.
+pub struct Live {
+    pub trace: watch::Sender<TraceConfig>,
+}
+
+impl Live {
+    pub fn new(config: &Config) -> Self {
+        Self {
+            trace: watch::Sender::new(config.trace.clone()),
+        }
+    }
+
+    /// Publishes the sections among `keys` (checked by the policy to be
+    /// live keys only).
+    fn apply(&self, config: &Config, keys: &[&str]) {
+        if keys.iter().any(|k| k.starts_with("trace.")) {
+            self.trace.send_replace(config.trace.clone());
+        }
+    }
+}
+
+/// The running client; stopping it sends agent_disconnect.
+pub struct ControlHandle {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl ControlHandle {
+    /// Asks the client to say goodbye, waiting at most `within`.
+    pub async fn stop(self, within: std::time::Duration) {
+        let _ = self.stop.send(true);
+        let mut task = self.task;
+        if tokio::time::timeout(within, &mut task).await.is_err() {
+            task.abort();
+        }
+    }
+}
+
+/// Starts the client when `control.opamp` is set.
+pub fn start(
+    config: &Arc<Config>,
+    live: Live,
+    health: Arc<Health>,
+    export: ExportMetrics,
+    metrics: ControlMetrics,
+    audit: AuditSink,
+) -> anyhow::Result<Option<ControlHandle>> {
+    let Some(opamp) = config.control.opamp.clone() else {
+        return Ok(None);
+    };
+    let uid = identity::load_or_create(&config.data_dir).with_context(|| {
+        format!(
+            "instance uid in {}",
+            config.data_dir.join(identity::FILE).display()
+        )
+    })?;
+    let description = description(&config.control);
+    let resource = Arc::new(Resource {
+        attributes: description
+            .identifying_attributes
+            .iter()
+            .chain(&description.non_identifying_attributes)
+            .filter_map(|kv| {
+                match kv.key.as_str() {
+                    "service.name" => Some("service.name"),
+                    "service.version" => Some("service.version"),
+                    "host.name" => Some("host.name"),
+                    _ => None,
+                }
+                .zip(string_value(kv))
+            })
+            .map(|(k, v)| (k, AttrValue::from(v)))
+            .collect(),
+    });
+    let state = state::ClientState::new(uid, description);
+    tracing::info!(endpoint = %opamp.endpoint, %uid, "OpAMP client starting");
+    let client = client::Client::new(
+        opamp,
+        state,
+        metrics,
+        config.clone(),
+        live,
+        audit,
+        resource,
+        gate::Watch::new(health, export),
+    );
+    let (stop, stopping) = watch::channel(false);
+    let task = tokio::spawn(client.run(stopping));
+    Ok(Some(ControlHandle { stop, task }))
+}
+
+fn string_value(kv: &selfops_proto::opamp::KeyValue) -> Option<String> {
+    match kv.value.as_ref()?.value.as_ref()? {
+        selfops_proto::opamp::any_value::Value::StringValue(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// service.* identify the agent; host.*, os.type and the configured labels
+/// describe where it runs.
+pub fn description(control: &ControlConfig) -> AgentDescription {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned());
+    let mut non_identifying = vec![
+        ("host.name", host),
+        (
+            "host.arch",
+            crate::process::resource::host_arch().to_owned(),
+        ),
+        ("os.type", "linux".to_owned()),
+    ];
+    if let Ok(node) = std::env::var("KUBERNETES_NODE_NAME") {
+        non_identifying.push(("k8s.node.name", node));
+    }
+    let mut non_identifying = state::attributes(&non_identifying);
+    non_identifying.extend(
+        control
+            .labels
+            .iter()
+            .map(|(k, v)| selfops_proto::opamp::KeyValue {
+                key: k.clone(),
+                value: Some(selfops_proto::opamp::AnyValue {
+                    value: Some(selfops_proto::opamp::any_value::Value::StringValue(
+                        v.clone(),
+                    )),
+                }),
+            }),
+    );
+    AgentDescription {
+        identifying_attributes: state::attributes(&[
+            ("service.name", "selfops".to_owned()),
+            ("service.version", env!("CARGO_PKG_VERSION").to_owned()),
+        ]),
+        non_identifying_attributes: non_identifying,
+    }
+}
+
+#[cfg(test)]
+mod tests;

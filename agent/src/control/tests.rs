@@ -1,0 +1,777 @@
+//! The client against loopback servers: WebSocket and HTTP, signed and
+//! refused configs, the health gate and rollback, the last-known-good config
+//! after a restart, bad frames, server errors, goodbye on stop.
+//!
+//! The servers are written here, after the OpAMP specification's server
+//! side: WebSocket at /v1/opamp with binary frames carrying the zero varint
+//! header and a ServerToAgent protobuf, each reply addressed to the agent's
+//! instance_uid and announcing the server's capabilities; HTTP polling
+//! answered with `application/x-protobuf` bodies. None of the agent's own
+//! server-side code is used to check the agent.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use prost::Message as _;
+use selfops_proto::opamp::{
+    AgentConfigFile, AgentConfigMap, AgentRemoteConfig, AgentToServer, ConnectionSettingsOffers,
+    OpAmpConnectionSettings, RemoteConfigStatuses, ServerToAgent, ServerToAgentFlags,
+};
+use tokio::{net::TcpListener, sync::mpsc};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{
+    Live,
+    client::Client,
+    frame,
+    metrics::ControlMetrics,
+    signed::{self, SecretKey},
+    state::{CAPABILITIES, ClientState},
+};
+use crate::{config::Config, signal::Signal, supervise::Health};
+
+const WITHIN: Duration = Duration::from_secs(10);
+
+struct Agent {
+    audit: Arc<Mutex<Vec<Signal>>>,
+    export: crate::export::ExportMetrics,
+    health: Arc<Health>,
+    metrics: ControlMetrics,
+    trace: tokio::sync::watch::Receiver<crate::config::TraceConfig>,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    dir: std::path::PathBuf,
+}
+
+fn fresh_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("selfops-control-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn start_agent(endpoint: &str, key: &SecretKey, name: &str) -> Agent {
+    start_agent_in(&fresh_dir(name), endpoint, key, "0s")
+}
+
+/// An agent whose data directory is `dir` and whose remote configs must
+/// stay healthy for `window`.
+fn start_agent_in(dir: &std::path::Path, endpoint: &str, key: &SecretKey, window: &str) -> Agent {
+    let dir = dir.to_path_buf();
+    let yaml = format!(
+        "data_dir: {}\ncontrol:\n  opamp: {{ endpoint: '{endpoint}', heartbeat_interval: 1s }}\n  trusted_keys: ['{}']\n  labels: {{ zone: a }}\n  health_window: {window}\n",
+        dir.display(),
+        key.public().to_base64()
+    );
+    let config = Arc::new(Config::parse(&yaml, std::path::Path::new("t.yaml")).unwrap());
+    let live = Live::new(&config);
+    let trace = live.trace.subscribe();
+    let health = Arc::new(Health::default());
+    health.started();
+    let audit = Arc::new(Mutex::new(Vec::new()));
+    let sink = audit.clone();
+    let uid = super::identity::load_or_create(&dir).unwrap();
+    let state = ClientState::new(uid, super::description(&config.control));
+    let export = crate::export::ExportMetrics::default();
+    let metrics = ControlMetrics::default();
+    let client = Client::new(
+        config.control.opamp.clone().unwrap(),
+        state,
+        metrics.clone(),
+        config.clone(),
+        live,
+        Box::new(move |signal| sink.lock().unwrap().push(signal)),
+        Arc::new(crate::signal::Resource { attributes: vec![] }),
+        super::gate::Watch::new(health.clone(), export.clone()),
+    );
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(client.run(stopping));
+    Agent {
+        audit,
+        export,
+        health,
+        metrics,
+        trace,
+        stop,
+        task,
+        dir,
+    }
+}
+
+fn offer(files: &[(&str, &[u8])], hash: Vec<u8>) -> AgentRemoteConfig {
+    AgentRemoteConfig {
+        config: Some(AgentConfigMap {
+            config_map: files
+                .iter()
+                .map(|(name, body)| {
+                    (
+                        (*name).to_owned(),
+                        AgentConfigFile {
+                            body: body.to_vec(),
+                            content_type: String::new(),
+                        },
+                    )
+                })
+                .collect(),
+        }),
+        config_hash: hash,
+    }
+}
+
+fn signed_offer(key: &SecretKey, yaml: &str) -> AgentRemoteConfig {
+    let sig = key.sign(yaml.as_bytes());
+    offer(
+        &[
+            (signed::CONFIG_FILE, yaml.as_bytes()),
+            (signed::SIGNATURE_FILE, sig.as_bytes()),
+        ],
+        signed::sha256(yaml.as_bytes()).to_vec(),
+    )
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+async fn accept(listener: &TcpListener) -> Ws {
+    let (tcp, _) = tokio::time::timeout(WITHIN, listener.accept())
+        .await
+        .expect("the agent connects")
+        .unwrap();
+    tokio_tungstenite::accept_async(tcp).await.unwrap()
+}
+
+async fn next_agent_message(ws: &mut Ws) -> AgentToServer {
+    loop {
+        let message = tokio::time::timeout(WITHIN, ws.next())
+            .await
+            .expect("a message within the deadline")
+            .expect("stream open")
+            .unwrap();
+        if let Message::Binary(bytes) = message {
+            return frame::decode_agent_ws(&bytes, 1 << 20).expect("header 0 and protobuf");
+        }
+    }
+}
+
+/// Messages until one carries a remote config status.
+async fn next_status(ws: &mut Ws) -> selfops_proto::opamp::RemoteConfigStatus {
+    tokio::time::timeout(WITHIN, async {
+        loop {
+            if let Some(status) = next_agent_message(ws).await.remote_config_status {
+                return status;
+            }
+        }
+    })
+    .await
+    .expect("a remote config status within the deadline")
+}
+
+/// The next message that satisfies `wanted`, within the deadline.
+async fn next_such(ws: &mut Ws, wanted: impl Fn(&AgentToServer) -> bool) -> AgentToServer {
+    tokio::time::timeout(WITHIN, async {
+        loop {
+            let m = next_agent_message(ws).await;
+            if wanted(&m) {
+                return m;
+            }
+        }
+    })
+    .await
+    .expect("the message within the deadline")
+}
+
+async fn send(ws: &mut Ws, message: ServerToAgent) {
+    ws.send(Message::Binary(frame::encode_server_ws(&message).into()))
+        .await
+        .unwrap();
+}
+
+fn attribute<'a>(message: &'a AgentToServer, key: &str) -> Option<&'a str> {
+    let d = message.agent_description.as_ref()?;
+    d.identifying_attributes
+        .iter()
+        .chain(&d.non_identifying_attributes)
+        .find(|kv| kv.key == key)
+        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            selfops_proto::opamp::any_value::Value::StringValue(s) => Some(s.as_str()),
+            _ => None,
+        })
+}
+
+#[tokio::test]
+async fn websocket_session_applies_signed_refuses_unsigned_and_says_goodbye() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("ws://{}/v1/opamp", listener.local_addr().unwrap());
+    let key = SecretKey::generate();
+    let mut agent = start_agent(&endpoint, &key, "ws");
+    let mut ws = accept(&listener).await;
+
+    let first = next_agent_message(&mut ws).await;
+    assert_eq!(first.sequence_num, 1);
+    assert_eq!(first.capabilities, CAPABILITIES);
+    assert_eq!(first.instance_uid.len(), 16);
+    let uid = uuid::Uuid::from_slice(&first.instance_uid).unwrap();
+    assert_eq!(uid.get_version_num(), 7);
+    for key in [
+        "service.name",
+        "service.version",
+        "host.name",
+        "host.arch",
+        "os.type",
+    ] {
+        assert!(attribute(&first, key).is_some(), "{key} missing");
+    }
+    assert_eq!(attribute(&first, "zone"), Some("a"));
+    assert!(first.health.as_ref().is_some_and(|h| h.healthy));
+    assert!(first.effective_config.is_some());
+
+    // A signed config changing a live key: applied and published.
+    let yaml = "trace:\n  exclude: [{ executable: curl }]\n";
+    let good = signed_offer(&key, yaml);
+    send(
+        &mut ws,
+        ServerToAgent {
+            instance_uid: first.instance_uid.clone(),
+            remote_config: Some(good.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let status = next_status(&mut ws).await;
+    assert_eq!(
+        status.status,
+        RemoteConfigStatuses::Applied as i32,
+        "{}",
+        status.error_message
+    );
+    assert_eq!(status.last_remote_config_hash, good.config_hash);
+    tokio::time::timeout(WITHIN, agent.trace.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(agent.trace.borrow().exclude.len(), 1);
+
+    // Unsigned: failed with its reason, nothing published.
+    let unsigned = offer(
+        &[(signed::CONFIG_FILE, b"trace: { exclude: [] }\n")],
+        signed::sha256(b"trace: { exclude: [] }\n").to_vec(),
+    );
+    send(
+        &mut ws,
+        ServerToAgent {
+            remote_config: Some(unsigned),
+            ..Default::default()
+        },
+    )
+    .await;
+    let status = next_status(&mut ws).await;
+    assert_eq!(status.status, RemoteConfigStatuses::Failed as i32);
+    assert!(
+        status.error_message.starts_with("unsigned"),
+        "{}",
+        status.error_message
+    );
+    // Signed by a key the agent does not trust.
+    let stranger = SecretKey::generate();
+    send(
+        &mut ws,
+        ServerToAgent {
+            remote_config: Some(signed_offer(&stranger, "trace: { exclude: [] }\n")),
+            ..Default::default()
+        },
+    )
+    .await;
+    let status = next_status(&mut ws).await;
+    assert_eq!(status.status, RemoteConfigStatuses::Failed as i32);
+    assert!(
+        status.error_message.contains("trusted key"),
+        "{}",
+        status.error_message
+    );
+    assert!(!agent.trace.has_changed().unwrap());
+    assert_eq!(agent.trace.borrow().exclude.len(), 1);
+
+    // ReportFullState: everything again.
+    send(
+        &mut ws,
+        ServerToAgent {
+            flags: ServerToAgentFlags::ReportFullState as u64,
+            ..Default::default()
+        },
+    )
+    .await;
+    let full = next_such(&mut ws, |m| m.agent_description.is_some()).await;
+    assert!(full.health.is_some() && full.effective_config.is_some());
+    let effective = full.effective_config.unwrap().config_map.unwrap();
+    // The local file with the remote config laid over it.
+    let body = String::from_utf8(effective.config_map[signed::CONFIG_FILE].body.clone()).unwrap();
+    assert!(
+        body.contains("curl") && body.contains("trusted_keys"),
+        "{body}"
+    );
+
+    {
+        let audit = agent.audit.lock().unwrap();
+        let events: Vec<_> = audit
+            .iter()
+            .filter_map(|s| match s {
+                Signal::Log(l) => Some(l.event_name),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            events,
+            [
+                "selfops.config.accepted",
+                "selfops.config.applied",
+                "selfops.config.failed",
+                "selfops.config.failed"
+            ]
+        );
+    }
+
+    // Stop: agent_disconnect, then a close frame.
+    agent.stop.send(true).unwrap();
+    let last = next_such(&mut ws, |m| m.agent_disconnect.is_some()).await;
+    assert!(last.sequence_num > full.sequence_num);
+    let closed = tokio::time::timeout(WITHIN, ws.next()).await.unwrap();
+    assert!(matches!(closed, Some(Ok(Message::Close(_))) | None));
+    tokio::time::timeout(WITHIN, agent.task)
+        .await
+        .unwrap()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&agent.dir);
+}
+
+#[tokio::test]
+async fn wrong_header_and_garbage_end_the_session_and_it_comes_back() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("ws://{}/v1/opamp", listener.local_addr().unwrap());
+    let key = SecretKey::generate();
+    let agent = start_agent(&endpoint, &key, "header");
+    let mut ws = accept(&listener).await;
+    let first = next_agent_message(&mut ws).await;
+    // Malformed protobuf: thrown away, the session goes on.
+    ws.send(Message::Binary(vec![0, 0x0a, 100, 1].into()))
+        .await
+        .unwrap();
+    // A wrong header: the session ends and the agent reconnects.
+    let mut wrong = frame::encode_server_ws(&ServerToAgent::default());
+    wrong[0] = 3;
+    ws.send(Message::Binary(wrong.into())).await.unwrap();
+    let mut again = accept(&listener).await;
+    let second = next_agent_message(&mut again).await;
+    assert_eq!(second.instance_uid, first.instance_uid);
+    // A new session reports the full state.
+    assert!(second.agent_description.is_some());
+    assert!(second.sequence_num > first.sequence_num);
+    agent.stop.send(true).unwrap();
+    tokio::time::timeout(WITHIN, agent.task)
+        .await
+        .unwrap()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&agent.dir);
+}
+
+/// One HTTP request as the server saw it.
+struct Posted {
+    content_type: String,
+    message: AgentToServer,
+}
+
+#[tokio::test]
+async fn http_polling_honours_503_and_the_heartbeat() {
+    use axum::{
+        body::Bytes,
+        http::{HeaderMap, StatusCode, header},
+        response::IntoResponse,
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}/v1/opamp", listener.local_addr().unwrap());
+    let (tx, mut rx) = mpsc::channel::<Posted>(64);
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let app = axum::Router::new().route(
+        "/v1/opamp",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let tx = tx.clone();
+            let count = count.clone();
+            async move {
+                let message = AgentToServer::decode(body).unwrap();
+                let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let content_type = headers
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                let _ = tx
+                    .send(Posted {
+                        content_type,
+                        message,
+                    })
+                    .await;
+                if n == 0 {
+                    return (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        [(header::RETRY_AFTER, "1")],
+                        Vec::new(),
+                    )
+                        .into_response();
+                }
+                let reply = ServerToAgent {
+                    connection_settings: Some(ConnectionSettingsOffers {
+                        opamp: Some(OpAmpConnectionSettings {
+                            heartbeat_interval_seconds: 1,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                };
+                (StatusCode::OK, reply.encode_to_vec()).into_response()
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let key = SecretKey::generate();
+    let agent = start_agent(&endpoint, &key, "http");
+
+    let first = tokio::time::timeout(WITHIN, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.content_type, "application/x-protobuf");
+    assert_eq!(first.message.capabilities, CAPABILITIES);
+    // After the 503 (Retry-After 1 s), the full state again.
+    let started = tokio::time::Instant::now();
+    let second = tokio::time::timeout(WITHIN, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert!(second.message.agent_description.is_some());
+    // Then polls at the server's 1 s heartbeat, with only the uid and
+    // capabilities when nothing changed.
+    let third = tokio::time::timeout(WITHIN, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(third.message.capabilities, CAPABILITIES);
+    assert!(third.message.agent_description.is_none());
+    assert!(third.message.sequence_num > second.message.sequence_num);
+    agent.stop.send(true).unwrap();
+    let last = tokio::time::timeout(WITHIN, async {
+        loop {
+            let posted = rx.recv().await.unwrap();
+            if posted.message.agent_disconnect.is_some() {
+                return posted;
+            }
+        }
+    })
+    .await
+    .expect("agent_disconnect within the deadline");
+    assert_eq!(last.message.instance_uid, first.message.instance_uid);
+    tokio::time::timeout(WITHIN, agent.task)
+        .await
+        .unwrap()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&agent.dir);
+}
+
+/// What the test server offers: status, effective config and remote config.
+const SERVER_CAPABILITIES: u64 = selfops_proto::opamp::ServerCapabilities::AcceptsStatus as u64
+    | selfops_proto::opamp::ServerCapabilities::OffersRemoteConfig as u64
+    | selfops_proto::opamp::ServerCapabilities::AcceptsEffectiveConfig as u64;
+
+/// A server reply to the agent `uid`, offering `remote` if given.
+fn to_agent(uid: &[u8], remote: Option<AgentRemoteConfig>) -> ServerToAgent {
+    ServerToAgent {
+        instance_uid: uid.to_vec(),
+        capabilities: SERVER_CAPABILITIES,
+        remote_config: remote,
+        ..Default::default()
+    }
+}
+
+fn audit_events(agent: &Agent) -> Vec<&'static str> {
+    agent
+        .audit
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|s| match s {
+            Signal::Log(l) => Some(l.event_name),
+            _ => None,
+        })
+        .collect()
+}
+
+fn effective_body(message: &AgentToServer) -> Option<String> {
+    let map = message.effective_config.as_ref()?.config_map.as_ref()?;
+    String::from_utf8(map.config_map.get(signed::CONFIG_FILE)?.body.clone()).ok()
+}
+
+fn applies(agent: &Agent, outcome: &'static str) -> u64 {
+    agent
+        .metrics
+        .applies
+        .get_or_create(&super::metrics::OutcomeLabel { outcome })
+        .get()
+}
+
+async fn stop(agent: Agent) {
+    agent.stop.send(true).unwrap();
+    tokio::time::timeout(WITHIN, agent.task)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn applied_is_reported_only_after_the_health_window() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("ws://{}/v1/opamp", listener.local_addr().unwrap());
+    let key = SecretKey::generate();
+    let dir = fresh_dir("window");
+    let window = Duration::from_secs(2);
+    let agent = start_agent_in(&dir, &endpoint, &key, "2s");
+    let mut ws = accept(&listener).await;
+    let first = next_agent_message(&mut ws).await;
+
+    let good = signed_offer(&key, "trace:\n  exclude: [{ executable: curl }]\n");
+    let offered = tokio::time::Instant::now();
+    send(&mut ws, to_agent(&first.instance_uid, Some(good.clone()))).await;
+    // Until the window has passed, at most APPLYING; however slow the
+    // machine, APPLIED cannot come sooner than the window.
+    let applied = tokio::time::timeout(WITHIN, async {
+        loop {
+            let status = next_status(&mut ws).await;
+            assert_eq!(status.last_remote_config_hash, good.config_hash);
+            match RemoteConfigStatuses::try_from(status.status) {
+                Ok(RemoteConfigStatuses::Applying) => continue,
+                Ok(RemoteConfigStatuses::Applied) => return offered.elapsed(),
+                other => panic!("{other:?}: {}", status.error_message),
+            }
+        }
+    })
+    .await
+    .expect("APPLIED within the deadline");
+    assert!(applied >= window, "APPLIED after {applied:?}");
+    // Kept as the last-known-good config, audited twice.
+    let kept = super::last_good::load(&dir).unwrap().expect("stored");
+    assert_eq!(kept, good);
+    assert_eq!(
+        audit_events(&agent),
+        ["selfops.config.accepted", "selfops.config.applied"]
+    );
+    assert_eq!(applies(&agent, "applied"), 1);
+    assert_eq!(agent.metrics.on_trial.get(), 0);
+    stop(agent).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn unhealthy_within_the_window_rolls_back_and_reports_failed() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("ws://{}/v1/opamp", listener.local_addr().unwrap());
+    let key = SecretKey::generate();
+    let dir = fresh_dir("rollback");
+    // A window no test run outlasts: only ill health can end it.
+    let mut agent = start_agent_in(&dir, &endpoint, &key, "1h");
+    let mut ws = accept(&listener).await;
+    let first = next_agent_message(&mut ws).await;
+    let uid = first.instance_uid.clone();
+
+    // 1. The pipeline stops delivering: a batch given up.
+    let offer = signed_offer(&key, "trace:\n  exclude: [{ executable: curl }]\n");
+    send(&mut ws, to_agent(&uid, Some(offer.clone()))).await;
+    let status = next_status(&mut ws).await;
+    assert_eq!(
+        status.status,
+        RemoteConfigStatuses::Applying as i32,
+        "{}",
+        status.error_message
+    );
+    tokio::time::timeout(WITHIN, agent.trace.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(agent.trace.borrow_and_update().exclude.len(), 1);
+    assert_eq!(agent.metrics.on_trial.get(), 1);
+    agent.export.failure(crate::export::metrics::SINK_OTLP);
+
+    let failed = next_such(&mut ws, |m| {
+        m.remote_config_status
+            .as_ref()
+            .is_some_and(|s| s.status == RemoteConfigStatuses::Failed as i32)
+    })
+    .await;
+    let status = failed.remote_config_status.clone().unwrap();
+    assert_eq!(status.last_remote_config_hash, offer.config_hash);
+    assert!(
+        status.error_message.starts_with("rolled back")
+            && status.error_message.contains("export to otlp failing")
+            && !status.error_message.contains('\n'),
+        "{}",
+        status.error_message
+    );
+    // The effective config it returned to, and the trace section back.
+    let body = effective_body(&failed).expect("effective config with the status");
+    assert!(!body.contains("curl"), "{body}");
+    tokio::time::timeout(WITHIN, agent.trace.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(agent.trace.borrow_and_update().exclude.is_empty());
+    assert!(super::last_good::load(&dir).unwrap().is_none());
+
+    // 2. A supervised task fails during another config's window.
+    let offer = signed_offer(&key, "trace:\n  include: [{ executable: nginx }]\n");
+    send(&mut ws, to_agent(&uid, Some(offer.clone()))).await;
+    let status = next_status(&mut ws).await;
+    assert_eq!(status.status, RemoteConfigStatuses::Applying as i32);
+    assert_eq!(status.last_remote_config_hash, offer.config_hash);
+    agent.health.failed(&crate::supervise::Failure {
+        task: crate::supervise::Task::Tracer,
+        cause: "ring gone".into(),
+    });
+    let status = next_status(&mut ws).await;
+    assert_eq!(status.status, RemoteConfigStatuses::Failed as i32);
+    assert!(
+        status.error_message.contains("tracer") && status.error_message.contains("ring gone"),
+        "{}",
+        status.error_message
+    );
+    tokio::time::timeout(WITHIN, async {
+        while !agent.trace.borrow_and_update().include.is_empty() {
+            agent.trace.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("include back to the local value");
+
+    assert_eq!(
+        audit_events(&agent),
+        [
+            "selfops.config.accepted",
+            "selfops.config.rolled_back",
+            "selfops.config.accepted",
+            "selfops.config.rolled_back",
+        ]
+    );
+    assert_eq!(applies(&agent, "rolled_back"), 2);
+    assert_eq!(applies(&agent, "applied"), 0);
+    assert_eq!(agent.metrics.on_trial.get(), 0);
+    assert!(super::last_good::load(&dir).unwrap().is_none());
+    stop(agent).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_restart_runs_the_last_known_good_config_if_it_still_verifies() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("ws://{}/v1/opamp", listener.local_addr().unwrap());
+    let key = SecretKey::generate();
+    let dir = fresh_dir("restart");
+    let agent = start_agent_in(&dir, &endpoint, &key, "0s");
+    let mut ws = accept(&listener).await;
+    let first = next_agent_message(&mut ws).await;
+    let good = signed_offer(&key, "trace:\n  exclude: [{ executable: curl }]\n");
+    send(&mut ws, to_agent(&first.instance_uid, Some(good.clone()))).await;
+    let status = next_status(&mut ws).await;
+    assert_eq!(
+        status.status,
+        RemoteConfigStatuses::Applied as i32,
+        "{}",
+        status.error_message
+    );
+    stop(agent).await;
+    drop(ws);
+
+    // The same node restarted: it runs the last-known-good config from the
+    // start and says so in its first message, before any offer.
+    let again = start_agent_in(&dir, &endpoint, &key, "0s");
+    assert_eq!(again.trace.borrow().exclude.len(), 1);
+    let mut ws = accept(&listener).await;
+    let first = next_agent_message(&mut ws).await;
+    let status = first.remote_config_status.clone().expect("status reported");
+    assert_eq!(status.status, RemoteConfigStatuses::Applied as i32);
+    assert_eq!(status.last_remote_config_hash, good.config_hash);
+    assert!(effective_body(&first).unwrap().contains("curl"));
+    // The same offer again is not redone (nothing audited); the full state
+    // asked for next shows it still applied.
+    send(&mut ws, to_agent(&first.instance_uid, Some(good.clone()))).await;
+    let mut full = to_agent(&first.instance_uid, None);
+    full.flags = ServerToAgentFlags::ReportFullState as u64;
+    send(&mut ws, full).await;
+    let full = next_such(&mut ws, |m| m.agent_description.is_some()).await;
+    let status = full.remote_config_status.expect("full state");
+    assert_eq!(status.status, RemoteConfigStatuses::Applied as i32);
+    assert_eq!(status.last_remote_config_hash, good.config_hash);
+    assert!(audit_events(&again).is_empty());
+    stop(again).await;
+    drop(ws);
+
+    // Trusted keys changed locally: the stored config no longer verifies
+    // and the agent runs its local file.
+    let rotated = SecretKey::generate();
+    let other = start_agent_in(&dir, &endpoint, &rotated, "0s");
+    assert!(other.trace.borrow().exclude.is_empty());
+    let mut ws = accept(&listener).await;
+    let first = next_agent_message(&mut ws).await;
+    assert!(first.remote_config_status.is_none());
+    assert!(!effective_body(&first).unwrap().contains("curl"));
+    stop(other).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_config_the_agent_dies_under_twice_is_refused() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("ws://{}/v1/opamp", listener.local_addr().unwrap());
+    let key = SecretKey::generate();
+    let dir = fresh_dir("crashes");
+    let offer = signed_offer(&key, "trace:\n  exclude: [{ executable: curl }]\n");
+    // Twice the agent takes the config and dies within its window (the
+    // task aborted: no orderly stop), then restarts on its local config.
+    for _ in 0..2 {
+        let agent = start_agent_in(&dir, &endpoint, &key, "1h");
+        assert!(agent.trace.borrow().exclude.is_empty());
+        let mut ws = accept(&listener).await;
+        let first = next_agent_message(&mut ws).await;
+        send(&mut ws, to_agent(&first.instance_uid, Some(offer.clone()))).await;
+        let status = next_status(&mut ws).await;
+        assert_eq!(
+            status.status,
+            RemoteConfigStatuses::Applying as i32,
+            "{}",
+            status.error_message
+        );
+        agent.task.abort();
+        let _ = agent.task.await;
+    }
+    // The third time the server offers it, it is refused.
+    let agent = start_agent_in(&dir, &endpoint, &key, "1h");
+    let mut ws = accept(&listener).await;
+    let first = next_agent_message(&mut ws).await;
+    send(&mut ws, to_agent(&first.instance_uid, Some(offer.clone()))).await;
+    let status = next_status(&mut ws).await;
+    assert_eq!(status.status, RemoteConfigStatuses::Failed as i32);
+    assert!(
+        status.error_message.contains("ended 2 times"),
+        "{}",
+        status.error_message
+    );
+    assert!(agent.trace.borrow().exclude.is_empty());
+    assert_eq!(audit_events(&agent), ["selfops.config.failed"]);
+    // Another config is still taken, and an orderly stop within its window
+    // does not count against it.
+    let other = signed_offer(&key, "trace:\n  include: [{ executable: nginx }]\n");
+    send(&mut ws, to_agent(&first.instance_uid, Some(other))).await;
+    let status = next_status(&mut ws).await;
+    assert_eq!(status.status, RemoteConfigStatuses::Applying as i32);
+    stop(agent).await;
+    assert!(!dir.join(super::last_good::TRIAL_FILE).exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
