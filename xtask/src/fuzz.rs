@@ -60,6 +60,9 @@ pub fn run(seconds: u64, only: Option<&str>) -> anyhow::Result<()> {
         let corpus = target_dir.join("corpus").join(target.name);
         seed(&corpus, target.seeds)?;
         seed_models(&corpus, target.model_seeds);
+        // Inputs that once crashed a target: libFuzzer runs every corpus
+        // file first, so a regression fails the run at once.
+        seed_regressions(&corpus, &fuzz_dir.join("regressions").join(target.name))?;
         let mut command = Command::new("rustup");
         command
             .args(["run", "nightly", "cargo", "fuzz", "run", target.name])
@@ -117,6 +120,17 @@ fn seed_models(corpus: &Path, models: &[(&str, u32)]) {
             eprintln!("xtask: could not make the seed model {}", out.display());
         }
     }
+}
+
+fn seed_regressions(corpus: &Path, dir: &Path) -> anyhow::Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let to = corpus.join(entry.file_name());
+        std::fs::copy(entry.path(), &to).with_context(|| format!("seeding {}", to.display()))?;
+    }
+    Ok(())
 }
 
 fn seed(corpus: &Path, seeds: &[&str]) -> anyhow::Result<()> {

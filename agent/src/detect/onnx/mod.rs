@@ -8,6 +8,7 @@
 //! Memory is bounded by the window; each inference allocates inside tract
 //! (its input and output tensors), which is why `every` can space them out.
 
+mod graph;
 mod model;
 
 use std::path::PathBuf;

@@ -103,6 +103,7 @@ fn build(bytes: &[u8], cfg: &OnnxConfig) -> Result<Model, ConfigError> {
     let proto = onnx
         .proto_model_for_read(&mut reader)
         .map_err(|e| invalid("onnx.model", format!("not an ONNX model: {e}")))?;
+    super::graph::check(&proto).map_err(|e| invalid("onnx.model", e.to_string()))?;
     let mut model = onnx
         .model_for_proto_model(&proto)
         .map_err(|e| invalid("onnx.model", format!("unsupported model: {e:#}")))?;
