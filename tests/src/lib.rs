@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod netns;
+pub mod onnx;
 pub mod services;
 pub mod spans;
 pub mod traffic;
@@ -52,7 +53,7 @@ pub fn selfops_bin() -> PathBuf {
     path
 }
 
-fn in_ci() -> bool {
+pub(crate) fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }
 

@@ -14,6 +14,9 @@ struct Target {
     dictionary: Option<&'static str>,
     /// Files copied into the corpus before the first run.
     seeds: &'static [&'static str],
+    /// ONNX models made into the corpus (kind and window, as
+    /// `tests/python/onnx_models.py make` takes them).
+    model_seeds: &'static [(&'static str, u32)],
 }
 
 const TARGETS: &[Target] = &[
@@ -21,17 +24,28 @@ const TARGETS: &[Target] = &[
         name: "http1",
         dictionary: Some("http1.dict"),
         seeds: &[],
+        model_seeds: &[],
     },
     Target {
         name: "unwind_table",
         dictionary: None,
         // Real ELF files with CFI: the fuzzer mutates from valid tables.
         seeds: &["/bin/true", "/usr/lib/x86_64-linux-gnu/libc.so.6"],
+        model_seeds: &[],
+    },
+    Target {
+        name: "onnx_model",
+        dictionary: None,
+        seeds: &[],
+        // Valid small networks: mutations reach the graph checks, not only
+        // the protobuf parser.
+        model_seeds: &[("score", 16), ("recon", 8), ("jump", 8)],
     },
     Target {
         name: "opamp",
         dictionary: None,
         seeds: &[],
+        model_seeds: &[],
     },
 ];
 
@@ -45,6 +59,10 @@ pub fn run(seconds: u64, only: Option<&str>) -> anyhow::Result<()> {
     for target in TARGETS.iter().filter(|t| only.is_none_or(|o| o == t.name)) {
         let corpus = target_dir.join("corpus").join(target.name);
         seed(&corpus, target.seeds)?;
+        seed_models(&corpus, target.model_seeds);
+        // Inputs that once crashed a target: libFuzzer runs every corpus
+        // file first, so a regression fails the run at once.
+        seed_regressions(&corpus, &fuzz_dir.join("regressions").join(target.name))?;
         let mut command = Command::new("rustup");
         command
             .args(["run", "nightly", "cargo", "fuzz", "run", target.name])
@@ -76,6 +94,42 @@ pub fn run(seconds: u64, only: Option<&str>) -> anyhow::Result<()> {
         ran += 1;
     }
     anyhow::ensure!(ran > 0, "no fuzz target named {}", only.unwrap_or(""));
+    Ok(())
+}
+
+/// Best effort: without the Python environment `cargo xtask setup` makes,
+/// the target starts from an empty corpus.
+fn seed_models(corpus: &Path, models: &[(&str, u32)]) {
+    let root = shell::workspace_root();
+    let python = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("python/bin/python3");
+    for (kind, window) in models {
+        let out = corpus.join(format!("{kind}{window}.onnx"));
+        if out.exists() {
+            continue;
+        }
+        let made = Command::new(&python)
+            .arg(root.join("tests/python/onnx_models.py"))
+            .args(["make", kind, &window.to_string()])
+            .arg(&out)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !made {
+            eprintln!("xtask: could not make the seed model {}", out.display());
+        }
+    }
+}
+
+fn seed_regressions(corpus: &Path, dir: &Path) -> anyhow::Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let to = corpus.join(entry.file_name());
+        std::fs::copy(entry.path(), &to).with_context(|| format!("seeding {}", to.display()))?;
+    }
     Ok(())
 }
 

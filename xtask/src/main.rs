@@ -41,7 +41,7 @@ enum Command {
         /// Seconds per target.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
-        /// Only this target (`http1`, `unwind_table`).
+        /// Only this target (`http1`, `unwind_table`, `onnx_model`).
         target: Option<String>,
     },
 }

@@ -19,6 +19,8 @@ const PACKAGES: &[&str] = &[
     "bpftool",
     "iproute2",
     "python3",
+    // `python3 -m venv` for the tests' ONNX packages.
+    "python3-venv",
     "binutils",
     "gcc",
     "faketime",
@@ -26,6 +28,11 @@ const PACKAGES: &[&str] = &[
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// PyPI packages the ONNX detector's tests use to make their models and to
+/// compute the reference scores, installed in a virtual environment under
+/// the target directory (the system Python stays untouched).
+const PYTHON_PACKAGES: &[&str] = &["onnx==1.23.2", "onnxruntime==1.32.0", "numpy==2.4.6"];
 
 pub fn run() -> anyhow::Result<()> {
     let mut did = Vec::new();
@@ -45,6 +52,9 @@ pub fn run() -> anyhow::Result<()> {
     if !missing.is_empty() {
         install_packages(&missing)?;
         did.push(format!("installed Debian packages: {}", missing.join(" ")));
+    }
+    if let Some(what) = ensure_python_packages()? {
+        did.push(what);
     }
     if did.is_empty() {
         eprintln!("xtask setup: nothing to do, everything is present");
@@ -150,6 +160,53 @@ fn ensure_cargo_fuzz() -> anyhow::Result<bool> {
     ]);
     shell::run(command)?;
     Ok(true)
+}
+
+/// Where the tests look for their Python: `<target>/python`.
+fn python_venv() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| shell::workspace_root().join("target"))
+        .join("python")
+}
+
+/// A virtual environment with [`PYTHON_PACKAGES`], made or completed.
+/// Runs after the Debian packages, which bring `python3 -m venv`.
+fn ensure_python_packages() -> anyhow::Result<Option<String>> {
+    let venv = python_venv();
+    let python = venv.join("bin/python3");
+    let import = "import onnx, onnxruntime, numpy; print(onnx.__version__, onnxruntime.__version__, numpy.__version__)";
+    let wanted: Vec<&str> = PYTHON_PACKAGES
+        .iter()
+        .filter_map(|p| p.split_once("==").map(|(_, v)| v))
+        .collect();
+    let installed = shell::output(&python.to_string_lossy(), &["-c", import]);
+    if installed.is_some_and(|v| v.split_whitespace().eq(wanted.iter().copied())) {
+        return Ok(None);
+    }
+    let mut made = false;
+    if !python.exists() {
+        let mut command = Command::new("python3");
+        command.args(["-m", "venv"]).arg(&venv);
+        shell::run(command)?;
+        made = true;
+    }
+    let mut pip = Command::new(&python);
+    pip.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+    ])
+    .args(PYTHON_PACKAGES);
+    shell::run(pip)?;
+    Ok(Some(format!(
+        "{} a Python environment at {} and installed {}",
+        if made { "made" } else { "completed" },
+        venv.display(),
+        PYTHON_PACKAGES.join(" ")
+    )))
 }
 
 fn llvm_major(rustc_verbose: &str) -> Option<u32> {

@@ -79,7 +79,7 @@ impl ZScore {
         }
     }
 
-    fn push(&mut self, x: f64) {
+    pub(super) fn push(&mut self, x: f64) {
         if let Some(old) = self.ring.push(x) {
             // Replace `old` by `x` at constant count.
             let n = self.ring.len() as f64;
@@ -98,6 +98,19 @@ impl ZScore {
     #[cfg(test)]
     fn ring(&self) -> &Ring {
         &self.ring
+    }
+}
+
+impl ZScore {
+    /// Points in the window now.
+    pub(super) fn len(&self) -> usize {
+        self.ring.len()
+    }
+
+    /// Mean and standard deviation of the window (`None` below two points).
+    pub(super) fn moments(&self) -> Option<(f64, f64)> {
+        let n = self.ring.len();
+        (n >= 2).then(|| (self.mean, (self.m2 / (n - 1) as f64).sqrt()))
     }
 }
 

@@ -183,6 +183,57 @@ pub fn sweep(points: &mut [Point], total_windows: usize, profile: &Profile) -> S
     }
 }
 
+/// Raw score at a fixed `threshold` (a row fires when its score is at or
+/// above it), for scoring held-out data at a threshold chosen elsewhere.
+/// Returns `(raw, null, perfect)`.
+pub fn raw_at(
+    points: &[Point],
+    total_windows: usize,
+    profile: &Profile,
+    threshold: f64,
+) -> (f64, f64, f64) {
+    let mut best_in_window: Vec<Option<f64>> = vec![None; total_windows];
+    let mut scored = vec![false; total_windows];
+    let max_tp = scaled_sigmoid(-1.0);
+    let mut fp_cost = 0.0;
+    for p in points {
+        let fires = p.score >= threshold;
+        match p.kind {
+            RowKind::InWindow { window, sigmoid } => {
+                scored[window] = true;
+                if fires {
+                    let value = profile.tp * sigmoid / max_tp;
+                    let slot = &mut best_in_window[window];
+                    *slot = Some(slot.map_or(value, |v: f64| v.max(value)));
+                }
+            }
+            RowKind::Outside { sigmoid } => {
+                if fires {
+                    fp_cost += profile.fp * sigmoid;
+                }
+            }
+        }
+    }
+    let null = -profile.fn_ * scored.iter().filter(|&&s| s).count() as f64;
+    let tp: f64 = best_in_window.iter().flatten().sum();
+    let misses = scored
+        .iter()
+        .zip(&best_in_window)
+        .filter(|(s, b)| **s && b.is_none())
+        .count() as f64;
+    let raw = tp - profile.fn_ * misses + fp_cost;
+    (raw, null, profile.tp * total_windows as f64)
+}
+
+/// `100 · (raw − null) / (perfect − null)`; 0 when there is nothing to find.
+pub fn normalize(raw: f64, null: f64, perfect: f64) -> f64 {
+    if perfect > null {
+        100.0 * (raw - null) / (perfect - null)
+    } else {
+        0.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,6 +316,22 @@ mod tests {
         assert!(pts.iter().all(|p| p.score == 0.0));
         let s = sweep(&mut pts, 1, &STD);
         assert_eq!(s.normalized, 0.0);
+    }
+
+    #[test]
+    fn raw_at_the_swept_threshold_matches_the_sweep() {
+        let mut pts = file(|i| match i {
+            20 => 0.7,
+            45 => 0.8,
+            60 => 0.75,
+            _ => 0.1,
+        });
+        let s = sweep(&mut pts, 1, &STD);
+        let (raw, null, perfect) = raw_at(&pts, 1, &STD, s.threshold);
+        assert!((raw - s.raw).abs() < 1e-12, "{raw} {s:?}");
+        assert!((normalize(raw, null, perfect) - s.normalized).abs() < 1e-9);
+        let (never, _, _) = raw_at(&pts, 1, &STD, f64::INFINITY);
+        assert_eq!(never, -1.0);
     }
 
     #[test]
