@@ -13,6 +13,7 @@ mod holt_winters;
 mod hysteresis;
 mod likelihood;
 pub mod onnx;
+mod quiet;
 mod ring;
 mod seasonal_likelihood;
 mod stats;

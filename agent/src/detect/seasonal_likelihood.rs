@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 use super::holt_winters::{HoltWinters, HoltWintersConfig};
 use super::likelihood::{Likelihood, LikelihoodConfig};
+use super::quiet::QuietAfterFiring;
 use super::stats::{EwStats, surprisal};
 use super::{ConfigError, Detector};
 
@@ -90,7 +91,7 @@ pub struct SeasonalLikelihood {
     fast_errors: EwStats,
     hw: HoltWinters,
     likelihood: Likelihood,
-    quiet_left: u32,
+    quiet: QuietAfterFiring,
     /// Surprisal of the last points, one season and the slack either side
     /// (allocated once, for the longest season the profile can hold).
     history: Box<[f64]>,
@@ -105,7 +106,7 @@ impl SeasonalLikelihood {
             fast_errors: EwStats::new(cfg.error_alpha),
             hw: HoltWinters::new(cfg.holt_winters.clone()),
             likelihood: Likelihood::new(cfg.likelihood.clone()),
-            quiet_left: 0,
+            quiet: QuietAfterFiring::default(),
             history: history_for(&cfg),
             seen: 0,
             cfg,
@@ -204,14 +205,7 @@ impl Detector for SeasonalLikelihood {
             raw
         };
         let score = self.likelihood.update(raw);
-        if self.quiet_left > 0 {
-            self.quiet_left -= 1;
-            return 0.0;
-        }
-        if score >= self.cfg.fire_level {
-            self.quiet_left = self.cfg.quiet;
-        }
-        score
+        self.quiet.gate(score, self.cfg.fire_level, self.cfg.quiet)
     }
 }
 

@@ -8,6 +8,7 @@
 use serde::Deserialize;
 
 use super::likelihood::{Likelihood, LikelihoodConfig};
+use super::quiet::QuietAfterFiring;
 use super::stats::{EwStats, surprisal};
 use super::zscore::{MAX_WINDOW, ZScore, ZScoreConfig};
 use super::{ConfigError, Detector};
@@ -76,7 +77,7 @@ pub struct WindowedLikelihood {
     fast: Option<f64>,
     fast_errors: EwStats,
     likelihood: Likelihood,
-    quiet_left: u32,
+    quiet: QuietAfterFiring,
 }
 
 impl WindowedLikelihood {
@@ -89,7 +90,7 @@ impl WindowedLikelihood {
             fast: None,
             fast_errors: EwStats::new(cfg.error_alpha),
             likelihood: Likelihood::new(cfg.likelihood.clone()),
-            quiet_left: 0,
+            quiet: QuietAfterFiring::default(),
             cfg,
         }
     }
@@ -146,14 +147,7 @@ impl Detector for WindowedLikelihood {
         }
         let raw = self.surprise(value);
         let score = self.likelihood.update(raw);
-        if self.quiet_left > 0 {
-            self.quiet_left -= 1;
-            return 0.0;
-        }
-        if score >= self.cfg.fire_level {
-            self.quiet_left = self.cfg.quiet;
-        }
-        score
+        self.quiet.gate(score, self.cfg.fire_level, self.cfg.quiet)
     }
 }
 
