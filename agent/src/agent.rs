@@ -263,7 +263,10 @@ async fn start(
         let profiler = profiler.start(model.table(), resources.clone())?;
         let (tx, stopping) = watch::channel(false);
         running.stop_profiler = Some(tx);
-        supervisor.spawn(Task::Profiler, supervise::profiler(profiler, stopping));
+        supervisor.spawn(
+            Task::Profiler,
+            supervise::profiler(profiler, Some(live.profile.subscribe()), stopping),
+        );
         if !go_on() {
             return Ok(false);
         }

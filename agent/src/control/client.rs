@@ -245,7 +245,9 @@ impl Client {
             signed::verify(&remote, &self.current.control.trusted_keys)
                 .map_err(|e| e.to_string())
                 .and_then(|yaml| {
-                    policy::accept(&yaml, &self.local, &self.good).map_err(|e| e.to_string())
+                    policy::accept(&yaml, &self.local, &self.good)
+                        .and_then(|accepted| self.live.refuses(&accepted.0).map(|()| accepted))
+                        .map_err(|e| e.to_string())
                 })
         };
         match outcome {
@@ -385,7 +387,9 @@ impl Client {
         let outcome = signed::verify(&remote, &self.current.control.trusted_keys)
             .map_err(|e| e.to_string())
             .and_then(|yaml| {
-                policy::accept(&yaml, &self.local, &self.current).map_err(|e| e.to_string())
+                policy::accept(&yaml, &self.local, &self.current)
+                    .and_then(|accepted| self.live.refuses(&accepted.0).map(|()| accepted))
+                    .map_err(|e| e.to_string())
             });
         match outcome {
             Ok((config, keys)) => {

@@ -30,7 +30,7 @@ pub use config::ControlConfig;
 pub use metrics::ControlMetrics;
 
 use crate::{
-    config::{Config, TraceConfig},
+    config::{Config, ProfileConfig, TraceConfig},
     export::ExportMetrics,
     signal::{AttrValue, Resource},
     supervise::Health,
@@ -41,13 +41,28 @@ use crate::{
 /// sensors, rings and queues stay as they are.
 pub struct Live {
     pub trace: watch::Sender<TraceConfig>,
+    pub profile: watch::Sender<ProfileConfig>,
+    /// Whether the profiler was started: one that was not (profiling off
+    /// in the config the agent started with) has nothing to turn on live.
+    profiler: bool,
 }
 
 impl Live {
+    /// `config` is the one the agent's components were started with.
     pub fn new(config: &Config) -> Self {
         Self {
             trace: watch::Sender::new(config.trace.clone()),
+            profile: watch::Sender::new(config.profile.clone()),
+            profiler: config.profile.enabled,
         }
+    }
+
+    /// Why `config`, accepted by the policy, cannot run live here.
+    fn refuses(&self, config: &Config) -> Result<(), policy::Refused> {
+        if config.profile.enabled && !self.profiler {
+            return Err(policy::Refused::NeedsRestart("profile.enabled".into()));
+        }
+        Ok(())
     }
 
     /// Publishes the sections among `keys` (checked by the policy to be
@@ -55,6 +70,9 @@ impl Live {
     fn apply(&self, config: &Config, keys: &[&str]) {
         if keys.iter().any(|k| k.starts_with("trace.")) {
             self.trace.send_replace(config.trace.clone());
+        }
+        if keys.iter().any(|k| k.starts_with("profile.")) {
+            self.profile.send_replace(config.profile.clone());
         }
     }
 }

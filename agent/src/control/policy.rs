@@ -13,7 +13,14 @@ use crate::config::Config;
 
 /// Keys applied without a restart; any other change is refused with its
 /// key named.
-pub const LIVE_KEYS: &[&str] = &["trace.include", "trace.exclude"];
+pub const LIVE_KEYS: &[&str] = &[
+    "trace.include",
+    "trace.exclude",
+    "profile.enabled",
+    "profile.frequency_hz",
+    "profile.include",
+    "profile.exclude",
+];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
@@ -137,7 +144,19 @@ pub fn changed_keys(a: &Config, b: &Config) -> Vec<&'static str> {
     );
     check("trace.include", &t.include, &u.include);
     check("trace.exclude", &t.exclude, &u.exclude);
-    check("profile", &a.profile, &b.profile);
+    let (p, q) = (&a.profile, &b.profile);
+    check("profile.enabled", &p.enabled, &q.enabled);
+    check("profile.frequency_hz", &p.frequency_hz, &q.frequency_hz);
+    check("profile.interval", &p.interval, &q.interval);
+    check("profile.include", &p.include, &q.include);
+    check("profile.exclude", &p.exclude, &q.exclude);
+    check(
+        "profile.unwind_table_bytes",
+        &p.unwind_table_bytes,
+        &q.unwind_table_bytes,
+    );
+    check("profile.ring_bytes", &p.ring_bytes, &q.ring_bytes);
+    check("profile.max_stacks", &p.max_stacks, &q.max_stacks);
     check("actuation", &a.actuation, &b.actuation);
     keys
 }
@@ -201,6 +220,17 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "trace.ring_bytes: changing it needs a restart"
+        );
+        let err = over("profile: { interval: 3s }\n", "").unwrap_err();
+        assert_eq!(err, Refused::NeedsRestart("profile.interval".into()));
+        let (_, changed) = over(
+            "profile: { enabled: false, frequency_hz: 49, exclude: [{ executable: sshd }] }\n",
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            changed,
+            ["profile.enabled", "profile.frequency_hz", "profile.exclude"]
         );
         let err = over("telemetry: { listen: 127.0.0.1:1 }\n", "").unwrap_err();
         assert_eq!(err, Refused::NeedsRestart("telemetry".into()));

@@ -41,6 +41,7 @@ struct Agent {
     health: Arc<Health>,
     metrics: ControlMetrics,
     trace: tokio::sync::watch::Receiver<crate::config::TraceConfig>,
+    profile: tokio::sync::watch::Receiver<crate::config::ProfileConfig>,
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     dir: std::path::PathBuf,
@@ -69,6 +70,7 @@ fn start_agent_in(dir: &std::path::Path, endpoint: &str, key: &SecretKey, window
     let config = Arc::new(Config::parse(&yaml, std::path::Path::new("t.yaml")).unwrap());
     let live = Live::new(&config);
     let trace = live.trace.subscribe();
+    let profile = live.profile.subscribe();
     let health = Arc::new(Health::default());
     health.started();
     let audit = Arc::new(Mutex::new(Vec::new()));
@@ -95,6 +97,7 @@ fn start_agent_in(dir: &std::path::Path, endpoint: &str, key: &SecretKey, window
         health,
         metrics,
         trace,
+        profile,
         stop,
         task,
         dir,
@@ -753,5 +756,123 @@ async fn a_config_the_agent_dies_under_twice_is_refused() {
     assert_eq!(status.status, RemoteConfigStatuses::Applying as i32);
     stop(agent).await;
     assert!(!dir.join(super::last_good::TRIAL_FILE).exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Stands in for the perf events: what it was asked to sample at.
+#[derive(Default)]
+struct PerfEvents {
+    rates: Vec<Option<u32>>,
+}
+
+impl crate::profile::live::Sampling for PerfEvents {
+    fn set_rate(
+        &mut self,
+        frequency_hz: Option<u32>,
+    ) -> Result<(), crate::profile::sampler::SamplerError> {
+        self.rates.push(frequency_hz);
+        Ok(())
+    }
+    fn retune(&mut self, _: crate::profile::profiler::Retune) {}
+}
+
+#[tokio::test]
+async fn a_remote_config_changes_the_profiling_frequency_and_turns_it_off() {
+    use crate::profile::live::{Tuner, next_update};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("ws://{}/v1/opamp", listener.local_addr().unwrap());
+    let key = SecretKey::generate();
+    let agent = start_agent(&endpoint, &key, "profile");
+    // The profiler's side, as the agent's supervising task runs it.
+    let started = agent.profile.borrow().clone();
+    let gauge = prometheus_client::metrics::gauge::Gauge::default();
+    let mut tuner = Tuner::new(&started, gauge.clone());
+    let mut effective = tuner.effective();
+    let perf = Arc::new(Mutex::new(PerfEvents::default()));
+    let mut updates = Some(agent.profile.clone());
+    let follower = tokio::spawn({
+        let perf = perf.clone();
+        async move {
+            while let Some(config) = next_update(&mut updates).await {
+                let mut perf = perf.lock().unwrap();
+                tuner.apply(&mut *perf, &config).unwrap();
+            }
+        }
+    });
+    let mut ws = accept(&listener).await;
+    let first = next_agent_message(&mut ws).await;
+    let uid = first.instance_uid.clone();
+
+    let wanted = started.frequency_hz + 30;
+    let offer = signed_offer(&key, &format!("profile: {{ frequency_hz: {wanted} }}\n"));
+    send(&mut ws, to_agent(&uid, Some(offer.clone()))).await;
+    let status = next_status(&mut ws).await;
+    assert_eq!(
+        status.status,
+        RemoteConfigStatuses::Applied as i32,
+        "{}",
+        status.error_message
+    );
+    assert_eq!(status.last_remote_config_hash, offer.config_hash);
+    tokio::time::timeout(WITHIN, effective.wait_for(|e| e.frequency_hz == wanted))
+        .await
+        .expect("the profiler reports the new frequency")
+        .unwrap();
+    assert_eq!(gauge.get(), i64::from(wanted));
+    assert_eq!(perf.lock().unwrap().rates, [Some(wanted)]);
+
+    // Off: the perf events closed, nothing else restarted.
+    let offer = signed_offer(&key, "profile: { enabled: false }\n");
+    send(&mut ws, to_agent(&uid, Some(offer))).await;
+    let status = next_status(&mut ws).await;
+    assert_eq!(
+        status.status,
+        RemoteConfigStatuses::Applied as i32,
+        "{}",
+        status.error_message
+    );
+    tokio::time::timeout(WITHIN, effective.wait_for(|e| !e.enabled))
+        .await
+        .expect("the profiler reports sampling off")
+        .unwrap();
+    assert_eq!(gauge.get(), 0);
+    // Laid over the local file, not the last offer: the frequency is the
+    // local one again, and the events are closed once.
+    assert_eq!(perf.lock().unwrap().rates, [Some(wanted), None]);
+    assert_eq!(effective.borrow().frequency_hz, started.frequency_hz);
+    // A key that is not live is still refused with its name.
+    let offer = signed_offer(&key, "profile: { ring_bytes: 1048576 }\n");
+    send(&mut ws, to_agent(&uid, Some(offer))).await;
+    let status = next_status(&mut ws).await;
+    assert_eq!(status.status, RemoteConfigStatuses::Failed as i32);
+    assert_eq!(
+        status.error_message,
+        "profile.ring_bytes: changing it needs a restart"
+    );
+    let dir = agent.dir.clone();
+    stop(agent).await;
+    follower.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn profiling_the_agent_started_without_is_not_turned_on_live() {
+    let dir = fresh_dir("profile-off");
+    let yaml = format!(
+        "data_dir: {}\nprofile: {{ enabled: false }}\n",
+        dir.display()
+    );
+    let config = Config::parse(&yaml, std::path::Path::new("t.yaml")).unwrap();
+    let live = Live::new(&config);
+    let on = Config::parse(
+        &format!("data_dir: {}\n", dir.display()),
+        std::path::Path::new("r.yaml"),
+    )
+    .unwrap();
+    assert_eq!(
+        live.refuses(&on).unwrap_err().to_string(),
+        "profile.enabled: changing it needs a restart"
+    );
+    assert!(live.refuses(&config).is_ok());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -33,6 +33,9 @@ pub struct ProfileMetrics {
     pub unwind_table_build_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     pub symbol_cache_entries: Gauge,
     pub intervals: Counter,
+    /// The sampling frequency in effect (a live config may change it); 0
+    /// while sampling is off.
+    pub frequency_hz: Gauge,
 }
 
 impl ProfileMetrics {
@@ -103,6 +106,11 @@ impl ProfileMetrics {
             "intervals",
             "Aggregated profile intervals emitted",
             m.intervals.clone(),
+        );
+        r.register(
+            "frequency_hz",
+            "Sampling frequency in effect per CPU (0: sampling off)",
+            m.frequency_hz.clone(),
         );
         m
     }

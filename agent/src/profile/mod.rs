@@ -17,6 +17,7 @@ mod test_fixture;
 pub mod aggregate;
 pub mod filter;
 pub mod kallsyms;
+pub mod live;
 pub mod maps;
 pub mod metrics;
 pub mod profiler;

@@ -43,7 +43,18 @@ const SYMBOLIZE_BUDGET: Duration = Duration::from_millis(2_000);
 /// The same at shutdown, which a user waits for.
 const SHUTDOWN_SYMBOLIZE_BUDGET: Duration = Duration::from_millis(150);
 
+/// What a live config changes in a running worker.
+pub struct Retune {
+    pub filter: ProcessFilter,
+    pub frequency_hz: u32,
+}
+
+fn period_nanos(frequency_hz: u32) -> u64 {
+    1_000_000_000 / u64::from(frequency_hz.max(1))
+}
+
 pub struct Worker {
+    retune: std::sync::mpsc::Receiver<Retune>,
     ring: RingBuf<MapData>,
     counters: KernelCounters,
     kernel_seen: [u64; 4],
@@ -71,8 +82,10 @@ impl Worker {
         table: SharedTable,
         resources: Arc<ResourceBuilder>,
         metrics: ProfileMetrics,
+        retune: std::sync::mpsc::Receiver<Retune>,
     ) -> Self {
         Self {
+            retune,
             ring,
             counters,
             kernel_seen: [0; 4],
@@ -85,7 +98,7 @@ impl Worker {
             symbols: UserSymbolizer::new(65_536),
             kernel: KernelSymbols::new(65_536),
             interval: config.interval,
-            period_nanos: 1_000_000_000 / u64::from(config.frequency_hz.max(1)),
+            period_nanos: period_nanos(config.frequency_hz),
             max_stacks: config.max_stacks,
             frames: Vec::with_capacity(unwind::MAX_USER_FRAMES),
         }
@@ -107,8 +120,15 @@ impl Worker {
             }
             self.drain(&mut aggregator);
             self.copy_kernel_counters();
+            // Only the latest retune matters.
+            let retune = self.retune.try_iter().last();
             let now = Instant::now();
-            if now >= deadline || stopping {
+            // A new frequency closes the interval early: each profile's
+            // samples then all weigh the same period.
+            let new_period = retune
+                .as_ref()
+                .is_some_and(|r| period_nanos(r.frequency_hz) != self.period_nanos);
+            if now >= deadline || stopping || new_period {
                 let next_start = SystemTime::now();
                 let finished = std::mem::replace(
                     &mut aggregator,
@@ -127,6 +147,10 @@ impl Worker {
                 start = next_start;
                 deadline = now + self.interval;
                 self.maps.end_interval();
+            }
+            if let Some(retune) = retune {
+                self.filter = retune.filter;
+                self.period_nanos = period_nanos(retune.frequency_hz);
             }
             if stopping {
                 break;

@@ -9,8 +9,12 @@ use anyhow::Context as _;
 use prometheus_client::registry::Registry;
 
 use super::{
-    filter::ProcessFilter, metrics::ProfileMetrics, outputs::ProfileOutputs, profiler::Worker,
-    sampler::Sampler,
+    filter::ProcessFilter,
+    live::{Sampling, Tuner},
+    metrics::ProfileMetrics,
+    outputs::ProfileOutputs,
+    profiler::{Retune, Worker},
+    sampler::{Sampler, SamplerError},
 };
 use crate::{
     config::Config,
@@ -27,6 +31,9 @@ pub struct Prepared {
 
 pub struct Running {
     stop: Arc<AtomicBool>,
+    retune: std::sync::mpsc::Sender<Retune>,
+    /// Follows the live profile section; taken by the supervising task.
+    pub tuner: Option<Tuner>,
     worker: std::thread::JoinHandle<ProfileOutputs>,
     outputs_task: tokio::task::AbortHandle,
     sampler: Sampler,
@@ -67,6 +74,8 @@ impl Prepared {
             "CPU profiler attached"
         );
         let stop = Arc::new(AtomicBool::new(false));
+        let tuner = Tuner::new(&self.config, self.metrics.frequency_hz.clone());
+        let (retune, retunes) = std::sync::mpsc::channel();
         let outputs = self.outputs;
         let outputs_task = outputs.task_handle();
         let worker = std::thread::Builder::new()
@@ -77,8 +86,9 @@ impl Prepared {
                 let metrics = self.metrics;
                 // Built on its own thread: the symbolizer is not Send.
                 move || {
-                    let worker =
-                        Worker::new(&config, ring, counters, filter, table, resources, metrics);
+                    let worker = Worker::new(
+                        &config, ring, counters, filter, table, resources, metrics, retunes,
+                    );
                     worker.run(&stop, &mut |profile| outputs.emit(profile));
                     outputs
                 }
@@ -86,6 +96,8 @@ impl Prepared {
             .context("starting the profiler thread")?;
         Ok(Running {
             stop,
+            retune,
+            tuner: Some(tuner),
             worker,
             outputs_task,
             sampler,
@@ -130,5 +142,16 @@ impl Running {
             }
             _ => tracing::warn!("the profiler thread ended abnormally"),
         }
+    }
+}
+
+impl Sampling for Running {
+    fn set_rate(&mut self, frequency_hz: Option<u32>) -> Result<(), SamplerError> {
+        self.sampler.set_rate(frequency_hz)
+    }
+
+    fn retune(&mut self, retune: Retune) {
+        // Gone only with the worker, which the supervisor reports anyway.
+        let _ = self.retune.send(retune);
     }
 }

@@ -6,7 +6,9 @@ use aya::{
     maps::{MapData, MapError, PerCpuArray, RingBuf},
     programs::{
         PerfEvent, ProgramError,
-        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+        perf_event::{
+            PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent,
+        },
     },
     util::online_cpus,
 };
@@ -36,6 +38,9 @@ pub enum SamplerError {
 pub struct Sampler {
     ebpf: Ebpf,
     pub cpus: usize,
+    online: Vec<u32>,
+    /// One perf event per CPU while sampling; none while paused.
+    links: Vec<PerfEventLinkId>,
 }
 
 impl Sampler {
@@ -55,19 +60,42 @@ impl Sampler {
             .ok_or(SamplerError::Missing(PROGRAM))?
             .try_into()?;
         program.load()?;
-        let cpus = online_cpus().map_err(|(_, e)| SamplerError::Cpus(e))?;
-        for &cpu in &cpus {
-            program.attach(
+        let online = online_cpus().map_err(|(_, e)| SamplerError::Cpus(e))?;
+        let mut sampler = Self {
+            ebpf,
+            cpus: online.len(),
+            online,
+            links: Vec::new(),
+        };
+        sampler.set_rate(Some(frequency_hz))?;
+        Ok(sampler)
+    }
+
+    /// Re-opens the perf events at `frequency_hz`, or closes them (`None`):
+    /// the program, its maps and the ring stay loaded, so a live change
+    /// costs only the perf events.
+    pub fn set_rate(&mut self, frequency_hz: Option<u32>) -> Result<(), SamplerError> {
+        let program: &mut PerfEvent = self
+            .ebpf
+            .program_mut(PROGRAM)
+            .ok_or(SamplerError::Missing(PROGRAM))?
+            .try_into()?;
+        for link in self.links.drain(..) {
+            program.detach(link)?;
+        }
+        let Some(hz) = frequency_hz else {
+            return Ok(());
+        };
+        for &cpu in &self.online {
+            let link = program.attach(
                 PerfEventConfig::Software(SoftwareEvent::CpuClock),
                 PerfEventScope::AllProcessesOneCpu { cpu },
-                SamplePolicy::Frequency(u64::from(frequency_hz)),
+                SamplePolicy::Frequency(u64::from(hz)),
                 false,
             )?;
+            self.links.push(link);
         }
-        Ok(Self {
-            ebpf,
-            cpus: cpus.len(),
-        })
+        Ok(())
     }
 
     pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, SamplerError> {

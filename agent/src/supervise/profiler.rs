@@ -6,21 +6,38 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::profile::run::Running;
+use crate::{
+    config::ProfileConfig,
+    profile::{
+        live::{TuneError, next_update},
+        run::Running,
+    },
+};
 
 /// How often the profiler thread is checked.
 const CHECK_EVERY: Duration = Duration::from_millis(100);
 
 /// Runs until `stopping` turns true, then stops the profiler; an `Err` if
-/// its thread ended first (a panic in it included).
+/// its thread ended first (a panic in it included). Each profile section on
+/// `updates` is applied as it comes.
 pub async fn profiler(
-    profiler: Running,
+    mut profiler: Running,
+    mut updates: Option<watch::Receiver<ProfileConfig>>,
     mut stopping: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let mut check = tokio::time::interval(CHECK_EVERY);
+    let mut tuner = profiler.tuner.take();
     loop {
         tokio::select! {
             _ = stopping.wait_for(|stop| *stop) => break,
+            Some(config) = next_update(&mut updates) => {
+                let Some(tuner) = tuner.as_mut() else { continue };
+                match tuner.apply(&mut profiler, &config) {
+                    // Logged by the tuner; the previous settings still run.
+                    Ok(()) | Err(TuneError::Filter(_) | TuneError::Sampler(_)) => {}
+                    Err(stuck) => return Err(stuck.to_string()),
+                }
+            }
             _ = check.tick() => {
                 if let Some(ended) = profiler.ended() {
                     return Err(ended.to_owned());
