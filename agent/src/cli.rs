@@ -1,4 +1,5 @@
-//! Command line: `selfops run`, `selfops probe`, `selfops limits`, `selfops version`.
+//! Command line: `selfops run`, `selfops probe`, `selfops limits`,
+//! `selfops fleet`, `selfops version`.
 
 use std::path::PathBuf;
 
@@ -35,8 +36,24 @@ pub enum Command {
         #[command(subcommand)]
         command: LimitsCommand,
     },
+    /// The fleet server: serve agents over OpAMP, list them, make keys.
+    Fleet {
+        #[command(subcommand)]
+        command: FleetCommand,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// Write an Ed25519 key pair: PREFIX.key (secret, for signing configs)
+    /// and PREFIX.pub (an entry for the agents' `control.trusted_keys`).
+    Keygen {
+        /// Path prefix of the two files.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
