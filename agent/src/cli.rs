@@ -47,6 +47,23 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum FleetCommand {
+    /// Serve agents over OpAMP (ws://ADDR/v1/opamp, or HTTP POST there)
+    /// with the inventory and config API on the same listener.
+    Serve {
+        #[arg(long, default_value = "127.0.0.1:4320")]
+        listen: std::net::SocketAddr,
+        /// SQLite database of the inventory and the offered configs.
+        #[arg(long, default_value = "fleet.db")]
+        database: PathBuf,
+    },
+    /// Print the inventory of a running server.
+    Status {
+        #[arg(long, default_value = "http://127.0.0.1:4320")]
+        server: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write an Ed25519 key pair: PREFIX.key (secret, for signing configs)
     /// and PREFIX.pub (an entry for the agents' `control.trusted_keys`).
     Keygen {

@@ -1,8 +1,19 @@
 //! `selfops fleet …`: the command-line edge, where errors get their context.
 
+use std::{path::Path, time::Duration};
+
 use anyhow::Context as _;
 
+use super::{
+    opamp::Fleet,
+    server::{self, App, Limits},
+    status,
+    store::Store,
+};
 use crate::cli::FleetCommand;
+
+/// Heartbeat offered to agents.
+const HEARTBEAT: Duration = Duration::from_secs(30);
 
 pub fn run(command: FleetCommand) -> anyhow::Result<()> {
     match command {
@@ -13,5 +24,44 @@ pub fn run(command: FleetCommand) -> anyhow::Result<()> {
             println!("public key: {}", public.display());
             Ok(())
         }
+        FleetCommand::Serve { listen, database } => runtime()?.block_on(serve(listen, &database)),
+        FleetCommand::Status { server, json } => runtime()?.block_on(async {
+            let agents = status::agents(&server)
+                .await
+                .with_context(|| format!("inventory from {server}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&agents)?);
+            } else {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+                print!("{}", status::table(&agents, now));
+            }
+            Ok(())
+        }),
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+}
+
+async fn serve(listen: std::net::SocketAddr, database: &Path) -> anyhow::Result<()> {
+    let store = Store::open(database).with_context(|| format!("opening {}", database.display()))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    tracing::info!(%listen, database = %database.display(), "fleet server serving");
+    let app = App {
+        fleet: Fleet::new(store, HEARTBEAT),
+        limits: Limits::default(),
+    };
+    server::serve(listener, app, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await
+    .context("serving")
 }

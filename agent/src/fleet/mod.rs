@@ -2,5 +2,16 @@
 //! inventory of them in SQLite, and signed configs offered to a selection
 //! of them. `selfops fleet serve|status|keygen`.
 
+pub mod api;
 pub mod cli;
+pub mod hex;
 pub mod keygen;
+pub mod listener;
+pub mod opamp;
+pub mod server;
+pub mod session;
+pub mod status;
+pub mod store;
+
+#[cfg(test)]
+mod tests;
