@@ -56,6 +56,33 @@ pub enum FleetCommand {
         #[arg(long, default_value = "fleet.db")]
         database: PathBuf,
     },
+    /// Sign a config and offer it through a running server step by step,
+    /// each step once the previous one's agents report it APPLIED.
+    Rollout {
+        #[arg(long, default_value = "http://127.0.0.1:4320")]
+        server: String,
+        /// The YAML to offer.
+        #[arg(long)]
+        config: PathBuf,
+        /// Secret key file (from `selfops fleet keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// `k=v`: only agents with this label (repeatable, all must match).
+        #[arg(long, value_parser = crate::fleet::cli::parse_label)]
+        select: Vec<(String, String)>,
+        /// Shares of the selected agents, ascending, ending at 100%.
+        #[arg(long, default_value = "1%,10%,50%,100%")]
+        steps: String,
+        /// How long a step's agents must stay healthy on it before the next.
+        #[arg(long, default_value = "30s", value_parser = humantime_serde::re::humantime::parse_duration)]
+        health_window: std::time::Duration,
+        /// Failed agents tolerated per step, as a share of the step.
+        #[arg(long, default_value = "0%")]
+        max_failures: String,
+        /// How long a step's agents have to report.
+        #[arg(long, default_value = "10m", value_parser = humantime_serde::re::humantime::parse_duration)]
+        step_timeout: std::time::Duration,
+    },
     /// Print the inventory of a running server.
     Status {
         #[arg(long, default_value = "http://127.0.0.1:4320")]

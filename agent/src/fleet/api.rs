@@ -38,6 +38,9 @@ pub struct OfferRequest {
     /// Labels an agent must all carry; none selects every agent.
     #[serde(default)]
     pub select: BTreeMap<String, String>,
+    /// When set, only these agents among the selected (a rollout's step).
+    #[serde(default)]
+    pub uids: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -81,7 +84,8 @@ pub async fn offer(
         .map_err(unavailable)?;
     let mut chosen = Vec::new();
     for agent in fleet.store.agents().map_err(unavailable)? {
-        if selected(&agent, &request.select) {
+        let listed = request.uids.is_empty() || request.uids.contains(&agent.uid);
+        if listed && selected(&agent, &request.select) {
             fleet.store.assign(&agent.uid, &hash).map_err(unavailable)?;
             fleet.push(&agent.uid);
             chosen.push(agent.uid);

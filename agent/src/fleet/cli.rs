@@ -6,11 +6,12 @@ use anyhow::Context as _;
 
 use super::{
     opamp::Fleet,
+    rollout,
     server::{self, App, Limits},
     status,
     store::Store,
 };
-use crate::cli::FleetCommand;
+use crate::{cli::FleetCommand, control::signed::SecretKey};
 
 /// Heartbeat offered to agents.
 const HEARTBEAT: Duration = Duration::from_secs(30);
@@ -25,6 +26,39 @@ pub fn run(command: FleetCommand) -> anyhow::Result<()> {
             Ok(())
         }
         FleetCommand::Serve { listen, database } => runtime()?.block_on(serve(listen, &database)),
+        FleetCommand::Rollout {
+            server,
+            config,
+            key,
+            select,
+            steps,
+            health_window,
+            max_failures,
+            step_timeout,
+        } => {
+            let yaml = std::fs::read_to_string(&config)
+                .with_context(|| format!("reading {}", config.display()))?;
+            let key = std::fs::read_to_string(&key)
+                .with_context(|| format!("reading {}", key.display()))
+                .and_then(|text| {
+                    SecretKey::parse(&text)
+                        .map_err(anyhow::Error::msg)
+                        .with_context(|| format!("secret key {}", key.display()))
+                })?;
+            let plan = rollout::Plan {
+                steps: rollout::parse_steps(&steps)?,
+                health_window,
+                max_failures_percent: rollout::parse_percent(&max_failures)?,
+                step_timeout,
+                poll: Duration::from_secs(1),
+            };
+            let select = select.into_iter().collect();
+            let hash = runtime()?
+                .block_on(rollout::run(&server, &yaml, &key, &select, &plan))
+                .context("rollout")?;
+            println!("rolled out {hash}");
+            Ok(())
+        }
         FleetCommand::Status { server, json } => runtime()?.block_on(async {
             let agents = status::agents(&server)
                 .await
@@ -64,4 +98,12 @@ async fn serve(listen: std::net::SocketAddr, database: &Path) -> anyhow::Result<
     })
     .await
     .context("serving")
+}
+
+/// `k=v` for `--select`.
+pub fn parse_label(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{text:?}: k=v expected"))
 }

@@ -2,7 +2,8 @@
 //! many agents over WebSocket and one over HTTP polling are listed, a
 //! signed config offered through the API is APPLIED by all of them, an
 //! unsigned one FAILED by the selected ones only; malformed frames end a
-//! session without taking the server down.
+//! session without taking the server down; a rollout advances step by
+//! step and stops at the first step that fails.
 
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -13,6 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 use super::{
     api::OfferRequest,
     opamp::Fleet,
+    rollout::{self, Plan, RolloutError},
     server::{self, App, Limits},
     status,
     store::{AgentRow, Store},
@@ -121,6 +123,7 @@ async fn agents_are_listed_apply_signed_and_fail_unsigned() {
             yaml: yaml.into(),
             signature: Some(key.sign(yaml.as_bytes())),
             select: BTreeMap::new(),
+            uids: vec![],
         },
     )
     .await
@@ -140,6 +143,7 @@ async fn agents_are_listed_apply_signed_and_fail_unsigned() {
             yaml: unsigned_yaml.into(),
             signature: None,
             select: [("zone".to_owned(), "b".to_owned())].into(),
+            uids: vec![],
         },
     )
     .await
@@ -206,4 +210,76 @@ async fn malformed_frames_end_the_session_not_the_server() {
             .is_empty()
     );
     let _ = stop_server.send(());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_advances_step_by_step_and_stops_on_failures() {
+    let (addr, stop_server) = start_server(Limits::default()).await;
+    let server = format!("http://{addr}");
+    let key = SecretKey::generate();
+    let base = std::env::temp_dir().join(format!("selfops-fleet-rollout-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let endpoint = format!("ws://{addr}/v1/opamp");
+    let agents: Vec<Agent> = (0..10)
+        .map(|i| start_agent(&base.join(i.to_string()), &endpoint, &key, "a"))
+        .collect();
+    wait_for(&server, "every agent listed", |a| a.len() == 10).await;
+    let plan = Plan {
+        steps: vec![10, 50, 100],
+        health_window: Duration::from_millis(200),
+        max_failures_percent: 0,
+        step_timeout: WITHIN,
+        poll: Duration::from_millis(100),
+    };
+    let zone_a: BTreeMap<String, String> = [("zone".to_owned(), "a".to_owned())].into();
+
+    let yaml = "trace:\n  exclude: [{ executable: curl }]\n";
+    let hash = rollout::run(&server, yaml, &key, &zone_a, &plan)
+        .await
+        .unwrap();
+    let all = status::agents(&server).await.unwrap();
+    assert!(
+        all.iter()
+            .all(|a| a.remote_hash == hash && a.remote_status == "APPLIED"),
+        "{all:#?}"
+    );
+
+    // Signed by a key the agents do not trust: the first step's one agent
+    // fails it, and no other agent is offered it.
+    let untrusted = SecretKey::generate();
+    let bad = "trace:\n  exclude: [{ executable: wget }]\n";
+    let err = rollout::run(&server, bad, &untrusted, &zone_a, &plan)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RolloutError::Stopped {
+                step: 10,
+                failed: 1,
+                of: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let all = status::agents(&server).await.unwrap();
+    assert_eq!(
+        all.iter().filter(|a| a.remote_status == "FAILED").count(),
+        1
+    );
+    assert_eq!(all.iter().filter(|a| a.remote_hash == hash).count(), 9);
+
+    let nowhere: BTreeMap<String, String> = [("zone".to_owned(), "z".to_owned())].into();
+    assert!(matches!(
+        rollout::run(&server, yaml, &key, &nowhere, &plan).await,
+        Err(RolloutError::NoAgents)
+    ));
+
+    for agent in agents {
+        let _ = agent.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), agent.task).await;
+    }
+    let _ = stop_server.send(());
+    let _ = std::fs::remove_dir_all(&base);
 }
