@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 pub mod detect;
 pub mod export;
+pub mod fleet;
 pub mod kernel;
 pub mod limits;
 pub mod lock;

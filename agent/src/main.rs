@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use selfops_agent::{agent, cli, config, kernel, limits, supervise::signals};
+use selfops_agent::{agent, cli, config, fleet, kernel, limits, supervise::signals};
 
 /// Exit code for a refused configuration (nothing was attached).
 const EXIT_CONFIG: u8 = 2;
@@ -36,6 +36,13 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         cli::Command::Limits { command } => match limits::run(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("selfops: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        cli::Command::Fleet { command } => match fleet::cli::run(command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("selfops: {e:#}");

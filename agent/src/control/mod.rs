@@ -5,7 +5,7 @@
 
 mod audit;
 pub mod backoff;
-mod client;
+pub(crate) mod client;
 pub mod config;
 pub mod frame;
 pub mod gate;

@@ -1,0 +1,97 @@
+//! One agent's WebSocket session: every binary frame is an AgentToServer
+//! answered at once; offers made through the API are pushed in between.
+//! Anything malformed, a second agent on the same session, or silence
+//! past the idle limit ends the session (the agent reconnects).
+
+use std::{sync::Arc, time::Duration};
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use selfops_proto::opamp::ServerToAgent;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    sync::mpsc,
+};
+use tokio_tungstenite::{WebSocketStream, tungstenite::Message};
+
+use super::opamp::{Fleet, PUSH_QUEUE};
+use crate::control::frame;
+
+/// Silence tolerated: a few missed heartbeats.
+fn idle_limit(heartbeat: Duration) -> Duration {
+    heartbeat
+        .saturating_mul(3)
+        .saturating_add(Duration::from_secs(10))
+}
+
+pub async fn run<S>(mut ws: WebSocketStream<S>, fleet: Arc<Fleet>, max_message_bytes: usize)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (tx, mut rx) = mpsc::channel::<ServerToAgent>(PUSH_QUEUE);
+    let idle = idle_limit(fleet.heartbeat());
+    let mut agent: Option<String> = None;
+    loop {
+        let answer = tokio::select! {
+            incoming = tokio::time::timeout(idle, ws.next()) => {
+                let bytes = match incoming {
+                    Err(_) => {
+                        tracing::debug!(?agent, "agent silent: session ended");
+                        break;
+                    }
+                    Ok(Some(Ok(Message::Binary(bytes)))) => bytes,
+                    Ok(Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)))) => continue,
+                    Ok(Some(Ok(Message::Text(_)))) => {
+                        tracing::warn!(?agent, "text frame from an agent: session ended");
+                        break;
+                    }
+                    Ok(Some(Ok(Message::Close(_))) | None) => break,
+                    Ok(Some(Err(err))) => {
+                        tracing::debug!(%err, ?agent, "WebSocket error: session ended");
+                        break;
+                    }
+                };
+                let message = match frame::decode_agent_ws(&bytes, max_message_bytes) {
+                    Ok(message) => message,
+                    Err(err) => {
+                        tracing::warn!(%err, ?agent, "malformed agent message: session ended");
+                        break;
+                    }
+                };
+                let goodbye = message.agent_disconnect.is_some();
+                let (key, answer) = fleet.handle(message, true);
+                match (&agent, key) {
+                    (_, None) => {
+                        // The error answer, then the end: the session names no agent.
+                        let _ = ws.send(Message::Binary(frame::encode_server_ws(&answer).into())).await;
+                        break;
+                    }
+                    (None, Some(key)) => {
+                        fleet.register(&key, tx.clone());
+                        agent = Some(key);
+                    }
+                    (Some(current), Some(key)) if *current != key => {
+                        tracing::warn!(%current, %key, "a second instance_uid on one session: ended");
+                        break;
+                    }
+                    _ => {}
+                }
+                if goodbye {
+                    break;
+                }
+                answer
+            }
+            Some(pushed) = rx.recv() => pushed,
+        };
+        if let Err(err) = ws
+            .send(Message::Binary(frame::encode_server_ws(&answer).into()))
+            .await
+        {
+            tracing::debug!(%err, ?agent, "sending to the agent: session ended");
+            break;
+        }
+    }
+    if let Some(uid) = &agent {
+        fleet.unregister(uid, &tx);
+    }
+    let _ = ws.close(None).await;
+}
