@@ -242,13 +242,7 @@ impl Client {
                 "the agent ended {interrupted} times within this config's health window"
             ))
         } else {
-            signed::verify(&remote, &self.current.control.trusted_keys)
-                .map_err(|e| e.to_string())
-                .and_then(|yaml| {
-                    policy::accept(&yaml, &self.local, &self.good)
-                        .and_then(|accepted| self.live.refuses(&accepted.0).map(|()| accepted))
-                        .map_err(|e| e.to_string())
-                })
+            self.admit(&remote, &self.good)
         };
         match outcome {
             Ok((config, _)) => {
@@ -321,6 +315,21 @@ impl Client {
         }
     }
 
+    /// A remote config verified against the trusted keys, laid over the
+    /// local file in place of `base`, and runnable live here: the config
+    /// to run and the keys it changes, or the one-line reason it is not.
+    fn admit(
+        &self,
+        remote: &AgentRemoteConfig,
+        base: &Config,
+    ) -> Result<(Config, Vec<&'static str>), String> {
+        let yaml = signed::verify(remote, &self.current.control.trusted_keys)
+            .map_err(|e| e.to_string())?;
+        let accepted = policy::accept(&yaml, &self.local, base).map_err(|e| e.to_string())?;
+        self.live.refuses(&accepted.0).map_err(|e| e.to_string())?;
+        Ok(accepted)
+    }
+
     fn confirm(&mut self) {
         let Some(trial) = self.trial.take() else {
             return;
@@ -384,13 +393,7 @@ impl Client {
                 return;
             }
         };
-        let outcome = signed::verify(&remote, &self.current.control.trusted_keys)
-            .map_err(|e| e.to_string())
-            .and_then(|yaml| {
-                policy::accept(&yaml, &self.local, &self.current)
-                    .and_then(|accepted| self.live.refuses(&accepted.0).map(|()| accepted))
-                    .map_err(|e| e.to_string())
-            });
+        let outcome = self.admit(&remote, &self.current);
         match outcome {
             Ok((config, keys)) => {
                 let config = Arc::new(config);

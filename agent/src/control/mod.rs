@@ -77,6 +77,21 @@ impl Live {
     }
 }
 
+/// The next value of a live section, or never when there is no channel
+/// (or it closed: the agent runs without a control plane). A component
+/// selects on it beside its own work.
+pub async fn next_update<T: Clone>(updates: &mut Option<watch::Receiver<T>>) -> Option<T> {
+    let Some(rx) = updates else {
+        return std::future::pending().await;
+    };
+    if rx.changed().await.is_err() {
+        *updates = None;
+        return std::future::pending().await;
+    }
+    let value = rx.borrow_and_update().clone();
+    Some(value)
+}
+
 /// The running client; stopping it sends agent_disconnect.
 pub struct ControlHandle {
     stop: watch::Sender<bool>,

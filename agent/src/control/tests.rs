@@ -778,7 +778,7 @@ impl crate::profile::live::Sampling for PerfEvents {
 
 #[tokio::test]
 async fn a_remote_config_changes_the_profiling_frequency_and_turns_it_off() {
-    use crate::profile::live::{Tuner, next_update};
+    use crate::{control::next_update, profile::live::Tuner};
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("ws://{}/v1/opamp", listener.local_addr().unwrap());
     let key = SecretKey::generate();

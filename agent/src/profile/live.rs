@@ -129,22 +129,6 @@ impl Tuner {
     }
 }
 
-/// The next profile section, or never when there is no channel (or it
-/// closed: the agent runs without a control plane).
-pub async fn next_update(
-    updates: &mut Option<watch::Receiver<ProfileConfig>>,
-) -> Option<ProfileConfig> {
-    let Some(rx) = updates else {
-        return std::future::pending().await;
-    };
-    if rx.changed().await.is_err() {
-        *updates = None;
-        return std::future::pending().await;
-    }
-    let config = rx.borrow_and_update().clone();
-    Some(config)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

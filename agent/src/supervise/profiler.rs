@@ -8,10 +8,8 @@ use tokio::sync::watch;
 
 use crate::{
     config::ProfileConfig,
-    profile::{
-        live::{TuneError, next_update},
-        run::Running,
-    },
+    control::next_update,
+    profile::{live::TuneError, run::Running},
 };
 
 /// How often the profiler thread is checked.

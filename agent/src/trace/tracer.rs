@@ -30,6 +30,7 @@ use super::{
 };
 use crate::{
     config::TraceConfig,
+    control::next_update,
     kernel::ring_reader::RingReader,
     process::{Process, ResourceBuilder, SharedTable, caught_up::CaughtUp, clock::BootClock},
     signal::{AttrValue, Resource, Signal, Span},
@@ -986,19 +987,6 @@ impl Tracer {
             }
         }
     }
-}
-
-/// The next trace section, or never when there is no channel (or it closed).
-async fn next_update(updates: &mut Option<watch::Receiver<TraceConfig>>) -> Option<TraceConfig> {
-    let Some(rx) = updates else {
-        return std::future::pending().await;
-    };
-    if rx.changed().await.is_err() {
-        *updates = None;
-        return std::future::pending().await;
-    }
-    let config = rx.borrow_and_update().clone();
-    Some(config)
 }
 
 fn unix_now_ns() -> u64 {
