@@ -9,10 +9,10 @@ use selfops_ebpf::{NetSettings, SocketOffsets};
 use tokio::sync::watch;
 
 use crate::{
-    act::{ActuationLoop, audit::AuditMetrics},
+    act::{ActuationLoop, audit::AuditMetrics, runner::ServiceHook},
     config::Config,
     control::{self, ControlHandle, ControlMetrics, Live},
-    export::{ExportHandle, ExportPipeline},
+    export::{ExportHandle, ExportOptions, ExportPipeline},
     kernel::{
         btf_offsets,
         features::{Features, raise_memlock_rlimit},
@@ -97,9 +97,16 @@ async fn run_agent(config: Config, options: RunOptions) -> anyhow::Result<()> {
         TaskMetrics::register(metrics.registry_mut()),
         options.fault,
     );
+    // Sections a remote config may change live, one channel each.
+    let live = Live::new(&config);
     // Exporters first: whatever starts later has somewhere to send to.
-    let (export, pipeline) =
-        ExportPipeline::start(&config.export, &config.data_dir, metrics.registry_mut())?;
+    let (export, pipeline) = ExportPipeline::start_live(
+        &config.export,
+        &config.data_dir,
+        metrics.registry_mut(),
+        ExportOptions::default(),
+        Some(live.export.subscribe()),
+    )?;
     supervisor.spawn(Task::Export, pipeline);
     let mut running = Running {
         export,
@@ -108,8 +115,6 @@ async fn run_agent(config: Config, options: RunOptions) -> anyhow::Result<()> {
         stop_profiler: None,
         control: None,
     };
-    // Sections a remote config may change live, one channel each.
-    let live = Live::new(&config);
     let control_metrics = ControlMetrics::register(metrics.registry_mut());
 
     let started = start(
@@ -273,16 +278,23 @@ async fn start(
     }
 
     // Server spans feed the per-service series the playbooks read.
-    let service_stats = Arc::new(ServiceStats::default());
+    let service_hook = Arc::new(ServiceHook::new(Arc::new(ServiceStats::default())));
     let actuation = {
         let sink = running.export.clone();
         ActuationLoop::start(
             &config.actuation,
             model.table(),
-            service_stats.clone(),
+            service_hook.clone(),
             audit_metrics,
             // Audit records take their own lane through the exporters.
             Box::new(move |signal| sink.send_audit(signal)),
+            // With a control plane the loop runs even without playbooks,
+            // so that a remote config can add one.
+            config
+                .control
+                .opamp
+                .is_some()
+                .then(|| live.actuation.subscribe()),
         )?
     };
     if let Some(actuation) = actuation {
@@ -299,13 +311,7 @@ async fn start(
     if config.trace.enabled {
         attach_tls(object);
         let sink = running.export.clone();
-        // Only when a playbook reads a service series: it costs a lock per span.
-        let services = config
-            .actuation
-            .playbooks
-            .iter()
-            .any(|p| p.when.signal.subject() == Some("service"))
-            .then(|| service_stats.clone());
+        let services = service_hook.clone();
         let tracer = Tracer::new(
             &config.trace,
             model.table(),
@@ -314,9 +320,7 @@ async fn start(
             trace_metrics,
             model.caught_up(),
             Box::new(move |signal| {
-                if let Some(services) = &services {
-                    services.observe(&signal);
-                }
+                services.observe(&signal);
                 sink.send(signal)
             }),
         )?
@@ -325,6 +329,8 @@ async fn start(
             RingReader::new(object.take_socket_ring()?).context("polling the socket ring")?;
         supervisor.local(Task::Tracer, tracer.run(ring));
     }
+    // The service rules live with the process model they name.
+    let rules = resources.clone().follow(Some(live.service.subscribe()));
     let state = Arc::new(server::TelemetryState {
         metrics,
         table: model.table(),
@@ -332,10 +338,13 @@ async fn start(
         lost: std::sync::Mutex::new(object.take_lost_counters()?),
         health: supervisor.health().clone(),
     });
-    supervisor.local(
-        Task::Process,
-        model.run(ring, config.process.rescan_interval),
-    );
+    let interval = config.process.rescan_interval;
+    supervisor.local(Task::Process, async move {
+        tokio::select! {
+            result = model.run(ring, interval) => result,
+            never = rules => match never {},
+        }
+    });
     supervisor.spawn(Task::Telemetry, server::serve(listener, state));
     Ok(go_on())
 }

@@ -162,6 +162,30 @@ impl Agent {
         }
     }
 
+    /// Starts `selfops run` again on the config and data directory of an
+    /// agent that has stopped (its log continues); waits until it serves.
+    pub fn start_again(dir: &Path, port: u16) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(dir.join("agent.log"))
+            .expect("agent log");
+        let child = Command::new(selfops_bin())
+            .args(["run", "--config"])
+            .arg(dir.join("selfops.yaml"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn selfops");
+        let mut agent = Self {
+            child: Some(child),
+            port,
+            dir: dir.to_path_buf(),
+        };
+        agent.wait_ready(Duration::from_secs(30));
+        agent
+    }
+
     /// The exit status once the agent has exited (without waiting).
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child

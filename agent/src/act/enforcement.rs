@@ -37,6 +37,10 @@ impl Enforcer for Limiter {
             .map_err(|e| e.to_string())
     }
 
+    fn allow(&mut self, rules: &super::limiter::AllowRules) -> Result<(), String> {
+        self.set_allowlist(rules).map_err(|e| e.to_string())
+    }
+
     fn counters(&self) -> Vec<(Key, u64, u64)> {
         match self.entries() {
             Ok(entries) => entries

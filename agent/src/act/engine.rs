@@ -35,6 +35,10 @@ pub trait Enforcer {
     fn counters(&self) -> Vec<(Key, u64, u64)> {
         Vec::new()
     }
+    /// Puts `rules` in place of the allowlist the kernel passes first.
+    fn allow(&mut self, _rules: &super::limiter::AllowRules) -> Result<(), String> {
+        Ok(())
+    }
     /// Packets the kernel saw that no key metered.
     fn unmetered(&self) -> Option<super::limiter::UnmeteredStats> {
         None
@@ -353,6 +357,57 @@ impl Engine {
             latency: None,
             ttl: state.config.ttl,
         }
+    }
+
+    /// Takes `config`'s playbooks in place of the running ones. A playbook
+    /// whose definition and mode are unchanged keeps its state (condition,
+    /// cool-down) and what it has in force; a removed or changed one has its
+    /// actions withdrawn (audited as withdrawals), and so has any action the
+    /// new allowlist protects (the validator refuses playbooks naming an
+    /// allowlisted key, so this is a guard). Nothing changes when `config`
+    /// is invalid.
+    pub fn reconfigure(
+        &mut self,
+        config: &ActuationConfig,
+        enforcer: &mut dyn Enforcer,
+    ) -> Result<Vec<Decision>, ConfigError> {
+        let mut next = Engine::new(config, Instant::now())?;
+        let same = |a: &PlaybookState, b: &PlaybookState| {
+            a.dry_run == b.dry_run && format!("{:?}", a.config) == format!("{:?}", b.config)
+        };
+        // Where each running playbook goes in the new list, if it stays.
+        let kept: Vec<Option<usize>> = self
+            .playbooks
+            .iter()
+            .map(|old| next.playbooks.iter().position(|new| same(old, new)))
+            .collect();
+        let now = Instant::now();
+        let mut decisions = Vec::new();
+        for action in std::mem::take(&mut self.active) {
+            match kept[action.playbook] {
+                Some(to) if next.allowlist.protects(action.key).is_none() => {
+                    next.active.push(Active {
+                        playbook: to,
+                        ..action
+                    });
+                }
+                _ => decisions.push(self.end(action, now, Outcome::Withdrawn, enforcer)),
+            }
+        }
+        for (old, to) in std::mem::take(&mut self.playbooks).into_iter().zip(kept) {
+            if let Some(to) = to {
+                next.playbooks[to] = old;
+            }
+        }
+        *self = next;
+        Ok(decisions)
+    }
+
+    /// Whether a playbook reads a per-service series (fed by the tracer).
+    pub fn reads_services(&self) -> bool {
+        self.playbooks
+            .iter()
+            .any(|p| p.config.when.signal.subject() == Some("service"))
     }
 
     /// Keys of enforced actions on the books.

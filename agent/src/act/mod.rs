@@ -15,4 +15,6 @@ pub use runner::ActuationLoop;
 #[cfg(test)]
 mod modes_tests;
 #[cfg(test)]
+mod reconfigure_tests;
+#[cfg(test)]
 mod tests;

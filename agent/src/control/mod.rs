@@ -30,7 +30,8 @@ pub use config::ControlConfig;
 pub use metrics::ControlMetrics;
 
 use crate::{
-    config::{Config, ProfileConfig, TraceConfig},
+    act::ActuationConfig,
+    config::{Config, ExportConfig, ProfileConfig, ServiceConfig, TraceConfig},
     export::ExportMetrics,
     signal::{AttrValue, Resource},
     supervise::Health,
@@ -42,6 +43,13 @@ use crate::{
 pub struct Live {
     pub trace: watch::Sender<TraceConfig>,
     pub profile: watch::Sender<ProfileConfig>,
+    /// Playbooks, allowlist, mode, interval and concurrency: the actuation
+    /// loop swaps its playbooks (withdrawing what removed ones held).
+    pub actuation: watch::Sender<ActuationConfig>,
+    /// Service rules: new spans and profiles carry the new service.name.
+    pub service: watch::Sender<ServiceConfig>,
+    /// Exporters: the sinks are rebuilt behind the same bounded queue.
+    pub export: watch::Sender<ExportConfig>,
     /// Whether the profiler was started: one that was not (profiling off
     /// in the config the agent started with) has nothing to turn on live.
     profiler: bool,
@@ -53,6 +61,9 @@ impl Live {
         Self {
             trace: watch::Sender::new(config.trace.clone()),
             profile: watch::Sender::new(config.profile.clone()),
+            actuation: watch::Sender::new(config.actuation.clone()),
+            service: watch::Sender::new(config.service.clone()),
+            export: watch::Sender::new(config.export.clone()),
             profiler: config.profile.enabled,
         }
     }
@@ -62,17 +73,33 @@ impl Live {
         if config.profile.enabled && !self.profiler {
             return Err(policy::Refused::NeedsRestart("profile.enabled".into()));
         }
-        Ok(())
+        // What the exporters would only find out when rebuilt.
+        crate::export::check(&config.export).map_err(|e| policy::Refused::Invalid(e.to_string()))
     }
 
     /// Publishes the sections among `keys` (checked by the policy to be
     /// live keys only).
     fn apply(&self, config: &Config, keys: &[&str]) {
-        if keys.iter().any(|k| k.starts_with("trace.")) {
+        let touches = |section: &str| {
+            keys.iter().any(|k| {
+                k.strip_prefix(section)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+            })
+        };
+        if touches("trace") {
             self.trace.send_replace(config.trace.clone());
         }
-        if keys.iter().any(|k| k.starts_with("profile.")) {
+        if touches("profile") {
             self.profile.send_replace(config.profile.clone());
+        }
+        if touches("actuation") {
+            self.actuation.send_replace(config.actuation.clone());
+        }
+        if touches("service") {
+            self.service.send_replace(config.service.clone());
+        }
+        if touches("export") {
+            self.export.send_replace(config.export.clone());
         }
     }
 }
@@ -209,5 +236,7 @@ pub fn description(control: &ControlConfig) -> AgentDescription {
     }
 }
 
+#[cfg(test)]
+mod live_tests;
 #[cfg(test)]
 mod tests;

@@ -20,6 +20,16 @@ pub const LIVE_KEYS: &[&str] = &[
     "profile.frequency_hz",
     "profile.include",
     "profile.exclude",
+    "service",
+    "export.file",
+    "export.otlp",
+    "export.batch_size",
+    "export.batch_timeout",
+    "actuation.interval",
+    "actuation.mode",
+    "actuation.allowlist",
+    "actuation.max_concurrent",
+    "actuation.playbooks",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -121,7 +131,16 @@ pub fn changed_keys(a: &Config, b: &Config) -> Vec<&'static str> {
     check("sensors", &a.sensors, &b.sensors);
     check("process", &a.process, &b.process);
     check("service", &a.service, &b.service);
-    check("export", &a.export, &b.export);
+    let (e, f) = (&a.export, &b.export);
+    check("export.file", &e.file, &f.file);
+    check("export.otlp", &e.otlp, &f.otlp);
+    check(
+        "export.queue_capacity",
+        &e.queue_capacity,
+        &f.queue_capacity,
+    );
+    check("export.batch_size", &e.batch_size, &f.batch_size);
+    check("export.batch_timeout", &e.batch_timeout, &f.batch_timeout);
     let (t, u) = (&a.trace, &b.trace);
     check("trace.enabled", &t.enabled, &u.enabled);
     check("trace.payload_bytes", &t.payload_bytes, &u.payload_bytes);
@@ -157,7 +176,20 @@ pub fn changed_keys(a: &Config, b: &Config) -> Vec<&'static str> {
     );
     check("profile.ring_bytes", &p.ring_bytes, &q.ring_bytes);
     check("profile.max_stacks", &p.max_stacks, &q.max_stacks);
-    check("actuation", &a.actuation, &b.actuation);
+    let (c, d) = (&a.actuation, &b.actuation);
+    check("actuation.interval", &c.interval, &d.interval);
+    check("actuation.interfaces", &c.interfaces, &d.interfaces);
+    check("actuation.hook", &c.hook, &d.hook);
+    check("actuation.mode", &c.mode, &d.mode);
+    check("actuation.allowlist", &c.allowlist, &d.allowlist);
+    check(
+        "actuation.max_concurrent",
+        &c.max_concurrent,
+        &d.max_concurrent,
+    );
+    check("actuation.max_keys", &c.max_keys, &d.max_keys);
+    check("actuation.persist", &c.persist, &d.persist);
+    check("actuation.playbooks", &c.playbooks, &d.playbooks);
     keys
 }
 
@@ -260,13 +292,11 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(narrowed, Refused::Allowlist(_)));
-        // Wider is fine as far as the allowlist goes (the actuation
-        // section itself still needs a restart today).
-        let wider = over(
+        let (_, changed) = over(
             "actuation:\n  allowlist: { ports: [8080, 9090], sources: [10.0.0.0/16] }\n",
             text,
         )
-        .unwrap_err();
-        assert_eq!(wider, Refused::NeedsRestart("actuation".into()));
+        .unwrap();
+        assert_eq!(changed, ["actuation.allowlist"]);
     }
 }

@@ -10,6 +10,7 @@ use super::{
     ExportOptions, ExportPipeline,
     metrics::{DropReason, ExportMetrics, LOGS, TRACES},
     queue::{self, Batcher},
+    sinks::SinkSet,
     test_support::{log_record, resource, span, temp_dir},
 };
 use crate::{config::ExportConfig, signal::Signal};
@@ -69,8 +70,9 @@ async fn a_full_sink_queue_does_not_drop_audit_batches_and_they_go_first() {
         batch_size: 1,
         batch_timeout: Duration::from_secs(3600),
         deadline: channels.deadline,
-        sinks: vec![sink],
+        sinks: SinkSet::fixed(vec![sink]),
         metrics: metrics.clone(),
+        updates: None,
     };
     let handle = channels.handle;
     let task = tokio::spawn(batcher.run());

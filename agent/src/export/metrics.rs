@@ -78,6 +78,8 @@ pub struct ExportMetrics {
     pub failures: Family<SinkLabels, Counter>,
     /// Signals waiting in the bounded queue.
     pub queue_length: Gauge,
+    /// New `export` sections taken live (sinks rebuilt or retargeted).
+    pub reconfigured: Counter,
 }
 
 impl ExportMetrics {
@@ -109,6 +111,11 @@ impl ExportMetrics {
             "export_queue_length",
             "Signals waiting in the export queue",
             metrics.queue_length.clone(),
+        );
+        registry.register(
+            "export_reconfigurations",
+            "Export configurations applied live (sinks rebuilt behind the same queue)",
+            metrics.reconfigured.clone(),
         );
         metrics
     }

@@ -39,21 +39,23 @@ mod otlp_http;
 mod queue;
 pub(crate) mod retry;
 pub(crate) mod sink;
+mod sinks;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 #[cfg(test)]
 mod tests;
 
 use std::{future::Future, path::Path, time::Duration};
 
 use prometheus_client::registry::Registry;
+use tokio::sync::watch;
 
 pub use convert::{OtlpBatch, SCOPE_NAME, SCOPE_VERSION, convert};
 pub use json_file::{DEFAULT_ROTATE_BYTES, LOGS_FILE, METRICS_FILE, TRACES_FILE, encode_json_line};
 pub use metrics::{DropReason, ExportMetrics};
 pub use queue::ExportHandle;
 
-use crate::config::{ExportConfig, OtlpProtocol};
+use crate::config::ExportConfig;
 
 /// Sent as (the start of) the User-Agent of OTLP requests.
 pub const USER_AGENT: &str = concat!("selfops/", env!("CARGO_PKG_VERSION"));
@@ -103,6 +105,14 @@ impl Default for ExportOptions {
     }
 }
 
+/// Whether `config` can run: what starting the exporters would refuse.
+pub fn check(config: &ExportConfig) -> Result<(), ExportError> {
+    match &config.otlp {
+        Some(otlp) => sinks::otlp_target(otlp, &ExportOptions::default()).map(|_| ()),
+        None => Ok(()),
+    }
+}
+
 /// Starts the export pipeline.
 pub struct ExportPipeline;
 
@@ -126,62 +136,32 @@ impl ExportPipeline {
         registry: &mut Registry,
         options: ExportOptions,
     ) -> Result<(ExportHandle, impl Future<Output = ()> + Send + 'static), ExportError> {
-        let otlp = match &config.otlp {
-            None => None,
-            Some(otlp) => {
-                if otlp.endpoint.starts_with("https://") {
-                    return Err(ExportError::TlsUnsupported {
-                        endpoint: otlp.endpoint.clone(),
-                    });
-                }
-                let settings = match otlp.protocol {
-                    OtlpProtocol::Grpc => {
-                        sink::OtlpSettings::Grpc(Box::new(otlp_grpc::GrpcSettings::new(otlp)?))
-                    }
-                    OtlpProtocol::HttpProtobuf => {
-                        sink::OtlpSettings::Http(Box::new(otlp_http::HttpExporter::new(otlp)?))
-                    }
-                };
-                let policy = retry::RetryPolicy {
-                    retry_for: otlp.retry_for,
-                    timeout: otlp.timeout,
-                    initial_backoff: options.initial_backoff,
-                    max_backoff: options.max_backoff,
-                };
-                Some((settings, policy))
-            }
-        };
+        Self::start_live(config, data_dir, registry, options, None)
+    }
 
+    /// As `start_with`, and the sinks follow each new `export` section
+    /// `updates` brings (see `sinks`): the queue, and what waits in it,
+    /// stay.
+    pub fn start_live(
+        config: &ExportConfig,
+        data_dir: &Path,
+        registry: &mut Registry,
+        options: ExportOptions,
+        updates: Option<watch::Receiver<ExportConfig>>,
+    ) -> Result<(ExportHandle, impl Future<Output = ()> + Send + 'static), ExportError> {
         let metrics = ExportMetrics::register(registry);
         let channels = queue::channels(
             config.queue_capacity,
             options.audit_queue_capacity,
             metrics.clone(),
         );
-        let sink_queue =
-            |name| queue::sink_queue(name, options.sink_queue_batches, options.sink_audit_batches);
-        let mut sinks = Vec::new();
-        let file = config.file.then(|| {
-            let (queue, rx) = sink_queue(metrics::SINK_FILE);
-            sinks.push(queue);
-            sink::run_file_sink(
-                data_dir.to_owned(),
-                options.rotate_bytes,
-                rx,
-                metrics.clone(),
-            )
-        });
-        let otlp = otlp.map(|(settings, policy)| {
-            let (queue, rx) = sink_queue(metrics::SINK_OTLP);
-            sinks.push(queue);
-            sink::run_otlp_sink(
-                settings,
-                policy,
-                channels.deadline.clone(),
-                rx,
-                metrics.clone(),
-            )
-        });
+        let sinks = sinks::SinkSet::new(
+            config,
+            data_dir.to_owned(),
+            options,
+            metrics.clone(),
+            channels.deadline.clone(),
+        )?;
         let batcher = queue::Batcher {
             signals: channels.signals,
             audit: channels.audit,
@@ -190,23 +170,13 @@ impl ExportPipeline {
             deadline: channels.deadline,
             sinks,
             metrics,
+            updates,
         };
         let done = channels.done;
         let pipeline = async move {
-            // One task: the batcher and the sinks run concurrently in it, and
-            // it ends when the batcher has closed the sinks' queues and they
+            // Ends when the batcher has closed the sinks' queues and they
             // have emptied them.
-            let file = async move {
-                if let Some(file) = file {
-                    file.await;
-                }
-            };
-            let otlp = async move {
-                if let Some(otlp) = otlp {
-                    otlp.await;
-                }
-            };
-            tokio::join!(batcher.run(), file, otlp);
+            batcher.run().await;
             let _ = done.send(true);
         };
         Ok((channels.handle, pipeline))

@@ -21,8 +21,9 @@ use super::{
     convert::{OtlpBatch, convert},
     metrics::{DropReason, ExportMetrics, LOGS, METRICS, TRACES},
     retry::Deadline,
+    sinks::SinkSet,
 };
-use crate::signal::Signal;
+use crate::{config::ExportConfig, control::next_update, signal::Signal};
 
 /// After the shutdown deadline the sinks only count what they drop; this is
 /// the time allowed for that.
@@ -209,14 +210,17 @@ pub struct Batcher {
     pub batch_size: usize,
     pub batch_timeout: Duration,
     pub deadline: Deadline,
-    pub sinks: Vec<SinkQueue>,
+    pub sinks: SinkSet,
     pub metrics: ExportMetrics,
+    /// New `export` sections from a remote config.
+    pub updates: Option<watch::Receiver<ExportConfig>>,
 }
 
 impl Batcher {
     /// Runs until every handle is dropped or shutdown has drained the
     /// queues; then the sinks' queues close and they finish.
     pub async fn run(mut self) {
+        self.sinks.start();
         let mut batch: Vec<Signal> = Vec::with_capacity(self.batch_size.min(4096));
         // When the oldest signal of the batch arrived.
         let mut oldest: Option<Instant> = None;
@@ -246,6 +250,16 @@ impl Batcher {
                     }
                     None => audit_open = false,
                 },
+                Some(config) = next_update(&mut self.updates), if !shutting_down => {
+                    // The batch being filled goes to the sinks as they are
+                    // now, then the new ones take over.
+                    self.flush(&mut batch, false, Lane::Signals).await;
+                    oldest = None;
+                    self.batch_size = config.batch_size.max(1);
+                    self.batch_timeout = config.batch_timeout;
+                    self.sinks.apply(&config);
+                    self.metrics.reconfigured.inc();
+                }
                 received = self.signals.recv(), if signals_open => match received {
                     Some(signal) => {
                         if batch.is_empty() {
@@ -275,6 +289,7 @@ impl Batcher {
                     self.flush(&mut batch, shutting_down, Lane::Signals).await;
                     oldest = None;
                 }
+                () = self.sinks.reap() => {}
                 changed = self.deadline.changed(), if deadline_open && !shutting_down => {
                     match changed {
                         Ok(()) => {
@@ -292,6 +307,7 @@ impl Batcher {
         }
         self.flush(&mut batch, true, Lane::Signals).await;
         self.metrics.queue_length.set(0);
+        self.sinks.finish().await;
     }
 
     async fn flush(&self, batch: &mut Vec<Signal>, shutting_down: bool, lane: Lane) {
@@ -308,7 +324,7 @@ impl Batcher {
             return;
         }
         let converted = Arc::new(converted);
-        for sink in &self.sinks {
+        for sink in self.sinks.queues() {
             let (queue, full) = match lane {
                 Lane::Signals => (&sink.batches, DropReason::QueueFull),
                 Lane::Audit => (&sink.audit, DropReason::AuditQueueFull),

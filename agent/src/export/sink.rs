@@ -3,6 +3,8 @@
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
+use tokio::sync::watch;
+
 use opentelemetry_proto::tonic::collector::{
     logs::v1::ExportLogsServiceResponse, metrics::v1::ExportMetricsServiceResponse,
     trace::v1::ExportTraceServiceResponse,
@@ -163,97 +165,168 @@ pub enum OtlpSettings {
     Http(Box<HttpExporter>),
 }
 
+/// Where and how the OTLP sink sends; a remote config may replace it while
+/// the sink runs.
+#[derive(Debug, Clone)]
+pub struct OtlpTarget {
+    pub settings: OtlpSettings,
+    pub policy: RetryPolicy,
+}
+
 enum OtlpClient {
     Grpc(Box<GrpcExporter>),
     Http(Box<HttpExporter>),
 }
 
-/// Sends each batch to the collector, retrying as the policy allows.
+impl OtlpClient {
+    /// Needs the tokio runtime (the gRPC channel).
+    fn connect(settings: OtlpSettings) -> Self {
+        match settings {
+            OtlpSettings::Grpc(settings) => OtlpClient::Grpc(Box::new(settings.connect())),
+            OtlpSettings::Http(exporter) => OtlpClient::Http(exporter),
+        }
+    }
+}
+
+/// The three signal kinds a batch may carry, sent one request each.
+#[derive(Debug, Clone, Copy)]
+enum Part {
+    Traces,
+    Metrics,
+    Logs,
+}
+
+impl Part {
+    const ALL: [Part; 3] = [Part::Traces, Part::Metrics, Part::Logs];
+
+    /// The signal name and how many of it the batch holds, if any.
+    fn in_batch(self, batch: &super::OtlpBatch) -> Option<(&'static str, u64)> {
+        match self {
+            Part::Traces => batch.traces.as_ref().map(|_| (TRACES, batch.span_count)),
+            Part::Metrics => batch.metrics.as_ref().map(|_| (METRICS, batch.point_count)),
+            Part::Logs => batch.logs.as_ref().map(|_| (LOGS, batch.log_count)),
+        }
+    }
+}
+
+/// Sends each batch to the collector, retrying as the policy allows. When
+/// `target` changes the client is rebuilt, and a request still in flight
+/// or waiting to be retried goes to the new target from the start: a swap
+/// may send it twice, never lose it. Once `target`'s sender is gone (the
+/// OTLP exporter was removed) the sink still drains its queue to the last
+/// target, then ends.
 pub async fn run_otlp_sink(
-    settings: OtlpSettings,
-    policy: RetryPolicy,
+    mut target: watch::Receiver<OtlpTarget>,
     deadline: Deadline,
     mut batches: SinkInput,
     metrics: ExportMetrics,
 ) {
-    let client = match settings {
-        OtlpSettings::Grpc(settings) => OtlpClient::Grpc(Box::new(settings.connect())),
-        OtlpSettings::Http(exporter) => OtlpClient::Http(exporter),
-    };
+    let mut current = target.borrow_and_update().clone();
+    let mut client = OtlpClient::connect(current.settings.clone());
     let mut warn = WarnLimiter::new(WARN_EVERY);
     while let Some(batch) = batches.recv().await {
-        if let Some(request) = &batch.traces {
-            let delivery = match &client {
-                OtlpClient::Grpc(grpc) => {
-                    with_retries(&policy, &deadline, &metrics, SINK_OTLP, |timeout| {
-                        grpc.export_traces(request, timeout)
+        for part in Part::ALL {
+            let Some((signal, n)) = part.in_batch(&batch) else {
+                continue;
+            };
+            if target.has_changed().unwrap_or(false) {
+                (current, client) = retarget(&mut target);
+            }
+            let delivery = loop {
+                tokio::select! {
+                    delivery = send(&client, &current.policy, &deadline, &metrics, &batch, part) => {
+                        break delivery;
+                    }
+                    // A closed channel disables this branch; the send goes on.
+                    Ok(()) = target.changed() => {
+                        tracing::debug!(signal, n, "OTLP target changed: the request goes to the new one");
+                        (current, client) = retarget(&mut target);
+                    }
+                }
+            };
+            record_otlp(&metrics, &mut warn, signal, n, delivery);
+        }
+    }
+}
+
+/// The new target and a client for it.
+fn retarget(target: &mut watch::Receiver<OtlpTarget>) -> (OtlpTarget, OtlpClient) {
+    let current = target.borrow_and_update().clone();
+    let client = OtlpClient::connect(current.settings.clone());
+    tracing::info!("OTLP exporter rebuilt from the new config");
+    (current, client)
+}
+
+/// One part of `batch`, with retries.
+async fn send(
+    client: &OtlpClient,
+    policy: &RetryPolicy,
+    deadline: &Deadline,
+    metrics: &ExportMetrics,
+    batch: &super::OtlpBatch,
+    part: Part,
+) -> Delivery {
+    match (client, part, &batch.traces, &batch.metrics, &batch.logs) {
+        (OtlpClient::Grpc(grpc), Part::Traces, Some(request), _, _) => {
+            with_retries(policy, deadline, metrics, SINK_OTLP, |timeout| {
+                grpc.export_traces(request, timeout)
+            })
+            .await
+        }
+        (OtlpClient::Grpc(grpc), Part::Metrics, _, Some(request), _) => {
+            with_retries(policy, deadline, metrics, SINK_OTLP, |timeout| {
+                grpc.export_metrics(request, timeout)
+            })
+            .await
+        }
+        (OtlpClient::Grpc(grpc), Part::Logs, _, _, Some(request)) => {
+            with_retries(policy, deadline, metrics, SINK_OTLP, |timeout| {
+                grpc.export_logs(request, timeout)
+            })
+            .await
+        }
+        (OtlpClient::Http(http), Part::Traces, Some(request), _, _) => match http.encode(request) {
+            Ok(body) => {
+                with_retries(policy, deadline, metrics, SINK_OTLP, |timeout| {
+                    http.post::<ExportTraceServiceResponse>(
+                        http.traces_uri(),
+                        body.clone(),
+                        timeout,
+                    )
+                })
+                .await
+            }
+            Err(err) => encode_failed(err),
+        },
+        (OtlpClient::Http(http), Part::Metrics, _, Some(request), _) => {
+            match http.encode(request) {
+                Ok(body) => {
+                    with_retries(policy, deadline, metrics, SINK_OTLP, |timeout| {
+                        http.post::<ExportMetricsServiceResponse>(
+                            http.metrics_uri(),
+                            body.clone(),
+                            timeout,
+                        )
                     })
                     .await
                 }
-                OtlpClient::Http(http) => match http.encode(request) {
-                    Ok(body) => {
-                        with_retries(&policy, &deadline, &metrics, SINK_OTLP, |timeout| {
-                            http.post::<ExportTraceServiceResponse>(
-                                http.traces_uri(),
-                                body.clone(),
-                                timeout,
-                            )
-                        })
-                        .await
-                    }
-                    Err(err) => encode_failed(err),
-                },
-            };
-            record_otlp(&metrics, &mut warn, TRACES, batch.span_count, delivery);
+                Err(err) => encode_failed(err),
+            }
         }
-        if let Some(request) = &batch.metrics {
-            let delivery = match &client {
-                OtlpClient::Grpc(grpc) => {
-                    with_retries(&policy, &deadline, &metrics, SINK_OTLP, |timeout| {
-                        grpc.export_metrics(request, timeout)
-                    })
-                    .await
-                }
-                OtlpClient::Http(http) => match http.encode(request) {
-                    Ok(body) => {
-                        with_retries(&policy, &deadline, &metrics, SINK_OTLP, |timeout| {
-                            http.post::<ExportMetricsServiceResponse>(
-                                http.metrics_uri(),
-                                body.clone(),
-                                timeout,
-                            )
-                        })
-                        .await
-                    }
-                    Err(err) => encode_failed(err),
-                },
-            };
-            record_otlp(&metrics, &mut warn, METRICS, batch.point_count, delivery);
-        }
-        if let Some(request) = &batch.logs {
-            let delivery = match &client {
-                OtlpClient::Grpc(grpc) => {
-                    with_retries(&policy, &deadline, &metrics, SINK_OTLP, |timeout| {
-                        grpc.export_logs(request, timeout)
-                    })
-                    .await
-                }
-                OtlpClient::Http(http) => match http.encode(request) {
-                    Ok(body) => {
-                        with_retries(&policy, &deadline, &metrics, SINK_OTLP, |timeout| {
-                            http.post::<ExportLogsServiceResponse>(
-                                http.logs_uri(),
-                                body.clone(),
-                                timeout,
-                            )
-                        })
-                        .await
-                    }
-                    Err(err) => encode_failed(err),
-                },
-            };
-            record_otlp(&metrics, &mut warn, LOGS, batch.log_count, delivery);
-        }
+        (OtlpClient::Http(http), Part::Logs, _, _, Some(request)) => match http.encode(request) {
+            Ok(body) => {
+                with_retries(policy, deadline, metrics, SINK_OTLP, |timeout| {
+                    http.post::<ExportLogsServiceResponse>(http.logs_uri(), body.clone(), timeout)
+                })
+                .await
+            }
+            Err(err) => encode_failed(err),
+        },
+        // `Part::in_batch` said the part is there.
+        _ => Delivery::Delivered {
+            rejected: 0,
+            message: String::new(),
+        },
     }
 }
 

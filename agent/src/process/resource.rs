@@ -1,6 +1,11 @@
 //! The OpenTelemetry resource of a process: host attributes, process
 //! attributes and the service name chosen by the configured rules.
 
+use std::sync::{
+    Arc, RwLock,
+    atomic::{AtomicU64, Ordering},
+};
+
 use globset::{Glob, GlobMatcher};
 
 use super::table::Process;
@@ -14,10 +19,15 @@ enum Target {
     Cgroup(GlobMatcher),
 }
 
+type Rules = Vec<(Target, String)>;
+
 pub struct ResourceBuilder {
     host_name: String,
     host_arch: &'static str,
-    rules: Vec<(Target, String)>,
+    /// Replaced whole when a remote config changes `service`.
+    rules: RwLock<Arc<Rules>>,
+    /// Counts rule changes, so caches of built resources know to go.
+    generation: AtomicU64,
     /// Whether signals carry `process.command_line`: off by default, since
     /// command lines often hold secrets (`--token=…`).
     command_line_on_signals: bool,
@@ -27,19 +37,11 @@ impl ResourceBuilder {
     /// Globs were validated with the config, so an error here is a bug
     /// surfaced as an error rather than a panic.
     pub fn new(config: &ServiceConfig) -> Result<Self, globset::Error> {
-        let mut rules = Vec::new();
-        for rule in &config.rules {
-            let target = match (&rule.executable, &rule.cgroup) {
-                (Some(glob), _) => Target::Executable(Glob::new(glob)?.compile_matcher()),
-                (None, Some(glob)) => Target::Cgroup(Glob::new(glob)?.compile_matcher()),
-                (None, None) => continue,
-            };
-            rules.push((target, rule.name.clone()));
-        }
         Ok(Self {
             host_name: host_name(),
             host_arch: host_arch(),
-            rules,
+            rules: RwLock::new(Arc::new(compile(config)?)),
+            generation: AtomicU64::new(0),
             command_line_on_signals: false,
         })
     }
@@ -51,18 +53,51 @@ impl ResourceBuilder {
         self
     }
 
+    /// Takes `config`'s rules for every resource built from now on.
+    pub fn set_rules(&self, config: &ServiceConfig) -> Result<(), globset::Error> {
+        let rules = Arc::new(compile(config)?);
+        // A poisoned lock only means a reader panicked; the rules are whole.
+        *self.rules.write().unwrap_or_else(|e| e.into_inner()) = rules;
+        self.generation.fetch_add(1, Ordering::Release);
+        Ok(())
+    }
+
+    /// Takes each new `service` section a remote config brings; never ends
+    /// (run beside the process model, whose resources these are).
+    pub async fn follow(
+        self: Arc<Self>,
+        mut updates: Option<tokio::sync::watch::Receiver<ServiceConfig>>,
+    ) -> std::convert::Infallible {
+        loop {
+            if let Some(config) = crate::control::next_update(&mut updates).await {
+                match self.set_rules(&config) {
+                    Ok(()) => tracing::info!(rules = config.rules.len(), "service rules replaced"),
+                    Err(err) => tracing::error!(%err, "service rules not replaced"),
+                }
+            }
+        }
+    }
+
+    /// Changes with every `set_rules`: a resource built under another
+    /// generation may carry an old service.name.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     /// First matching rule's name, else the executable name.
-    pub fn service_name<'a>(&'a self, process: &'a Process) -> &'a str {
+    pub fn service_name(&self, process: &Process) -> String {
         let name = process.executable_name();
         let path = process.executable_path.as_deref().unwrap_or("");
         let cgroup = process.cgroup.as_deref().unwrap_or("");
-        self.rules
+        let rules = self.rules.read().unwrap_or_else(|e| e.into_inner()).clone();
+        rules
             .iter()
             .find(|(target, _)| match target {
                 Target::Executable(m) => m.is_match(name) || m.is_match(path),
                 Target::Cgroup(m) => m.is_match(cgroup),
             })
             .map_or(name, |(_, service)| service.as_str())
+            .to_owned()
     }
 
     /// Resource attributes with OTel semantic-convention keys, the command
@@ -73,10 +108,7 @@ impl ResourceBuilder {
 
     fn attributes_with(&self, process: &Process, command_line: bool) -> Attributes {
         let mut attrs = vec![
-            (
-                "service.name",
-                AttrValue::Str(self.service_name(process).to_owned()),
-            ),
+            ("service.name", AttrValue::Str(self.service_name(process))),
             ("process.pid", AttrValue::Int(i64::from(process.pid))),
             (
                 "process.parent_pid",
@@ -132,6 +164,19 @@ impl ResourceBuilder {
     }
 }
 
+fn compile(config: &ServiceConfig) -> Result<Rules, globset::Error> {
+    let mut rules = Vec::new();
+    for rule in &config.rules {
+        let target = match (&rule.executable, &rule.cgroup) {
+            (Some(glob), _) => Target::Executable(Glob::new(glob)?.compile_matcher()),
+            (None, Some(glob)) => Target::Cgroup(Glob::new(glob)?.compile_matcher()),
+            (None, None) => continue,
+        };
+        rules.push((target, rule.name.clone()));
+    }
+    Ok(rules)
+}
+
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_owned())
@@ -153,8 +198,6 @@ pub fn host_arch() -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
     use crate::config::ServiceRule;
 
@@ -228,5 +271,28 @@ mod tests {
         };
         let builder = ResourceBuilder::new(&config).unwrap();
         assert_eq!(builder.service_name(&nginx()), "sbin");
+    }
+
+    #[test]
+    fn rules_change_live_and_the_generation_says_so() {
+        let builder = ResourceBuilder::new(&ServiceConfig::default()).unwrap();
+        let before = builder.generation();
+        builder
+            .set_rules(&ServiceConfig {
+                rules: vec![rule(Some("nginx"), None, "web")],
+            })
+            .unwrap();
+        assert_ne!(builder.generation(), before);
+        assert_eq!(builder.service_name(&nginx()), "web");
+        let name = |b: &ResourceBuilder| {
+            b.resource(&nginx())
+                .attributes
+                .into_iter()
+                .find(|(k, _)| *k == "service.name")
+                .map(|(_, v)| v)
+        };
+        assert_eq!(name(&builder), Some(AttrValue::Str("web".into())));
+        builder.set_rules(&ServiceConfig::default()).unwrap();
+        assert_eq!(name(&builder), Some(AttrValue::Str("nginx".into())));
     }
 }

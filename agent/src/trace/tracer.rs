@@ -225,6 +225,8 @@ pub struct Tracer {
     /// By pid, with the table entry it was built from: an exec replaces
     /// the entry, and with it the resource.
     resource_cache: FastMap<u32, (Arc<Process>, Arc<Resource>)>,
+    /// The service rules the cached resources were built under.
+    resource_generation: u64,
     caught_up: CaughtUp,
     awaiting_table: VecDeque<AwaitingTable>,
     /// Stands in for the resource of a span waiting for the table.
@@ -316,6 +318,7 @@ impl Tracer {
             table,
             resources,
             resource_cache: FastMap::default(),
+            resource_generation: 0,
             caught_up,
             awaiting_table: VecDeque::new(),
             no_resource: Arc::new(Resource {
@@ -857,6 +860,12 @@ impl Tracer {
     }
 
     fn resource_of(&mut self, pid: u32) -> Arc<Resource> {
+        // New service rules: every cached resource may name the old service.
+        let generation = self.resources.generation();
+        if generation != self.resource_generation {
+            self.resource_cache.clear();
+            self.resource_generation = generation;
+        }
         let Some(process) = self.table.read().get(pid) else {
             return Arc::new(Resource {
                 attributes: vec![("process.pid", AttrValue::Int(i64::from(pid)))],

@@ -223,6 +223,12 @@ impl Limiter {
         policy::stats(&self.stats)
     }
 
+    /// Replaces the allowlist the programs consult (new entries first, so
+    /// nothing that stays protected is unprotected for a moment).
+    pub fn set_allowlist(&mut self, rules: &AllowRules) -> Result<(), LimiterError> {
+        allow::write(&mut self.allow_ports, &mut self.allow_sources, rules)
+    }
+
     /// The allowlist the programs consult.
     pub fn allowlist(&self) -> AllowRules {
         allow::read(&self.allow_ports, &self.allow_sources)
