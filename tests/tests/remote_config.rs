@@ -11,7 +11,8 @@
 //! untrusted key are FAILED and change nothing; (c) a config whose OTLP
 //! endpoint is a closed port fails the health gate and is rolled back,
 //! reported and audited; (d) restarted with the fleet server gone, the
-//! agent runs the last-known-good config, (a).
+//! agent runs the last-known-good config, (a). And an enforcing playbook
+//! arriving live loads the kernel limiter then.
 
 use std::{
     collections::BTreeSet,
@@ -457,4 +458,73 @@ fn remote_config_is_applied_live_refused_rolled_back_and_kept() {
     );
     let (status, _) = agent.stop(libc::SIGTERM);
     assert!(status.success(), "{status}");
+}
+
+/// A veth pair in the host's namespace, removed on drop.
+struct HostVeth(String);
+
+impl HostVeth {
+    fn new() -> Self {
+        let name = format!("rcl{:x}", std::process::id() % 0x10000);
+        let _ = selfops_tests::netns::ip(&["link", "del", &name]);
+        let peer = format!("{name}p");
+        selfops_tests::netns::ip(&["link", "add", &name, "type", "veth", "peer", "name", &peer])
+            .expect("veth pair");
+        for link in [&name, &peer] {
+            selfops_tests::netns::ip(&["link", "set", link, "up"]).expect("link up");
+        }
+        Self(name)
+    }
+}
+
+impl Drop for HostVeth {
+    fn drop(&mut self) {
+        let _ = selfops_tests::netns::ip(&["link", "del", &self.0]);
+    }
+}
+
+/// An agent started without an enforcing playbook has no limiter loaded;
+/// a remote config adding one loads and hooks it live, and stopping takes
+/// it away as usual.
+#[test]
+fn an_enforcing_playbook_added_live_loads_the_limiter() {
+    if !privileged("an_enforcing_playbook_added_live_loads_the_limiter") {
+        return;
+    }
+    let _one = one_agent_at_a_time();
+    let dir = scratch_dir("remote-config-limiter-fleet");
+    let fleet = FleetServer::start(&dir);
+    let (trusted, public) = keygen(&dir, "fleet");
+    let veth = HostVeth::new();
+    let local = format!(
+        "control:\n  opamp: {{ endpoint: '{}', heartbeat_interval: 1s }}\n  \
+         trusted_keys: ['{public}']\n  health_window: 1s\n\
+         actuation:\n  interfaces: [{}]\n",
+        fleet.ws(),
+        veth.0
+    );
+    let agent = Agent::start("remote-config-limiter", &local);
+    fleet.wait_row(WAIT, "the agent connects", |row| row["connected"] == true);
+    assert!(
+        !selfops_tests::limiter_loaded(),
+        "a limiter before any playbook"
+    );
+
+    let yaml = "actuation:\n  playbooks:\n    - name: guard\n      \
+                when: { signal: service.request.rate, service: nobody, above: 100000 }\n      \
+                do: { throttle: { port: 9, per_second: 10 } }\n      ttl: 10s\n";
+    let hash = fleet.offer(yaml, Some(&sign(&trusted, yaml)));
+    let row = fleet.wait_row(WAIT, "APPLIED", |row| {
+        row["remote_hash"] == hash.as_str()
+            && matches!(row["remote_status"].as_str(), Some("APPLIED" | "FAILED"))
+    });
+    assert_eq!(row["remote_status"], "APPLIED", "{row}\n{}", agent.log());
+    assert!(selfops_tests::limiter_loaded(), "{}", agent.log());
+    wait_for_record(&agent, "selfops.limiter.hooked", WAIT, |_| true);
+    let (status, _) = agent.stop(libc::SIGTERM);
+    assert!(status.success(), "{status}");
+    assert!(
+        !selfops_tests::limiter_loaded(),
+        "the limiter outlived the agent"
+    );
 }

@@ -26,6 +26,9 @@
 //! records (`ExportHandle::send_audit`) take a lane of their own through the
 //! batcher and each sink (see `queue`), counted apart when it overflows. With
 //! `file: false` and no `otlp` there is no sink and batches are discarded.
+//! A new `export` section from a remote config rebuilds the sinks behind
+//! the same queue, handing what the OTLP sink holds to its new target (see
+//! `sinks`).
 
 #[cfg(test)]
 mod audit_lane_tests;
