@@ -399,3 +399,42 @@ async fn spans_held_for_a_dead_endpoint_are_handed_to_the_next_one() {
     eventually("every span at the live receiver", || a.ids().len() == 300).await;
     stop_export(handle, task).await;
 }
+
+#[tokio::test]
+async fn a_removed_otlp_exporter_gives_up_what_it_holds_at_once() {
+    let mut node = Node::new(
+        "export:\n  file: false\n  queue_capacity: 10000\n  batch_size: 64\n  batch_timeout: 20ms\n",
+    );
+    let local = node.current.clone();
+    let (handle, task) = start_export(&node);
+    let dead = closed_port();
+    node.admit(&format!(
+        "export: {{ otlp: {{ endpoint: 'http://127.0.0.1:{dead}', protocol: http_protobuf, retry_for: 60s }} }}\n"
+    ));
+    eventually("the OTLP exporter", || {
+        handle.metrics().reconfigured.get() == 1
+    })
+    .await;
+    send(&handle, 0..100).await;
+    let metrics = handle.metrics().clone();
+    let retries = || {
+        metrics
+            .retries
+            .get_or_create(&crate::export::metrics::SinkLabels {
+                sink: crate::export::metrics::SINK_OTLP,
+            })
+            .get()
+    };
+    eventually("retries against the dead endpoint", || retries() > 0).await;
+    // Rolled back to the local config, as the client does: no exporter.
+    let keys = policy::changed_keys(&node.current, &local);
+    assert_eq!(keys, ["export.otlp"]);
+    node.live.apply(&local, &keys);
+    // Far sooner than its 60 s retry_for: every span counted as given up.
+    eventually("the spans given up and counted", || {
+        metrics.dropped_count(crate::export::metrics::TRACES, DropReason::RetriesExhausted) == 100
+    })
+    .await;
+    assert!(handle.shutdown(Duration::from_secs(2)).await);
+    task.await.unwrap();
+}

@@ -214,7 +214,7 @@ impl Part {
 /// or waiting to be retried goes to the new target from the start: a swap
 /// may send it twice, never lose it. Once `target`'s sender is gone (the
 /// OTLP exporter was removed) the sink still drains its queue to the last
-/// target, then ends.
+/// target, one try per request, then ends.
 pub async fn run_otlp_sink(
     mut target: watch::Receiver<OtlpTarget>,
     deadline: Deadline,
@@ -224,6 +224,7 @@ pub async fn run_otlp_sink(
     let mut current = target.borrow_and_update().clone();
     let mut client = OtlpClient::connect(current.settings.clone());
     let mut warn = WarnLimiter::new(WARN_EVERY);
+    let mut removed = false;
     while let Some(batch) = batches.recv().await {
         for part in Part::ALL {
             let Some((signal, n)) = part.in_batch(&batch) else {
@@ -237,11 +238,19 @@ pub async fn run_otlp_sink(
                     delivery = send(&client, &current.policy, &deadline, &metrics, &batch, part) => {
                         break delivery;
                     }
-                    // A closed channel disables this branch; the send goes on.
-                    Ok(()) = target.changed() => {
-                        tracing::debug!(signal, n, "OTLP target changed: the request goes to the new one");
-                        (current, client) = retarget(&mut target);
-                    }
+                    changed = target.changed(), if !removed => match changed {
+                        Ok(()) => {
+                            tracing::debug!(signal, n, "OTLP target changed: the request goes to the new one");
+                            (current, client) = retarget(&mut target);
+                        }
+                        // The exporter was removed: what it still holds gets
+                        // one try each, so that a dead endpoint rolled back
+                        // from is not retried (and counted failing) for long.
+                        Err(_) => {
+                            removed = true;
+                            current.policy.retry_for = Duration::ZERO;
+                        }
+                    },
                 }
             };
             record_otlp(&metrics, &mut warn, signal, n, delivery);

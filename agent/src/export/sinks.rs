@@ -158,7 +158,7 @@ impl SinkSet {
         match (wanted, &mut self.otlp) {
             (None, slot) => {
                 if slot.take().is_some() {
-                    tracing::info!("OTLP exporter stopping once its queue is delivered");
+                    tracing::info!("OTLP exporter removed: what it holds gets one more try");
                 }
             }
             (Some((otlp, Err(err))), _) => {
@@ -208,8 +208,10 @@ impl SinkSet {
     /// Closes every sink's queue and waits for the sinks to empty them.
     pub async fn finish(mut self) {
         self.file = None;
-        self.otlp = None;
         self.fixed.clear();
+        // The OTLP target stays until the sink is done: this is shutdown
+        // (its deadline rules), not the exporter being removed.
+        let _target = self.otlp.take().map(|slot| slot.target);
         while !self.tasks.is_empty() {
             self.reap().await;
         }
