@@ -65,25 +65,27 @@ pub const ROLLED_BACK_FILE: &str = "remote_config_rolled_back";
 /// is dropped.
 pub fn read_trial(data_dir: &Path) -> Option<TrialMark> {
     let text = std::fs::read_to_string(data_dir.join(TRIAL_FILE)).ok()?;
-    let mut words = text.split_whitespace();
-    let mark = (|| {
-        let offer = words.next()?.to_owned();
-        let interrupted = words.next()?.parse::<u32>().ok()?;
-        let restart = match words.next() {
-            None => false,
-            Some("restart") => true,
-            Some(_) => return None,
-        };
-        Some(TrialMark {
-            offer,
-            interrupted,
-            restart,
-        })
-    })();
+    let mark = parse_mark(&text);
     if mark.is_none() {
         clear_trial(data_dir);
     }
     mark
+}
+
+fn parse_mark(text: &str) -> Option<TrialMark> {
+    let mut words = text.split_whitespace();
+    let offer = words.next()?.to_owned();
+    let interrupted = words.next()?.parse::<u32>().ok()?;
+    let restart = match words.next() {
+        None => false,
+        Some("restart") => true,
+        Some(_) => return None,
+    };
+    Some(TrialMark {
+        offer,
+        interrupted,
+        restart,
+    })
 }
 
 /// The marker a previous run left, counted once more (and stored so), or

@@ -619,7 +619,9 @@ async fn unhealthy_within_the_window_rolls_back_and_reports_failed() {
     assert_eq!(status.last_remote_config_hash, offer.config_hash);
     assert!(
         status.error_message.starts_with("rolled back")
-            && status.error_message.contains("export failing: 4 of 4 signals")
+            && status
+                .error_message
+                .contains("export failing: 4 of 4 signals")
             && !status.error_message.contains('\n'),
         "{}",
         status.error_message
