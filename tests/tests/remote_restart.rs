@@ -178,6 +178,20 @@ fn a_config_moving_the_telemetry_port_is_applied_by_re_executing_in_place() {
         agent.metric("selfops_remote_config_applies_total", &["applied"]),
         1.0
     );
+    assert_eq!(agent.metric("selfops_remote_config_on_trial", &[]), 0.0);
+    for component in ["sensors", "tracer", "exporters"] {
+        let healthy = format!("component=\"{component}\"");
+        assert_eq!(
+            agent.metric("selfops_component_healthy", &[&healthy]),
+            1.0,
+            "{component}"
+        );
+    }
+    assert_eq!(agent.metric("selfops_health_gate_failures_total", &[]), 0.0);
+    eprintln!(
+        "resident memory after the restart: {:.0} MiB",
+        agent.metric("selfops_agent_resident_memory_bytes", &[]) / f64::from(1u32 << 20)
+    );
     let old = answers_on(old_port);
     assert!(old.is_none(), "the old port still answers: {old:?}");
     let log = agent.log();

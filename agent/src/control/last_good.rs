@@ -176,7 +176,7 @@ pub fn take_rolled_back(data_dir: &Path) -> Option<RolledBack> {
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())
