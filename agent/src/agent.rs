@@ -28,7 +28,7 @@ use crate::{
         self, FaultPlan, Health, Supervisor, Task, TaskMetrics,
         signals::{self, StopRequest},
     },
-    telemetry::{Metrics, server},
+    telemetry::{KernelCounters, Metrics, server},
     trace::{
         tls_libraries,
         tracer::{TraceMetrics, Tracer},
@@ -83,6 +83,7 @@ struct Running {
     stop_actuation: Option<watch::Sender<bool>>,
     stop_profiler: Option<watch::Sender<bool>>,
     control: Option<ControlHandle>,
+    kernel: Option<KernelCounters>,
 }
 
 async fn run_agent(config: Config, options: RunOptions) -> anyhow::Result<()> {
@@ -114,6 +115,7 @@ async fn run_agent(config: Config, options: RunOptions) -> anyhow::Result<()> {
         stop_actuation: None,
         stop_profiler: None,
         control: None,
+        kernel: None,
     };
     let control_metrics = ControlMetrics::register(metrics.registry_mut());
 
@@ -137,6 +139,7 @@ async fn run_agent(config: Config, options: RunOptions) -> anyhow::Result<()> {
                 running.export.metrics().clone(),
                 control_metrics,
                 Box::new(move |signal| sink.send_audit(signal)),
+                running.kernel.clone(),
             )
             .map(|handle| {
                 running.control = handle;
@@ -331,11 +334,13 @@ async fn start(
     }
     // The service rules live with the process model they name.
     let rules = resources.clone().follow(Some(live.service.subscribe()));
+    let kernel = KernelCounters::new(object.take_lost_counters()?, &metrics);
+    running.kernel = Some(kernel.clone());
     let state = Arc::new(server::TelemetryState {
         metrics,
         table: model.table(),
         resources,
-        lost: std::sync::Mutex::new(object.take_lost_counters()?),
+        kernel,
         health: supervisor.health().clone(),
     });
     let interval = config.process.rescan_interval;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use selfops_agent::{agent, cli, config, fleet, kernel, limits, supervise::signals};
+use selfops_agent::{agent, cli, config, control, fleet, kernel, limits, supervise::signals};
 
 /// Exit code for a refused configuration (nothing was attached).
 const EXIT_CONFIG: u8 = 2;
@@ -60,7 +60,15 @@ fn main() -> ExitCode {
                 },
                 None => config::Config::default(),
             };
+            // A remote config the last run re-executed for, or one that
+            // changes what only a restart changes, starts here.
+            let config = control::restart::startup(config);
             match agent::run(config) {
+                Ok(()) if control::restart::requested() => {
+                    let err = control::restart::exec_self();
+                    eprintln!("selfops: re-executing for the new config: {err}");
+                    ExitCode::FAILURE
+                }
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("selfops: {e:#}");

@@ -63,10 +63,15 @@ pub struct Client {
     resource: Arc<Resource>,
     watch: Watch,
     started_unix_nano: u64,
-    /// The last offer handled, so the same offer repeated is not redone.
-    last_offer: Option<Vec<u8>>,
+    /// The last offer handled (its fingerprint, hex), so the same offer
+    /// repeated is not redone.
+    last_offer: Option<String>,
     /// The server answered during the current session.
     answered: bool,
+    /// Asks the agent to stop and re-execute itself.
+    restart: Arc<dyn Fn() + Send + Sync>,
+    /// A restart was asked for: nothing more is taken in.
+    restarting: bool,
 }
 
 impl Client {
@@ -99,10 +104,21 @@ impl Client {
             started_unix_nano: crate::act::audit::now_unix_nano(),
             last_offer: None,
             answered: false,
+            restart: Arc::new(super::restart::request),
+            restarting: false,
         };
-        client.resume_last_good();
-        client.interrupted = last_good::count_interrupted_trial(&client.data_dir);
-        if let Some(mark) = &client.interrupted {
+        let startup = client.current.control.startup.clone();
+        if let Some(startup) = &startup {
+            client.local = startup.local.clone();
+        }
+        if let Some(remote) = startup.and_then(|s| s.trial.clone()) {
+            client.resume_trial(remote);
+        } else {
+            client.resume_last_good();
+            client.interrupted = last_good::count_interrupted_trial(&client.data_dir);
+        }
+        client.report_rolled_back();
+        if let Some(mark) = client.interrupted.as_ref().filter(|m| m.interrupted > 0) {
             tracing::warn!(
                 offer = %mark.offer,
                 runs = mark.interrupted,
@@ -114,12 +130,18 @@ impl Client {
         client
     }
 
+    /// Asks for restarts through `restart` instead of stopping the agent.
+    #[cfg(test)]
+    pub(super) fn on_restart(&mut self, restart: Arc<dyn Fn() + Send + Sync>) {
+        self.restart = restart;
+    }
+
     /// Sessions until `stop`; each failure waits a backoff. Stopping in
     /// order within a health window is not a crash: the trial is forgotten
-    /// and will be tried afresh.
+    /// and will be tried afresh (unless the stop is the restart it needs).
     pub async fn run(mut self, stop: watch::Receiver<bool>) {
         self.sessions(stop).await;
-        if self.trial.is_some() {
+        if self.trial.is_some() && !self.restarting {
             last_good::clear_trial(&self.data_dir);
         }
     }
@@ -130,14 +152,16 @@ impl Client {
             if *stop.borrow() {
                 return;
             }
+            let began = Instant::now();
             let end = match self.opamp.scheme() {
                 Some(Scheme::WebSocket { tls }) => ws::session(self, tls, &mut stop).await,
                 Some(Scheme::Http { tls }) => http::session(self, tls, &mut stop).await,
                 None => return,
             };
             self.metrics.connected.set(0);
-            // A session the server answered starts the backoff over.
-            if std::mem::take(&mut self.answered) {
+            // A session the server answered and kept starts the backoff
+            // over; one that ends soon after each answer is backed off.
+            if std::mem::take(&mut self.answered) && began.elapsed() >= STABLE_SESSION {
                 backoff.reset();
             }
             match end {
@@ -226,12 +250,11 @@ impl Client {
     }
 
     fn remote_config(&mut self, remote: AgentRemoteConfig) {
-        let fingerprint = fingerprint(&remote);
-        if self.last_offer.as_ref() == Some(&fingerprint) {
+        let offer = audit::hex(&fingerprint(&remote));
+        if self.restarting || self.last_offer.as_ref() == Some(&offer) {
             return;
         }
-        let offer = audit::hex(&fingerprint);
-        self.last_offer = Some(fingerprint);
+        self.last_offer = Some(offer.clone());
         let interrupted = self
             .interrupted
             .as_ref()
@@ -245,7 +268,10 @@ impl Client {
             self.admit(&remote, &self.good)
         };
         match outcome {
-            Ok((config, _)) => {
+            Ok((config, _, Some(key))) => {
+                self.restart_into(remote, config, key, offer, interrupted)
+            }
+            Ok((config, _, None)) => {
                 if let Some(superseded) = self.trial.take() {
                     tracing::info!(
                         hash = %audit::hex(&superseded.remote.config_hash),
@@ -278,56 +304,121 @@ impl Client {
                     until: Instant::now() + self.window,
                     remote,
                 });
-                let mark = last_good::TrialMark { offer, interrupted };
+                let mark = last_good::TrialMark {
+                    offer,
+                    interrupted,
+                    restart: false,
+                };
                 if let Err(err) = last_good::mark_trial(&self.data_dir, &mark) {
                     tracing::warn!(%err, "marking the config on trial");
                 }
                 // A window of 0 ends at once, if the agent is healthy.
                 self.poll_gate();
             }
-            Err(reason) => {
-                tracing::warn!(%reason, "remote config refused");
-                self.metrics.apply("failed");
-                (self.audit)(Signal::Log(audit::record(
-                    &self.resource,
-                    &remote.config_hash,
-                    audit::Outcome::Refused(&reason),
-                )));
-                self.state.set_remote_status(RemoteConfigStatus {
-                    last_remote_config_hash: remote.config_hash,
-                    status: RemoteConfigStatuses::Failed as i32,
-                    error_message: reason,
-                });
-            }
+            Err(reason) => self.refuse(remote, reason),
         }
+    }
+
+    fn refuse(&mut self, remote: AgentRemoteConfig, reason: String) {
+        tracing::warn!(%reason, "remote config refused");
+        self.metrics.apply("failed");
+        (self.audit)(Signal::Log(audit::record(
+            &self.resource,
+            &remote.config_hash,
+            audit::Outcome::Refused(&reason),
+        )));
+        self.state.set_remote_status(RemoteConfigStatus {
+            last_remote_config_hash: remote.config_hash,
+            status: RemoteConfigStatuses::Failed as i32,
+            error_message: reason,
+        });
+    }
+
+    /// An accepted config that changes `key` (and perhaps more) which only
+    /// a restart changes: kept on trial in the data directory for the next
+    /// run, which the agent re-executes itself into.
+    fn restart_into(
+        &mut self,
+        remote: AgentRemoteConfig,
+        config: Config,
+        key: String,
+        offer: String,
+        interrupted: u32,
+    ) {
+        let mark = last_good::TrialMark {
+            offer,
+            interrupted,
+            restart: true,
+        };
+        let kept = last_good::store_trial_offer(&self.data_dir, &remote)
+            .and_then(|()| last_good::mark_trial(&self.data_dir, &mark));
+        if let Err(err) = kept {
+            last_good::clear_trial(&self.data_dir);
+            return self.refuse(remote, format!("{key}: needs a restart, but {err}"));
+        }
+        self.trial = None;
+        let keys = policy::changed_keys(&self.good, &config);
+        tracing::info!(keys = ?keys, "remote config accepted; it needs a restart, on trial after it");
+        self.metrics.apply("accepted");
+        self.metrics.on_trial.set(1);
+        (self.audit)(Signal::Log(audit::record(
+            &self.resource,
+            &remote.config_hash,
+            audit::Outcome::Accepted(&keys),
+        )));
+        self.state.set_remote_status(RemoteConfigStatus {
+            last_remote_config_hash: remote.config_hash,
+            status: RemoteConfigStatuses::Applying as i32,
+            error_message: String::new(),
+        });
+        self.restarting = true;
+        (self.restart)();
     }
 
     /// Decides the config on trial, if any: rolled back as soon as the
     /// agent is unhealthy, APPLIED once the window has passed healthy.
     pub(super) fn poll_gate(&mut self) {
-        let Some(trial) = &self.trial else {
+        let Some(trial) = self.trial.as_ref().filter(|_| !self.restarting) else {
             return;
         };
-        match self.watch.check(&trial.since) {
-            Err(reason) => self.roll_back(&reason),
+        let budget = self.current.control.budget;
+        match self.watch.check(&trial.since, &budget, self.window) {
+            Err(unhealthy) => {
+                self.metrics.gate_failure(unhealthy.check);
+                self.roll_back(&unhealthy.reason);
+            }
             Ok(()) if Instant::now() >= trial.until => self.confirm(),
             Ok(()) => {}
         }
     }
 
     /// A remote config verified against the trusted keys, laid over the
-    /// local file in place of `base`, and runnable live here: the config
-    /// to run and the keys it changes, or the one-line reason it is not.
+    /// local file in place of `base`, and runnable here: the config to run,
+    /// the keys it changes and the first that needs a restart (allowed by
+    /// `control.allow_restart`), or the one-line reason it is refused.
     fn admit(
         &self,
         remote: &AgentRemoteConfig,
         base: &Config,
-    ) -> Result<(Config, Vec<&'static str>), String> {
+    ) -> Result<(Config, Vec<&'static str>, Option<String>), String> {
         let yaml = signed::verify(remote, &self.current.control.trusted_keys)
             .map_err(|e| e.to_string())?;
-        let accepted = policy::accept(&yaml, &self.local, base).map_err(|e| e.to_string())?;
-        self.live.refuses(&accepted.0).map_err(|e| e.to_string())?;
-        Ok(accepted)
+        let (config, keys) =
+            policy::lay_over(&yaml, &self.local, base).map_err(|e| e.to_string())?;
+        let restart = match policy::needs_restart(&keys) {
+            Some(key) => Some(key.to_owned()),
+            None => match self.live.refuses(&config) {
+                Ok(()) => None,
+                Err(policy::Refused::NeedsRestart(key)) => Some(key),
+                Err(other) => return Err(other.to_string()),
+            },
+        };
+        match restart {
+            Some(key) if !self.current.control.allow_restart => {
+                Err(policy::Refused::NeedsRestart(key).to_string())
+            }
+            restart => Ok((config, keys, restart)),
+        }
     }
 
     fn confirm(&mut self) {
@@ -362,8 +453,6 @@ impl Client {
         };
         last_good::clear_trial(&self.data_dir);
         let keys = policy::changed_keys(&self.current, &self.good);
-        self.live.apply(&self.good, &keys);
-        self.current = self.good.clone();
         self.metrics.on_trial.set(0);
         self.metrics.apply("rolled_back");
         let reason =
@@ -374,6 +463,23 @@ impl Client {
             &trial.remote.config_hash,
             audit::Outcome::RolledBack(&reason),
         )));
+        if policy::needs_restart(&keys).is_some() {
+            // Back to the last-known-good config by a restart too; the next
+            // run reports the rollback.
+            let note = last_good::RolledBack {
+                offer: audit::hex(&fingerprint(&trial.remote)),
+                config_hash: trial.remote.config_hash.clone(),
+                reason: reason.clone(),
+            };
+            if let Err(err) = last_good::store_rolled_back(&self.data_dir, &note) {
+                tracing::warn!(%err, "keeping the rollback to report after the restart");
+            }
+            self.restarting = true;
+            (self.restart)();
+        } else {
+            self.live.apply(&self.good, &keys);
+            self.current = self.good.clone();
+        }
         self.report_effective();
         self.state.set_remote_status(RemoteConfigStatus {
             last_remote_config_hash: trial.remote.config_hash,
@@ -395,13 +501,16 @@ impl Client {
         };
         let outcome = self.admit(&remote, &self.current);
         match outcome {
-            Ok((config, keys)) => {
+            Ok((_, _, Some(key))) => {
+                tracing::warn!(%key, "last-known-good remote config not used: it needs a restart");
+            }
+            Ok((config, keys, None)) => {
                 let config = Arc::new(config);
                 self.live.apply(&config, &keys);
                 self.current = config.clone();
                 self.good = config;
                 tracing::info!(keys = ?keys, hash = %audit::hex(&remote.config_hash), "running the last-known-good remote config");
-                self.last_offer = Some(fingerprint(&remote));
+                self.last_offer = Some(audit::hex(&fingerprint(&remote)));
                 self.state.set_remote_status(RemoteConfigStatus {
                     last_remote_config_hash: remote.config_hash,
                     status: RemoteConfigStatuses::Applied as i32,
@@ -412,6 +521,61 @@ impl Client {
                 tracing::warn!(%reason, "last-known-good remote config not used");
             }
         }
+    }
+
+    /// At start-up after a restart for `remote`: the agent runs it (main
+    /// started it so), on trial from now; the last-known-good config is
+    /// what a rollback returns to.
+    fn resume_trial(&mut self, remote: AgentRemoteConfig) {
+        let local = Config::parse(&self.local, std::path::Path::new("local config"));
+        let good = match (last_good::load(&self.data_dir), local) {
+            (Ok(Some(good)), Ok(local)) => {
+                super::restart::lay_over(&good, &local, &self.local).map(|c| (c, Some(good)))
+            }
+            (Ok(None), Ok(local)) => Ok((local, None)),
+            (Err(err), _) => Err(err.to_string()),
+            (_, Err(err)) => Err(err.to_string()),
+        };
+        match good {
+            Ok((config, good)) => {
+                self.good = Arc::new(config);
+                if let Some(good) = good {
+                    self.last_offer = Some(audit::hex(&fingerprint(&good)));
+                }
+            }
+            // current stays the rollback target: a restart would find the
+            // same trouble and start on the local file.
+            Err(reason) => tracing::warn!(%reason, "last-known-good config unreadable"),
+        }
+        self.interrupted = last_good::read_trial(&self.data_dir);
+        self.last_offer = Some(audit::hex(&fingerprint(&remote)));
+        tracing::info!(hash = %audit::hex(&remote.config_hash), window = ?self.window, "running the remote config the agent restarted for; on trial");
+        self.metrics.on_trial.set(1);
+        self.state.set_remote_status(RemoteConfigStatus {
+            last_remote_config_hash: remote.config_hash.clone(),
+            status: RemoteConfigStatuses::Applying as i32,
+            error_message: String::new(),
+        });
+        self.trial = Some(Trial {
+            since: self.watch.baseline(),
+            until: Instant::now() + self.window,
+            remote,
+        });
+    }
+
+    /// A rollback the previous run restarted for: reported now, and its
+    /// offer not taken again.
+    fn report_rolled_back(&mut self) {
+        let Some(note) = last_good::take_rolled_back(&self.data_dir) else {
+            return;
+        };
+        tracing::warn!(reason = %note.reason, "restarted on the last-known-good config");
+        self.last_offer = Some(note.offer);
+        self.state.set_remote_status(RemoteConfigStatus {
+            last_remote_config_hash: note.config_hash,
+            status: RemoteConfigStatuses::Failed as i32,
+            error_message: note.reason,
+        });
     }
 
     fn report_effective(&mut self) {
@@ -435,6 +599,29 @@ impl Client {
             Ok(()) => (true, String::new()),
             Err(err) => (false, err),
         };
+        let stopping = self.watch.health().is_stopping();
+        let component_health_map = self
+            .watch
+            .health()
+            .components()
+            .into_iter()
+            .map(|component| {
+                let status = match (&component.failure, stopping) {
+                    (Some(_), _) => "failed",
+                    (None, true) => "stopping",
+                    (None, false) => "running",
+                };
+                let health = ComponentHealth {
+                    healthy: component.healthy(),
+                    start_time_unix_nano: component.started_unix_nano,
+                    last_error: component.failure.unwrap_or_default(),
+                    status: status.into(),
+                    status_time_unix_nano: 0,
+                    component_health_map: Default::default(),
+                };
+                (component.name.to_owned(), health)
+            })
+            .collect();
         self.state.set_health(ComponentHealth {
             healthy,
             start_time_unix_nano: self.started_unix_nano,
@@ -442,7 +629,7 @@ impl Client {
             status: if healthy { "running" } else { "not ready" }.into(),
             // Left 0: a changing timestamp would make every message news.
             status_time_unix_nano: 0,
-            component_health_map: Default::default(),
+            component_health_map,
         });
     }
 }
@@ -454,6 +641,10 @@ struct Trial {
     since: Baseline,
     until: Instant,
 }
+
+/// How long a session must last for the next one to start from the
+/// initial backoff.
+const STABLE_SESSION: Duration = Duration::from_secs(10);
 
 /// How often the health window is looked at between sessions (within a
 /// session the transports do it at each status check, every second).

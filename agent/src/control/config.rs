@@ -26,6 +26,112 @@ pub struct ControlConfig {
     /// it is rolled back.
     #[serde(with = "humantime_serde")]
     pub health_window: Duration,
+    /// What the agent may cost and lose while a remote config is on trial;
+    /// beyond it the config is rolled back.
+    pub budget: Budget,
+    /// Accept remote configs that change keys needing a restart (ring
+    /// sizes, the telemetry address): the agent stops in order and
+    /// re-executes itself on the new config, which is then on trial.
+    pub allow_restart: bool,
+    /// How the running config came about (set at start-up, not read from
+    /// the file).
+    #[serde(skip)]
+    pub startup: Option<std::sync::Arc<super::restart::Startup>>,
+}
+
+/// The health gate's limits within a health window.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Budget {
+    /// CPU cores the agent may use, averaged over the window so far.
+    pub cpu: f64,
+    /// Resident memory the agent may hold: bytes, or a string with a
+    /// `KiB`, `MiB` or `GiB` suffix.
+    #[serde(deserialize_with = "bytes")]
+    pub rss: u64,
+    /// Events the kernel may fail to put in a full ring buffer within the
+    /// window (all sensors together).
+    pub ring_losses: u64,
+    /// Share of the signals sent for export within the window that may be
+    /// lost to export failures (0: none).
+    pub export_failure_ratio: f64,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self {
+            cpu: 1.0,
+            rss: 256 << 20,
+            ring_losses: 1000,
+            export_failure_ratio: 0.0,
+        }
+    }
+}
+
+/// Largest CPU budget: more cores than any host this runs on.
+const MAX_CPU_CORES: f64 = 1024.0;
+/// Smallest RSS budget: below this the agent cannot run at all.
+const MIN_RSS: u64 = 16 << 20;
+
+impl Budget {
+    fn validate(&self) -> Result<(), (String, String)> {
+        if !(self.cpu > 0.0 && self.cpu <= MAX_CPU_CORES) {
+            return Err((
+                "budget.cpu".into(),
+                format!(
+                    "{} is not allowed: use cores, more than 0 and at most {MAX_CPU_CORES}",
+                    self.cpu
+                ),
+            ));
+        }
+        if self.rss < MIN_RSS {
+            return Err((
+                "budget.rss".into(),
+                format!("{} bytes is not allowed: use at least 16MiB", self.rss),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.export_failure_ratio) {
+            return Err((
+                "budget.export_failure_ratio".into(),
+                format!("{} is not allowed: use 0 to 1", self.export_failure_ratio),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `1048576`, `"1048576"`, `"512KiB"`, `"256MiB"` or `"1GiB"`.
+fn bytes<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Bytes {
+        Number(u64),
+        Text(String),
+    }
+    match Bytes::deserialize(deserializer)? {
+        Bytes::Number(n) => Ok(n),
+        Bytes::Text(text) => parse_bytes(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a size: use bytes, or a number with KiB, MiB or GiB"
+            ))
+        }),
+    }
+}
+
+fn parse_bytes(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, ""),
+    };
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        _ => return None,
+    };
+    number.parse::<u64>().ok()?.checked_mul(1 << shift)
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -73,6 +179,9 @@ impl Default for ControlConfig {
             trusted_keys: Vec::new(),
             labels: BTreeMap::new(),
             health_window: DEFAULT_HEALTH_WINDOW,
+            budget: Budget::default(),
+            allow_restart: false,
+            startup: None,
         }
     }
 }
@@ -111,6 +220,7 @@ impl ControlConfig {
         if self.health_window > Duration::from_secs(24 * 3600) {
             return Err(("health_window".into(), "use 0s to 24h".into()));
         }
+        self.budget.validate()?;
         let Some(opamp) = &self.opamp else {
             return Ok(());
         };
@@ -151,5 +261,58 @@ impl ControlConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<ControlConfig, String> {
+        let config: ControlConfig = serde_yaml_ng::from_str(yaml).map_err(|e| e.to_string())?;
+        config.validate().map_err(|(k, m)| format!("{k}: {m}"))?;
+        Ok(config)
+    }
+
+    #[test]
+    fn budget_defaults_sizes_and_errors() {
+        let config = parse("{}").unwrap();
+        assert_eq!(config.budget, Budget::default());
+        assert!(!config.allow_restart);
+        let config =
+            parse("budget: { cpu: 0.5, rss: 512MiB, ring_losses: 0, export_failure_ratio: 0.01 }")
+                .unwrap();
+        assert_eq!(
+            config.budget,
+            Budget {
+                cpu: 0.5,
+                rss: 512 << 20,
+                ring_losses: 0,
+                export_failure_ratio: 0.01
+            }
+        );
+        assert_eq!(
+            parse("budget: { rss: 33554432 }").unwrap().budget.rss,
+            32 << 20
+        );
+        assert_eq!(parse("budget: { rss: 1GiB }").unwrap().budget.rss, 1 << 30);
+        for (yaml, wanted) in [
+            ("budget: { cpu: 0 }", "budget.cpu: 0 is not allowed"),
+            ("budget: { cpu: 2000 }", "budget.cpu: 2000 is not allowed"),
+            (
+                "budget: { rss: 1MiB }",
+                "budget.rss: 1048576 bytes is not allowed",
+            ),
+            ("budget: { rss: 12 apples }", "is not a size"),
+            ("budget: { rss: 99999999999GiB }", "is not a size"),
+            (
+                "budget: { export_failure_ratio: 1.5 }",
+                "budget.export_failure_ratio: 1.5 is not allowed",
+            ),
+            ("budget: { cpus: 1 }", "unknown field"),
+        ] {
+            let err = parse(yaml).unwrap_err();
+            assert!(err.contains(wanted), "{yaml}: {err}");
+        }
     }
 }

@@ -6,6 +6,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use super::gate::Check;
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
     pub outcome: &'static str,
@@ -19,6 +21,11 @@ pub struct DirectionLabel {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabel {
+    pub check: &'static str,
 }
 
 #[derive(Clone, Default)]
@@ -36,6 +43,8 @@ pub struct ControlMetrics {
     pub applies: Family<OutcomeLabel, Counter>,
     /// 1 while a remote config is within its health window.
     pub on_trial: Gauge,
+    /// Trials rolled back, by the check that failed.
+    pub gate_failures: Family<CheckLabel, Counter>,
 }
 
 impl ControlMetrics {
@@ -76,7 +85,26 @@ impl ControlMetrics {
             "1 while a remote config is within its health window",
             m.on_trial.clone(),
         );
+        registry.register(
+            "health_gate_failures",
+            "Remote configs rolled back by the health gate, by the check that failed: tasks, ring_losses, export, cpu, rss",
+            m.gate_failures.clone(),
+        );
+        for check in Check::ALL {
+            // Zero-valued series from the start, so a scrape shows every check.
+            let _ = m.gate_failures.get_or_create(&CheckLabel {
+                check: check.name(),
+            });
+        }
         m
+    }
+
+    pub fn gate_failure(&self, check: Check) {
+        self.gate_failures
+            .get_or_create(&CheckLabel {
+                check: check.name(),
+            })
+            .inc();
     }
 
     pub fn connection(&self, outcome: &'static str) {

@@ -14,6 +14,7 @@ pub mod identity;
 pub mod last_good;
 mod metrics;
 pub mod policy;
+pub mod restart;
 pub mod signed;
 pub mod state;
 mod tls;
@@ -144,6 +145,7 @@ pub fn start(
     export: ExportMetrics,
     metrics: ControlMetrics,
     audit: AuditSink,
+    kernel: Option<crate::telemetry::KernelCounters>,
 ) -> anyhow::Result<Option<ControlHandle>> {
     let Some(opamp) = config.control.opamp.clone() else {
         return Ok(None);
@@ -182,7 +184,7 @@ pub fn start(
         live,
         audit,
         resource,
-        gate::Watch::new(health, export),
+        gate::Watch::new(health, export).with_kernel(kernel),
     );
     let (stop, stopping) = watch::channel(false);
     let task = tokio::spawn(client.run(stopping));

@@ -47,8 +47,21 @@ pub enum Refused {
 }
 
 /// The config to run when `yaml` is laid over `local` (the local file's
-/// text) in place of `current`, and the keys it changes.
+/// text) in place of `current`, and the keys it changes, all live.
 pub fn accept(
+    yaml: &str,
+    local: &str,
+    current: &Config,
+) -> Result<(Config, Vec<&'static str>), Refused> {
+    let (config, changed) = lay_over(yaml, local, current)?;
+    match needs_restart(&changed) {
+        Some(key) => Err(Refused::NeedsRestart(key.to_owned())),
+        None => Ok((config, changed)),
+    }
+}
+
+/// As [`accept`], whether or not the keys changed can change live.
+pub fn lay_over(
     yaml: &str,
     local: &str,
     current: &Config,
@@ -71,10 +84,12 @@ pub fn accept(
     let remote = Config::parse(&text, Path::new("remote config")).map_err(|e| invalid(&e))?;
     narrowed(current, &remote).map_or(Ok(()), |why| Err(Refused::Allowlist(why)))?;
     let changed = changed_keys(current, &remote);
-    if let Some(key) = changed.iter().find(|key| !LIVE_KEYS.contains(key)) {
-        return Err(Refused::NeedsRestart((*key).to_owned()));
-    }
     Ok((remote, changed))
+}
+
+/// The first of `keys` that cannot change live.
+pub fn needs_restart(keys: &[&'static str]) -> Option<&'static str> {
+    keys.iter().copied().find(|key| !LIVE_KEYS.contains(key))
 }
 
 /// `overlay` over `base`: mappings key by key, anything else replaced.

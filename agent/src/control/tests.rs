@@ -61,13 +61,29 @@ fn start_agent(endpoint: &str, key: &SecretKey, name: &str) -> Agent {
 /// An agent whose data directory is `dir` and whose remote configs must
 /// stay healthy for `window`.
 fn start_agent_in(dir: &std::path::Path, endpoint: &str, key: &SecretKey, window: &str) -> Agent {
-    let dir = dir.to_path_buf();
-    let yaml = format!(
-        "data_dir: {}\ncontrol:\n  opamp: {{ endpoint: '{endpoint}', heartbeat_interval: 1s }}\n  trusted_keys: ['{}']\n  labels: {{ zone: a }}\n  health_window: {window}\n",
+    let yaml = local_yaml(dir, endpoint, key, window, "");
+    let config = Config::parse(&yaml, std::path::Path::new("t.yaml")).unwrap();
+    start_agent_on(Arc::new(config), None)
+}
+
+/// The local file of a test agent; `extra` goes into `control`.
+fn local_yaml(
+    dir: &std::path::Path,
+    endpoint: &str,
+    key: &SecretKey,
+    window: &str,
+    extra: &str,
+) -> String {
+    format!(
+        "data_dir: {}\ncontrol:\n  opamp: {{ endpoint: '{endpoint}', heartbeat_interval: 1s, max_message_bytes: 65536 }}\n  trusted_keys: ['{}']\n  labels: {{ zone: a }}\n  health_window: {window}\n  budget: {{ cpu: 1024, rss: 64GiB }}\n{extra}",
         dir.display(),
         key.public().to_base64()
-    );
-    let config = Arc::new(Config::parse(&yaml, std::path::Path::new("t.yaml")).unwrap());
+    )
+}
+
+/// An agent running `config`; restarts it asks for go to `restart`.
+fn start_agent_on(config: Arc<Config>, restart: Option<Arc<dyn Fn() + Send + Sync>>) -> Agent {
+    let dir = config.data_dir.clone();
     let live = Live::new(&config);
     let trace = live.trace.subscribe();
     let profile = live.profile.subscribe();
@@ -79,7 +95,7 @@ fn start_agent_in(dir: &std::path::Path, endpoint: &str, key: &SecretKey, window
     let state = ClientState::new(uid, super::description(&config.control));
     let export = crate::export::ExportMetrics::default();
     let metrics = ControlMetrics::default();
-    let client = Client::new(
+    let mut client = Client::new(
         config.control.opamp.clone().unwrap(),
         state,
         metrics.clone(),
@@ -89,6 +105,9 @@ fn start_agent_in(dir: &std::path::Path, endpoint: &str, key: &SecretKey, window
         Arc::new(crate::signal::Resource { attributes: vec![] }),
         super::gate::Watch::new(health.clone(), export.clone()),
     );
+    if let Some(restart) = restart {
+        client.on_restart(restart);
+    }
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(client.run(stopping));
     Agent {
@@ -582,7 +601,13 @@ async fn unhealthy_within_the_window_rolls_back_and_reports_failed() {
         .unwrap();
     assert_eq!(agent.trace.borrow_and_update().exclude.len(), 1);
     assert_eq!(agent.metrics.on_trial.get(), 1);
+    // A batch of 4 spans given up, as the OTLP sink counts it.
     agent.export.failure(crate::export::metrics::SINK_OTLP);
+    agent.export.drop_signals(
+        crate::export::metrics::TRACES,
+        crate::export::metrics::DropReason::ExportFailed,
+        4,
+    );
 
     let failed = next_such(&mut ws, |m| {
         m.remote_config_status
@@ -594,7 +619,9 @@ async fn unhealthy_within_the_window_rolls_back_and_reports_failed() {
     assert_eq!(status.last_remote_config_hash, offer.config_hash);
     assert!(
         status.error_message.starts_with("rolled back")
-            && status.error_message.contains("export to otlp failing")
+            && status
+                .error_message
+                .contains("export failing: 4 of 4 signals")
             && !status.error_message.contains('\n'),
         "{}",
         status.error_message
@@ -645,6 +672,10 @@ async fn unhealthy_within_the_window_rolls_back_and_reports_failed() {
     );
     assert_eq!(applies(&agent, "rolled_back"), 2);
     assert_eq!(applies(&agent, "applied"), 0);
+    for (check, n) in [("export", 1), ("tasks", 1), ("cpu", 0), ("rss", 0)] {
+        let label = super::metrics::CheckLabel { check };
+        assert_eq!(agent.metrics.gate_failures.get_or_create(&label).get(), n);
+    }
     assert_eq!(agent.metrics.on_trial.get(), 0);
     assert!(super::last_good::load(&dir).unwrap().is_none());
     stop(agent).await;
@@ -875,4 +906,429 @@ async fn profiling_the_agent_started_without_is_not_turned_on_live() {
     );
     assert!(live.refuses(&config).is_ok());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn health_reports_each_component_and_only_when_it_changes() {
+    use crate::supervise::{Failure, Task};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("ws://{}/v1/opamp", listener.local_addr().unwrap());
+    let key = SecretKey::generate();
+    let agent = start_agent(&endpoint, &key, "components");
+    for task in [Task::Process, Task::Tracer, Task::Export, Task::Telemetry] {
+        agent.health.task_started(task);
+    }
+    let mut ws = accept(&listener).await;
+    let components = |m: &AgentToServer| {
+        m.health.as_ref().map(|h| {
+            let mut names: Vec<(String, bool, String, String)> = h
+                .component_health_map
+                .iter()
+                .map(|(name, c)| {
+                    assert!(c.start_time_unix_nano > 0, "{name}: start time");
+                    (
+                        name.clone(),
+                        c.healthy,
+                        c.status.clone(),
+                        c.last_error.clone(),
+                    )
+                })
+                .collect();
+            names.sort();
+            names
+        })
+    };
+    let running = |name: &str| (name.to_owned(), true, "running".to_owned(), String::new());
+    let stopping = |name: &str| (name.to_owned(), true, "stopping".to_owned(), String::new());
+    let first = next_such(&mut ws, |m| components(m).is_some_and(|c| c.len() == 3)).await;
+    assert_eq!(
+        components(&first).unwrap(),
+        [running("exporters"), running("sensors"), running("tracer")]
+    );
+    assert!(first.health.as_ref().unwrap().healthy);
+
+    agent.health.failed(&Failure {
+        task: Task::Tracer,
+        cause: "ring gone".into(),
+    });
+    let failed = next_such(&mut ws, |m| m.health.is_some()).await;
+    let health = failed.health.as_ref().unwrap();
+    assert!(!health.healthy);
+    assert_eq!(
+        components(&failed).unwrap(),
+        [
+            // The agent stops in order after a task failure.
+            stopping("exporters"),
+            stopping("sensors"),
+            (
+                "tracer".to_owned(),
+                false,
+                "failed".to_owned(),
+                "the tracer task failed: ring gone".to_owned()
+            ),
+        ]
+    );
+    // Nothing changed since: the next heartbeat carries no health.
+    let heartbeat = next_agent_message(&mut ws).await;
+    assert!(heartbeat.health.is_none(), "{heartbeat:?}");
+    stop(agent).await;
+}
+
+/// A restart hook that counts the restarts asked for.
+fn restart_hook() -> (Arc<dyn Fn() + Send + Sync>, mpsc::UnboundedReceiver<()>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (
+        Arc::new(move || {
+            let _ = tx.send(());
+        }),
+        rx,
+    )
+}
+
+/// The previous run of an agent with `local` took `offer` and asked for a
+/// restart; its trial is kept in the data directory.
+async fn restarted_for(listener: &TcpListener, local: &Config, offer: &AgentRemoteConfig) {
+    let (hook, mut restarts) = restart_hook();
+    let agent = start_agent_on(Arc::new(super::restart::startup(local.clone())), Some(hook));
+    let mut ws = accept(listener).await;
+    let first = next_agent_message(&mut ws).await;
+    send(&mut ws, to_agent(&first.instance_uid, Some(offer.clone()))).await;
+    let status = next_status(&mut ws).await;
+    assert_eq!(
+        status.status,
+        RemoteConfigStatuses::Applying as i32,
+        "{}",
+        status.error_message
+    );
+    assert_eq!(status.last_remote_config_hash, offer.config_hash);
+    tokio::time::timeout(WITHIN, restarts.recv())
+        .await
+        .expect("a restart asked for")
+        .unwrap();
+    assert_eq!(audit_events(&agent), ["selfops.config.accepted"]);
+    assert_eq!(applies(&agent, "accepted"), 1);
+    assert_eq!(agent.metrics.on_trial.get(), 1);
+    // Stopping for the restart keeps the trial.
+    stop(agent).await;
+    let mark = super::last_good::read_trial(&local.data_dir).expect("trial marked");
+    assert!(mark.restart && mark.interrupted == 0, "{mark:?}");
+    assert_eq!(
+        super::last_good::load_trial_offer(&local.data_dir).as_ref(),
+        Some(offer)
+    );
+}
+
+#[tokio::test]
+async fn a_restart_key_is_refused_unless_restarts_are_allowed() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("ws://{}/v1/opamp", listener.local_addr().unwrap());
+    let key = SecretKey::generate();
+    let dir = fresh_dir("no-restart");
+    let (hook, mut restarts) = restart_hook();
+    let yaml = local_yaml(&dir, &endpoint, &key, "0s", "");
+    let config = Config::parse(&yaml, std::path::Path::new("t.yaml")).unwrap();
+    let agent = start_agent_on(Arc::new(config), Some(hook));
+    let mut ws = accept(&listener).await;
+    let first = next_agent_message(&mut ws).await;
+    let offer = signed_offer(&key, "sensors: { process_ring_bytes: 4194304 }\n");
+    send(&mut ws, to_agent(&first.instance_uid, Some(offer))).await;
+    let status = next_status(&mut ws).await;
+    assert_eq!(status.status, RemoteConfigStatuses::Failed as i32);
+    assert_eq!(status.error_message, "sensors: changing it needs a restart");
+    assert!(restarts.try_recv().is_err());
+    assert!(super::last_good::read_trial(&dir).is_none());
+    stop(agent).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn allowed_restart_runs_the_config_on_trial_in_the_next_run_then_keeps_it() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("ws://{}/v1/opamp", listener.local_addr().unwrap());
+    let key = SecretKey::generate();
+    let dir = fresh_dir("allow-restart");
+    let yaml = local_yaml(&dir, &endpoint, &key, "0s", "  allow_restart: true\n");
+    let local = Config::parse(&yaml, std::path::Path::new("t.yaml")).unwrap();
+    let offer = signed_offer(
+        &key,
+        "telemetry: { listen: '127.0.0.1:19464' }\ntrace: { exclude: [{ executable: curl }] }\n",
+    );
+    restarted_for(&listener, &local, &offer).await;
+
+    // The next run starts on the offer, verified again, and consumes the
+    // restart: dying now would count.
+    let config = super::restart::startup(local.clone());
+    assert_eq!(config.telemetry.listen.to_string(), "127.0.0.1:19464");
+    assert_eq!(config.trace.exclude.len(), 1);
+    let startup = config.control.startup.clone().unwrap();
+    assert_eq!(startup.trial.as_ref(), Some(&offer));
+    assert_eq!(startup.local.as_ref(), yaml);
+    assert!(!super::last_good::read_trial(&dir).unwrap().restart);
+    let (hook, mut restarts) = restart_hook();
+    let agent = start_agent_on(Arc::new(config), Some(hook));
+    let mut ws = accept(&listener).await;
+    // Its window (0s) passes at once: APPLIED, kept, trial forgotten.
+    let applied = next_such(&mut ws, |m| {
+        m.remote_config_status
+            .as_ref()
+            .is_some_and(|s| s.status == RemoteConfigStatuses::Applied as i32)
+    })
+    .await;
+    assert_eq!(
+        applied
+            .remote_config_status
+            .unwrap()
+            .last_remote_config_hash,
+        offer.config_hash
+    );
+    assert_eq!(audit_events(&agent), ["selfops.config.applied"]);
+    assert_eq!(super::last_good::load(&dir).unwrap().as_ref(), Some(&offer));
+    assert!(super::last_good::read_trial(&dir).is_none());
+    assert!(super::last_good::load_trial_offer(&dir).is_none());
+    // The same offer again is not redone.
+    send(
+        &mut ws,
+        to_agent(&applied.instance_uid, Some(offer.clone())),
+    )
+    .await;
+    let _ = next_agent_message(&mut ws).await;
+    assert!(restarts.try_recv().is_err());
+    stop(agent).await;
+
+    // Every later run starts on it: the last-known-good config.
+    let config = super::restart::startup(local);
+    assert_eq!(config.telemetry.listen.to_string(), "127.0.0.1:19464");
+    assert_eq!(config.control.startup.unwrap().trial, None);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_restart_trial_that_dies_or_fails_goes_back_to_the_last_known_good_config() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("ws://{}/v1/opamp", listener.local_addr().unwrap());
+    let key = SecretKey::generate();
+    let dir = fresh_dir("restart-rollback");
+    let yaml = local_yaml(&dir, &endpoint, &key, "1h", "  allow_restart: true\n");
+    let local = Config::parse(&yaml, std::path::Path::new("t.yaml")).unwrap();
+    let offer = signed_offer(&key, "sensors: { process_ring_bytes: 4194304 }\n");
+
+    // 1. The run on trial dies (no orderly stop): the next run starts on
+    // the local config and counts the interrupted trial.
+    restarted_for(&listener, &local, &offer).await;
+    let config = super::restart::startup(local.clone());
+    assert_eq!(config.sensors.process_ring_bytes, 4 << 20);
+    let agent = start_agent_on(Arc::new(config), None);
+    let mut ws = accept(&listener).await;
+    let status = next_status(&mut ws).await;
+    assert_eq!(status.status, RemoteConfigStatuses::Applying as i32);
+    agent.task.abort();
+    drop(ws);
+    let config = super::restart::startup(local.clone());
+    assert_eq!(
+        config.sensors.process_ring_bytes,
+        local.sensors.process_ring_bytes
+    );
+    assert_eq!(config.control.startup.clone().unwrap().trial, None);
+    let agent = start_agent_on(Arc::new(config), None);
+    let _ws = accept(&listener).await;
+    let mark = super::last_good::read_trial(&dir).unwrap();
+    assert_eq!((mark.interrupted, mark.restart), (1, false));
+    stop(agent).await;
+    super::last_good::clear_trial(&dir);
+
+    // 2. The run on trial turns unhealthy: rolled back by another restart,
+    // which the run after it reports.
+    restarted_for(&listener, &local, &offer).await;
+    let (hook, mut restarts) = restart_hook();
+    let agent = start_agent_on(Arc::new(super::restart::startup(local.clone())), Some(hook));
+    let mut ws = accept(&listener).await;
+    let status = next_status(&mut ws).await;
+    assert_eq!(status.status, RemoteConfigStatuses::Applying as i32);
+    agent.health.failed(&crate::supervise::Failure {
+        task: crate::supervise::Task::Process,
+        cause: "ring gone".into(),
+    });
+    tokio::time::timeout(WITHIN, restarts.recv())
+        .await
+        .expect("a restart asked for the rollback")
+        .unwrap();
+    assert_eq!(audit_events(&agent), ["selfops.config.rolled_back"]);
+    let label = super::metrics::CheckLabel { check: "tasks" };
+    assert_eq!(agent.metrics.gate_failures.get_or_create(&label).get(), 1);
+    stop(agent).await;
+    drop(ws);
+    assert!(super::last_good::read_trial(&dir).is_none());
+
+    let config = super::restart::startup(local.clone());
+    assert_eq!(
+        config.sensors.process_ring_bytes,
+        local.sensors.process_ring_bytes
+    );
+    let (hook, mut restarts) = restart_hook();
+    let agent = start_agent_on(Arc::new(config), Some(hook));
+    let mut ws = accept(&listener).await;
+    let first = next_agent_message(&mut ws).await;
+    let status = first
+        .remote_config_status
+        .clone()
+        .expect("the rollback reported");
+    assert_eq!(status.status, RemoteConfigStatuses::Failed as i32);
+    assert_eq!(status.last_remote_config_hash, offer.config_hash);
+    assert!(
+        status
+            .error_message
+            .starts_with("rolled back to the last-known-good config: ")
+            && status.error_message.contains("ring gone"),
+        "{}",
+        status.error_message
+    );
+    // Offered again, it is not taken again.
+    send(&mut ws, to_agent(&first.instance_uid, Some(offer))).await;
+    let _ = next_agent_message(&mut ws).await;
+    assert!(restarts.try_recv().is_err());
+    assert!(audit_events(&agent).is_empty());
+    stop(agent).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn rejected(agent: &Agent, reason: &'static str) -> u64 {
+    agent
+        .metrics
+        .rejected
+        .get_or_create(&super::metrics::ReasonLabel { reason })
+        .get()
+}
+
+#[tokio::test]
+async fn a_server_that_hangs_up_after_every_answer_is_backed_off_exponentially() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("ws://{}/v1/opamp", listener.local_addr().unwrap());
+    let key = SecretKey::generate();
+    let agent = start_agent(&endpoint, &key, "hangs-up");
+    let mut connected = Vec::new();
+    for _ in 0..4 {
+        let mut ws = accept(&listener).await;
+        connected.push(tokio::time::Instant::now());
+        let message = next_agent_message(&mut ws).await;
+        send(&mut ws, to_agent(&message.instance_uid, None)).await;
+        let _ = ws.close(None).await;
+    }
+    // Delays of 0.5–1 s, 1–2 s, 2–4 s: without the backoff growing, the
+    // third could not be 2 s.
+    let third = connected[3] - connected[2];
+    assert!(third >= Duration::from_secs(2), "{connected:?}");
+    let closed = agent
+        .metrics
+        .connections
+        .get_or_create(&super::metrics::OutcomeLabel { outcome: "closed" })
+        .get();
+    assert!(closed >= 3, "{closed}");
+    stop(agent).await;
+}
+
+#[tokio::test]
+async fn oversized_frames_end_the_session_without_harm() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("ws://{}/v1/opamp", listener.local_addr().unwrap());
+    let key = SecretKey::generate();
+    let agent = start_agent(&endpoint, &key, "oversized");
+    let mut ws = accept(&listener).await;
+    let first = next_agent_message(&mut ws).await;
+    // Within the 64 KiB limit but not protobuf: thrown away, session kept.
+    let mut garbage = vec![0u8; 60 << 10];
+    garbage[1] = 0xff;
+    ws.send(Message::Binary(garbage.into())).await.unwrap();
+    // Beyond it: refused before it is read whole; the session ends.
+    let huge = to_agent(
+        &first.instance_uid,
+        Some(signed_offer(&key, &"#".repeat(100 << 10))),
+    );
+    let _ = ws
+        .send(Message::Binary(frame::encode_server_ws(&huge).into()))
+        .await;
+    let mut again = accept(&listener).await;
+    let next = next_agent_message(&mut again).await;
+    assert_eq!(next.instance_uid, first.instance_uid);
+    assert_eq!(rejected(&agent, "decode"), 1);
+    assert_eq!(rejected(&agent, "too_large"), 1);
+    // Still takes a config of ordinary size.
+    let offer = signed_offer(&key, "trace:\n  exclude: [{ executable: curl }]\n");
+    send(&mut again, to_agent(&first.instance_uid, Some(offer))).await;
+    let status = next_status(&mut again).await;
+    assert_eq!(status.status, RemoteConfigStatuses::Applied as i32);
+    stop(agent).await;
+}
+
+#[tokio::test]
+async fn a_flooding_server_is_read_one_message_at_a_time() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("ws://{}/v1/opamp", listener.local_addr().unwrap());
+    let key = SecretKey::generate();
+    let agent = start_agent(&endpoint, &key, "flood");
+    let ws = accept(&listener).await;
+    let (mut sink, mut source) = ws.split();
+    let first = tokio::time::timeout(WITHIN, source.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let uid = frame::decode_agent_ws(&first.into_data(), 1 << 20)
+        .unwrap()
+        .instance_uid;
+    // What the agent sends back is read (and counted) beside the flood.
+    let replies = tokio::spawn(async move {
+        let mut statuses = Vec::new();
+        while let Some(Ok(message)) = source.next().await {
+            if let Ok(m) = frame::decode_agent_ws(&message.into_data(), 1 << 20)
+                && let Some(status) = m.remote_config_status
+            {
+                statuses.push(status.status);
+            }
+        }
+        statuses
+    });
+    const FLOOD: u64 = 5000;
+    let mut full = to_agent(&uid, None);
+    full.flags = ServerToAgentFlags::ReportFullState as u64;
+    let flood = frame::encode_server_ws(&full);
+    for _ in 0..FLOOD {
+        sink.send(Message::Binary(flood.clone().into()))
+            .await
+            .unwrap();
+    }
+    let offer = signed_offer(&key, "trace:\n  exclude: [{ executable: curl }]\n");
+    sink.send(Message::Binary(
+        frame::encode_server_ws(&to_agent(&uid, Some(offer))).into(),
+    ))
+    .await
+    .unwrap();
+    // Every message taken in, the offer last, and applied.
+    let received = |agent: &Agent| {
+        agent
+            .metrics
+            .messages
+            .get_or_create(&super::metrics::DirectionLabel {
+                direction: "received",
+            })
+            .get()
+    };
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while received(&agent) < FLOOD + 1 || applies(&agent, "applied") < 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the flood and the offer taken in");
+    assert_eq!(received(&agent), FLOOD + 1);
+    assert!(!agent.task.is_finished());
+    stop(agent).await;
+    drop(sink);
+    let statuses = tokio::time::timeout(WITHIN, replies)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        statuses.last(),
+        Some(&(RemoteConfigStatuses::Applied as i32))
+    );
 }

@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use tokio_tungstenite::{
     Connector,
     tungstenite::{
-        Message,
+        self, Message,
         client::IntoClientRequest as _,
         http::{HeaderName, HeaderValue},
         protocol::WebSocketConfig,
@@ -142,7 +142,8 @@ pub async fn session(
                     return retry("closed by the server");
                 }
                 Some(Err(err)) => {
-                    client.metrics.reject("decode");
+                    let too_large = matches!(err, tungstenite::Error::Capacity(_));
+                    client.metrics.reject(if too_large { "too_large" } else { "decode" });
                     return retry(format!("receiving: {err}"));
                 }
             },

@@ -28,7 +28,7 @@ use prometheus_client::{
 use tokio::task::{Id, JoinSet};
 
 pub use fault::FaultPlan;
-pub use health::Health;
+pub use health::{Component, Health};
 pub use profiler::profiler;
 
 /// The supervised tasks; `name` is the `task` label.
@@ -60,6 +60,19 @@ impl Task {
             Task::Profiler => "profiler",
             Task::Actuation => "actuation",
             Task::Telemetry => "telemetry",
+        }
+    }
+
+    /// The component a task belongs to, as the agent reports its health
+    /// (the telemetry server is the agent's own, not a component).
+    pub fn component(self) -> Option<&'static str> {
+        match self {
+            Task::Process => Some("sensors"),
+            Task::Tracer => Some("tracer"),
+            Task::Export => Some("exporters"),
+            Task::Profiler => Some("profiler"),
+            Task::Actuation => Some("actuation"),
+            Task::Telemetry => None,
         }
     }
 
@@ -186,6 +199,7 @@ impl Supervisor {
         T: TaskOutput + Send + 'static,
     {
         let trigger = self.fault_for(task);
+        self.health.task_started(task);
         let handle = self
             .spawned
             .spawn(guard::guarded(task, fault::inject(task, trigger, future)));
@@ -199,6 +213,7 @@ impl Supervisor {
         T: TaskOutput + 'static,
     {
         let trigger = self.fault_for(task);
+        self.health.task_started(task);
         self.local.push(Box::pin(guard::guarded(
             task,
             fault::inject(task, trigger, future),

@@ -149,3 +149,28 @@ fn readiness_waits_for_start_up() {
         assert_eq!(Task::from_name(task.name()), Some(task));
     }
 }
+
+#[tokio::test]
+async fn a_failed_task_marks_its_component_only() {
+    let (mut s, health, _registry) = supervisor(None);
+    assert!(health.components().is_empty());
+    s.spawn(Task::Telemetry, std::future::pending::<()>());
+    s.spawn(Task::Export, std::future::pending::<()>());
+    s.local(Task::Tracer, async { Err::<(), _>("ring gone") });
+    let names: Vec<_> = health.components().iter().map(|c| c.name).collect();
+    // The telemetry server is not a component; the order is the tasks'.
+    assert_eq!(names, ["tracer", "exporters"]);
+    assert!(health.components().iter().all(|c| c.healthy()));
+    assert!(health.components().iter().all(|c| c.started_unix_nano > 0));
+    let failure = tokio::time::timeout(Duration::from_secs(10), s.next_failure())
+        .await
+        .unwrap();
+    assert_eq!(failure.task, Task::Tracer);
+    let components = health.components();
+    assert_eq!(
+        components[0].failure.as_deref(),
+        Some("the tracer task failed: ring gone")
+    );
+    assert!(components[1].healthy());
+    s.abort_all();
+}

@@ -12,6 +12,11 @@ pub struct SensorLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ComponentLabel {
+    pub component: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,
 }
@@ -38,6 +43,8 @@ pub struct Metrics {
     pub process_enrich_failures: Family<ReasonLabel, Counter>,
     pub build_id_cache_entries: Gauge,
     pub resident_memory_bytes: Gauge,
+    /// 1 while a component's tasks run, 0 once one has failed.
+    pub component_healthy: Family<ComponentLabel, Gauge>,
 }
 
 impl Metrics {
@@ -55,6 +62,7 @@ impl Metrics {
             process_enrich_failures: Family::default(),
             build_id_cache_entries: Gauge::default(),
             resident_memory_bytes: Gauge::default(),
+            component_healthy: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -112,6 +120,11 @@ impl Metrics {
             "Resident set size of the agent",
             metrics.resident_memory_bytes.clone(),
         );
+        registry.register(
+            "component_healthy",
+            "1 while a component (sensors, tracer, profiler, exporters, actuation) runs, 0 once it failed",
+            metrics.component_healthy.clone(),
+        );
         Self {
             registry,
             ..metrics
@@ -155,6 +168,20 @@ pub fn resident_memory_bytes() -> Option<u64> {
     // SAFETY: sysconf has no preconditions.
     let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
     Some(pages * page)
+}
+
+/// CPU time this process has used, all threads together.
+pub fn process_cpu_time() -> Option<std::time::Duration> {
+    // SAFETY: timespec is plain data that clock_gettime fills in.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid clock id and a pointer to a live timespec.
+    if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } != 0 {
+        return None;
+    }
+    Some(std::time::Duration::new(
+        u64::try_from(ts.tv_sec).ok()?,
+        u32::try_from(ts.tv_nsec).ok()?,
+    ))
 }
 
 #[cfg(test)]

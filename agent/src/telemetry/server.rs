@@ -3,10 +3,7 @@
 //! (ready: started, no task failed, not shutting down), 200 or 503 with
 //! the reason.
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-};
+use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
     Json, Router,
@@ -18,11 +15,10 @@ use axum::{
 use serde::Serialize;
 
 use super::{
-    Metrics,
-    metrics::{ReasonLabel, resident_memory_bytes},
+    KernelCounters, Metrics,
+    metrics::{ComponentLabel, resident_memory_bytes},
 };
 use crate::{
-    kernel::object::LostCounters,
     process::{ResourceBuilder, SharedTable},
     signal::AttrValue,
     supervise::Health,
@@ -32,44 +28,27 @@ pub struct TelemetryState {
     pub metrics: Arc<Metrics>,
     pub table: SharedTable,
     pub resources: Arc<ResourceBuilder>,
-    pub lost: Mutex<LostCounters>,
+    pub kernel: KernelCounters,
     pub health: Arc<Health>,
 }
 
 impl TelemetryState {
     /// Brings scrape-time values up to date: kernel loss counters, memory,
-    /// table sizes.
+    /// component health, table sizes.
     fn refresh(&self) {
-        let counters = self.lost.lock().unwrap_or_else(|e| e.into_inner());
-        match counters.read_drops() {
-            Ok(totals) => {
-                for (reason, total) in totals {
-                    let counter = self.metrics.kernel_drops.get_or_create(&ReasonLabel {
-                        reason: reason.name(),
-                    });
-                    Metrics::raise_to(&counter, total);
-                }
-            }
-            Err(err) => tracing::warn!(%err, "reading the kernel's drop counters"),
-        }
-        let lost = counters.read();
-        drop(counters);
-        match lost {
-            Ok(totals) => {
-                for (sensor, total) in totals {
-                    let counter = self
-                        .metrics
-                        .events_lost
-                        .get_or_create(&Metrics::sensor(sensor));
-                    Metrics::raise_to(&counter, total);
-                }
-            }
-            Err(err) => tracing::warn!(%err, "reading the kernel's lost-event counters"),
-        }
+        self.kernel.refresh();
         if let Some(rss) = resident_memory_bytes() {
             self.metrics
                 .resident_memory_bytes
                 .set(i64::try_from(rss).unwrap_or(i64::MAX));
+        }
+        for component in self.health.components() {
+            self.metrics
+                .component_healthy
+                .get_or_create(&ComponentLabel {
+                    component: component.name,
+                })
+                .set(i64::from(component.healthy()));
         }
         let table = self.table.read();
         self.metrics.process_table_size.set(table.len() as i64);
