@@ -75,8 +75,11 @@ impl Postgres {
             .map_err(|e| StoreError::Setup(format!("PostgreSQL connection pool: {e}")))?;
         let mut client = pool.get().await?;
         let tx = client.transaction().await?;
-        tx.batch_execute(&format!("SELECT pg_advisory_xact_lock({SCHEMA_LOCK})"))
-            .await?;
+        // Quiet about what exists already; one server creates it at a time.
+        tx.batch_execute(&format!(
+            "SET LOCAL client_min_messages = warning; SELECT pg_advisory_xact_lock({SCHEMA_LOCK})"
+        ))
+        .await?;
         tx.batch_execute(&sql::SCHEMA.replace("{BLOB}", "BYTEA"))
             .await?;
         tx.execute(sql::STALE, &[&stale_before]).await?;

@@ -219,3 +219,36 @@ impl Sqlite {
             .optional()?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_from_before_servers_were_told_apart_is_brought_up_to_date() {
+        let path =
+            std::env::temp_dir().join(format!("selfops-fleet-old-{}.db", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE agents (uid TEXT PRIMARY KEY, host_name TEXT NOT NULL DEFAULT '',
+                 labels TEXT NOT NULL DEFAULT '{}', healthy INTEGER,
+                 health_error TEXT NOT NULL DEFAULT '', effective_hash TEXT NOT NULL DEFAULT '',
+                 remote_hash TEXT NOT NULL DEFAULT '', remote_status TEXT NOT NULL DEFAULT '',
+                 remote_error TEXT NOT NULL DEFAULT '', desired_hash TEXT NOT NULL DEFAULT '',
+                 previous_hash TEXT NOT NULL DEFAULT '', last_seen INTEGER NOT NULL DEFAULT 0,
+                 connected INTEGER NOT NULL DEFAULT 0);
+             INSERT INTO agents (uid, healthy, desired_hash, connected) VALUES ('u1', 1, 'c1', 1);",
+        )
+        .unwrap();
+        drop(old);
+        let store = Sqlite::open(&path).unwrap();
+        let agent = store.agent("u1").unwrap().unwrap();
+        assert_eq!(agent.healthy, Some(true));
+        assert_eq!(agent.desired_hash, "c1");
+        // Nobody holds an agent when a server starts on the file.
+        assert!(!agent.connected);
+        store.save_report(&agent, "server").unwrap();
+        let _ = std::fs::remove_file(&path);
+    }
+}
