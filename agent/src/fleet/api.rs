@@ -2,7 +2,7 @@
 //! rollout's step returned to what it ran before, the rollout's progress,
 //! and the server's metrics.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use axum::{
     Json,
@@ -106,13 +106,14 @@ pub async fn offer(
     let fleet = &app.fleet;
     let failed = unavailable(&app);
     fleet.store.put_config(&config).await.map_err(&failed)?;
+    let listed: HashSet<&str> = request.uids.iter().map(String::as_str).collect();
     let chosen: Vec<String> = fleet
         .store
         .agents()
         .await
         .map_err(&failed)?
         .into_iter()
-        .filter(|a| request.uids.is_empty() || request.uids.contains(&a.uid))
+        .filter(|a| listed.is_empty() || listed.contains(a.uid.as_str()))
         .filter(|a| selected(a, &request.select))
         .map(|a| a.uid)
         .collect();
