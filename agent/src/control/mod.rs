@@ -27,7 +27,7 @@ use tokio::{sync::watch, task::JoinHandle};
 
 pub use client::AuditSink;
 pub use config::ControlConfig;
-pub use metrics::ControlMetrics;
+pub use metrics::{ControlMetrics, OutcomeLabel};
 
 use crate::{
     config::{Config, ProfileConfig, TraceConfig},

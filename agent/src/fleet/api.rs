@@ -97,3 +97,82 @@ pub async fn offer(
         agents: chosen,
     }))
 }
+
+/// How many agents report each config, in a few bytes where the inventory
+/// of a large fleet runs to megabytes: what a rollout or a dashboard polls.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub agents: usize,
+    pub connected: usize,
+    /// Agents by remote config hash and status, largest first.
+    pub configs: Vec<ConfigCount>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigCount {
+    pub hash: String,
+    pub status: String,
+    pub agents: usize,
+}
+
+pub fn summarise(agents: &[AgentRow]) -> Summary {
+    let mut counts: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    for agent in agents {
+        let count = counts
+            .entry((&agent.remote_hash, &agent.remote_status))
+            .or_default();
+        *count = count.saturating_add(1);
+    }
+    let mut configs: Vec<ConfigCount> = counts
+        .into_iter()
+        .map(|((hash, status), agents)| ConfigCount {
+            hash: hash.to_owned(),
+            status: status.to_owned(),
+            agents,
+        })
+        .collect();
+    configs.sort_by(|a, b| b.agents.cmp(&a.agents));
+    Summary {
+        agents: agents.len(),
+        connected: agents.iter().filter(|a| a.connected).count(),
+        configs,
+    }
+}
+
+pub async fn summary(State(app): State<App>) -> Result<Json<Summary>, Failure> {
+    let agents = app.fleet.store.agents().map_err(unavailable)?;
+    Ok(Json(summarise(&agents)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_counts_agents_per_config_and_status() {
+        let agent = |hash: &str, status: &str, connected| AgentRow {
+            remote_hash: hash.into(),
+            remote_status: status.into(),
+            connected,
+            ..Default::default()
+        };
+        let summary = summarise(&[
+            agent("a", "APPLIED", true),
+            agent("b", "FAILED", false),
+            agent("a", "APPLIED", true),
+            agent("", "", true),
+        ]);
+        assert_eq!(summary.agents, 4);
+        assert_eq!(summary.connected, 3);
+        assert_eq!(
+            summary.configs[0],
+            ConfigCount {
+                hash: "a".into(),
+                status: "APPLIED".into(),
+                agents: 2
+            }
+        );
+        assert_eq!(summary.configs.len(), 3);
+        assert_eq!(summarise(&[]), Summary::default());
+    }
+}

@@ -7,10 +7,12 @@ pub mod cli;
 pub mod hex;
 pub mod keygen;
 pub mod listener;
+pub mod nofile;
 pub mod opamp;
 pub mod rollout;
 pub mod server;
 pub mod session;
+pub mod simulate;
 pub mod status;
 pub mod store;
 
