@@ -75,8 +75,7 @@ pub async fn offer(
     let hash = hex::encode(&signed::sha256(request.yaml.as_bytes()));
     let fleet = &app.fleet;
     fleet
-        .store
-        .put_config(&SignedConfig {
+        .put_config(SignedConfig {
             hash: hash.clone(),
             yaml: request.yaml.into_bytes(),
             signature: signature.trim().to_owned(),

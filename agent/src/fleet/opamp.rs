@@ -12,11 +12,11 @@ use selfops_proto::opamp::{
     OpAmpConnectionSettings, RemoteConfigStatuses, ServerCapabilities, ServerErrorResponse,
     ServerErrorResponseType, ServerToAgent, ServerToAgentFlags, any_value,
 };
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use super::{
     hex,
-    store::{AgentRow, Store, StoreError},
+    store::{AgentRow, SignedConfig, Store, StoreError},
 };
 use crate::control::signed;
 
@@ -25,15 +25,19 @@ const CAPABILITIES: u64 = ServerCapabilities::AcceptsStatus as u64
     | ServerCapabilities::AcceptsEffectiveConfig as u64
     | ServerCapabilities::OffersConnectionSettings as u64;
 
-/// Messages waiting for one WebSocket agent; beyond it pushes are dropped
-/// (and counted): the agent gets the config at its next message anyway.
-pub const PUSH_QUEUE: usize = 4;
+/// Configs kept in memory by hash (a few are on offer at a time).
+const CACHED_CONFIGS: usize = 16;
 
 pub struct Fleet {
     pub store: Store,
     heartbeat: Duration,
-    /// Connected WebSocket agents, for pushing new configs at once.
-    sessions: Mutex<HashMap<String, mpsc::Sender<ServerToAgent>>>,
+    /// Connected WebSocket agents, woken to send their new offer at once:
+    /// a session holds no queue of messages, so nothing waits or is lost
+    /// however many offers come, and each costs the server a few bytes.
+    sessions: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Offered configs by hash, read once from the store: every agent of a
+    /// rollout is sent the same one.
+    configs: Mutex<HashMap<String, Arc<SignedConfig>>>,
     /// Last sequence number per agent, to spot a gap.
     sequences: Mutex<HashMap<String, u64>>,
 }
@@ -64,6 +68,7 @@ impl Fleet {
             store,
             heartbeat,
             sessions: Mutex::new(HashMap::new()),
+            configs: Mutex::new(HashMap::new()),
             sequences: Mutex::new(HashMap::new()),
         })
     }
@@ -99,7 +104,7 @@ impl Fleet {
         };
         let key = uid.hyphenated().to_string();
         let answer = match self.update(&key, &message, connected) {
-            Ok(full) => {
+            Ok((full, agent)) => {
                 let mut answer = ServerToAgent {
                     instance_uid: message.instance_uid,
                     capabilities: CAPABILITIES,
@@ -117,7 +122,7 @@ impl Fleet {
                     }),
                     ..Default::default()
                 };
-                answer.remote_config = self.offer_for(&key).ok().flatten();
+                answer.remote_config = self.offer_of(&agent).ok().flatten();
                 answer
             }
             Err(err) => {
@@ -136,8 +141,14 @@ impl Fleet {
         (Some(key), answer)
     }
 
-    /// Updates the row; `Ok(true)` when the server needs the full state.
-    fn update(&self, key: &str, m: &AgentToServer, connected: bool) -> Result<bool, StoreError> {
+    /// Updates the row; whether the server needs the full state, and the
+    /// row as stored.
+    fn update(
+        &self,
+        key: &str,
+        m: &AgentToServer,
+        connected: bool,
+    ) -> Result<(bool, AgentRow), StoreError> {
         let known = self.store.agent(key)?;
         let mut full = known.is_none() && m.agent_description.is_none();
         {
@@ -192,27 +203,66 @@ impl Fleet {
         agent.last_seen_unix = now_unix();
         agent.connected = connected && m.agent_disconnect.is_none();
         self.store.save_report(&agent)?;
-        Ok(full)
+        Ok((full, agent))
     }
 
     /// The offer for `uid` while it has not reported on its desired config.
     pub fn offer_for(&self, uid: &str) -> Result<Option<AgentRemoteConfig>, StoreError> {
-        let Some(agent) = self.store.agent(uid)? else {
+        match self.store.agent(uid)? {
+            Some(agent) => self.offer_of(&agent),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores an offered config (replacing one of the same hash, which may
+    /// carry another signature).
+    pub fn put_config(&self, config: SignedConfig) -> Result<(), StoreError> {
+        self.store.put_config(&config)?;
+        let mut configs = self.configs.lock().unwrap_or_else(|e| e.into_inner());
+        if configs.len() >= CACHED_CONFIGS {
+            configs.clear();
+        }
+        configs.insert(config.hash.clone(), Arc::new(config));
+        Ok(())
+    }
+
+    fn config(&self, hash: &str) -> Result<Option<Arc<SignedConfig>>, StoreError> {
+        if let Some(config) = self
+            .configs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(hash)
+        {
+            return Ok(Some(config.clone()));
+        }
+        let Some(config) = self.store.config(hash)? else {
             return Ok(None);
         };
+        let config = Arc::new(config);
+        let mut configs = self.configs.lock().unwrap_or_else(|e| e.into_inner());
+        if configs.len() >= CACHED_CONFIGS {
+            configs.clear();
+        }
+        configs.insert(hash.to_owned(), config.clone());
+        Ok(Some(config))
+    }
+
+    /// The offer for `agent` (as stored) while it has not reported on its
+    /// desired config.
+    fn offer_of(&self, agent: &AgentRow) -> Result<Option<AgentRemoteConfig>, StoreError> {
         if agent.desired_hash.is_empty()
             || (agent.remote_hash == agent.desired_hash
                 && matches!(agent.remote_status.as_str(), "APPLIED" | "FAILED"))
         {
             return Ok(None);
         }
-        let Some(config) = self.store.config(&agent.desired_hash)? else {
+        let Some(config) = self.config(&agent.desired_hash)? else {
             return Ok(None);
         };
         let mut files = std::collections::HashMap::from([(
             signed::CONFIG_FILE.to_owned(),
             AgentConfigFile {
-                body: config.yaml,
+                body: config.yaml.clone(),
                 content_type: "text/yaml".into(),
             },
         )]);
@@ -220,7 +270,7 @@ impl Fleet {
             files.insert(
                 signed::SIGNATURE_FILE.to_owned(),
                 AgentConfigFile {
-                    body: config.signature.into_bytes(),
+                    body: config.signature.clone().into_bytes(),
                     content_type: "text/plain".into(),
                 },
             );
@@ -231,20 +281,20 @@ impl Fleet {
         }))
     }
 
-    pub fn register(&self, uid: &str, tx: mpsc::Sender<ServerToAgent>) {
+    pub fn register(&self, uid: &str, wake: Arc<Notify>) {
         self.sessions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(uid.to_owned(), tx);
+            .insert(uid.to_owned(), wake);
     }
 
-    /// Forgets `uid`'s session if `tx` is still its sender: a reconnected
+    /// Forgets `uid`'s session if `wake` is still its own: a reconnected
     /// agent's newer session stays.
-    pub fn unregister(&self, uid: &str, tx: &mpsc::Sender<ServerToAgent>) {
+    pub fn unregister(&self, uid: &str, wake: &Arc<Notify>) {
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         if sessions
             .get(uid)
-            .is_some_and(|current| current.same_channel(tx))
+            .is_some_and(|current| Arc::ptr_eq(current, wake))
         {
             sessions.remove(uid);
             drop(sessions);
@@ -254,31 +304,35 @@ impl Fleet {
         }
     }
 
-    /// Sends `uid` its offer now if it is connected over WebSocket.
+    /// Wakes `uid`'s WebSocket session, if it has one, to send its offer.
     pub fn push(&self, uid: &str) {
-        let Ok(Some(offer)) = self.offer_for(uid) else {
-            return;
-        };
-        let Some(tx) = self
+        if let Some(wake) = self
             .sessions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(uid)
-            .cloned()
-        else {
-            return;
+        {
+            wake.notify_one();
+        }
+    }
+
+    /// What a woken session sends: `uid`'s offer, if it still has one.
+    pub fn pushed(&self, uid: &str) -> Option<ServerToAgent> {
+        let offer = match self.offer_for(uid) {
+            Ok(offer) => offer?,
+            Err(err) => {
+                tracing::warn!(%err, uid, "fleet store");
+                return None;
+            }
         };
         let instance_uid = uuid::Uuid::parse_str(uid)
             .map(|u| u.as_bytes().to_vec())
             .unwrap_or_default();
-        let message = ServerToAgent {
+        Some(ServerToAgent {
             instance_uid,
             capabilities: CAPABILITIES,
             remote_config: Some(offer),
             ..Default::default()
-        };
-        if tx.try_send(message).is_err() {
-            tracing::debug!(uid, "push queue full: the offer goes with the next answer");
-        }
+        })
     }
 }

@@ -30,7 +30,7 @@ pub const OPAMP_PATH: &str = "/v1/opamp";
 /// Each session's read buffer: tungstenite fills its whole buffer before
 /// every read (128 KiB by default, the server's memory per agent), while
 /// agent messages are a few hundred bytes; larger frames grow it.
-const SESSION_READ_BUFFER: usize = 4096;
+const SESSION_READ_BUFFER: usize = 512;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {

@@ -6,14 +6,13 @@
 use std::{sync::Arc, time::Duration};
 
 use futures_util::{SinkExt as _, StreamExt as _};
-use selfops_proto::opamp::ServerToAgent;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
-    sync::mpsc,
+    sync::Notify,
 };
 use tokio_tungstenite::{WebSocketStream, tungstenite::Message};
 
-use super::opamp::{Fleet, PUSH_QUEUE};
+use super::opamp::Fleet;
 use crate::control::frame;
 
 /// Silence tolerated: a few missed heartbeats.
@@ -27,7 +26,7 @@ pub async fn run<S>(mut ws: WebSocketStream<S>, fleet: Arc<Fleet>, max_message_b
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (tx, mut rx) = mpsc::channel::<ServerToAgent>(PUSH_QUEUE);
+    let wake = Arc::new(Notify::new());
     let idle = idle_limit(fleet.heartbeat());
     let mut agent: Option<String> = None;
     loop {
@@ -59,14 +58,17 @@ where
                 };
                 let goodbye = message.agent_disconnect.is_some();
                 let (key, answer) = fleet.handle(message, true);
+                // Encoded at once: the session keeps bytes across awaits,
+                // not the large message struct.
+                let answer = frame::encode_server_ws(&answer);
                 match (&agent, key) {
                     (_, None) => {
                         // The error answer, then the end: the session names no agent.
-                        let _ = ws.send(Message::Binary(frame::encode_server_ws(&answer).into())).await;
+                        let _ = ws.send(Message::Binary(answer.into())).await;
                         break;
                     }
                     (None, Some(key)) => {
-                        fleet.register(&key, tx.clone());
+                        fleet.register(&key, wake.clone());
                         agent = Some(key);
                     }
                     (Some(current), Some(key)) if *current != key => {
@@ -80,18 +82,20 @@ where
                 }
                 answer
             }
-            Some(pushed) = rx.recv() => pushed,
+            () = wake.notified() => {
+                match agent.as_deref().and_then(|uid| fleet.pushed(uid)) {
+                    Some(pushed) => frame::encode_server_ws(&pushed),
+                    None => continue,
+                }
+            }
         };
-        if let Err(err) = ws
-            .send(Message::Binary(frame::encode_server_ws(&answer).into()))
-            .await
-        {
+        if let Err(err) = ws.send(Message::Binary(answer.into())).await {
             tracing::debug!(%err, ?agent, "sending to the agent: session ended");
             break;
         }
     }
     if let Some(uid) = &agent {
-        fleet.unregister(uid, &tx);
+        fleet.unregister(uid, &wake);
     }
     let _ = ws.close(None).await;
 }

@@ -1,6 +1,7 @@
 //! The fleet inventory and the signed configs it hands out, in SQLite.
 //! One connection behind a mutex: every statement is short, and SQLite
-//! serialises writers anyway.
+//! serialises writers anyway. Statements are prepared once and cached:
+//! parsing the SQL again was most of the cost of an agent's report.
 
 use std::{collections::BTreeMap, path::Path, sync::Mutex};
 
@@ -121,11 +122,8 @@ impl Store {
     pub fn agent(&self, uid: &str) -> Result<Option<AgentRow>, StoreError> {
         let db = self.db();
         let found = db
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM agents WHERE uid = ?1"),
-                [uid],
-                row,
-            )
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM agents WHERE uid = ?1"))?
+            .query_row([uid], row)
             .optional()?;
         found
             .map(|(mut agent, labels)| {
@@ -137,7 +135,8 @@ impl Store {
 
     pub fn agents(&self) -> Result<Vec<AgentRow>, StoreError> {
         let db = self.db();
-        let mut statement = db.prepare(&format!("SELECT {COLUMNS} FROM agents ORDER BY uid"))?;
+        let mut statement =
+            db.prepare_cached(&format!("SELECT {COLUMNS} FROM agents ORDER BY uid"))?;
         let rows = statement.query_map([], row)?;
         let mut agents = Vec::new();
         for found in rows {
@@ -152,13 +151,14 @@ impl Store {
     /// which only rollouts set.
     pub fn save_report(&self, agent: &AgentRow) -> Result<(), StoreError> {
         let labels = serde_json::to_string(&agent.labels)?;
-        self.db().execute(
+        self.db().prepare_cached(
             "INSERT INTO agents (uid, host_name, labels, healthy, health_error, effective_hash, \
                  remote_hash, remote_status, remote_error, last_seen, connected)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
              ON CONFLICT(uid) DO UPDATE SET host_name = ?2, labels = ?3, healthy = ?4,
                  health_error = ?5, effective_hash = ?6, remote_hash = ?7, remote_status = ?8,
                  remote_error = ?9, last_seen = ?10, connected = ?11",
+        )?.execute(
             params![
                 agent.uid,
                 agent.host_name,
@@ -177,44 +177,42 @@ impl Store {
     }
 
     pub fn set_connected(&self, uid: &str, connected: bool) -> Result<(), StoreError> {
-        self.db().execute(
-            "UPDATE agents SET connected = ?2 WHERE uid = ?1",
-            params![uid, i64::from(connected)],
-        )?;
+        self.db()
+            .prepare_cached("UPDATE agents SET connected = ?2 WHERE uid = ?1")?
+            .execute(params![uid, i64::from(connected)])?;
         Ok(())
     }
 
     /// Points `uid` at config `hash`, remembering what it had.
     pub fn assign(&self, uid: &str, hash: &str) -> Result<(), StoreError> {
-        self.db().execute(
-            "UPDATE agents SET previous_hash = desired_hash, desired_hash = ?2 WHERE uid = ?1",
-            params![uid, hash],
-        )?;
+        self.db()
+            .prepare_cached(
+                "UPDATE agents SET previous_hash = desired_hash, desired_hash = ?2 WHERE uid = ?1",
+            )?
+            .execute(params![uid, hash])?;
         Ok(())
     }
 
     pub fn put_config(&self, config: &SignedConfig) -> Result<(), StoreError> {
-        self.db().execute(
-            "INSERT OR REPLACE INTO configs (hash, yaml, signature) VALUES (?1, ?2, ?3)",
-            params![config.hash, config.yaml, config.signature],
-        )?;
+        self.db()
+            .prepare_cached(
+                "INSERT OR REPLACE INTO configs (hash, yaml, signature) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![config.hash, config.yaml, config.signature])?;
         Ok(())
     }
 
     pub fn config(&self, hash: &str) -> Result<Option<SignedConfig>, StoreError> {
         Ok(self
             .db()
-            .query_row(
-                "SELECT hash, yaml, signature FROM configs WHERE hash = ?1",
-                [hash],
-                |r| {
-                    Ok(SignedConfig {
-                        hash: r.get(0)?,
-                        yaml: r.get(1)?,
-                        signature: r.get(2)?,
-                    })
-                },
-            )
+            .prepare_cached("SELECT hash, yaml, signature FROM configs WHERE hash = ?1")?
+            .query_row([hash], |r| {
+                Ok(SignedConfig {
+                    hash: r.get(0)?,
+                    yaml: r.get(1)?,
+                    signature: r.get(2)?,
+                })
+            })
             .optional()?)
     }
 }
