@@ -72,6 +72,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let rss_connected = status_kib(server.pid(), "VmRSS");
 
     let yaml = "trace:\n  exclude: [{ executable: bench-fleet }]\n";
+    let sim_cpu_before = cpu_of(simulator.pid())?;
     let offer_start = Instant::now();
     let offer = server.offer(yaml, &key, Default::default());
     let offered_in = offer_start.elapsed();
@@ -86,6 +87,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     });
     let applied_in = offer_start.elapsed();
     let cpu_applied = cpu_of(server.pid())?;
+    let sim_cpu = cpu_of(simulator.pid())?.saturating_sub(sim_cpu_before);
     let rss = status_kib(server.pid(), "VmRSS");
     let hwm = status_kib(server.pid(), "VmHWM");
     let sim_rss = status_kib(simulator.pid(), "VmRSS");
@@ -120,8 +122,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         per_thousand(ms(cpu_connected.saturating_sub(cpu_start)))
     );
     println!(
-        "  rollout: server CPU {:.0} ms per 1,000 agents",
-        per_thousand(ms(cpu_applied.saturating_sub(cpu_connected)))
+        "  rollout: server CPU {:.0} ms per 1,000 agents; the simulator's agents (verify, apply, \
+         keep last-known-good) {:.0} ms per 1,000, on the same cores",
+        per_thousand(ms(cpu_applied.saturating_sub(cpu_connected))),
+        per_thousand(ms(sim_cpu))
     );
     println!(
         "  server RSS idle {:.1} MiB, connected {:.1} MiB, after the rollout {:.1} MiB (peak {:.1} MiB)",

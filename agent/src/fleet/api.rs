@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     hex,
     server::App,
-    store::{AgentRow, SignedConfig},
+    store::{AgentRow, ConfigCounts, SignedConfig},
 };
 use crate::control::signed;
 
@@ -114,33 +114,24 @@ pub struct ConfigCount {
     pub agents: usize,
 }
 
-pub fn summarise(agents: &[AgentRow]) -> Summary {
-    let mut counts: BTreeMap<(&str, &str), usize> = BTreeMap::new();
-    for agent in agents {
-        let count = counts
-            .entry((&agent.remote_hash, &agent.remote_status))
-            .or_default();
-        *count = count.saturating_add(1);
+pub fn summarise(counts: Vec<ConfigCounts>) -> Summary {
+    let mut summary = Summary::default();
+    for count in counts {
+        summary.agents = summary.agents.saturating_add(count.agents);
+        summary.connected = summary.connected.saturating_add(count.connected);
+        summary.configs.push(ConfigCount {
+            hash: count.hash,
+            status: count.status,
+            agents: count.agents,
+        });
     }
-    let mut configs: Vec<ConfigCount> = counts
-        .into_iter()
-        .map(|((hash, status), agents)| ConfigCount {
-            hash: hash.to_owned(),
-            status: status.to_owned(),
-            agents,
-        })
-        .collect();
-    configs.sort_by(|a, b| b.agents.cmp(&a.agents));
-    Summary {
-        agents: agents.len(),
-        connected: agents.iter().filter(|a| a.connected).count(),
-        configs,
-    }
+    summary.configs.sort_by(|a, b| b.agents.cmp(&a.agents));
+    summary
 }
 
 pub async fn summary(State(app): State<App>) -> Result<Json<Summary>, Failure> {
-    let agents = app.fleet.store.agents().map_err(unavailable)?;
-    Ok(Json(summarise(&agents)))
+    let counts = app.fleet.store.counts().map_err(unavailable)?;
+    Ok(Json(summarise(counts)))
 }
 
 #[cfg(test)]
@@ -148,18 +139,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn summary_counts_agents_per_config_and_status() {
-        let agent = |hash: &str, status: &str, connected| AgentRow {
-            remote_hash: hash.into(),
-            remote_status: status.into(),
+    fn summary_adds_up_the_counts_largest_first() {
+        let count = |hash: &str, status: &str, agents, connected| ConfigCounts {
+            hash: hash.into(),
+            status: status.into(),
+            agents,
             connected,
-            ..Default::default()
         };
-        let summary = summarise(&[
-            agent("a", "APPLIED", true),
-            agent("b", "FAILED", false),
-            agent("a", "APPLIED", true),
-            agent("", "", true),
+        let summary = summarise(vec![
+            count("b", "FAILED", 1, 0),
+            count("a", "APPLIED", 2, 2),
+            count("", "", 1, 1),
         ]);
         assert_eq!(summary.agents, 4);
         assert_eq!(summary.connected, 3);
@@ -172,6 +162,6 @@ mod tests {
             }
         );
         assert_eq!(summary.configs.len(), 3);
-        assert_eq!(summarise(&[]), Summary::default());
+        assert_eq!(summarise(vec![]), Summary::default());
     }
 }

@@ -36,6 +36,15 @@ pub struct AgentRow {
     pub connected: bool,
 }
 
+/// How many agents report one remote config hash with one status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigCounts {
+    pub hash: String,
+    pub status: String,
+    pub agents: usize,
+    pub connected: usize,
+}
+
 /// A config as delivered; an empty signature is sent as none (the agents,
 /// not the server, decide what to believe).
 #[derive(Debug, Clone, PartialEq)]
@@ -147,6 +156,25 @@ impl Store {
         Ok(agents)
     }
 
+    /// The agents counted by the remote config they report and its status,
+    /// for a summary that need not read every row out.
+    pub fn counts(&self) -> Result<Vec<ConfigCounts>, StoreError> {
+        let db = self.db();
+        let mut statement = db.prepare_cached(
+            "SELECT remote_hash, remote_status, COUNT(*), SUM(connected) FROM agents \
+             GROUP BY remote_hash, remote_status",
+        )?;
+        let rows = statement.query_map([], |r| {
+            Ok(ConfigCounts {
+                hash: r.get(0)?,
+                status: r.get(1)?,
+                agents: usize::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+                connected: usize::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Inserts or replaces everything but the desired/previous configs,
     /// which only rollouts set.
     pub fn save_report(&self, agent: &AgentRow) -> Result<(), StoreError> {
@@ -243,6 +271,15 @@ mod tests {
         assert_eq!(stored.labels["zone"], "a");
         assert_eq!(stored.remote_status, "APPLIED");
         assert_eq!(store.agents().unwrap().len(), 1);
+        assert_eq!(
+            store.counts().unwrap(),
+            [ConfigCounts {
+                hash: String::new(),
+                status: "APPLIED".into(),
+                agents: 1,
+                connected: 0,
+            }]
+        );
         let config = SignedConfig {
             hash: "c1".into(),
             yaml: b"a: 1".to_vec(),
