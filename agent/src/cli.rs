@@ -62,7 +62,7 @@ pub enum FleetCommand {
     },
     /// A testing tool: N agents' OpAMP clients in one process (the agent's
     /// own control plane, without sensors or exporters) against a server.
-    Simulate(crate::fleet::simulate::Args),
+    Simulate(Box<crate::fleet::simulate::Args>),
     /// Sign a config and offer it through a running server step by step,
     /// each step once the previous one's agents report it APPLIED.
     Rollout {

@@ -125,7 +125,7 @@ pub fn summarise(counts: Vec<ConfigCounts>) -> Summary {
             agents: count.agents,
         });
     }
-    summary.configs.sort_by(|a, b| b.agents.cmp(&a.agents));
+    summary.configs.sort_by_key(|c| std::cmp::Reverse(c.agents));
     summary
 }
 

@@ -31,7 +31,7 @@ pub fn run(command: FleetCommand) -> anyhow::Result<()> {
             max_connections,
         } => runtime()?.block_on(serve(listen, &database, max_connections)),
         FleetCommand::Simulate(args) => {
-            let sim = super::simulate::Simulation::from(args);
+            let sim = super::simulate::Simulation::from(*args);
             // A socket per agent, and a few files while each starts.
             super::nofile::ensure(sim.agents.saturating_add(64), "fleet simulate");
             runtime()?.block_on(super::simulate::run(sim, stopped()))
