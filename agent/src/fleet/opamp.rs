@@ -218,12 +218,18 @@ impl Fleet {
     /// carry another signature).
     pub fn put_config(&self, config: SignedConfig) -> Result<(), StoreError> {
         self.store.put_config(&config)?;
+        self.cache(Arc::new(config));
+        Ok(())
+    }
+
+    /// Keeps `config` in memory; past the bound the cache starts over, so
+    /// it cannot grow with the number of configs ever offered.
+    fn cache(&self, config: Arc<SignedConfig>) {
         let mut configs = self.configs.lock().unwrap_or_else(|e| e.into_inner());
         if configs.len() >= CACHED_CONFIGS {
             configs.clear();
         }
-        configs.insert(config.hash.clone(), Arc::new(config));
-        Ok(())
+        configs.insert(config.hash.clone(), config);
     }
 
     fn config(&self, hash: &str) -> Result<Option<Arc<SignedConfig>>, StoreError> {
@@ -239,11 +245,7 @@ impl Fleet {
             return Ok(None);
         };
         let config = Arc::new(config);
-        let mut configs = self.configs.lock().unwrap_or_else(|e| e.into_inner());
-        if configs.len() >= CACHED_CONFIGS {
-            configs.clear();
-        }
-        configs.insert(hash.to_owned(), config.clone());
+        self.cache(config.clone());
         Ok(Some(config))
     }
 

@@ -285,3 +285,54 @@ pub fn parse_trusted_key(text: &str) -> Result<TrustedKey, String> {
     };
     TrustedKey::parse(key.trim())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::signed::SecretKey;
+
+    #[test]
+    fn each_agent_has_its_own_config_uid_and_host_name() {
+        let dir = std::env::temp_dir().join(format!("selfops-simulate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let sim = Simulation {
+            endpoint: "ws://127.0.0.1:1/v1/opamp".into(),
+            agents: 2,
+            trusted_key: SecretKey::generate().public(),
+            labels: parse_labels("zone=a, team=b").unwrap(),
+            health_window: Duration::from_secs(2),
+            heartbeat: Duration::from_secs(1),
+            data_dir: dir.clone(),
+        };
+        let metrics = ControlMetrics::default();
+        for index in 0..2 {
+            client(&sim, index, &metrics).unwrap();
+        }
+        let uids: Vec<String> = (0..2)
+            .map(|i| std::fs::read_to_string(dir.join(i.to_string()).join(identity::FILE)).unwrap())
+            .collect();
+        assert_ne!(uids[0], uids[1]);
+
+        let agent = dir.join("1");
+        let config = Config::parse(&local_yaml(&sim, 1, &agent).unwrap(), Path::new("t")).unwrap();
+        assert_eq!(config.data_dir, agent);
+        assert_eq!(config.control.health_window, Duration::from_secs(2));
+        assert_eq!(config.control.trusted_keys, vec![sim.trusted_key.clone()]);
+        let labels = &config.control.labels;
+        assert_eq!(labels["zone"], "a");
+        assert_eq!(labels["team"], "b");
+        assert_eq!(labels[SIMULATED_LABEL], "true");
+        let host = description(&config, 1)
+            .non_identifying_attributes
+            .into_iter()
+            .find(|kv| kv.key == "host.name")
+            .and_then(|kv| kv.value?.value);
+        assert!(
+            matches!(&host, Some(any_value::Value::StringValue(h)) if h.ends_with("-sim-1")),
+            "{host:?}"
+        );
+        assert!(parse_labels("novalue").is_err());
+        assert!(parse_trusted_key("not a key").is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
