@@ -56,7 +56,14 @@ pub enum FleetCommand {
         /// PATH), or `postgres://USER@HOST:PORT/DB` shared by several servers.
         #[arg(long, default_value = "sqlite://fleet.db")]
         database: String,
+        /// Open connections at once (agents and API); raise it, and the
+        /// open-file limit, for fleets past a few thousand agents.
+        #[arg(long, default_value_t = crate::fleet::server::Limits::default().max_connections)]
+        max_connections: usize,
     },
+    /// A testing tool: N agents' OpAMP clients in one process (the agent's
+    /// own control plane, without sensors or exporters) against a server.
+    Simulate(Box<crate::fleet::simulate::Args>),
     /// Sign a config and offer it through a running server step by step,
     /// each step once the previous one's agents report it APPLIED.
     Rollout {

@@ -2,6 +2,7 @@
 //! with a baseline in the same run, reported as ratios. xtask installs what
 //! they need and builds the agent first.
 
+mod fleet;
 mod r#loop;
 mod nab;
 mod profile;
@@ -29,6 +30,9 @@ enum Bench {
     Xdp,
     /// Time from a signal crossing its threshold to the limit live in the kernel.
     Loop,
+    /// A fleet server and 10,000 simulated agents: time to APPLIED on all,
+    /// server CPU and memory per 1,000 agents.
+    Fleet(fleet::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,5 +42,6 @@ fn main() -> anyhow::Result<()> {
         Bench::Nab(args) => nab::run(args),
         Bench::Xdp => xdp::run(),
         Bench::Loop => r#loop::run(),
+        Bench::Fleet(args) => fleet::run(args),
     }
 }

@@ -5,6 +5,7 @@
 //! root they skip, saying why — except under `CI=true`, where they fail.
 
 pub mod audit;
+pub mod fleet;
 pub mod netns;
 pub mod onnx;
 pub mod services;

@@ -28,7 +28,7 @@ use tokio::{sync::watch, task::JoinHandle};
 
 pub use client::AuditSink;
 pub use config::ControlConfig;
-pub use metrics::ControlMetrics;
+pub use metrics::{ControlMetrics, OutcomeLabel};
 
 use crate::{
     act::ActuationConfig,

@@ -1,6 +1,6 @@
-//! The JSON API: the inventory, configs offered to a selection, a stopped
-//! rollout's step returned to what it ran before, the rollout's progress,
-//! and the server's metrics.
+//! The JSON API: the inventory and its summary by config, configs offered
+//! to a selection, a stopped rollout's step returned to what it ran before,
+//! the rollout's progress, and the server's metrics.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     hex,
     server::App,
-    store::{AgentRow, Returned, RolloutRow, SignedConfig, StoreError},
+    store::{AgentRow, ConfigCounts, Returned, RolloutRow, SignedConfig, StoreError},
 };
 use crate::control::signed;
 
@@ -105,7 +105,7 @@ pub async fn offer(
     };
     let fleet = &app.fleet;
     let failed = unavailable(&app);
-    fleet.store.put_config(&config).await.map_err(&failed)?;
+    let config = fleet.put_config(config).await.map_err(&failed)?;
     let listed: HashSet<&str> = request.uids.iter().map(String::as_str).collect();
     let chosen: Vec<String> = fleet
         .store
@@ -130,7 +130,7 @@ pub async fn offer(
             .await
             .map_err(&failed)?;
     }
-    fleet.push(&chosen, &config);
+    fleet.push(&chosen);
     fleet
         .store
         .announce(&fleet.id, std::slice::from_ref(&config.hash))
@@ -138,7 +138,7 @@ pub async fn offer(
         .map_err(&failed)?;
     tracing::info!(hash = %config.hash, agents = chosen.len(), "config offered");
     Ok(Json(OfferResponse {
-        hash: config.hash,
+        hash: config.hash.clone(),
         agents: chosen,
     }))
 }
@@ -188,7 +188,7 @@ pub async fn rollback(
         yaml: EMPTY_YAML.as_bytes().to_vec(),
         signature,
     };
-    fleet.store.put_config(&empty).await.map_err(&failed)?;
+    let empty = fleet.put_config(empty).await.map_err(&failed)?;
     let returned = fleet
         .store
         .roll_back(&request.uids, &request.hash, &empty.hash)
@@ -201,17 +201,9 @@ pub async fn rollback(
         .rollout_stopped(&request.hash, count)
         .await
         .map_err(&failed)?;
+    let uids: Vec<String> = returned.iter().map(|r| r.uid.clone()).collect();
+    fleet.push(&uids);
     let hashes: BTreeSet<&str> = returned.iter().map(|r| r.hash.as_str()).collect();
-    for hash in &hashes {
-        if let Some(config) = fleet.config(hash).await {
-            let uids: Vec<String> = returned
-                .iter()
-                .filter(|r| r.hash == *hash)
-                .map(|r| r.uid.clone())
-                .collect();
-            fleet.push(&uids, &config);
-        }
-    }
     let hashes: Vec<String> = hashes.into_iter().map(str::to_owned).collect();
     fleet
         .store
@@ -243,5 +235,74 @@ pub async fn metrics(State(app): State<App>) -> Response {
         )
             .into_response(),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// How many agents report each config, in a few bytes where the inventory
+/// of a large fleet runs to megabytes: what a rollout or a dashboard polls.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub agents: usize,
+    pub connected: usize,
+    /// Agents by remote config hash and status, largest first.
+    pub configs: Vec<ConfigCount>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigCount {
+    pub hash: String,
+    pub status: String,
+    pub agents: usize,
+}
+
+pub fn summarise(counts: Vec<ConfigCounts>) -> Summary {
+    let mut summary = Summary::default();
+    for count in counts {
+        summary.agents = summary.agents.saturating_add(count.agents);
+        summary.connected = summary.connected.saturating_add(count.connected);
+        summary.configs.push(ConfigCount {
+            hash: count.hash,
+            status: count.status,
+            agents: count.agents,
+        });
+    }
+    summary.configs.sort_by_key(|c| std::cmp::Reverse(c.agents));
+    summary
+}
+
+pub async fn summary(State(app): State<App>) -> Result<Json<Summary>, Failure> {
+    let counts = app.fleet.store.counts().await.map_err(unavailable(&app))?;
+    Ok(Json(summarise(counts)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_adds_up_the_counts_largest_first() {
+        let count = |hash: &str, status: &str, agents, connected| ConfigCounts {
+            hash: hash.into(),
+            status: status.into(),
+            agents,
+            connected,
+        };
+        let summary = summarise(vec![
+            count("b", "FAILED", 1, 0),
+            count("a", "APPLIED", 2, 2),
+            count("", "", 1, 1),
+        ]);
+        assert_eq!(summary.agents, 4);
+        assert_eq!(summary.connected, 3);
+        assert_eq!(
+            summary.configs[0],
+            ConfigCount {
+                hash: "a".into(),
+                status: "APPLIED".into(),
+                agents: 2
+            }
+        );
+        assert_eq!(summary.configs.len(), 3);
+        assert_eq!(summarise(vec![]), Summary::default());
     }
 }

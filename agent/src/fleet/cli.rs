@@ -25,7 +25,17 @@ pub fn run(command: FleetCommand) -> anyhow::Result<()> {
             println!("public key: {}", public.display());
             Ok(())
         }
-        FleetCommand::Serve { listen, database } => runtime()?.block_on(serve(listen, &database)),
+        FleetCommand::Serve {
+            listen,
+            database,
+            max_connections,
+        } => runtime()?.block_on(serve(listen, &database, max_connections)),
+        FleetCommand::Simulate(args) => {
+            let sim = super::simulate::Simulation::from(*args);
+            // A socket per agent, and a few files while each starts.
+            super::nofile::ensure(sim.agents.saturating_add(64), "fleet simulate");
+            runtime()?.block_on(super::simulate::run(sim, stopped()))
+        }
         FleetCommand::Rollout {
             server,
             config,
@@ -92,7 +102,28 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the runtime")
 }
 
-async fn serve(listen: std::net::SocketAddr, url: &str) -> anyhow::Result<()> {
+/// Ctrl-C or SIGTERM.
+async fn stopped() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+async fn serve(
+    listen: std::net::SocketAddr,
+    url: &str,
+    max_connections: usize,
+) -> anyhow::Result<()> {
+    super::nofile::ensure(max_connections.saturating_add(64), "fleet serve");
     let database = Database::parse(url)?;
     // Agents silent past a few heartbeats are held by nobody.
     let stale_before = std::time::SystemTime::now()
@@ -108,7 +139,10 @@ async fn serve(listen: std::net::SocketAddr, url: &str) -> anyhow::Result<()> {
     tracing::info!(%listen, database = %redacted(url), "fleet server serving");
     let app = App {
         fleet: Fleet::new(store, HEARTBEAT),
-        limits: Limits::default(),
+        limits: Limits {
+            max_connections,
+            ..Limits::default()
+        },
     };
     server::serve(listener, app, async {
         let _ = tokio::signal::ctrl_c().await;

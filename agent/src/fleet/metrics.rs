@@ -29,9 +29,11 @@ pub struct FleetMetrics {
     /// Agents returned to an earlier config: by rollout (a stopped
     /// rollout's step), by agent (its own health gate, as it reported).
     pub rollbacks: Family<Labels<1>, Counter>,
-    /// Offers not pushed because an agent's queue was full (it gets them
-    /// with its next answer).
-    pub pushes_dropped: Counter,
+    /// WebSocket sessions woken by an offer: sent (the agent's offer, between
+    /// answers), none (nothing left to offer: it had reported on it).
+    pub pushes: Family<Labels<1>, Counter>,
+    /// Offered configs looked up: hit (in memory), miss (read from the store).
+    pub config_cache: Family<Labels<1>, Counter>,
     /// Offers pushed to agents held here because another server on the
     /// database announced them.
     pub peer_pushes: Counter,
@@ -77,9 +79,14 @@ impl FleetMetrics {
             m.rollbacks.clone(),
         );
         r.register(
-            "pushes_dropped",
-            "Offers not pushed at once because the agent's queue was full (sent with its next answer)",
-            m.pushes_dropped.clone(),
+            "pushes",
+            "WebSocket sessions woken by an offer: sent (pushed between answers), none (nothing left to offer)",
+            m.pushes.clone(),
+        );
+        r.register(
+            "config_cache",
+            "Offered configs looked up: hit (in memory), miss (read from the store)",
+            m.config_cache.clone(),
         );
         r.register(
             "peer_pushes",
@@ -123,6 +130,16 @@ impl FleetMetrics {
 
     pub fn reject(&self, reason: &'static str) {
         self.rejected.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    pub fn push(&self, outcome: &'static str) {
+        self.pushes.get_or_create(&[("outcome", outcome)]).inc();
+    }
+
+    pub fn config_cache(&self, outcome: &'static str) {
+        self.config_cache
+            .get_or_create(&[("outcome", outcome)])
+            .inc();
     }
 
     pub fn report(&self, status: &'static str) {

@@ -1,6 +1,6 @@
 //! The fleet server: the OpAMP server side that agents connect to, an
 //! inventory of them in SQLite or PostgreSQL, and signed configs offered
-//! to a selection of them. `selfops fleet serve|status|rollout|keygen`.
+//! to a selection of them. `selfops fleet serve|status|rollout|keygen|simulate`.
 
 pub mod api;
 pub mod cli;
@@ -8,11 +8,13 @@ pub mod hex;
 pub mod keygen;
 pub mod listener;
 pub mod metrics;
+pub mod nofile;
 pub mod opamp;
 mod peers;
 pub mod rollout;
 pub mod server;
 pub mod session;
+pub mod simulate;
 pub mod status;
 pub mod store;
 

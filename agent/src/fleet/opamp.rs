@@ -13,7 +13,7 @@ use selfops_proto::opamp::{
     OpAmpConnectionSettings, RemoteConfigStatuses, ServerCapabilities, ServerErrorResponse,
     ServerErrorResponseType, ServerToAgent, ServerToAgentFlags, any_value,
 };
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use super::{
     hex,
@@ -27,9 +27,28 @@ const CAPABILITIES: u64 = ServerCapabilities::AcceptsStatus as u64
     | ServerCapabilities::AcceptsEffectiveConfig as u64
     | ServerCapabilities::OffersConnectionSettings as u64;
 
-/// Messages waiting for one WebSocket agent; beyond it pushes are dropped
-/// (and counted): the agent gets the config at its next message anyway.
-pub const PUSH_QUEUE: usize = 4;
+/// Configs kept in memory by hash (a few are on offer at a time).
+const CACHED_CONFIGS: usize = 16;
+
+/// The configs kept in memory, and how many times one was stored or
+/// dropped: a config read from the store is kept only if none was
+/// meanwhile (what was read may carry the signature just replaced).
+#[derive(Default)]
+struct Configs {
+    by_hash: HashMap<String, Arc<SignedConfig>>,
+    changes: u64,
+}
+
+impl Configs {
+    /// Keeps `config`; past the bound the cache starts over, so it cannot
+    /// grow with the number of configs ever offered.
+    fn keep(&mut self, config: Arc<SignedConfig>) {
+        if self.by_hash.len() >= CACHED_CONFIGS {
+            self.by_hash.clear();
+        }
+        self.by_hash.insert(config.hash.clone(), config);
+    }
+}
 
 pub struct Fleet {
     pub store: Store,
@@ -39,8 +58,16 @@ pub struct Fleet {
     heartbeat: Duration,
     pub metrics: FleetMetrics,
     registry: Registry,
-    /// Connected WebSocket agents, for pushing new configs at once.
-    sessions: Mutex<HashMap<String, mpsc::Sender<ServerToAgent>>>,
+    /// Connected WebSocket agents, woken to send their new offer at once:
+    /// a session holds no queue of messages, so nothing waits or is lost
+    /// however many offers come, and each costs the server a few bytes.
+    sessions: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Offered configs by hash, read once from the store: every agent of a
+    /// rollout is sent the same one. A config's YAML is fixed by its hash,
+    /// its signature is not: an entry is replaced when this server stores
+    /// the config and dropped when another server on the database announces
+    /// it (it may have signed it anew).
+    configs: Mutex<Configs>,
     /// Last sequence number per agent, to spot a gap.
     sequences: Mutex<HashMap<String, u64>>,
 }
@@ -76,6 +103,7 @@ impl Fleet {
             metrics,
             registry,
             sessions: Mutex::new(HashMap::new()),
+            configs: Mutex::default(),
             sequences: Mutex::new(HashMap::new()),
         });
         if fleet.store.is_shared() {
@@ -112,15 +140,10 @@ impl Fleet {
             Ok(rollout) => self.metrics.rollout(&rollout.unwrap_or_default()),
             Err(err) => self.store_failed(&err),
         }
-        self.metrics.connected.set(
-            i64::try_from(
-                self.sessions
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .len(),
-            )
-            .unwrap_or(i64::MAX),
-        );
+        let connected = self.sessions().len();
+        self.metrics
+            .connected
+            .set(i64::try_from(connected).unwrap_or(i64::MAX));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
@@ -254,8 +277,8 @@ impl Fleet {
         Ok((agent, full))
     }
 
-    /// The offer for `agent` while it has not reported on its desired
-    /// config.
+    /// The offer for `agent` (as stored) while it has not reported on its
+    /// desired config.
     async fn offer(&self, agent: &AgentRow) -> Option<AgentRemoteConfig> {
         if agent.desired_hash.is_empty()
             || (agent.remote_hash == agent.desired_hash
@@ -268,29 +291,73 @@ impl Fleet {
             .map(|config| remote_config(&config))
     }
 
-    /// A stored config; a failure is counted and logged.
-    pub async fn config(&self, hash: &str) -> Option<SignedConfig> {
-        self.store.config(hash).await.unwrap_or_else(|err| {
+    /// Stores an offered config (replacing the signature of one with the
+    /// same hash) and keeps it in memory.
+    pub async fn put_config(&self, config: SignedConfig) -> Result<Arc<SignedConfig>, StoreError> {
+        self.store.put_config(&config).await?;
+        let config = Arc::new(config);
+        let mut configs = self.configs();
+        configs.changes = configs.changes.wrapping_add(1);
+        configs.keep(config.clone());
+        Ok(config)
+    }
+
+    fn configs(&self) -> std::sync::MutexGuard<'_, Configs> {
+        self.configs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Drops the cached `hash` (another server stored it, perhaps signed
+    /// anew), or every config (announcements may have been missed).
+    pub fn forget_config(&self, hash: Option<&str>) {
+        let mut configs = self.configs();
+        configs.changes = configs.changes.wrapping_add(1);
+        match hash {
+            Some(hash) => {
+                configs.by_hash.remove(hash);
+            }
+            None => configs.by_hash.clear(),
+        }
+    }
+
+    /// An offered config, from memory or the store; a failure is counted
+    /// and logged.
+    pub async fn config(&self, hash: &str) -> Option<Arc<SignedConfig>> {
+        let changes = {
+            let configs = self.configs();
+            if let Some(config) = configs.by_hash.get(hash) {
+                self.metrics.config_cache("hit");
+                return Some(config.clone());
+            }
+            configs.changes
+        };
+        self.metrics.config_cache("miss");
+        let config = Arc::new(self.store.config(hash).await.unwrap_or_else(|err| {
             self.store_failed(&err);
             None
-        })
+        })?);
+        let mut configs = self.configs();
+        if configs.changes == changes {
+            configs.keep(config.clone());
+        }
+        Some(config)
     }
 
-    pub fn register(&self, uid: &str, tx: mpsc::Sender<ServerToAgent>) {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(uid.to_owned(), tx);
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Notify>>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Forgets `uid`'s session if `tx` is still its sender: a reconnected
+    pub fn register(&self, uid: &str, wake: Arc<Notify>) {
+        self.sessions().insert(uid.to_owned(), wake);
+    }
+
+    /// Forgets `uid`'s session if `wake` is still its own: a reconnected
     /// agent's newer session stays.
-    pub async fn unregister(&self, uid: &str, tx: &mpsc::Sender<ServerToAgent>) {
+    pub async fn unregister(&self, uid: &str, wake: &Arc<Notify>) {
         let removed = {
-            let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            let mut sessions = self.sessions();
             let current = sessions
                 .get(uid)
-                .is_some_and(|current| current.same_channel(tx));
+                .is_some_and(|current| Arc::ptr_eq(current, wake));
             current && sessions.remove(uid).is_some()
         };
         if removed && let Err(err) = self.store.disconnected(uid, &self.id).await {
@@ -300,58 +367,43 @@ impl Fleet {
 
     /// Agents holding a WebSocket session here.
     pub fn session_uids(&self) -> Vec<String> {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .cloned()
-            .collect()
+        self.sessions().keys().cloned().collect()
     }
 
-    /// Sends `config` now to those of `uids` connected here over WebSocket
-    /// (the others get it with their next answer).
-    pub fn push(&self, uids: &[String], config: &SignedConfig) {
-        self.send(uids, &remote_config(config));
-    }
-
-    fn send(&self, uids: &[String], offer: &AgentRemoteConfig) {
-        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+    /// Wakes the sessions of those of `uids` connected here over WebSocket
+    /// to send their offer now (the others get it with their next answer).
+    pub fn push(&self, uids: &[String]) {
+        let sessions = self.sessions();
         for uid in uids {
-            let Some(tx) = sessions.get(uid) else {
-                continue;
-            };
-            let instance_uid = uuid::Uuid::parse_str(uid)
-                .map(|u| u.as_bytes().to_vec())
-                .unwrap_or_default();
-            let message = ServerToAgent {
-                instance_uid,
-                capabilities: CAPABILITIES,
-                remote_config: Some(offer.clone()),
-                ..Default::default()
-            };
-            if tx.try_send(message).is_err() {
-                self.metrics.pushes_dropped.inc();
-                tracing::debug!(uid, "push queue full: the offer goes with the next answer");
+            if let Some(wake) = sessions.get(uid) {
+                wake.notify_one();
             }
         }
     }
 
-    /// Pushes whatever each of `uids` is offered now, one by one (after
-    /// announcements may have been missed).
-    pub async fn push_current(&self, uids: &[String]) {
-        for uid in uids {
-            let agent = match self.store.agent(uid).await {
-                Ok(Some(agent)) => agent,
-                Ok(None) => continue,
-                Err(err) => {
-                    self.store_failed(&err);
-                    return;
-                }
-            };
-            if let Some(offer) = self.offer(&agent).await {
-                self.send(std::slice::from_ref(uid), &offer);
+    /// What a woken session sends: `uid`'s offer, if it still has one.
+    pub async fn pushed(&self, uid: &str) -> Option<ServerToAgent> {
+        let agent = match self.store.agent(uid).await {
+            Ok(agent) => agent?,
+            Err(err) => {
+                self.store_failed(&err);
+                return None;
             }
-        }
+        };
+        let Some(offer) = self.offer(&agent).await else {
+            self.metrics.push("none");
+            return None;
+        };
+        self.metrics.push("sent");
+        let instance_uid = uuid::Uuid::parse_str(uid)
+            .map(|u| u.as_bytes().to_vec())
+            .unwrap_or_default();
+        Some(ServerToAgent {
+            instance_uid,
+            capabilities: CAPABILITIES,
+            remote_config: Some(offer),
+            ..Default::default()
+        })
     }
 }
 
@@ -378,5 +430,43 @@ fn remote_config(config: &SignedConfig) -> AgentRemoteConfig {
     AgentRemoteConfig {
         config: Some(AgentConfigMap { config_map: files }),
         config_hash: hex::decode(&config.hash).unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signed(signature: &str) -> SignedConfig {
+        SignedConfig {
+            hash: "c1".into(),
+            yaml: b"a: 1".to_vec(),
+            signature: signature.into(),
+        }
+    }
+
+    /// Another server on the database signs the config anew: once it
+    /// announces it, this server offers the new signature.
+    #[tokio::test]
+    async fn a_config_signed_anew_elsewhere_is_read_again_once_announced() {
+        let fleet = Fleet::new(Store::open_in_memory().unwrap(), Duration::from_secs(1));
+        fleet.put_config(signed("sig1")).await.unwrap();
+        // As another server would store it.
+        fleet.store.put_config(&signed("sig2")).await.unwrap();
+        assert_eq!(fleet.config("c1").await.unwrap().signature, "sig1");
+        fleet.forget_config(Some("c1"));
+        assert_eq!(fleet.config("c1").await.unwrap().signature, "sig2");
+        fleet.store.put_config(&signed("sig3")).await.unwrap();
+        fleet.forget_config(None);
+        assert_eq!(fleet.config("c1").await.unwrap().signature, "sig3");
+        assert!(fleet.config("c9").await.is_none());
+        let cache = |outcome| {
+            fleet
+                .metrics
+                .config_cache
+                .get_or_create(&[("outcome", outcome)])
+                .get()
+        };
+        assert_eq!((cache("hit"), cache("miss")), (1, 3));
     }
 }

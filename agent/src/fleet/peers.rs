@@ -1,12 +1,14 @@
 //! Several fleet servers on one PostgreSQL database: an offer made through
 //! one server's API reaches the agents another holds at once. Every offer
-//! and rollback is announced (NOTIFY, one per config); each server LISTENs
-//! and pushes the config to the agents it holds that were pointed at it.
+//! and rollback is announced (NOTIFY, one per config); each server LISTENs,
+//! drops the config from its cache (another server may have signed it
+//! anew) and wakes the sessions of the agents it holds that were pointed
+//! at it, which send their offer as read from the store.
 //! LISTEN/NOTIFY rather than polling a version counter: it costs nothing
 //! while nothing changes and arrives in milliseconds. A notification lost
 //! with the listening connection costs at most one heartbeat, since every
-//! answer carries the agent's offer; after reconnecting, the server pushes
-//! to each agent it holds what it is offered.
+//! answer carries the agent's offer; after reconnecting, the server forgets
+//! every cached config and wakes every session it holds.
 
 use std::{
     sync::{Arc, Weak},
@@ -38,7 +40,8 @@ pub async fn follow(fleet: Weak<Fleet>) {
         };
         wait = FIRST_WAIT;
         // Whatever was announced while nobody listened.
-        strong.push_current(&strong.session_uids()).await;
+        strong.forget_config(None);
+        strong.push(&strong.session_uids());
         drop(strong);
         loop {
             let next = subscription.next().await;
@@ -59,6 +62,7 @@ pub async fn follow(fleet: Weak<Fleet>) {
 
 /// Another server pointed agents at `hash`: those held here get it now.
 async fn announced(fleet: &Arc<Fleet>, hash: &str) {
+    fleet.forget_config(Some(hash));
     let uids = match fleet.store.connected_desiring(hash, &fleet.id).await {
         Ok(uids) => uids,
         Err(err) => {
@@ -69,12 +73,10 @@ async fn announced(fleet: &Arc<Fleet>, hash: &str) {
     if uids.is_empty() {
         return;
     }
-    if let Some(config) = fleet.config(hash).await {
-        tracing::debug!(%hash, agents = uids.len(), "config announced by another server: pushed");
-        fleet
-            .metrics
-            .peer_pushes
-            .inc_by(u64::try_from(uids.len()).unwrap_or(u64::MAX));
-        fleet.push(&uids, &config);
-    }
+    tracing::debug!(%hash, agents = uids.len(), "config announced by another server: pushed");
+    fleet
+        .metrics
+        .peer_pushes
+        .inc_by(u64::try_from(uids.len()).unwrap_or(u64::MAX));
+    fleet.push(&uids);
 }

@@ -27,6 +27,11 @@ use super::{api, listener::Capped, opamp::Fleet, session};
 
 pub const OPAMP_PATH: &str = "/v1/opamp";
 
+/// Each session's read buffer: tungstenite fills its whole buffer before
+/// every read (128 KiB by default, the server's memory per agent), while
+/// agent messages are a few hundred bytes; larger frames grow it.
+const SESSION_READ_BUFFER: usize = 512;
+
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Largest agent message or API body.
@@ -55,6 +60,7 @@ pub fn router(app: App) -> Router {
     Router::new()
         .route(OPAMP_PATH, get(websocket).post(polling))
         .route("/v1/agents", get(api::agents))
+        .route("/v1/summary", get(api::summary))
         .route("/v1/config", post(api::offer))
         .route("/v1/rollback", post(api::rollback))
         .route("/v1/rollout", get(api::rollout))
@@ -105,6 +111,7 @@ async fn websocket(State(app): State<App>, mut request: Request) -> Response {
         match on_upgrade.await {
             Ok(upgraded) => {
                 let config = WebSocketConfig::default()
+                    .read_buffer_size(SESSION_READ_BUFFER)
                     .max_message_size(Some(limit))
                     .max_frame_size(Some(limit));
                 let ws = WebSocketStream::from_raw_socket(

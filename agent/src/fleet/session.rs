@@ -1,22 +1,22 @@
 //! One agent's WebSocket session: every binary frame is an AgentToServer
-//! answered at once; offers made through the API are pushed in between.
+//! answered at once; offers made through the API (or announced by another
+//! server) wake the session, which sends the agent's offer in between.
 //! Anything malformed, a second agent on the same session, or silence
 //! past the idle limit ends the session (the agent reconnects).
 
 use std::{sync::Arc, time::Duration};
 
 use futures_util::{SinkExt as _, StreamExt as _};
-use selfops_proto::opamp::ServerToAgent;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
-    sync::mpsc,
+    sync::Notify,
 };
 use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{self, Message},
 };
 
-use super::opamp::{Fleet, PUSH_QUEUE};
+use super::opamp::Fleet;
 use crate::control::frame;
 
 /// Silence tolerated: a few missed heartbeats.
@@ -30,7 +30,7 @@ pub async fn run<S>(mut ws: WebSocketStream<S>, fleet: Arc<Fleet>, max_message_b
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (tx, mut rx) = mpsc::channel::<ServerToAgent>(PUSH_QUEUE);
+    let wake = Arc::new(Notify::new());
     let idle = idle_limit(fleet.heartbeat());
     let mut agent: Option<String> = None;
     loop {
@@ -67,15 +67,18 @@ where
                 };
                 let goodbye = message.agent_disconnect.is_some();
                 let (key, answer) = fleet.handle(message, true).await;
+                // Encoded at once: the session keeps bytes across awaits,
+                // not the large message struct.
+                let answer = frame::encode_server_ws(&answer);
                 match (&agent, key) {
                     (_, None) => {
                         // The error answer, then the end: the session names no agent.
                         fleet.metrics.message("sent");
-                        let _ = ws.send(Message::Binary(frame::encode_server_ws(&answer).into())).await;
+                        let _ = ws.send(Message::Binary(answer.into())).await;
                         break;
                     }
                     (None, Some(key)) => {
-                        fleet.register(&key, tx.clone());
+                        fleet.register(&key, wake.clone());
                         agent = Some(key);
                     }
                     (Some(current), Some(key)) if *current != key => {
@@ -90,19 +93,25 @@ where
                 }
                 answer
             }
-            Some(pushed) = rx.recv() => pushed,
+            () = wake.notified() => {
+                let pushed = match &agent {
+                    Some(uid) => fleet.pushed(uid).await,
+                    None => None,
+                };
+                match pushed {
+                    Some(pushed) => frame::encode_server_ws(&pushed),
+                    None => continue,
+                }
+            }
         };
-        if let Err(err) = ws
-            .send(Message::Binary(frame::encode_server_ws(&answer).into()))
-            .await
-        {
+        if let Err(err) = ws.send(Message::Binary(answer.into())).await {
             tracing::debug!(%err, ?agent, "sending to the agent: session ended");
             break;
         }
         fleet.metrics.message("sent");
     }
     if let Some(uid) = &agent {
-        fleet.unregister(uid, &tx).await;
+        fleet.unregister(uid, &wake).await;
     }
     let _ = ws.close(None).await;
 }

@@ -23,10 +23,10 @@ use crate::{
 pub(super) const WINDOW: &str = "3s";
 
 /// Stands in for a component that breaks under a config: while the trace
-/// section the agent runs excludes `executable`, its OTLP sink gives up a
-/// batch every 100 ms, which is what the health gate sees of a dead
-/// endpoint. Repeated, because the gate counts only failures after the
-/// trial began.
+/// section the agent runs excludes `executable`, its OTLP sink retries a
+/// batch every 100 ms and delivers nothing, which is what the health gate
+/// sees of a dead endpoint. Repeated, because the gate counts only retries
+/// after the trial began.
 pub(super) fn break_export_under(agent: &Agent, executable: &str) -> tokio::task::JoinHandle<()> {
     let mut trace = agent.trace.clone();
     let export = agent.export.clone();
@@ -39,7 +39,7 @@ pub(super) fn break_export_under(agent: &Agent, executable: &str) -> tokio::task
                 .iter()
                 .any(|s| s.executable.as_deref() == Some(executable.as_str()));
             if broken {
-                export.failure(SINK_OTLP);
+                export.retry(SINK_OTLP);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             } else if trace.changed().await.is_err() {
                 return;

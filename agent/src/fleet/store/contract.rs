@@ -1,7 +1,7 @@
 //! What every backend must do alike, run against SQLite here and against
 //! PostgreSQL by the fleet's PostgreSQL tests.
 
-use super::{AgentRow, Returned, SignedConfig, Store};
+use super::{AgentRow, ConfigCounts, Returned, SignedConfig, Store};
 
 fn agent(uid: &str) -> AgentRow {
     AgentRow {
@@ -41,6 +41,16 @@ pub async fn store_keeps_agents_configs_and_rollbacks(store: &Store) {
     assert_eq!(stored.remote_status, "APPLIED");
     assert_eq!(stored.healthy, None);
     assert!(store.agent("nobody").await.unwrap().is_none());
+    // Counted by the config reported and its status.
+    let mut counts = store.counts().await.unwrap();
+    counts.sort_by(|a, b| a.status.cmp(&b.status));
+    let count = |status: &str, agents, connected| ConfigCounts {
+        hash: String::new(),
+        status: status.into(),
+        agents,
+        connected,
+    };
+    assert_eq!(counts, [count("", 2, 2), count("APPLIED", 1, 1)]);
     let all = store.agents().await.unwrap();
     assert_eq!(
         all.iter().map(|a| a.uid.as_str()).collect::<Vec<_>>(),

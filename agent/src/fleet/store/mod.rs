@@ -49,6 +49,15 @@ pub struct AgentRow {
     pub connected: bool,
 }
 
+/// How many agents report one remote config hash with one status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigCounts {
+    pub hash: String,
+    pub status: String,
+    pub agents: usize,
+    pub connected: usize,
+}
+
 /// A config as delivered; an empty signature is sent as none (the agents,
 /// not the server, decide what to believe).
 #[derive(Debug, Clone, PartialEq)]
@@ -146,6 +155,11 @@ impl Store {
 
     pub async fn agents(&self) -> Result<Vec<AgentRow>, StoreError> {
         each!(self, db => db.agents())
+    }
+
+    /// The agents counted by the remote config they report and its status.
+    pub async fn counts(&self) -> Result<Vec<ConfigCounts>, StoreError> {
+        each!(self, db => db.counts())
     }
 
     /// Inserts or replaces everything but the desired/previous configs,

@@ -9,7 +9,9 @@ use std::{str::FromStr as _, time::Duration};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Socket, tls::NoTlsStream};
 
-use super::{AgentRow, Returned, RolloutRow, SignedConfig, StoreError, labels_from, sql};
+use super::{
+    AgentRow, ConfigCounts, Returned, RolloutRow, SignedConfig, StoreError, labels_from, sql,
+};
 
 /// Connections per server: enough for a burst of agent messages and API
 /// calls; each query is short.
@@ -111,6 +113,21 @@ impl Postgres {
             .await?
             .iter()
             .map(agent_row)
+            .collect()
+    }
+
+    pub async fn counts(&self) -> Result<Vec<ConfigCounts>, StoreError> {
+        self.query(sql::COUNTS, &[])
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(ConfigCounts {
+                    hash: r.try_get(0)?,
+                    status: r.try_get(1)?,
+                    agents: usize::try_from(r.try_get::<_, i64>(2)?).unwrap_or(0),
+                    connected: usize::try_from(r.try_get::<_, i64>(3)?).unwrap_or(0),
+                })
+            })
             .collect()
     }
 

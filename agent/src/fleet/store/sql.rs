@@ -48,6 +48,12 @@ pub fn agents() -> String {
     format!("SELECT {COLUMNS} FROM agents ORDER BY uid")
 }
 
+/// Agents by the remote config they report and its status: a summary that
+/// need not read every row out.
+pub const COUNTS: &str =
+    "SELECT remote_hash, remote_status, COUNT(*), COUNT(*) FILTER (WHERE connected)
+     FROM agents GROUP BY remote_hash, remote_status";
+
 pub const SAVE_REPORT: &str = "
 INSERT INTO agents (uid, host_name, labels, healthy, health_error, effective_hash, remote_hash,
     remote_status, remote_error, last_seen, connected, server)

@@ -1,11 +1,15 @@
 //! The inventory in SQLite: one connection behind a mutex. Every statement
 //! is short and SQLite serialises writers anyway; one fleet server per file.
+//! Statements are prepared once and cached: parsing the SQL again was most
+//! of the cost of an agent's report.
 
 use std::{path::Path, sync::Mutex};
 
-use rusqlite::{Connection, OptionalExtension as _, params};
+use rusqlite::{Connection, OptionalExtension as _, Params, params};
 
-use super::{AgentRow, Returned, RolloutRow, SignedConfig, StoreError, labels_from, sql};
+use super::{
+    AgentRow, ConfigCounts, Returned, RolloutRow, SignedConfig, StoreError, labels_from, sql,
+};
 
 pub struct Sqlite {
     db: Mutex<Connection>,
@@ -49,7 +53,7 @@ impl Sqlite {
         let store = Self::init(db)?;
         // One server per file: what a server before this one held is gone,
         // however recently it was heard from.
-        store.db().execute(&local(sql::STALE), [i64::MAX])?;
+        store.execute(sql::STALE, [i64::MAX])?;
         Ok(store)
     }
 
@@ -75,12 +79,32 @@ impl Sqlite {
         self.db.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn agent(&self, uid: &str) -> Result<Option<AgentRow>, StoreError> {
-        let found = self
+    /// One statement, prepared once.
+    fn execute(&self, statement: &str, params: impl Params) -> Result<usize, StoreError> {
+        Ok(self
             .db()
-            .query_row(&local(&sql::agent()), [uid], row)
-            .optional()?;
-        found.map(with_labels).transpose()
+            .prepare_cached(&local(statement))?
+            .execute(params)?)
+    }
+
+    /// The row one statement finds, if any; prepared once.
+    fn query_row<T>(
+        &self,
+        statement: &str,
+        params: impl Params,
+        f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>, StoreError> {
+        Ok(self
+            .db()
+            .prepare_cached(&local(statement))?
+            .query_row(params, f)
+            .optional()?)
+    }
+
+    pub fn agent(&self, uid: &str) -> Result<Option<AgentRow>, StoreError> {
+        self.query_row(&sql::agent(), [uid], row)?
+            .map(with_labels)
+            .transpose()
     }
 
     pub fn agents(&self) -> Result<Vec<AgentRow>, StoreError> {
@@ -90,11 +114,26 @@ impl Sqlite {
         rows.map(|found| with_labels(found?)).collect()
     }
 
+    pub fn counts(&self) -> Result<Vec<ConfigCounts>, StoreError> {
+        let db = self.db();
+        let mut statement = db.prepare_cached(&local(sql::COUNTS))?;
+        let count = |v: i64| usize::try_from(v).unwrap_or(0);
+        let rows = statement.query_map([], |r| {
+            Ok(ConfigCounts {
+                hash: r.get(0)?,
+                status: r.get(1)?,
+                agents: count(r.get(2)?),
+                connected: count(r.get(3)?),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     pub fn save_report(&self, agent: &AgentRow, server: &str) -> Result<(), StoreError> {
         let labels = serde_json::to_string(&agent.labels)?;
-        self.db()
-            .prepare_cached(&local(sql::SAVE_REPORT))?
-            .execute(params![
+        self.execute(
+            sql::SAVE_REPORT,
+            params![
                 agent.uid,
                 agent.host_name,
                 labels,
@@ -107,13 +146,13 @@ impl Sqlite {
                 agent.last_seen_unix,
                 agent.connected,
                 server,
-            ])?;
+            ],
+        )?;
         Ok(())
     }
 
     pub fn disconnected(&self, uid: &str, server: &str) -> Result<(), StoreError> {
-        self.db()
-            .execute(&local(sql::DISCONNECTED), params![uid, server])?;
+        self.execute(sql::DISCONNECTED, params![uid, server])?;
         Ok(())
     }
 
@@ -158,24 +197,21 @@ impl Sqlite {
     }
 
     pub fn put_config(&self, config: &SignedConfig) -> Result<(), StoreError> {
-        self.db().execute(
-            &local(sql::PUT_CONFIG),
+        self.execute(
+            sql::PUT_CONFIG,
             params![config.hash, config.yaml, config.signature],
         )?;
         Ok(())
     }
 
     pub fn config(&self, hash: &str) -> Result<Option<SignedConfig>, StoreError> {
-        Ok(self
-            .db()
-            .query_row(&local(sql::CONFIG), [hash], |r| {
-                Ok(SignedConfig {
-                    hash: r.get(0)?,
-                    yaml: r.get(1)?,
-                    signature: r.get(2)?,
-                })
+        self.query_row(sql::CONFIG, [hash], |r| {
+            Ok(SignedConfig {
+                hash: r.get(0)?,
+                yaml: r.get(1)?,
+                signature: r.get(2)?,
             })
-            .optional()?)
+        })
     }
 
     pub fn connected_desiring(&self, hash: &str, server: &str) -> Result<Vec<String>, StoreError> {
@@ -186,16 +222,16 @@ impl Sqlite {
     }
 
     pub fn rollout_step(&self, hash: &str, step: u8, offered: u64) -> Result<(), StoreError> {
-        self.db().execute(
-            &local(sql::ROLLOUT_STEP),
+        self.execute(
+            sql::ROLLOUT_STEP,
             params![hash, step, i64::try_from(offered).unwrap_or(i64::MAX)],
         )?;
         Ok(())
     }
 
     pub fn rollout_stopped(&self, hash: &str, returned: u64) -> Result<(), StoreError> {
-        self.db().execute(
-            &local(sql::ROLLOUT_STOPPED),
+        self.execute(
+            sql::ROLLOUT_STOPPED,
             params![hash, i64::try_from(returned).unwrap_or(i64::MAX)],
         )?;
         Ok(())
@@ -203,20 +239,17 @@ impl Sqlite {
 
     pub fn rollout(&self) -> Result<Option<RolloutRow>, StoreError> {
         let count = |v: i64| u64::try_from(v).unwrap_or(0);
-        Ok(self
-            .db()
-            .query_row(&local(sql::ROLLOUT), [], |r| {
-                Ok(RolloutRow {
-                    hash: r.get(0)?,
-                    step: r.get(1)?,
-                    offered: count(r.get(2)?),
-                    returned: count(r.get(3)?),
-                    stopped: r.get(4)?,
-                    applied: count(r.get(5)?),
-                    failed: count(r.get(6)?),
-                })
+        self.query_row(sql::ROLLOUT, [], |r| {
+            Ok(RolloutRow {
+                hash: r.get(0)?,
+                step: r.get(1)?,
+                offered: count(r.get(2)?),
+                returned: count(r.get(3)?),
+                stopped: r.get(4)?,
+                applied: count(r.get(5)?),
+                failed: count(r.get(6)?),
             })
-            .optional()?)
+        })
     }
 }
 

@@ -1,0 +1,271 @@
+//! A fleet on one host: `selfops fleet serve`, three real agents (each in
+//! a mount namespace of its own with a private /run/selfops, so each
+//! takes its own one-agent-per-host lock) and 1,000 simulated agents
+//! (`selfops fleet simulate`). A 4-step rollout that changes the
+//! profiling frequency and the trace filter live reaches every agent; a
+//! config whose OTLP endpoint is dead fails the real agents' health gate
+//! at the canary step (the simulated agents, with no export pipeline,
+//! apply it), so the rollout stops there and returns the whole canary to
+//! the config it had, while the agents past the canary never see it.
+
+use std::{
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use selfops_tests::{
+    Agent,
+    fleet::{FleetServer, Simulator, SimulatorOptions, count, keygen, tmpfs_dir},
+    free_port, privileged, scratch_dir, selfops_bin,
+};
+
+const SIMULATED: usize = 1000;
+const REAL: usize = 3;
+const TOTAL: usize = SIMULATED + REAL;
+/// Agents in the 1% canary step: 1% of 1,003 rounded up.
+const CANARY: usize = 11;
+const WITHIN: Duration = Duration::from_secs(60);
+const POLL: Duration = Duration::from_millis(200);
+
+/// `selfops run` in a new mount namespace with a tmpfs of its own on
+/// /run/selfops: the host lock there is private to it. Batches leave
+/// every 100 ms, so a dead endpoint shows within the health window; the
+/// budget is generous, since a thousand simulated agents on the same
+/// cores are load the real agents see but did not cause.
+fn real_agent(name: &str, endpoint: &str, trusted_key: &str) -> Agent {
+    let extra = format!(
+        "profile: {{ enabled: true, frequency_hz: 19 }}\n\
+         export: {{ batch_timeout: 100ms }}\n\
+         control:\n  opamp: {{ endpoint: '{endpoint}', heartbeat_interval: 1s }}\n  \
+         trusted_keys: ['{trusted_key}']\n  labels: {{ fleet: test, kind: real }}\n  \
+         health_window: 3s\n  budget: {{ cpu: 64, rss: 4GiB, ring_losses: 1000000 }}\n"
+    );
+    Agent::start_command(name, &extra, |config| {
+        let mut command = Command::new("unshare");
+        command
+            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg(
+                "mkdir -p /run/selfops && mount -t tmpfs selfops-lock /run/selfops \
+                 && exec \"$0\" run --config \"$1\"",
+            )
+            .arg(selfops_bin())
+            .arg(config);
+        command
+    })
+}
+
+fn rollout(server: &FleetServer, config: &Path, key: &Path) -> std::process::Output {
+    Command::new(selfops_bin())
+        .args(["fleet", "rollout", "--server", &server.api(), "--config"])
+        .arg(config)
+        .arg("--key")
+        .arg(key)
+        .args([
+            "--select",
+            "fleet=test",
+            "--steps",
+            "1%,10%,50%,100%",
+            "--health-window",
+            "2s",
+            "--step-timeout",
+            "60s",
+        ])
+        .output()
+        .expect("run selfops fleet rollout")
+}
+
+/// `selfops_remote_config_applies_total{outcome}` of a real agent.
+fn applies(agent: &Agent, outcome: &str) -> f64 {
+    agent.metric(
+        "selfops_remote_config_applies_total",
+        &[&format!("outcome=\"{outcome}\"")],
+    )
+}
+
+fn label<'a>(agent: &'a serde_json::Value, key: &str) -> &'a str {
+    agent["labels"][key].as_str().unwrap_or_default()
+}
+
+#[test]
+fn a_rollout_reaches_real_and_simulated_agents_and_a_failing_canary_stops_it() {
+    if !privileged("fleet") {
+        return;
+    }
+    let _one = selfops_tests::one_agent_at_a_time();
+    let started = Instant::now();
+    let dir = scratch_dir("fleet-test");
+    let agents_dir = tmpfs_dir("fleet-test-agents");
+    let (key, public) = keygen(&dir);
+    let trusted = key.public().to_base64();
+    let mut server = FleetServer::start(&dir, &dir.join("fleet.db").display().to_string(), 4096);
+
+    // The real agents first: their UUIDv7 uids sort before the simulated
+    // agents', so the canary step (the first uids) holds all three.
+    let real: Vec<Agent> = (0..REAL)
+        .map(|i| real_agent(&format!("fleet-real-{i}"), &server.endpoint(), &trusted))
+        .collect();
+    server.wait_summary("the real agents listed", WITHIN, POLL, |s| {
+        s.agents == REAL && s.connected == REAL
+    });
+    let mut simulator = Simulator::start(
+        &SimulatorOptions {
+            endpoint: &server.endpoint(),
+            agents: SIMULATED,
+            trusted_key: &public,
+            labels: "fleet=test,kind=simulated",
+            health_window: "2s",
+            data_dir: &agents_dir,
+        },
+        dir.join("simulate.log"),
+    );
+    server.wait_summary("every agent listed and connected", WITHIN, POLL, |s| {
+        s.agents == TOTAL && s.connected == TOTAL
+    });
+    simulator.assert_running();
+    for agent in &real {
+        assert_eq!(
+            agent.metric("selfops_profile_frequency_hz", &[]),
+            19.0,
+            "{}",
+            agent.log()
+        );
+    }
+
+    // 1. A live change, in four steps, to every agent.
+    let good = "profile:\n  frequency_hz: 29\ntrace:\n  exclude: [{ executable: fleet-test }]\n";
+    let good_file = dir.join("good.yaml");
+    std::fs::write(&good_file, good).unwrap();
+    let out = rollout(&server, &good_file, &dir.join("fleet.key"));
+    assert!(
+        out.status.success(),
+        "rollout: {}\n{}\nserver:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        server.log()
+    );
+    let good_hash = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .strip_prefix("rolled out ")
+        .expect("rolled out HASH")
+        .to_owned();
+    let summary = server.summary();
+    assert_eq!(count(&summary, &good_hash, "APPLIED"), TOTAL, "{summary:?}");
+    for agent in &real {
+        // Applied live: the perf events re-opened at the new frequency,
+        // nothing restarted.
+        assert_eq!(agent.metric("selfops_profile_frequency_hz", &[]), 29.0);
+        assert_eq!(applies(agent, "applied"), 1.0, "{}", agent.get("/metrics"));
+    }
+
+    // 2. A config whose OTLP endpoint is a closed port. The real agents
+    // apply it live, their export fails the health gate and they roll
+    // back by themselves (FAILED, "rolled back"); the simulated agents
+    // have no export pipeline and apply it. 3 of the canary's 11 failed:
+    // the rollout stops at 1% and returns the canary, the simulated
+    // agents that applied it included, to the first rollout's config.
+    let closed = free_port();
+    let bad = format!("export:\n  otlp: {{ endpoint: 'http://127.0.0.1:{closed}' }}\n");
+    let bad_file = dir.join("bad.yaml");
+    std::fs::write(&bad_file, &bad).unwrap();
+    let out = rollout(&server, &bad_file, &dir.join("fleet.key"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the rollout went through: {stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "stopped at step 1%: {REAL} of {CANARY} agents failed (at most 0% may); \
+             {CANARY} of the step's agents returned to their previous config"
+        )),
+        "{stderr}"
+    );
+    let bad_hash =
+        selfops_agent::fleet::hex::encode(&selfops_agent::control::signed::sha256(bad.as_bytes()));
+
+    // The canary is the first 11 uids: the 3 real agents and 8 simulated.
+    let mut inventory = server.agents();
+    inventory.sort_by(|a, b| a["uid"].as_str().cmp(&b["uid"].as_str()));
+    let canary: Vec<String> = inventory[..CANARY]
+        .iter()
+        .map(|a| a["uid"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        inventory[..CANARY]
+            .iter()
+            .filter(|a| label(a, "kind") == "real")
+            .count(),
+        REAL,
+        "the real agents are the canary's first uids"
+    );
+    // Each returned to the first rollout's config.
+    let short = &good_hash[..12];
+    let mut returned: Vec<&str> = stdout
+        .lines()
+        .filter_map(|line| {
+            line.strip_prefix("returned ")?
+                .strip_suffix(&format!(" to config {short}"))
+        })
+        .collect();
+    returned.sort_unstable();
+    assert_eq!(returned, canary, "{stdout}");
+    let rollout_row = server.rollout();
+    for (field, value) in [
+        ("step", serde_json::json!(1)),
+        ("offered", serde_json::json!(CANARY)),
+        ("returned", serde_json::json!(CANARY)),
+        ("stopped", serde_json::json!(true)),
+    ] {
+        assert_eq!(rollout_row[field], value, "{field}: {rollout_row}");
+    }
+
+    // Back on the first rollout's config, every one of them: the canary
+    // applied it again, and the others never left it.
+    let summary = server.wait_summary("the canary back on the config before", WITHIN, POLL, |s| {
+        count(s, &good_hash, "APPLIED") == TOTAL
+    });
+    assert_eq!(count(&summary, &bad_hash, "APPLIED"), 0, "{summary:?}");
+    assert_eq!(count(&summary, &bad_hash, "FAILED"), 0, "{summary:?}");
+    for agent in server.agents() {
+        assert_eq!(agent["desired_hash"], good_hash.as_str(), "{agent}");
+        assert_eq!(agent["remote_hash"], good_hash.as_str(), "{agent}");
+        assert_eq!(agent["remote_status"], "APPLIED", "{agent}");
+        assert_eq!(agent["previous_hash"], "", "{agent}");
+    }
+    for (by, agents) in [("by=\"rollout\"", CANARY), ("by=\"agent\"", REAL)] {
+        assert_eq!(
+            server.metric("selfops_fleet_rollbacks_total", &[by]),
+            agents as f64,
+            "{by}"
+        );
+    }
+    for agent in &real {
+        // Rolled back by its own gate, then offered the first config again
+        // by the rollout and applied it: running as before throughout.
+        assert_eq!(agent.metric("selfops_profile_frequency_hz", &[]), 29.0);
+        assert_eq!(
+            applies(agent, "rolled_back"),
+            1.0,
+            "{}",
+            agent.get("/metrics")
+        );
+        assert_eq!(applies(agent, "failed"), 0.0, "{}", agent.get("/metrics"));
+        assert_eq!(applies(agent, "applied"), 2.0, "{}", agent.get("/metrics"));
+        assert_eq!(agent.status_of("/readyz").map(|(code, _)| code), Some(200));
+        let gate = agent.metric("selfops_health_gate_failures_total", &["check=\"export\""]);
+        assert_eq!(gate, 1.0, "{}", agent.get("/metrics"));
+    }
+
+    simulator.assert_running();
+    simulator.stop();
+    for agent in real {
+        let (status, _) = agent.stop(libc::SIGTERM);
+        assert!(status.success(), "{status}");
+    }
+    let disconnected =
+        server.wait_summary("agents said goodbye", WITHIN, POLL, |s| s.connected == 0);
+    assert_eq!(disconnected.agents, TOTAL);
+    server.stop();
+    let _ = std::fs::remove_dir_all(&agents_dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!("fleet test took {:?}", started.elapsed());
+}
