@@ -9,9 +9,11 @@
 //! trial by the same health gate, last-known-good kept on disk. What is
 //! not there: kernel sensors, the tracer, the profiler and the export
 //! pipeline. Its health gate therefore watches a supervisor health with
-//! every task alive and export counters no sink moves: a simulated agent
-//! fails a config only where its own checks refuse it (signature, policy,
-//! a key that needs a restart), never by its health.
+//! every task alive and export counters no sink moves, and its CPU and
+//! memory budget is unbounded (the process's use is all its agents'
+//! together, which no one agent's budget fits): a simulated agent fails a
+//! config only where its own checks refuse it (signature, policy, a key
+//! that needs a restart), never by its health.
 
 use std::{
     collections::BTreeMap,
@@ -100,6 +102,10 @@ pub struct Simulation {
 /// from real agents.
 pub const SIMULATED_LABEL: &str = "selfops.simulated";
 
+/// The most cores `control.budget.cpu` takes: the simulator's CPU is all
+/// its agents' together.
+const UNBOUNDED_CPU: f64 = 1024.0;
+
 /// How long the agents get to say goodbye when stopped.
 const STOP_WITHIN: Duration = Duration::from_secs(10);
 
@@ -131,6 +137,17 @@ fn local_yaml(sim: &Simulation, index: usize, dir: &Path) -> anyhow::Result<Stri
         (
             text("health_window"),
             text(&humantime_serde::re::humantime::format_duration(sim.health_window).to_string()),
+        ),
+        (
+            text("budget"),
+            Value::Mapping(
+                [
+                    (text("cpu"), Value::Number(UNBOUNDED_CPU.into())),
+                    (text("rss"), Value::Number(u64::MAX.into())),
+                ]
+                .into_iter()
+                .collect(),
+            ),
         ),
     ]
     .into_iter()
@@ -318,6 +335,10 @@ mod tests {
         assert_eq!(config.data_dir, agent);
         assert_eq!(config.control.health_window, Duration::from_secs(2));
         assert_eq!(config.control.trusted_keys, vec![sim.trusted_key.clone()]);
+        assert_eq!(
+            (config.control.budget.cpu, config.control.budget.rss),
+            (UNBOUNDED_CPU, u64::MAX)
+        );
         let labels = &config.control.labels;
         assert_eq!(labels["zone"], "a");
         assert_eq!(labels["team"], "b");
