@@ -52,9 +52,10 @@ pub enum FleetCommand {
     Serve {
         #[arg(long, default_value = "127.0.0.1:4320")]
         listen: std::net::SocketAddr,
-        /// SQLite database of the inventory and the offered configs.
-        #[arg(long, default_value = "fleet.db")]
-        database: PathBuf,
+        /// The inventory and the offered configs: `sqlite://PATH` (or a bare
+        /// PATH), or `postgres://USER@HOST:PORT/DB` shared by several servers.
+        #[arg(long, default_value = "sqlite://fleet.db")]
+        database: String,
     },
     /// Sign a config and offer it through a running server step by step,
     /// each step once the previous one's agents report it APPLIED.

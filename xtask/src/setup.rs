@@ -24,6 +24,9 @@ const PACKAGES: &[&str] = &[
     "binutils",
     "gcc",
     "faketime",
+    // The fleet server's PostgreSQL store: the tests start a throwaway
+    // cluster of their own with initdb and pg_ctl.
+    "postgresql",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

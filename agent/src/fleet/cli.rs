@@ -1,6 +1,6 @@
 //! `selfops fleet …`: the command-line edge, where errors get their context.
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
 use anyhow::Context as _;
 
@@ -9,7 +9,7 @@ use super::{
     rollout,
     server::{self, App, Limits},
     status,
-    store::Store,
+    store::{Database, Store},
 };
 use crate::{cli::FleetCommand, control::signed::SecretKey};
 
@@ -53,10 +53,19 @@ pub fn run(command: FleetCommand) -> anyhow::Result<()> {
                 poll: Duration::from_secs(1),
             };
             let select = select.into_iter().collect();
-            let hash = runtime()?
-                .block_on(rollout::run(&server, &yaml, &key, &select, &plan))
-                .context("rollout")?;
-            println!("rolled out {hash}");
+            let outcome = runtime()?.block_on(rollout::run(&server, &yaml, &key, &select, &plan));
+            if let Err(rollout::RolloutError::Stopped { returned, .. }) = &outcome {
+                let empty = super::api::empty_hash();
+                for agent in returned {
+                    let to = if agent.hash == empty {
+                        "its local config".to_owned()
+                    } else {
+                        format!("config {}", status::short(&agent.hash))
+                    };
+                    println!("returned {} to {to}", agent.uid);
+                }
+            }
+            println!("rolled out {}", outcome.context("rollout")?);
             Ok(())
         }
         FleetCommand::Status { server, json } => runtime()?.block_on(async {
@@ -83,12 +92,20 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the runtime")
 }
 
-async fn serve(listen: std::net::SocketAddr, database: &Path) -> anyhow::Result<()> {
-    let store = Store::open(database).with_context(|| format!("opening {}", database.display()))?;
+async fn serve(listen: std::net::SocketAddr, url: &str) -> anyhow::Result<()> {
+    let database = Database::parse(url)?;
+    // Agents silent past a few heartbeats are held by nobody.
+    let stale_before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        .saturating_sub(HEARTBEAT.as_secs().saturating_mul(3));
+    let store = Store::open(&database, i64::try_from(stale_before).unwrap_or(0))
+        .await
+        .with_context(|| format!("opening the database {}", redacted(url)))?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
-    tracing::info!(%listen, database = %database.display(), "fleet server serving");
+    tracing::info!(%listen, database = %redacted(url), "fleet server serving");
     let app = App {
         fleet: Fleet::new(store, HEARTBEAT),
         limits: Limits::default(),
@@ -98,6 +115,20 @@ async fn serve(listen: std::net::SocketAddr, database: &Path) -> anyhow::Result<
     })
     .await
     .context("serving")
+}
+
+/// A database URL without its password.
+fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            format!("{scheme}://{user}@{host}")
+        }
+        None => url.to_owned(),
+    }
 }
 
 /// `k=v` for `--select`.

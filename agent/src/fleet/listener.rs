@@ -11,6 +11,7 @@ use std::{
     time::Duration,
 };
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
@@ -20,13 +21,16 @@ use tokio::{
 pub struct Capped {
     inner: TcpListener,
     slots: Arc<Semaphore>,
+    /// Connections closed at once for want of a slot.
+    over: Counter,
 }
 
 impl Capped {
-    pub fn new(inner: TcpListener, max_connections: usize) -> Self {
+    pub fn new(inner: TcpListener, max_connections: usize, over: Counter) -> Self {
         Self {
             inner,
             slots: Arc::new(Semaphore::new(max_connections)),
+            over,
         }
     }
 }
@@ -56,7 +60,10 @@ impl axum::serve::Listener for Capped {
                     let _ = io.set_nodelay(true);
                     return (CappedIo { io, _slot: slot }, addr);
                 }
-                Err(_) => tracing::warn!(%addr, "fleet connection cap reached: closed"),
+                Err(_) => {
+                    self.over.inc();
+                    tracing::warn!(%addr, "fleet connection cap reached: closed");
+                }
             }
         }
     }

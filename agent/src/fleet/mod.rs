@@ -1,13 +1,15 @@
 //! The fleet server: the OpAMP server side that agents connect to, an
-//! inventory of them in SQLite, and signed configs offered to a selection
-//! of them. `selfops fleet serve|status|rollout|keygen`.
+//! inventory of them in SQLite or PostgreSQL, and signed configs offered
+//! to a selection of them. `selfops fleet serve|status|rollout|keygen`.
 
 pub mod api;
 pub mod cli;
 pub mod hex;
 pub mod keygen;
 pub mod listener;
+pub mod metrics;
 pub mod opamp;
+mod peers;
 pub mod rollout;
 pub mod server;
 pub mod session;
@@ -15,4 +17,10 @@ pub mod status;
 pub mod store;
 
 #[cfg(test)]
+pub(crate) mod test_postgres;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_postgres;
+#[cfg(test)]
+mod tests_rollback;

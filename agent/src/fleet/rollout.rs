@@ -2,14 +2,16 @@
 //! steps, each a share of the selected agents (sorted by uid, so a rerun
 //! picks the same ones first). A step advances once all its agents report
 //! on the config and, after the health window, still run it healthy; too
-//! many failures stop the rollout where it is.
+//! many failures stop the rollout where it is and return that step's
+//! agents to the config they had before (their local file alone when they
+//! had none).
 
 use std::{collections::BTreeMap, time::Duration};
 
 use super::{
-    api::{OfferRequest, selected},
+    api::{EMPTY_YAML, OfferRequest, RollbackRequest, selected},
     hex, status,
-    store::AgentRow,
+    store::{AgentRow, Returned},
 };
 use crate::control::signed::{self, SecretKey};
 
@@ -21,12 +23,21 @@ pub enum RolloutError {
     Percent(String),
     #[error("no agent matches the selection")]
     NoAgents,
-    #[error("stopped at step {step}%: {failed} of {of} agents failed (at most {max_percent}% may)")]
+    #[error(
+        "stopped at step {step}%: {failed} of {of} agents failed (at most {max_percent}% may); {} of the step's agents returned to their previous config",
+        .returned.len()
+    )]
     Stopped {
         step: u8,
         failed: usize,
         of: usize,
         max_percent: u8,
+        returned: Vec<Returned>,
+    },
+    #[error("stopped at step {step}%, but returning its agents failed: {source}")]
+    NotReturned {
+        step: u8,
+        source: status::StatusError,
     },
     #[error(transparent)]
     Api(#[from] status::StatusError),
@@ -110,19 +121,39 @@ async fn failures(
     }
 }
 
-fn check(step: u8, failed: usize, of: usize, plan: &Plan) -> Result<(), RolloutError> {
-    // failed / of > max%, in integers.
-    let over =
-        failed.saturating_mul(100) > of.saturating_mul(usize::from(plan.max_failures_percent));
-    if over {
-        return Err(RolloutError::Stopped {
+/// Whether `failed` of `of` is over the budget: failed / of > max%, in
+/// integers.
+fn over_budget(failed: usize, of: usize, plan: &Plan) -> bool {
+    failed.saturating_mul(100) > of.saturating_mul(usize::from(plan.max_failures_percent))
+}
+
+/// The rollout stops at `step`: `uids`, the step's agents, are pointed
+/// back at what they had (the empty config, signed here, for those that
+/// had none).
+async fn stop(
+    server: &str,
+    step: u8,
+    (failed, of): (usize, usize),
+    hash: &str,
+    uids: &[String],
+    key: &SecretKey,
+    plan: &Plan,
+) -> RolloutError {
+    let request = RollbackRequest {
+        hash: hash.to_owned(),
+        uids: uids.to_vec(),
+        empty_signature: key.sign(EMPTY_YAML.as_bytes()),
+    };
+    match status::rollback(server, &request).await {
+        Ok(answer) => RolloutError::Stopped {
             step,
             failed,
             of,
             max_percent: plan.max_failures_percent,
-        });
+            returned: answer.returned,
+        },
+        Err(source) => RolloutError::NotReturned { step, source },
     }
-    Ok(())
 }
 
 /// Runs the rollout; the config's hash when every step passed.
@@ -158,18 +189,20 @@ pub async fn run(
                 signature: Some(signature.clone()),
                 select: select.clone(),
                 uids: new.to_vec(),
+                step: Some(step),
             },
         )
         .await?;
         let so_far = chosen.get(..upto).unwrap_or_default();
-        let failed = failures(server, so_far, &hash, plan).await?;
-        check(step, failed, upto, plan)?;
+        let mut failed = failures(server, so_far, &hash, plan).await?;
         // Still well after the window: what the agents' own gate saw, the
         // fleet confirms.
-        if !plan.health_window.is_zero() {
+        if !over_budget(failed, upto, plan) && !plan.health_window.is_zero() {
             tokio::time::sleep(plan.health_window).await;
-            let failed = failures(server, so_far, &hash, plan).await?;
-            check(step, failed, upto, plan)?;
+            failed = failures(server, so_far, &hash, plan).await?;
+        }
+        if over_budget(failed, upto, plan) {
+            return Err(stop(server, step, (failed, upto), &hash, new, key, plan).await);
         }
         tracing::info!(
             step,

@@ -6,7 +6,7 @@ use std::{future::Future, sync::Arc};
 use axum::{
     Router,
     body::{Body, Bytes},
-    extract::{DefaultBodyLimit, Request, State},
+    extract::{DefaultBodyLimit, Request, State, rejection::BytesRejection},
     http::{
         StatusCode,
         header::{CONNECTION, CONTENT_TYPE, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE},
@@ -56,6 +56,9 @@ pub fn router(app: App) -> Router {
         .route(OPAMP_PATH, get(websocket).post(polling))
         .route("/v1/agents", get(api::agents))
         .route("/v1/config", post(api::offer))
+        .route("/v1/rollback", post(api::rollback))
+        .route("/v1/rollout", get(api::rollout))
+        .route("/metrics", get(api::metrics))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(app)
 }
@@ -66,7 +69,13 @@ pub async fn serve(
     app: App,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let capped = Capped::new(listener, app.limits.max_connections);
+    let over = app
+        .fleet
+        .metrics
+        .connections
+        .get_or_create(&[("transport", "tcp"), ("outcome", "over_capacity")])
+        .clone();
+    let capped = Capped::new(listener, app.limits.max_connections, over);
     axum::serve(capped, router(app))
         .with_graceful_shutdown(shutdown)
         .await
@@ -85,6 +94,7 @@ async fn websocket(State(app): State<App>, mut request: Request) -> Response {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     let Some(key) = headers.get(SEC_WEBSOCKET_KEY).filter(|_| upgrade) else {
+        app.fleet.metrics.connection("websocket", "refused");
         return plain(StatusCode::BAD_REQUEST, "a WebSocket upgrade expected\n");
     };
     let accept = derive_accept_key(key.as_bytes());
@@ -103,9 +113,13 @@ async fn websocket(State(app): State<App>, mut request: Request) -> Response {
                     Some(config),
                 )
                 .await;
+                fleet.metrics.connection("websocket", "accepted");
                 session::run(ws, fleet, limit).await;
             }
-            Err(err) => tracing::debug!(%err, "WebSocket upgrade"),
+            Err(err) => {
+                fleet.metrics.connection("websocket", "failed");
+                tracing::debug!(%err, "WebSocket upgrade");
+            }
         }
     });
     Response::builder()
@@ -119,11 +133,26 @@ async fn websocket(State(app): State<App>, mut request: Request) -> Response {
 
 /// HTTP polling: the body is a bare AgentToServer, the answer a bare
 /// ServerToAgent (the body limit is applied by the extractor).
-async fn polling(State(app): State<App>, body: Bytes) -> Response {
+async fn polling(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
+    let metrics = &app.fleet.metrics;
+    metrics.connection("http", "polled");
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            metrics.reject(if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                "too_large"
+            } else {
+                "read"
+            });
+            return rejection.into_response();
+        }
+    };
     let Ok(message) = AgentToServer::decode(body) else {
+        metrics.reject("decode");
         return plain(StatusCode::BAD_REQUEST, "malformed AgentToServer\n");
     };
-    let (_, answer) = app.fleet.handle(message, false);
+    let (_, answer) = app.fleet.handle(message, false).await;
+    metrics.message("sent");
     (
         [(CONTENT_TYPE, "application/x-protobuf")],
         answer.encode_to_vec(),

@@ -11,7 +11,10 @@ use tokio::{
     io::{AsyncRead, AsyncWrite},
     sync::mpsc,
 };
-use tokio_tungstenite::{WebSocketStream, tungstenite::Message};
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{self, Message},
+};
 
 use super::opamp::{Fleet, PUSH_QUEUE};
 use crate::control::frame;
@@ -41,11 +44,15 @@ where
                     Ok(Some(Ok(Message::Binary(bytes)))) => bytes,
                     Ok(Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)))) => continue,
                     Ok(Some(Ok(Message::Text(_)))) => {
+                        fleet.metrics.reject("text");
                         tracing::warn!(?agent, "text frame from an agent: session ended");
                         break;
                     }
                     Ok(Some(Ok(Message::Close(_))) | None) => break,
                     Ok(Some(Err(err))) => {
+                        if matches!(err, tungstenite::Error::Capacity(_)) {
+                            fleet.metrics.reject("too_large");
+                        }
                         tracing::debug!(%err, ?agent, "WebSocket error: session ended");
                         break;
                     }
@@ -53,15 +60,17 @@ where
                 let message = match frame::decode_agent_ws(&bytes, max_message_bytes) {
                     Ok(message) => message,
                     Err(err) => {
+                        fleet.metrics.reject(err.label());
                         tracing::warn!(%err, ?agent, "malformed agent message: session ended");
                         break;
                     }
                 };
                 let goodbye = message.agent_disconnect.is_some();
-                let (key, answer) = fleet.handle(message, true);
+                let (key, answer) = fleet.handle(message, true).await;
                 match (&agent, key) {
                     (_, None) => {
                         // The error answer, then the end: the session names no agent.
+                        fleet.metrics.message("sent");
                         let _ = ws.send(Message::Binary(frame::encode_server_ws(&answer).into())).await;
                         break;
                     }
@@ -70,6 +79,7 @@ where
                         agent = Some(key);
                     }
                     (Some(current), Some(key)) if *current != key => {
+                        fleet.metrics.reject("second_instance_uid");
                         tracing::warn!(%current, %key, "a second instance_uid on one session: ended");
                         break;
                     }
@@ -89,9 +99,10 @@ where
             tracing::debug!(%err, ?agent, "sending to the agent: session ended");
             break;
         }
+        fleet.metrics.message("sent");
     }
     if let Some(uid) = &agent {
-        fleet.unregister(uid, &tx);
+        fleet.unregister(uid, &tx).await;
     }
     let _ = ws.close(None).await;
 }

@@ -82,17 +82,33 @@ pub async fn agents(server: &str) -> Result<Vec<AgentRow>, StatusError> {
     )?)
 }
 
+/// A JSON POST and its JSON answer.
+async fn post<A: serde::de::DeserializeOwned>(
+    server: &str,
+    path: &str,
+    request: &impl serde::Serialize,
+) -> Result<A, StatusError> {
+    let body = serde_json::to_vec(request)?;
+    Ok(serde_json::from_slice(
+        &call(server, path, Some(body)).await?,
+    )?)
+}
+
 pub async fn offer(
     server: &str,
     request: &super::api::OfferRequest,
 ) -> Result<super::api::OfferResponse, StatusError> {
-    let body = serde_json::to_vec(request)?;
-    Ok(serde_json::from_slice(
-        &call(server, "/v1/config", Some(body)).await?,
-    )?)
+    post(server, "/v1/config", request).await
 }
 
-fn short(hash: &str) -> &str {
+pub async fn rollback(
+    server: &str,
+    request: &super::api::RollbackRequest,
+) -> Result<super::api::RollbackResponse, StatusError> {
+    post(server, "/v1/rollback", request).await
+}
+
+pub fn short(hash: &str) -> &str {
     hash.get(..12).unwrap_or(hash)
 }
 

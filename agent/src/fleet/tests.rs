@@ -28,19 +28,33 @@ use crate::{
 };
 
 const AGENTS: usize = 50;
-const WITHIN: Duration = Duration::from_secs(60);
+pub(super) const WITHIN: Duration = Duration::from_secs(60);
 
-struct Agent {
-    stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+pub(super) struct Agent {
+    pub(super) stop: tokio::sync::watch::Sender<bool>,
+    pub(super) task: tokio::task::JoinHandle<()>,
+    /// What its health gate watches, and the trace section it runs.
+    pub(super) export: crate::export::ExportMetrics,
+    pub(super) trace: tokio::sync::watch::Receiver<crate::config::TraceConfig>,
 }
 
 /// An in-process agent: the control client alone, as `control::start`
 /// builds it, with `zone` among its labels.
 fn start_agent(dir: &std::path::Path, endpoint: &str, key: &SecretKey, zone: &str) -> Agent {
+    start_agent_with(dir, endpoint, key, zone, "0s")
+}
+
+/// The same with a health window.
+pub(super) fn start_agent_with(
+    dir: &std::path::Path,
+    endpoint: &str,
+    key: &SecretKey,
+    zone: &str,
+    window: &str,
+) -> Agent {
     std::fs::create_dir_all(dir).unwrap();
     let yaml = format!(
-        "data_dir: {}\ncontrol:\n  opamp: {{ endpoint: '{endpoint}', heartbeat_interval: 1s }}\n  trusted_keys: ['{}']\n  labels: {{ zone: {zone} }}\n  health_window: 0s\n",
+        "data_dir: {}\ncontrol:\n  opamp: {{ endpoint: '{endpoint}', heartbeat_interval: 1s }}\n  trusted_keys: ['{}']\n  labels: {{ zone: {zone} }}\n  health_window: {window}\n",
         dir.display(),
         key.public().to_base64()
     );
@@ -50,23 +64,43 @@ fn start_agent(dir: &std::path::Path, endpoint: &str, key: &SecretKey, zone: &st
     let uid = identity::load_or_create(dir).unwrap();
     let state = ClientState::new(uid, crate::control::description(&config.control));
     let export = crate::export::ExportMetrics::default();
+    let live = Live::new(&config);
+    let trace = live.trace.subscribe();
     let client = Client::new(
         config.control.opamp.clone().unwrap(),
         state,
         ControlMetrics::default(),
         config.clone(),
-        Live::new(&config),
+        live,
         Box::new(|_| {}),
         Arc::new(crate::signal::Resource { attributes: vec![] }),
-        gate::Watch::new(health, export),
+        gate::Watch::new(health, export.clone()),
     );
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(client.run(stopping));
-    Agent { stop, task }
+    Agent {
+        stop,
+        task,
+        export,
+        trace,
+    }
 }
 
 async fn start_server(limits: Limits) -> (SocketAddr, oneshot::Sender<()>) {
-    let fleet = Fleet::new(Store::open_in_memory().unwrap(), Duration::from_secs(1));
+    start_server_on(
+        Store::open_in_memory().unwrap(),
+        limits,
+        Duration::from_secs(1),
+    )
+    .await
+}
+
+pub(super) async fn start_server_on(
+    store: Store,
+    limits: Limits,
+    heartbeat: Duration,
+) -> (SocketAddr, oneshot::Sender<()>) {
+    let fleet = Fleet::new(store, heartbeat);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel();
@@ -77,7 +111,11 @@ async fn start_server(limits: Limits) -> (SocketAddr, oneshot::Sender<()>) {
 }
 
 /// Polls the inventory until `done` holds for it.
-async fn wait_for(server: &str, what: &str, done: impl Fn(&[AgentRow]) -> bool) -> Vec<AgentRow> {
+pub(super) async fn wait_for(
+    server: &str,
+    what: &str,
+    done: impl Fn(&[AgentRow]) -> bool,
+) -> Vec<AgentRow> {
     let deadline = tokio::time::Instant::now() + WITHIN;
     loop {
         let agents = status::agents(server).await.unwrap();
@@ -124,6 +162,7 @@ async fn agents_are_listed_apply_signed_and_fail_unsigned() {
             signature: Some(key.sign(yaml.as_bytes())),
             select: BTreeMap::new(),
             uids: vec![],
+            step: None,
         },
     )
     .await
@@ -144,6 +183,7 @@ async fn agents_are_listed_apply_signed_and_fail_unsigned() {
             signature: None,
             select: [("zone".to_owned(), "b".to_owned())].into(),
             uids: vec![],
+            step: None,
         },
     )
     .await
@@ -245,7 +285,8 @@ async fn rollout_advances_step_by_step_and_stops_on_failures() {
     );
 
     // Signed by a key the agents do not trust: the first step's one agent
-    // fails it, and no other agent is offered it.
+    // fails it and is returned to the config before; no other agent is
+    // offered it.
     let untrusted = SecretKey::generate();
     let bad = "trace:\n  exclude: [{ executable: wget }]\n";
     let err = rollout::run(&server, bad, &untrusted, &zone_a, &plan)
@@ -263,12 +304,17 @@ async fn rollout_advances_step_by_step_and_stops_on_failures() {
         ),
         "{err}"
     );
-    let all = status::agents(&server).await.unwrap();
-    assert_eq!(
-        all.iter().filter(|a| a.remote_status == "FAILED").count(),
-        1
-    );
-    assert_eq!(all.iter().filter(|a| a.remote_hash == hash).count(), 9);
+    let RolloutError::Stopped { returned, .. } = err else {
+        unreachable!()
+    };
+    assert_eq!(returned.len(), 1);
+    assert_eq!(returned[0].hash, hash);
+    wait_for(&server, "the canary back on the config before", |all| {
+        all.iter().all(|a| {
+            a.remote_hash == hash && a.remote_status == "APPLIED" && a.desired_hash == hash
+        })
+    })
+    .await;
 
     let nowhere: BTreeMap<String, String> = [("zone".to_owned(), "z".to_owned())].into();
     assert!(matches!(
