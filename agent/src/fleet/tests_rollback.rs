@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     control::{identity, signed::SecretKey},
-    export::metrics::SINK_OTLP,
+    export::metrics::{DropReason, SINK_OTLP, TRACES},
 };
 
 /// The agents' health window: long enough that a breaker (below) acts
@@ -39,7 +39,10 @@ pub(super) fn break_export_under(agent: &Agent, executable: &str) -> tokio::task
                 .iter()
                 .any(|s| s.executable.as_deref() == Some(executable.as_str()));
             if broken {
+                // A batch given up, as the OTLP sink counts it: the
+                // batch and the signals in it.
                 export.failure(SINK_OTLP);
+                export.drop_signals(TRACES, DropReason::ExportFailed, 4);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             } else if trace.changed().await.is_err() {
                 return;
