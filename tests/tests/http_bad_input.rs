@@ -104,7 +104,14 @@ fn hundred_megabyte_response_is_one_span_with_flat_memory() {
     }
     let _turn = one_agent_at_a_time();
     let dir = scratch_dir("http-large");
-    let agent = Agent::start("http-large-agent", "export:\n  batch_timeout: 200ms\n");
+    // Profiling off: its unwind tables (bounded by profile.unwind_table_bytes)
+    // are built when a busy process, the agent itself included, is first
+    // sampled, which may fall inside the download and would be counted as
+    // growth with the body.
+    let agent = Agent::start(
+        "http-large-agent",
+        "export:\n  batch_timeout: 200ms\nprofile:\n  enabled: false\n",
+    );
     let backend = nginx(&dir);
     let size: u64 = 100 * 1024 * 1024;
     let file = std::fs::File::create(dir.join("www/large.bin")).expect("large file");
