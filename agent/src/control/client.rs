@@ -287,23 +287,13 @@ impl Client {
                 let keys = policy::changed_keys(&self.good, &self.current);
                 tracing::info!(keys = ?keys, window = ?self.window, "remote config accepted; on trial");
                 self.metrics.apply("accepted");
-                self.metrics.on_trial.set(1);
                 (self.audit)(Signal::Log(audit::record(
                     &self.resource,
                     &remote.config_hash,
                     audit::Outcome::Accepted(&keys),
                 )));
                 self.report_effective();
-                self.state.set_remote_status(RemoteConfigStatus {
-                    last_remote_config_hash: remote.config_hash.clone(),
-                    status: RemoteConfigStatuses::Applying as i32,
-                    error_message: String::new(),
-                });
-                self.trial = Some(Trial {
-                    since: self.watch.baseline(),
-                    until: Instant::now() + self.window,
-                    remote,
-                });
+                self.begin_trial(remote);
                 let mark = last_good::TrialMark {
                     offer,
                     interrupted,
@@ -550,6 +540,12 @@ impl Client {
         self.interrupted = last_good::read_trial(&self.data_dir);
         self.last_offer = Some(audit::hex(&fingerprint(&remote)));
         tracing::info!(hash = %audit::hex(&remote.config_hash), window = ?self.window, "running the remote config the agent restarted for; on trial");
+        self.begin_trial(remote);
+    }
+
+    /// `remote`, now running, is on trial from here for the health window
+    /// and reported APPLYING meanwhile.
+    fn begin_trial(&mut self, remote: AgentRemoteConfig) {
         self.metrics.on_trial.set(1);
         self.state.set_remote_status(RemoteConfigStatus {
             last_remote_config_hash: remote.config_hash.clone(),
