@@ -27,7 +27,8 @@ pub enum Outcome<'a> {
 }
 
 impl Outcome<'_> {
-    fn name(&self) -> &'static str {
+    /// Also the `outcome` label of `selfops_remote_config_applies_total`.
+    pub fn name(&self) -> &'static str {
         match self {
             Outcome::Accepted(_) => "accepted",
             Outcome::Refused(_) => "failed",

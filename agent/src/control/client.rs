@@ -286,12 +286,7 @@ impl Client {
                 self.current = config;
                 let keys = policy::changed_keys(&self.good, &self.current);
                 tracing::info!(keys = ?keys, window = ?self.window, "remote config accepted; on trial");
-                self.metrics.apply("accepted");
-                (self.audit)(Signal::Log(audit::record(
-                    &self.resource,
-                    &remote.config_hash,
-                    audit::Outcome::Accepted(&keys),
-                )));
+                self.decided(&remote.config_hash, audit::Outcome::Accepted(&keys));
                 self.report_effective();
                 self.begin_trial(remote);
                 let mark = last_good::TrialMark {
@@ -311,17 +306,8 @@ impl Client {
 
     fn refuse(&mut self, remote: AgentRemoteConfig, reason: String) {
         tracing::warn!(%reason, "remote config refused");
-        self.metrics.apply("failed");
-        (self.audit)(Signal::Log(audit::record(
-            &self.resource,
-            &remote.config_hash,
-            audit::Outcome::Refused(&reason),
-        )));
-        self.state.set_remote_status(RemoteConfigStatus {
-            last_remote_config_hash: remote.config_hash,
-            status: RemoteConfigStatuses::Failed as i32,
-            error_message: reason,
-        });
+        self.decided(&remote.config_hash, audit::Outcome::Refused(&reason));
+        self.report_status(remote.config_hash, RemoteConfigStatuses::Failed, reason);
     }
 
     /// An accepted config that changes `key` (and perhaps more) which only
@@ -349,18 +335,13 @@ impl Client {
         self.trial = None;
         let keys = policy::changed_keys(&self.good, &config);
         tracing::info!(keys = ?keys, "remote config accepted; it needs a restart, on trial after it");
-        self.metrics.apply("accepted");
         self.metrics.on_trial.set(1);
-        (self.audit)(Signal::Log(audit::record(
-            &self.resource,
-            &remote.config_hash,
-            audit::Outcome::Accepted(&keys),
-        )));
-        self.state.set_remote_status(RemoteConfigStatus {
-            last_remote_config_hash: remote.config_hash,
-            status: RemoteConfigStatuses::Applying as i32,
-            error_message: String::new(),
-        });
+        self.decided(&remote.config_hash, audit::Outcome::Accepted(&keys));
+        self.report_status(
+            remote.config_hash,
+            RemoteConfigStatuses::Applying,
+            String::new(),
+        );
         self.restarting = true;
         (self.restart)();
     }
@@ -419,22 +400,17 @@ impl Client {
         let keys = policy::changed_keys(&self.good, &self.current);
         self.good = self.current.clone();
         self.metrics.on_trial.set(0);
-        self.metrics.apply("applied");
         if let Err(err) = last_good::store(&self.data_dir, &trial.remote) {
             // Applied all the same; a restart would start on the previous one.
             tracing::warn!(%err, "keeping the last-known-good config");
         }
         tracing::info!(keys = ?keys, "remote config healthy through its window: applied");
-        (self.audit)(Signal::Log(audit::record(
-            &self.resource,
-            &trial.remote.config_hash,
-            audit::Outcome::Applied(&keys),
-        )));
-        self.state.set_remote_status(RemoteConfigStatus {
-            last_remote_config_hash: trial.remote.config_hash,
-            status: RemoteConfigStatuses::Applied as i32,
-            error_message: String::new(),
-        });
+        self.decided(&trial.remote.config_hash, audit::Outcome::Applied(&keys));
+        self.report_status(
+            trial.remote.config_hash,
+            RemoteConfigStatuses::Applied,
+            String::new(),
+        );
     }
 
     fn roll_back(&mut self, why: &str) {
@@ -444,15 +420,13 @@ impl Client {
         last_good::clear_trial(&self.data_dir);
         let keys = policy::changed_keys(&self.current, &self.good);
         self.metrics.on_trial.set(0);
-        self.metrics.apply("rolled_back");
         let reason =
             super::state::one_line(&format!("rolled back to the last-known-good config: {why}"));
         tracing::warn!(%reason, keys = ?keys, "remote config unhealthy within its window");
-        (self.audit)(Signal::Log(audit::record(
-            &self.resource,
+        self.decided(
             &trial.remote.config_hash,
             audit::Outcome::RolledBack(&reason),
-        )));
+        );
         if policy::needs_restart(&keys).is_some() {
             // Back to the last-known-good config by a restart too; the next
             // run reports the rollback.
@@ -471,11 +445,11 @@ impl Client {
             self.current = self.good.clone();
         }
         self.report_effective();
-        self.state.set_remote_status(RemoteConfigStatus {
-            last_remote_config_hash: trial.remote.config_hash,
-            status: RemoteConfigStatuses::Failed as i32,
-            error_message: reason,
-        });
+        self.report_status(
+            trial.remote.config_hash,
+            RemoteConfigStatuses::Failed,
+            reason,
+        );
     }
 
     /// At start-up: the last-known-good remote config, verified and checked
@@ -501,11 +475,11 @@ impl Client {
                 self.good = config;
                 tracing::info!(keys = ?keys, hash = %audit::hex(&remote.config_hash), "running the last-known-good remote config");
                 self.last_offer = Some(audit::hex(&fingerprint(&remote)));
-                self.state.set_remote_status(RemoteConfigStatus {
-                    last_remote_config_hash: remote.config_hash,
-                    status: RemoteConfigStatuses::Applied as i32,
-                    error_message: String::new(),
-                });
+                self.report_status(
+                    remote.config_hash,
+                    RemoteConfigStatuses::Applied,
+                    String::new(),
+                );
             }
             Err(reason) => {
                 tracing::warn!(%reason, "last-known-good remote config not used");
@@ -543,15 +517,34 @@ impl Client {
         self.begin_trial(remote);
     }
 
+    /// A decision on a config: counted by outcome and audited.
+    fn decided(&self, config_hash: &[u8], outcome: audit::Outcome<'_>) {
+        self.metrics.apply(outcome.name());
+        (self.audit)(Signal::Log(audit::record(
+            &self.resource,
+            config_hash,
+            outcome,
+        )));
+    }
+
+    /// The remote config status the server is told next.
+    fn report_status(&mut self, config_hash: Vec<u8>, status: RemoteConfigStatuses, error: String) {
+        self.state.set_remote_status(RemoteConfigStatus {
+            last_remote_config_hash: config_hash,
+            status: status as i32,
+            error_message: error,
+        });
+    }
+
     /// `remote`, now running, is on trial from here for the health window
     /// and reported APPLYING meanwhile.
     fn begin_trial(&mut self, remote: AgentRemoteConfig) {
         self.metrics.on_trial.set(1);
-        self.state.set_remote_status(RemoteConfigStatus {
-            last_remote_config_hash: remote.config_hash.clone(),
-            status: RemoteConfigStatuses::Applying as i32,
-            error_message: String::new(),
-        });
+        self.report_status(
+            remote.config_hash.clone(),
+            RemoteConfigStatuses::Applying,
+            String::new(),
+        );
         self.trial = Some(Trial {
             since: self.watch.baseline(),
             until: Instant::now() + self.window,
@@ -567,11 +560,7 @@ impl Client {
         };
         tracing::warn!(reason = %note.reason, "restarted on the last-known-good config");
         self.last_offer = Some(note.offer);
-        self.state.set_remote_status(RemoteConfigStatus {
-            last_remote_config_hash: note.config_hash,
-            status: RemoteConfigStatuses::Failed as i32,
-            error_message: note.reason,
-        });
+        self.report_status(note.config_hash, RemoteConfigStatuses::Failed, note.reason);
     }
 
     fn report_effective(&mut self) {
