@@ -27,6 +27,12 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
+    /// What the exporters would refuse; the error names the key.
+    #[error("{path}: {source}")]
+    Export {
+        path: PathBuf,
+        source: crate::export::ExportError,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -482,6 +488,12 @@ impl Config {
                 ),
             ));
         }
+        // What starting (or rebuilding) the exporters would refuse, found
+        // here for a local file and a remote config alike.
+        crate::export::check(e).map_err(|source| ConfigError::Export {
+            path: path.to_owned(),
+            source,
+        })?;
         self.actuation
             .validate()
             .map_err(|(key, message)| invalid(&key, message))?;

@@ -376,19 +376,11 @@ impl Client {
             .map_err(|e| e.to_string())?;
         let (config, keys) =
             policy::lay_over(&yaml, &self.local, base).map_err(|e| e.to_string())?;
-        let restart = match policy::needs_restart(&keys) {
-            Some(key) => Some(key.to_owned()),
-            None => match self.live.refuses(&config) {
-                Ok(()) => None,
-                Err(policy::Refused::NeedsRestart(key)) => Some(key),
-                Err(other) => return Err(other.to_string()),
-            },
-        };
-        match restart {
+        match self.live.restart_key(&config, &keys) {
             Some(key) if !self.current.control.allow_restart => {
-                Err(policy::Refused::NeedsRestart(key).to_string())
+                Err(policy::Refused::NeedsRestart(key.to_owned()).to_string())
             }
-            restart => Ok((config, keys, restart)),
+            restart => Ok((config, keys, restart.map(str::to_owned))),
         }
     }
 
@@ -427,7 +419,7 @@ impl Client {
             &trial.remote.config_hash,
             audit::Outcome::RolledBack(&reason),
         );
-        if policy::needs_restart(&keys).is_some() {
+        if self.live.restart_key(&self.good, &keys).is_some() {
             // Back to the last-known-good config by a restart too; the next
             // run reports the rollback.
             let note = last_good::RolledBack {

@@ -1,6 +1,6 @@
 //! Remote configs applied live, one section at a time, to running
 //! components. Each config goes through what the client does with a
-//! verified one (`policy::accept`, `Live::refuses`, `Live::apply`); the
+//! verified one (`policy::accept`, `Live::restart_key`, `Live::apply`); the
 //! OpAMP side of it is in `tests`. The components are the real ones: the
 //! actuation loop, the export pipeline against OTLP receivers on loopback,
 //! the resource builder.
@@ -57,9 +57,9 @@ impl Node {
     fn admit(&mut self, yaml: &str) -> Vec<&'static str> {
         let (config, keys) = policy::accept(yaml, &self.local, &self.current)
             .unwrap_or_else(|e| panic!("{e}: {yaml}"));
-        self.live
-            .refuses(&config)
-            .unwrap_or_else(|e| panic!("{e}: {yaml}"));
+        if let Some(key) = self.live.restart_key(&config, &keys) {
+            panic!("{key} needs a restart: {yaml}");
+        }
         self.live.apply(&config, &keys);
         self.current = config;
         keys
@@ -67,9 +67,9 @@ impl Node {
 
     fn refused(&self, yaml: &str) -> String {
         match policy::accept(yaml, &self.local, &self.current) {
-            Ok((config, _)) => match self.live.refuses(&config) {
-                Ok(()) => panic!("accepted: {yaml}"),
-                Err(e) => e.to_string(),
+            Ok((config, keys)) => match self.live.restart_key(&config, &keys) {
+                None => panic!("accepted: {yaml}"),
+                Some(key) => policy::Refused::NeedsRestart(key.to_owned()).to_string(),
             },
             Err(e) => e.to_string(),
         }

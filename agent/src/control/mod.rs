@@ -69,13 +69,14 @@ impl Live {
         }
     }
 
-    /// Why `config`, accepted by the policy, cannot run live here.
-    fn refuses(&self, config: &Config) -> Result<(), policy::Refused> {
-        if config.profile.enabled && !self.profiler {
-            return Err(policy::Refused::NeedsRestart("profile.enabled".into()));
-        }
-        // What the exporters would only find out when rebuilt.
-        crate::export::check(&config.export).map_err(|e| policy::Refused::Invalid(e.to_string()))
+    /// The first key of the change to `config` (`keys`) that cannot be
+    /// applied live here.
+    pub(crate) fn restart_key(
+        &self,
+        config: &Config,
+        keys: &[&'static str],
+    ) -> Option<&'static str> {
+        policy::restart_key(self.profiler, config, keys)
     }
 
     /// Publishes the sections among `keys` (checked by the policy to be

@@ -92,6 +92,13 @@ pub fn needs_restart(keys: &[&'static str]) -> Option<&'static str> {
     keys.iter().copied().find(|key| !LIVE_KEYS.contains(key))
 }
 
+/// The first key among `keys` (the change to `new`) that only a restart
+/// applies in an agent started with `profiler` on or off: a key that is
+/// never live, or profiling turned on where nothing of it was loaded.
+pub fn restart_key(profiler: bool, new: &Config, keys: &[&'static str]) -> Option<&'static str> {
+    needs_restart(keys).or_else(|| (new.profile.enabled && !profiler).then_some("profile.enabled"))
+}
+
 /// `overlay` over `base`: mappings key by key, anything else replaced.
 fn merge(base: &mut Value, overlay: Value) {
     match (base, overlay) {

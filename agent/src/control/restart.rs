@@ -127,6 +127,10 @@ fn last_good_needing_restart(dir: &Path, local: &Config, text: &str) -> Option<C
     }
     let remote = last_good::load(dir).ok()??;
     let config = lay_over(&remote, local, text).ok()?;
-    policy::needs_restart(&policy::changed_keys(local, &config))?;
+    policy::restart_key(
+        local.profile.enabled,
+        &config,
+        &policy::changed_keys(local, &config),
+    )?;
     Some(config)
 }

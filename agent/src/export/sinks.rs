@@ -81,9 +81,7 @@ impl SinkSet {
         metrics: ExportMetrics,
         deadline: Deadline,
     ) -> Result<Self, ExportError> {
-        if let Some(otlp) = &config.otlp {
-            otlp_target(otlp, &options)?;
-        }
+        super::check(config)?;
         Ok(Self {
             file: None,
             otlp: None,
