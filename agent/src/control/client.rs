@@ -141,7 +141,7 @@ impl Client {
     /// and will be tried afresh (unless the stop is the restart it needs).
     pub async fn run(mut self, stop: watch::Receiver<bool>) {
         self.sessions(stop).await;
-        if self.trial.is_some() && !self.restarting {
+        if self.trial.is_some() {
             last_good::clear_trial(&self.data_dir);
         }
     }
@@ -268,9 +268,7 @@ impl Client {
             self.admit(&remote, &self.good)
         };
         match outcome {
-            Ok((config, _, Some(key))) => {
-                self.restart_into(remote, config, key, offer, interrupted)
-            }
+            Ok((_, keys, Some(key))) => self.restart_into(remote, &keys, key, offer, interrupted),
             Ok((config, _, None)) => {
                 if let Some(superseded) = self.trial.take() {
                     tracing::info!(
@@ -310,13 +308,14 @@ impl Client {
         self.report_status(remote.config_hash, RemoteConfigStatuses::Failed, reason);
     }
 
-    /// An accepted config that changes `key` (and perhaps more) which only
-    /// a restart changes: kept on trial in the data directory for the next
-    /// run, which the agent re-executes itself into.
+    /// An accepted config that changes `keys` from the last-known-good
+    /// one, `key` among them only applied by a restart: kept on trial in the
+    /// data directory for the next run, which the agent re-executes itself
+    /// into.
     fn restart_into(
         &mut self,
         remote: AgentRemoteConfig,
-        config: Config,
+        keys: &[&str],
         key: String,
         offer: String,
         interrupted: u32,
@@ -333,15 +332,9 @@ impl Client {
             return self.refuse(remote, format!("{key}: needs a restart, but {err}"));
         }
         self.trial = None;
-        let keys = policy::changed_keys(&self.good, &config);
         tracing::info!(keys = ?keys, "remote config accepted; it needs a restart, on trial after it");
-        self.metrics.on_trial.set(1);
-        self.decided(&remote.config_hash, audit::Outcome::Accepted(&keys));
-        self.report_status(
-            remote.config_hash,
-            RemoteConfigStatuses::Applying,
-            String::new(),
-        );
+        self.decided(&remote.config_hash, audit::Outcome::Accepted(keys));
+        self.applying(remote.config_hash);
         self.restarting = true;
         (self.restart)();
     }
@@ -349,7 +342,7 @@ impl Client {
     /// Decides the config on trial, if any: rolled back as soon as the
     /// agent is unhealthy, APPLIED once the window has passed healthy.
     pub(super) fn poll_gate(&mut self) {
-        let Some(trial) = self.trial.as_ref().filter(|_| !self.restarting) else {
+        let Some(trial) = self.trial.as_ref() else {
             return;
         };
         let budget = self.current.control.budget;
@@ -485,20 +478,13 @@ impl Client {
     fn resume_trial(&mut self, remote: AgentRemoteConfig) {
         let local = Config::parse(&self.local, std::path::Path::new("local config"));
         let good = match (last_good::load(&self.data_dir), local) {
-            (Ok(Some(good)), Ok(local)) => {
-                super::restart::lay_over(&good, &local, &self.local).map(|c| (c, Some(good)))
-            }
-            (Ok(None), Ok(local)) => Ok((local, None)),
+            (Ok(Some(good)), Ok(local)) => super::restart::lay_over(&good, &local, &self.local),
+            (Ok(None), Ok(local)) => Ok(local),
             (Err(err), _) => Err(err.to_string()),
             (_, Err(err)) => Err(err.to_string()),
         };
         match good {
-            Ok((config, good)) => {
-                self.good = Arc::new(config);
-                if let Some(good) = good {
-                    self.last_offer = Some(audit::hex(&fingerprint(&good)));
-                }
-            }
+            Ok(config) => self.good = Arc::new(config),
             // current stays the rollback target: a restart would find the
             // same trouble and start on the local file.
             Err(reason) => tracing::warn!(%reason, "last-known-good config unreadable"),
@@ -528,15 +514,16 @@ impl Client {
         });
     }
 
+    /// A config accepted and not yet judged: on trial, reported APPLYING.
+    fn applying(&mut self, config_hash: Vec<u8>) {
+        self.metrics.on_trial.set(1);
+        self.report_status(config_hash, RemoteConfigStatuses::Applying, String::new());
+    }
+
     /// `remote`, now running, is on trial from here for the health window
     /// and reported APPLYING meanwhile.
     fn begin_trial(&mut self, remote: AgentRemoteConfig) {
-        self.metrics.on_trial.set(1);
-        self.report_status(
-            remote.config_hash.clone(),
-            RemoteConfigStatuses::Applying,
-            String::new(),
-        );
+        self.applying(remote.config_hash.clone());
         self.trial = Some(Trial {
             since: self.watch.baseline(),
             until: Instant::now() + self.window,

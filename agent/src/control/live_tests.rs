@@ -320,7 +320,7 @@ async fn send(handle: &ExportHandle, ids: std::ops::Range<u32>) {
 }
 
 async fn stop_export(handle: ExportHandle, task: tokio::task::JoinHandle<()>) {
-    assert!(handle.shutdown(Duration::from_secs(2)).await);
+    assert!(handle.shutdown(WITHIN).await);
     task.await.unwrap();
     let metrics = handle.metrics();
     for reason in [
@@ -435,6 +435,6 @@ async fn a_removed_otlp_exporter_gives_up_what_it_holds_at_once() {
         metrics.dropped_count(crate::export::metrics::TRACES, DropReason::RetriesExhausted) == 100
     })
     .await;
-    assert!(handle.shutdown(Duration::from_secs(2)).await);
+    assert!(handle.shutdown(WITHIN).await);
     task.await.unwrap();
 }
