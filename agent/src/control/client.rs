@@ -405,8 +405,7 @@ impl Client {
         last_good::clear_trial(&self.data_dir);
         let keys = policy::changed_keys(&self.current, &self.good);
         self.metrics.on_trial.set(0);
-        let reason =
-            super::state::one_line(&format!("rolled back to the last-known-good config: {why}"));
+        let reason = super::state::one_line(&format!("{}: {why}", super::ROLLED_BACK));
         tracing::warn!(%reason, keys = ?keys, "remote config unhealthy within its window");
         self.decided(
             &trial.remote.config_hash,

@@ -27,6 +27,10 @@ use selfops_proto::opamp::AgentDescription;
 use tokio::{sync::watch, task::JoinHandle};
 
 pub use client::AuditSink;
+
+/// How a rollback by the agent's own health gate begins its FAILED
+/// status, which the fleet server counts by.
+pub const ROLLED_BACK: &str = "rolled back to the last-known-good config";
 pub use config::ControlConfig;
 pub use metrics::{ControlMetrics, OutcomeLabel};
 

@@ -70,6 +70,19 @@ pub struct Fleet {
     configs: Mutex<Configs>,
     /// Last sequence number per agent, to spot a gap.
     sequences: Mutex<HashMap<String, u64>>,
+    /// The task following other servers' announcements, ended with the
+    /// fleet (it holds only a weak reference, but may be waiting on the
+    /// database).
+    peers: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        let peers = self.peers.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(peers) = peers.take() {
+            peers.abort();
+        }
+    }
 }
 
 /// Most attributes kept from one description, and their longest key and
@@ -105,9 +118,11 @@ impl Fleet {
             sessions: Mutex::new(HashMap::new()),
             configs: Mutex::default(),
             sequences: Mutex::new(HashMap::new()),
+            peers: Mutex::new(None),
         });
         if fleet.store.is_shared() {
-            tokio::spawn(super::peers::follow(Arc::downgrade(&fleet)));
+            let task = tokio::spawn(super::peers::follow(Arc::downgrade(&fleet)));
+            *fleet.peers.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.abort_handle());
         }
         fleet
     }
@@ -263,7 +278,7 @@ impl Fleet {
             let error = crate::control::state::one_line(&status.error_message);
             if (hash.as_str(), name) != (agent.remote_hash.as_str(), agent.remote_status.as_str()) {
                 self.metrics.report(name);
-                if name == "FAILED" && error.starts_with(AGENT_ROLLED_BACK) {
+                if name == "FAILED" && error.starts_with(crate::control::ROLLED_BACK) {
                     self.metrics.rolled_back("agent", 1);
                 }
             }
@@ -406,9 +421,6 @@ impl Fleet {
         })
     }
 }
-
-/// How an agent's own rollback reads in its FAILED status.
-const AGENT_ROLLED_BACK: &str = "rolled back";
 
 fn remote_config(config: &SignedConfig) -> AgentRemoteConfig {
     let mut files = HashMap::from([(

@@ -52,6 +52,7 @@ pub async fn follow(fleet: Weak<Fleet>) {
                 Ok((server, hash)) if server != fleet.id => announced(&fleet, &hash).await,
                 Ok(_) => {}
                 Err(err) => {
+                    fleet.metrics.store_errors.inc();
                     tracing::warn!(%err, "fleet announcements lost: listening again");
                     break;
                 }

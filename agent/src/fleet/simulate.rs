@@ -235,11 +235,21 @@ pub async fn run(
     tokio::pin!(stop);
     let mut report = tokio::time::interval(REPORT_EVERY);
     let mut last = String::new();
+    // A client runs until told to stop: one that ends before is a dead
+    // agent the server would only see as silent.
+    let mut ended_early = 0usize;
     loop {
         tokio::select! {
             _ = &mut stop => break,
+            Some(ended) = agents.join_next() => {
+                ended_early += 1;
+                tracing::error!(result = ?ended, ended_early, "a simulated agent ended before the stop");
+            }
             _ = report.tick() => {
-                let line = progress(&metrics);
+                let mut line = progress(&metrics);
+                if ended_early > 0 {
+                    line.push_str(&format!(", {ended_early} ended early"));
+                }
                 if line != last {
                     println!("{line}");
                     last = line;
@@ -249,7 +259,11 @@ pub async fn run(
     }
     let _ = stopping.send(true);
     let ended = tokio::time::timeout(STOP_WITHIN, async {
-        while agents.join_next().await.is_some() {}
+        while let Some(ended) = agents.join_next().await {
+            if let Err(err) = ended {
+                tracing::error!(%err, "a simulated agent failed while stopping");
+            }
+        }
     })
     .await;
     if ended.is_err() {
