@@ -333,7 +333,7 @@ async fn start(
         supervisor.local(Task::Tracer, tracer.run(ring));
     }
     // The service rules live with the process model they name.
-    let rules = resources.clone().follow(Some(live.service.subscribe()));
+    let rules = resources.clone().follow(live.service.subscribe());
     let kernel = KernelCounters::new(object.take_lost_counters()?, &metrics);
     running.kernel = Some(kernel.clone());
     let state = Arc::new(server::TelemetryState {

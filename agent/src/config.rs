@@ -168,7 +168,7 @@ pub struct ExportConfig {
     pub batch_timeout: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OtlpConfig {
     /// `http://host:4317` for gRPC, `http://host:4318` for HTTP/protobuf

@@ -336,7 +336,19 @@ fn remote_config_is_applied_live_refused_rolled_back_and_kept() {
     let yaml_a = config_a(web.port);
     let offered = Instant::now();
     let hash_a = fleet.offer(&yaml_a, Some(&sign(&trusted, &yaml_a)));
-    let row = fleet.wait_row(APPLY_WITHIN + HEALTH_WINDOW + WAIT, "(a) APPLIED", |row| {
+    // What the 5 s bound is about: from the offer to the config running
+    // (on trial), read from the agent itself. The health window and the
+    // next heartbeat after it are timed by the agent, not by this test.
+    let accepted = wait_for(APPLY_WITHIN + WAIT, || {
+        (agent.metric("selfops_remote_config_applies_total", &["accepted"]) >= 1.0)
+            .then(|| offered.elapsed())
+    })
+    .unwrap_or_else(|| panic!("(a) not accepted:\n{}", agent.log()));
+    assert!(
+        accepted <= APPLY_WITHIN,
+        "(a) running {accepted:?} after the offer, over {APPLY_WITHIN:?}"
+    );
+    let row = fleet.wait_row(HEALTH_WINDOW + WAIT, "(a) APPLIED", |row| {
         row["remote_hash"] == hash_a.as_str()
             && matches!(row["remote_status"].as_str(), Some("APPLIED" | "FAILED"))
     });
@@ -345,13 +357,12 @@ fn remote_config_is_applied_live_refused_rolled_back_and_kept() {
     // The effective config (the YAML laid over the local file) changed.
     let effective_a = row["effective_hash"].clone();
     assert_ne!(effective_a, local_hash, "{row}");
+    eprintln!("(a) running {accepted:?} and APPLIED {took:?} after the offer");
     assert!(
-        took <= APPLY_WITHIN + HEALTH_WINDOW,
-        "APPLIED after {took:?}, over {:?}",
-        APPLY_WITHIN + HEALTH_WINDOW
+        wait_for(WAIT, || (frequency(&agent) == 19.0).then_some(())).is_some(),
+        "not (a)'s frequency:\n{}",
+        agent.log()
     );
-    eprintln!("(a) APPLIED {took:?} after the offer");
-    assert_eq!(frequency(&agent), 19.0);
     wait_for_record(&agent, "selfops.action.applied", WAIT, |a| {
         a["selfops.playbook"] == "nginx-busy" && a["selfops.dry_run"] == true
     });
@@ -519,8 +530,10 @@ fn an_enforcing_playbook_added_live_loads_the_limiter() {
             && matches!(row["remote_status"].as_str(), Some("APPLIED" | "FAILED"))
     });
     assert_eq!(row["remote_status"], "APPLIED", "{row}\n{}", agent.log());
-    assert!(selfops_tests::limiter_loaded(), "{}", agent.log());
+    // Loaded by the actuation loop once the config is published, which
+    // APPLIED does not wait for.
     wait_for_record(&agent, "selfops.limiter.hooked", WAIT, |_| true);
+    assert!(selfops_tests::limiter_loaded(), "{}", agent.log());
     let (status, _) = agent.stop(libc::SIGTERM);
     assert!(status.success(), "{status}");
     assert!(

@@ -372,9 +372,8 @@ impl Engine {
         enforcer: &mut dyn Enforcer,
     ) -> Result<Vec<Decision>, ConfigError> {
         let mut next = Engine::new(config, Instant::now())?;
-        let same = |a: &PlaybookState, b: &PlaybookState| {
-            a.dry_run == b.dry_run && format!("{:?}", a.config) == format!("{:?}", b.config)
-        };
+        let same =
+            |a: &PlaybookState, b: &PlaybookState| a.dry_run == b.dry_run && a.config == b.config;
         // Where each running playbook goes in the new list, if it stays.
         let kept: Vec<Option<usize>> = self
             .playbooks

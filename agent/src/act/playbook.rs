@@ -139,7 +139,7 @@ impl Allowlist {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Playbook {
     pub name: String,
@@ -162,7 +162,7 @@ pub struct Playbook {
 /// A signal and the condition on it. Either a level (`above` or `below`,
 /// optionally on an EWMA-smoothed value, released at `clear`), or an
 /// `anomaly` detector whose score reaches `score_above`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct When {
     pub signal: SeriesName,
@@ -243,7 +243,7 @@ impl TryFrom<LevelText> for Level {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum Action {
     /// Admit at most `per_second` (new connections or packets) to a port,
@@ -255,7 +255,7 @@ pub enum Action {
     Lift(Target),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
     #[serde(default)]

@@ -225,7 +225,8 @@ impl ActuationLoop {
             && !self.limiter_loaded
             && let Err(err) = self.load_limiter()
         {
-            // Enforcing actions fail, each audited, until a restart.
+            // Enforcing actions fail, each audited, until a later config
+            // with an enforcing playbook loads it (each tries again).
             tracing::error!(
                 error = format!("{err:#}"),
                 "the limiter could not be loaded"

@@ -194,11 +194,7 @@ fn keys_that_cannot_change_live_are_named() {
 async fn service_rules_change_the_service_name_of_new_resources() {
     let mut node = Node::new("");
     let resources = Arc::new(ResourceBuilder::new(&node.current.service).unwrap());
-    let follower = tokio::spawn(
-        resources
-            .clone()
-            .follow(Some(node.live.service.subscribe())),
-    );
+    let follower = tokio::spawn(resources.clone().follow(node.live.service.subscribe()));
     let nginx = Process {
         pid: 10,
         ppid: 1,

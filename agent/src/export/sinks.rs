@@ -164,7 +164,7 @@ impl SinkSet {
                 tracing::error!(endpoint = %otlp.endpoint, %err, "OTLP exporter not changed");
             }
             (Some((otlp, Ok(target))), Some(slot)) => {
-                if format!("{otlp:?}") != format!("{:?}", slot.config) {
+                if *otlp != slot.config {
                     slot.target.send_replace(target);
                     slot.config = otlp.clone();
                     tracing::info!(endpoint = %otlp.endpoint, "OTLP exporter retargeted");

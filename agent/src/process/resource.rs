@@ -25,7 +25,7 @@ pub struct ResourceBuilder {
     host_name: String,
     host_arch: &'static str,
     /// Replaced whole when a remote config changes `service`.
-    rules: RwLock<Arc<Rules>>,
+    rules: RwLock<Rules>,
     /// Counts rule changes, so caches of built resources know to go.
     generation: AtomicU64,
     /// Whether signals carry `process.command_line`: off by default, since
@@ -40,7 +40,7 @@ impl ResourceBuilder {
         Ok(Self {
             host_name: host_name(),
             host_arch: host_arch(),
-            rules: RwLock::new(Arc::new(compile(config)?)),
+            rules: RwLock::new(compile(config)?),
             generation: AtomicU64::new(0),
             command_line_on_signals: false,
         })
@@ -55,7 +55,7 @@ impl ResourceBuilder {
 
     /// Takes `config`'s rules for every resource built from now on.
     pub fn set_rules(&self, config: &ServiceConfig) -> Result<(), globset::Error> {
-        let rules = Arc::new(compile(config)?);
+        let rules = compile(config)?;
         // A poisoned lock only means a reader panicked; the rules are whole.
         *self.rules.write().unwrap_or_else(|e| e.into_inner()) = rules;
         self.generation.fetch_add(1, Ordering::Release);
@@ -66,8 +66,9 @@ impl ResourceBuilder {
     /// (run beside the process model, whose resources these are).
     pub async fn follow(
         self: Arc<Self>,
-        mut updates: Option<tokio::sync::watch::Receiver<ServiceConfig>>,
+        updates: tokio::sync::watch::Receiver<ServiceConfig>,
     ) -> std::convert::Infallible {
+        let mut updates = Some(updates);
         loop {
             if let Some(config) = crate::control::next_update(&mut updates).await {
                 match self.set_rules(&config) {
@@ -89,7 +90,7 @@ impl ResourceBuilder {
         let name = process.executable_name();
         let path = process.executable_path.as_deref().unwrap_or("");
         let cgroup = process.cgroup.as_deref().unwrap_or("");
-        let rules = self.rules.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let rules = self.rules.read().unwrap_or_else(|e| e.into_inner());
         rules
             .iter()
             .find(|(target, _)| match target {

@@ -302,7 +302,7 @@ fn labels(
             thread_name,
             executable_name: p.executable_name().to_owned(),
             container_id: p.container_id.as_deref().map(str::to_owned),
-            service_name: resources.service_name(p).to_owned(),
+            service_name: resources.service_name(p),
         },
         // Not in the table yet (just started): what the sample itself says.
         None => ProcessLabels {
