@@ -17,6 +17,7 @@ pub mod session;
 pub mod simulate;
 pub mod status;
 pub mod store;
+pub mod ws;
 
 #[cfg(test)]
 pub(crate) mod test_postgres;

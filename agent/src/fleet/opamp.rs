@@ -27,6 +27,9 @@ const CAPABILITIES: u64 = ServerCapabilities::AcceptsStatus as u64
     | ServerCapabilities::AcceptsEffectiveConfig as u64
     | ServerCapabilities::OffersConnectionSettings as u64;
 
+/// Sessions running store calls at once (see `Fleet::turn`).
+const TURNS: usize = 64;
+
 /// Configs kept in memory by hash (a few are on offer at a time).
 const CACHED_CONFIGS: usize = 16;
 
@@ -74,6 +77,8 @@ pub struct Fleet {
     /// fleet (it holds only a weak reference, but may be waiting on the
     /// database).
     peers: Mutex<Option<tokio::task::AbortHandle>>,
+    /// Turns at the store for WebSocket sessions.
+    turns: tokio::sync::Semaphore,
 }
 
 impl Drop for Fleet {
@@ -119,6 +124,7 @@ impl Fleet {
             configs: Mutex::default(),
             sequences: Mutex::new(HashMap::new()),
             peers: Mutex::new(None),
+            turns: tokio::sync::Semaphore::new(TURNS),
         });
         if fleet.store.is_shared() {
             let task = tokio::spawn(super::peers::follow(Arc::downgrade(&fleet)));
@@ -137,6 +143,15 @@ impl Fleet {
             }),
             ..Default::default()
         }
+    }
+
+    /// Waits for a session's turn at the store. A rollout wakes every
+    /// session at once; the store serves a few at a time anyway (one
+    /// SQLite connection, a small PostgreSQL pool), and each waiting here
+    /// holds a few bytes instead of a call in progress.
+    pub async fn turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        // Never closed: `None` cannot happen, but is no reason to stop.
+        self.turns.acquire().await.ok()
     }
 
     pub fn heartbeat(&self) -> Duration {

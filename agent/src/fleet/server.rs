@@ -18,19 +18,11 @@ use hyper_util::rt::TokioIo;
 use prost::Message as _;
 use selfops_proto::opamp::AgentToServer;
 use tokio::net::TcpListener;
-use tokio_tungstenite::{
-    WebSocketStream,
-    tungstenite::{handshake::derive_accept_key, protocol::Role, protocol::WebSocketConfig},
-};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use super::{api, listener::Capped, opamp::Fleet, session};
 
 pub const OPAMP_PATH: &str = "/v1/opamp";
-
-/// Each session's read buffer: tungstenite fills its whole buffer before
-/// every read (128 KiB by default, the server's memory per agent), while
-/// agent messages are a few hundred bytes; larger frames grow it.
-const SESSION_READ_BUFFER: usize = 512;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -91,8 +83,8 @@ fn plain(status: StatusCode, text: &'static str) -> Response {
     (status, text).into_response()
 }
 
-/// The WebSocket handshake by hand, on the connection hyper hands over:
-/// the agent's own tungstenite then carries the session.
+/// The WebSocket handshake by hand; the session then frames messages
+/// itself on the connection hyper hands over (`ws`).
 async fn websocket(State(app): State<App>, mut request: Request) -> Response {
     let headers = request.headers();
     let upgrade = headers
@@ -110,18 +102,8 @@ async fn websocket(State(app): State<App>, mut request: Request) -> Response {
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let config = WebSocketConfig::default()
-                    .read_buffer_size(SESSION_READ_BUFFER)
-                    .max_message_size(Some(limit))
-                    .max_frame_size(Some(limit));
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(config),
-                )
-                .await;
                 fleet.metrics.connection("websocket", "accepted");
-                session::run(ws, fleet, limit).await;
+                session::run(TokioIo::new(upgraded), fleet, limit).await;
             }
             Err(err) => {
                 fleet.metrics.connection("websocket", "failed");

@@ -3,20 +3,25 @@
 //! server) wake the session, which sends the agent's offer in between.
 //! Anything malformed, a second agent on the same session, or silence
 //! past the idle limit ends the session (the agent reconnects).
+//!
+//! A fleet server holds one session per connected agent, most of them
+//! resting between heartbeats, so what a resting session holds is what the
+//! server costs per agent: the stream, its read in progress (no buffer) and
+//! this future, kept small by boxing the store calls while they run. At
+//! most `Fleet::turn`'s number of sessions run those calls at once, so a
+//! rollout that wakes every session does not allocate for all at once.
 
 use std::{sync::Arc, time::Duration};
 
-use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     sync::Notify,
 };
-use tokio_tungstenite::{
-    WebSocketStream,
-    tungstenite::{self, Message},
-};
 
-use super::opamp::Fleet;
+use super::{
+    opamp::Fleet,
+    ws::{self, Incoming, Reader},
+};
 use crate::control::frame;
 
 /// Silence tolerated: a few missed heartbeats.
@@ -36,40 +41,50 @@ enum Step {
     End,
 }
 
-pub async fn run<S>(mut ws: WebSocketStream<S>, fleet: Arc<Fleet>, max_message_bytes: usize)
+/// Runs the session on an upgraded connection until either side ends it.
+pub async fn run<S>(io: S, fleet: Arc<Fleet>, max_message_bytes: usize)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Send + 'static,
 {
+    let (read, mut write) = tokio::io::split(io);
     let wake = Arc::new(Notify::new());
     let idle = idle_limit(fleet.heartbeat());
     let mut agent: Option<String> = None;
-    // The store calls are boxed futures awaited one at a time: a session
-    // rests between messages, and its own future would otherwise be sized
-    // for them (several KiB per connected agent).
+    // The read in progress lives across pushes: a frame is never cut.
+    let mut reading = Box::pin(Reader::new(read, max_message_bytes).next_owned());
+    let mut close: Option<Vec<u8>> = None;
     loop {
         let (answer, last) = tokio::select! {
-            incoming = tokio::time::timeout(idle, ws.next()) => {
+            incoming = tokio::time::timeout(idle, &mut reading) => {
+                let Ok((reader, incoming)) = incoming else {
+                    tracing::debug!(?agent, "agent silent: session ended");
+                    break;
+                };
+                reading = Box::pin(reader.next_owned());
                 let bytes = match incoming {
-                    Err(_) => {
-                        tracing::debug!(?agent, "agent silent: session ended");
-                        break;
-                    }
-                    Ok(Some(Ok(Message::Binary(bytes)))) => bytes,
-                    Ok(Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)))) => continue,
-                    Ok(Some(Ok(Message::Text(_)))) => {
-                        fleet.metrics.reject("text");
-                        tracing::warn!(?agent, "text frame from an agent: session ended");
-                        break;
-                    }
-                    Ok(Some(Ok(Message::Close(_))) | None) => break,
-                    Ok(Some(Err(err))) => {
-                        if matches!(err, tungstenite::Error::Capacity(_)) {
-                            fleet.metrics.reject("too_large");
+                    Ok(Incoming::Binary(bytes)) => bytes,
+                    Ok(Incoming::Ping(payload)) => {
+                        if ws::send_pong(&mut write, &payload).await.is_err() {
+                            break;
                         }
-                        tracing::debug!(%err, ?agent, "WebSocket error: session ended");
+                        continue;
+                    }
+                    Ok(Incoming::Close(payload)) => {
+                        close = payload;
+                        break;
+                    }
+                    Err(err) => {
+                        match err.label() {
+                            Some(label) => {
+                                fleet.metrics.reject(label);
+                                tracing::warn!(%err, ?agent, "agent frame refused: session ended");
+                            }
+                            None => tracing::debug!(%err, ?agent, "session ended"),
+                        }
                         break;
                     }
                 };
+                let _turn = fleet.turn().await;
                 match Box::pin(respond(&fleet, &bytes, max_message_bytes, &mut agent, &wake)).await {
                     Step::Answer(answer) => (answer, false),
                     Step::Last(answer) => (answer, true),
@@ -78,7 +93,10 @@ where
             }
             () = wake.notified() => {
                 let pushed = match &agent {
-                    Some(uid) => Box::pin(fleet.pushed(uid)).await,
+                    Some(uid) => {
+                        let _turn = fleet.turn().await;
+                        Box::pin(fleet.pushed(uid)).await
+                    }
                     None => None,
                 };
                 match pushed {
@@ -87,7 +105,7 @@ where
                 }
             }
         };
-        if let Err(err) = ws.send(Message::Binary(answer.into())).await {
+        if let Err(err) = ws::send_binary(&mut write, &answer).await {
             tracing::debug!(%err, ?agent, "sending to the agent: session ended");
             break;
         }
@@ -96,10 +114,12 @@ where
             break;
         }
     }
+    drop(reading);
     if let Some(uid) = &agent {
+        let _turn = fleet.turn().await;
         Box::pin(fleet.unregister(uid, &wake)).await;
     }
-    let _ = ws.close(None).await;
+    let _ = ws::send_close(&mut write, close.as_deref().unwrap_or_default()).await;
 }
 
 /// Takes in one agent frame: the session's agent is set by its first
@@ -154,10 +174,8 @@ mod tests {
     async fn a_resting_session_is_small() {
         let fleet = Fleet::new(Store::open_in_memory().unwrap(), Duration::from_secs(1));
         let (io, _peer) = tokio::io::duplex(64);
-        let ws =
-            WebSocketStream::from_raw_socket(io, tungstenite::protocol::Role::Server, None).await;
-        let session = run(ws, fleet, 1 << 20);
+        let session = run(io, fleet, 1 << 20);
         let size = std::mem::size_of_val(&session);
-        assert!(size <= 1536, "a session's future takes {size} bytes");
+        assert!(size <= 1024, "a session's future takes {size} bytes");
     }
 }
