@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use selfops_agent::detect::{
-    Detector, DetectorConfig, EwmaConfig, HoltWintersConfig, ThresholdConfig,
+    ContextualConfig, Detector, DetectorConfig, EwmaConfig, HoltWintersConfig, ThresholdConfig,
     WindowedLikelihoodConfig, ZScoreConfig,
 };
 
@@ -66,6 +66,10 @@ fn builtin() -> Vec<(String, DetectorConfig)> {
         (
             "windowed_likelihood".into(),
             DetectorConfig::WindowedLikelihood(WindowedLikelihoodConfig::default()),
+        ),
+        (
+            "contextual".into(),
+            DetectorConfig::Contextual(ContextualConfig::default()),
         ),
         ("seasonal_likelihood".into(), DetectorConfig::default()),
     ]
