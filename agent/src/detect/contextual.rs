@@ -16,7 +16,6 @@
 use serde::Deserialize;
 
 use super::quiet::QuietAfterFiring;
-use super::seasonal_likelihood::{SeasonalLikelihood, SeasonalLikelihoodConfig};
 use super::stats::EwStats;
 use super::{ConfigError, Detector};
 
@@ -51,12 +50,6 @@ pub struct ContextualConfig {
     pub fire_level: f64,
     /// Points after a firing during which the score is held at 0.
     pub quiet: u32,
-    /// `true`: the quiet follows every score at or above the firing level,
-    /// reported or not, so a firing needs `quiet` calm points before it.
-    pub calm: bool,
-    /// Also forecast-based: the score is the larger of the novelty and this
-    /// detector's score (its own quiet replaced by this one's).
-    pub forecast: Option<SeasonalLikelihoodConfig>,
 }
 
 impl Default for ContextualConfig {
@@ -65,13 +58,11 @@ impl Default for ContextualConfig {
             bins: 16,
             order: 1,
             learn: 300,
-            capacity: 8192,
+            capacity: 2048,
             margin: 1.0,
             rate_alpha: 0.01,
             fire_level: 0.5,
             quiet: 150,
-            calm: false,
-            forecast: None,
         }
     }
 }
@@ -110,11 +101,7 @@ impl ContextualConfig {
             });
         }
         super::check_rate("contextual.rate_alpha", self.rate_alpha)?;
-        super::check_unit("contextual.fire_level", self.fire_level)?;
-        match &self.forecast {
-            Some(f) => f.validate(),
-            None => Ok(()),
-        }
+        super::check_unit("contextual.fire_level", self.fire_level)
     }
 }
 
@@ -173,7 +160,7 @@ fn mix(h: u64, x: u64) -> u64 {
 #[derive(Debug, Clone)]
 pub struct Contextual {
     cfg: ContextualConfig,
-    /// Points held while the range is learnt (emptied once learnt).
+    /// Points held while the range is learnt (none once it is).
     learning: Box<[f64]>,
     held: usize,
     /// The range, once learnt.
@@ -185,10 +172,7 @@ pub struct Contextual {
     /// How often each context length (0 ..= order) is novel.
     rates: [EwStats; MAX_ORDER as usize + 1],
     now: u32,
-    forecast: Option<Box<SeasonalLikelihood>>,
     quiet: QuietAfterFiring,
-    /// Points since a score at or above the firing level.
-    since_high: u32,
 }
 
 impl Contextual {
@@ -202,12 +186,7 @@ impl Contextual {
             dict: Dictionary::new(cfg.capacity as usize),
             rates: [EwStats::new(cfg.rate_alpha); MAX_ORDER as usize + 1],
             now: 0,
-            forecast: cfg
-                .forecast
-                .clone()
-                .map(|f| Box::new(SeasonalLikelihood::new(f))),
             quiet: QuietAfterFiring::default(),
-            since_high: u32::MAX,
             cfg,
         }
     }
@@ -265,26 +244,8 @@ impl Detector for Contextual {
         if !t.is_finite() || !value.is_finite() {
             return 0.0;
         }
-        let forecast = match &mut self.forecast {
-            Some(f) => f.ungated(t, value),
-            None => 0.0,
-        };
-        let novelty = self.novelty(value);
-        let score = novelty.max(forecast);
-        if !self.cfg.calm {
-            return self.quiet.gate(score, self.cfg.fire_level, self.cfg.quiet);
-        }
-        let out = if self.since_high >= self.cfg.quiet {
-            score
-        } else {
-            0.0
-        };
-        self.since_high = if score >= self.cfg.fire_level {
-            0
-        } else {
-            self.since_high.saturating_add(1)
-        };
-        out
+        let score = self.novelty(value);
+        self.quiet.gate(score, self.cfg.fire_level, self.cfg.quiet)
     }
 }
 

@@ -64,7 +64,7 @@ impl Default for DetectorConfig {
     /// The detector chosen on the labelled benchmark by leave-one-category-out
     /// (`cargo xtask bench nab`).
     fn default() -> Self {
-        DetectorConfig::SeasonalLikelihood(SeasonalLikelihoodConfig::default())
+        DetectorConfig::Contextual(ContextualConfig::default())
     }
 }
 

@@ -166,20 +166,6 @@ impl SeasonalLikelihood {
     }
 }
 
-impl SeasonalLikelihood {
-    /// The score of a finite point before the quiet after firing, for a
-    /// detector that combines it with another and keeps its own quiet.
-    pub(crate) fn ungated(&mut self, t: f64, value: f64) -> f64 {
-        let raw = self.surprise(t, value);
-        let raw = if self.cfg.echo > 0.0 {
-            self.without_echo(raw)
-        } else {
-            raw
-        };
-        self.likelihood.update(raw)
-    }
-}
-
 /// Room for one season and the slack either side, or none if the echo is off.
 fn history_for(cfg: &SeasonalLikelihoodConfig) -> Box<[f64]> {
     let len = if cfg.echo > 0.0 {
@@ -212,7 +198,13 @@ impl Detector for SeasonalLikelihood {
         if !t.is_finite() || !value.is_finite() {
             return 0.0;
         }
-        let score = self.ungated(t, value);
+        let raw = self.surprise(t, value);
+        let raw = if self.cfg.echo > 0.0 {
+            self.without_echo(raw)
+        } else {
+            raw
+        };
+        let score = self.likelihood.update(raw);
         self.quiet.gate(score, self.cfg.fire_level, self.cfg.quiet)
     }
 }
