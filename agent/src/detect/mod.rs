@@ -191,6 +191,15 @@ mod tests {
         let hw: DetectorConfig = serde_json::from_str(r#"{"kind":"holt_winters","season":"1h"}"#)
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(hw.build().map(|d| d.name()), Ok("holt_winters"));
+
+        let c: DetectorConfig = serde_json::from_str(r#"{"kind":"contextual","bins":8,"order":2}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(&c, DetectorConfig::Contextual(c) if c.bins == 8 && c.order == 2));
+        assert_eq!(c.build().map(|d| d.name()), Ok("contextual"));
+        assert_eq!(
+            DetectorConfig::default().build().map(|d| d.name()),
+            Ok("contextual")
+        );
     }
 
     #[test]
