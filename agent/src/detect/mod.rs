@@ -8,6 +8,7 @@
 //! verdicts that do not flap. Detectors are named and parameterised in
 //! configuration through [`DetectorConfig`].
 
+mod contextual;
 mod ewma;
 mod holt_winters;
 mod hysteresis;
@@ -23,6 +24,7 @@ mod zscore;
 
 use serde::Deserialize;
 
+pub use contextual::{Contextual, ContextualConfig};
 pub use ewma::{Ewma, EwmaConfig};
 pub use holt_winters::{HoltWinters, HoltWintersConfig};
 pub use hysteresis::{Hysteresis, HysteresisConfig, Verdict};
@@ -54,6 +56,7 @@ pub enum DetectorConfig {
     Threshold(ThresholdConfig),
     SeasonalLikelihood(SeasonalLikelihoodConfig),
     WindowedLikelihood(WindowedLikelihoodConfig),
+    Contextual(ContextualConfig),
     Onnx(OnnxConfig),
 }
 
@@ -61,7 +64,7 @@ impl Default for DetectorConfig {
     /// The detector chosen on the labelled benchmark by leave-one-category-out
     /// (`cargo xtask bench nab`).
     fn default() -> Self {
-        DetectorConfig::SeasonalLikelihood(SeasonalLikelihoodConfig::default())
+        DetectorConfig::Contextual(ContextualConfig::default())
     }
 }
 
@@ -74,6 +77,7 @@ impl DetectorConfig {
             DetectorConfig::Threshold(c) => c.validate(),
             DetectorConfig::SeasonalLikelihood(c) => c.validate(),
             DetectorConfig::WindowedLikelihood(c) => c.validate(),
+            DetectorConfig::Contextual(c) => c.validate(),
             DetectorConfig::Onnx(c) => c.validate(),
         }
     }
@@ -92,6 +96,7 @@ impl DetectorConfig {
             DetectorConfig::Threshold(c) => Box::new(Threshold::new(c.clone())),
             DetectorConfig::SeasonalLikelihood(c) => Box::new(SeasonalLikelihood::new(c.clone())),
             DetectorConfig::WindowedLikelihood(c) => Box::new(WindowedLikelihood::new(c.clone())),
+            DetectorConfig::Contextual(c) => Box::new(Contextual::new(c.clone())),
             DetectorConfig::Onnx(c) => Box::new(Onnx::new(c.clone())?),
         })
     }
@@ -186,6 +191,15 @@ mod tests {
         let hw: DetectorConfig = serde_json::from_str(r#"{"kind":"holt_winters","season":"1h"}"#)
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(hw.build().map(|d| d.name()), Ok("holt_winters"));
+
+        let c: DetectorConfig = serde_json::from_str(r#"{"kind":"contextual","bins":8,"order":2}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(&c, DetectorConfig::Contextual(c) if c.bins == 8 && c.order == 2));
+        assert_eq!(c.build().map(|d| d.name()), Ok("contextual"));
+        assert_eq!(
+            DetectorConfig::default().build().map(|d| d.name()),
+            Ok("contextual")
+        );
     }
 
     #[test]

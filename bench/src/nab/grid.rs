@@ -100,6 +100,17 @@ pub fn families() -> Vec<(String, Vec<DetectorConfig>)> {
                 ],
             ),
         ),
+        (
+            "contextual".into(),
+            product(
+                json!({"kind": "contextual"}),
+                &[
+                    ("bins", vals![8, 16, 32]),
+                    ("order", vals![1, 2, 4]),
+                    ("margin", vals![1.0, 2.0]),
+                ],
+            ),
+        ),
     ]
 }
 
@@ -111,7 +122,7 @@ mod tests {
     fn every_grid_point_parses_and_builds() {
         let sizes: Vec<usize> = families().iter().map(|(_, g)| g.len()).collect();
         // A point that failed to parse would be missing here.
-        assert_eq!(sizes, [1, 5, 12, 6, 24, 24]);
+        assert_eq!(sizes, [1, 5, 12, 6, 24, 24, 18]);
         for (name, grid) in families() {
             assert!(!grid.is_empty(), "{name}");
             for c in grid {

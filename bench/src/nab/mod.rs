@@ -13,8 +13,8 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use selfops_agent::detect::{
-    Detector, DetectorConfig, EwmaConfig, HoltWintersConfig, ThresholdConfig,
-    WindowedLikelihoodConfig, ZScoreConfig,
+    Detector, DetectorConfig, EwmaConfig, HoltWintersConfig, SeasonalLikelihoodConfig,
+    ThresholdConfig, WindowedLikelihoodConfig, ZScoreConfig,
 };
 
 use corpus::Corpus;
@@ -67,7 +67,11 @@ fn builtin() -> Vec<(String, DetectorConfig)> {
             "windowed_likelihood".into(),
             DetectorConfig::WindowedLikelihood(WindowedLikelihoodConfig::default()),
         ),
-        ("seasonal_likelihood".into(), DetectorConfig::default()),
+        (
+            "seasonal_likelihood".into(),
+            DetectorConfig::SeasonalLikelihood(SeasonalLikelihoodConfig::default()),
+        ),
+        ("contextual".into(), DetectorConfig::default()),
     ]
 }
 
@@ -144,7 +148,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     print_loco(&corpus, &detectors)?;
     println!(
-        "\nseasonal_likelihood is the default detector. Scores normalised as NAB does: 0 never \
+        "\ncontextual is the default detector. Scores normalised as NAB does: 0 never \
          fires, 100 perfect; threshold, raw, windows and FPs are for the standard profile. Published on these 35 files \
          (standard): windowed Gaussian 22.0, Random Cut Forest 49.5, KNN CAD 53.0, Numenta HTM 66.6, \
          ARTime 67.8."
