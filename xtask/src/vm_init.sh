@@ -1,0 +1,86 @@
+#!/bin/busybox sh
+# PID 1 of a kernel-matrix VM (`cargo xtask test --kernel NAME`). It mounts
+# what a host gives the agent, runs each check and reports on the serial
+# console in lines the host parses, then powers off. The protocol:
+#   KMATRIX init RELEASE         /init was reached
+#   KMATRIX exit NAME CODE       a command's exit status
+#   KMATRIX begin NAME ... KMATRIX end NAME   a file's content
+#   KMATRIX done                 every check ran
+# Judging is the host's: this script only reports.
+
+/bin/busybox --install -s /bin
+export PATH=/bin
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t debugfs debugfs /sys/kernel/debug
+mount -t tracefs tracefs /sys/kernel/tracing
+mount -t bpf bpf /sys/fs/bpf
+mkdir -p /sys/fs/cgroup
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+ip link set lo up
+hostname kmatrix
+
+echo "KMATRIX init $(uname -r)"
+
+# Modules the cloud kernels build as such (tc's clsact and BPF classifier,
+# veth), copied from the same kernel package; absent when built in.
+for module in /lib/modules/*.ko; do
+    [ -e "$module" ] || continue
+    insmod "$module" || echo "KMATRIX note insmod $module failed"
+done
+
+send() {
+    echo "KMATRIX begin $1"
+    cat "$2" 2>/dev/null
+    echo
+    echo "KMATRIX end $1"
+}
+
+# Busybox's ash has no `timeout` for shell functions: a bounded loop.
+wait_until() { # TRIES COMMAND...: try every 0.5 s; status 1 when all failed
+    tries=$1
+    shift
+    while ! "$@" >/dev/null 2>&1; do
+        tries=$((tries - 1))
+        [ "$tries" -gt 0 ] || return 1
+        sleep 0.5
+    done
+}
+
+# Check 1: what the kernel offers, each feature tried for real.
+/bin/selfops probe --json >/tmp/probe.json 2>/tmp/probe.log
+echo "KMATRIX exit probe $?"
+send probe.json /tmp/probe.json
+send probe.log /tmp/probe.log
+
+# Check 2: the agent running, one HTTP request through busybox httpd and
+# wget, and the agent's spans.
+mkdir -p /tmp/agent /www
+echo "selfops kernel matrix" >/www/kmatrix.html
+cat >/tmp/agent/selfops.yaml <<EOF
+data_dir: /tmp/agent/data
+telemetry:
+  listen: 127.0.0.1:9464
+export:
+  batch_timeout: 200ms
+EOF
+/bin/selfops run --config /tmp/agent/selfops.yaml 2>/tmp/agent/agent.log &
+agent=$!
+# Serving /metrics is the agent's signal that every sensor is attached.
+wait_until 240 wget -q -O /dev/null http://127.0.0.1:9464/metrics
+echo "KMATRIX exit agent-ready $?"
+httpd -p 127.0.0.1:8080 -h /www
+wget -q -O /tmp/body http://127.0.0.1:8080/kmatrix.html
+echo "KMATRIX exit wget $?"
+wait_until 60 grep -q kmatrix.html /tmp/agent/data/traces.jsonl
+echo "KMATRIX exit spans-written $?"
+kill -TERM "$agent"
+wait "$agent"
+echo "KMATRIX exit agent $?"
+send agent.log /tmp/agent/agent.log
+send traces.jsonl /tmp/agent/data/traces.jsonl
+
+echo "KMATRIX done"
+poweroff -f
