@@ -39,10 +39,10 @@ enum Command {
         /// Only run tests whose name contains this filter.
         filter: Option<String>,
         /// Boot this Debian kernel under qemu and run the agent's checks
-        /// in it (`6.1`, `6.12`); repeatable.
+        /// in it (`6.1`, `6.12`, `5.10`); repeatable.
         #[arg(long, value_name = "NAME")]
         kernel: Vec<String>,
-        /// The same for every kernel of the default list (6.1, 6.12).
+        /// The same for every kernel of the default list (6.1, 6.12, 5.10).
         #[arg(long = "kernels", conflicts_with = "kernel")]
         all_kernels: bool,
         /// How the VMs run: `tcg` (emulation), `kvm`, or `auto` (KVM if it

@@ -26,6 +26,8 @@ struct Kernel {
     package_prefix: &'static str,
     /// Probe rows that must say `yes` there.
     expect: &'static [&'static str],
+    /// YAML appended to the agent's config in the VM.
+    agent_config: &'static str,
 }
 
 /// The cloud flavour: a small kernel whose virtio and 9p are modules, so an
@@ -42,6 +44,7 @@ const KERNELS: &[Kernel] = &[
             "kprobe",
             "fentry",
         ],
+        agent_config: "",
     },
     Kernel {
         name: "6.12",
@@ -55,19 +58,40 @@ const KERNELS: &[Kernel] = &[
             "fentry",
             "tc_tcx",
         ],
+        agent_config: "",
+    },
+    // Bullseye's 5.10 LTS, the oldest line the archive still serves.
+    Kernel {
+        name: "5.10",
+        package_prefix: "linux-image-5.10.0-",
+        expect: &[
+            "btf",
+            "ring_buffer",
+            "tracepoint",
+            "uprobe",
+            "kprobe",
+            "fentry",
+        ],
+        // The profiler's program calls bpf_get_current_task_btf (5.11) and
+        // bpf_task_pt_regs (5.15): on 5.10 the verifier refuses it
+        // ("invalid func unknown#158") and the agent does not start.
+        agent_config: "profile:\n  enabled: false\n",
     },
 ];
 
 /// What `--kernels` runs.
-pub const DEFAULT_KERNELS: &[&str] = &["6.1", "6.12"];
+pub const DEFAULT_KERNELS: &[&str] = &["6.1", "6.12", "5.10"];
 
 /// Where the kernels come from: bookworm's point releases and security
-/// updates carry the newest 6.1 builds, backports the 6.12 ones.
+/// updates carry the newest 6.1 (and now 6.12) builds, backports the 6.12
+/// ones, bullseye the 5.10 ones.
 const SOURCES: &[&str] = &[
     "http://deb.debian.org/debian bookworm main",
     "http://deb.debian.org/debian bookworm-updates main",
     "http://deb.debian.org/debian-security bookworm-security main",
     "http://deb.debian.org/debian bookworm-backports main",
+    "http://deb.debian.org/debian bullseye main",
+    "http://deb.debian.org/debian-security bullseye-security main",
 ];
 const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
@@ -170,6 +194,9 @@ struct Report {
     seconds: f64,
     checks: Vec<Check>,
     probe_table: Vec<String>,
+    /// Where the files the VM sent (agent log, spans, probe output) are kept.
+    files: PathBuf,
+    agent_config: &'static str,
 }
 
 struct Check {
@@ -202,6 +229,18 @@ fn print_report(report: &Report) {
             check.detail
         );
     }
+    if !report.agent_config.is_empty() {
+        eprintln!(
+            "kmatrix {} agent config for this kernel adds: {}",
+            report.name,
+            report.agent_config.trim_end().replace('\n', " ")
+        );
+    }
+    eprintln!(
+        "kmatrix {} files from the VM: {}",
+        report.name,
+        report.files.display()
+    );
 }
 
 fn run_kernel(kernel: &Kernel, accel: Accel, work: &Path) -> anyhow::Result<Report> {
@@ -209,9 +248,15 @@ fn run_kernel(kernel: &Kernel, accel: Accel, work: &Path) -> anyhow::Result<Repo
     let unpacked = unpack(&deb, work)?;
     let vmlinuz = find_vmlinuz(&unpacked)?;
     let dir = work.join(kernel.name);
-    let initramfs = build_initramfs(&unpacked, &dir)?;
+    let initramfs = build_initramfs(kernel, &unpacked, &dir)?;
     let boot = boot_until_init(&vmlinuz, &initramfs, accel, &dir)?;
     let output = Output::parse(&boot.serial);
+    let files = dir.join("files");
+    fs::create_dir_all(&files).with_context(|| format!("creating {}", files.display()))?;
+    for (name, content) in &output.files {
+        let path = files.join(name);
+        fs::write(&path, content).with_context(|| format!("writing {}", path.display()))?;
+    }
     let mut report = Report {
         name: kernel.name,
         release: output.release.clone().unwrap_or_else(|| "?".to_owned()),
@@ -220,6 +265,8 @@ fn run_kernel(kernel: &Kernel, accel: Accel, work: &Path) -> anyhow::Result<Repo
         seconds: 0.0,
         checks: Vec::new(),
         probe_table: Vec::new(),
+        files,
+        agent_config: kernel.agent_config,
     };
     match boot.init_seconds {
         Some(seconds) => report.checks.push(Check::new(
@@ -454,7 +501,7 @@ fn find_vmlinuz(unpacked: &Path) -> anyhow::Result<PathBuf> {
 
 /// A gzip'd cpio (newc) of busybox, the agent, its libraries, the modules in
 /// [`MODULES`] and `vm_init.sh` as /init.
-fn build_initramfs(unpacked: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
+fn build_initramfs(kernel: &Kernel, unpacked: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
     let root = dir.join("root");
     if root.exists() {
         fs::remove_dir_all(&root).with_context(|| format!("removing {}", root.display()))?;
@@ -479,6 +526,7 @@ fn build_initramfs(unpacked: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
             )?;
         }
     }
+    copy_text(&root.join("etc/kmatrix-agent.yaml"), kernel.agent_config)?;
     let init = root.join("init");
     fs::write(&init, include_str!("vm_init.sh"))
         .with_context(|| format!("writing {}", init.display()))?;
@@ -509,6 +557,13 @@ fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {
     fs::copy(from, to)
         .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
     Ok(())
+}
+
+fn copy_text(to: &Path, text: &str) -> anyhow::Result<()> {
+    if let Some(parent) = to.parent() {
+        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    fs::write(to, text).with_context(|| format!("writing {}", to.display()))
 }
 
 fn set_executable(path: &Path) -> anyhow::Result<()> {
@@ -897,9 +952,35 @@ fn check_agent(output: &Output) -> Check {
         detail.push_str(&errors.join("\n  "));
     }
     if !pass {
-        detail.push_str(&format!("\n  agent log:\n{log}"));
+        detail.push_str(&format!("\n  the agent's log ends:\n{}", log_excerpt(log)));
     }
     Check::new("agent", pass, detail)
+}
+
+/// The agent's fatal error line (its head: a verifier log can follow for
+/// thousands of lines) and the log's last lines, which hold the verifier's
+/// verdict.
+fn log_excerpt(log: &str) -> String {
+    const WIDTH: usize = 600;
+    let short = |line: &str| -> String {
+        match line.char_indices().nth(WIDTH) {
+            Some((at, _)) => format!("{} …", &line[..at]),
+            None => line.to_owned(),
+        }
+    };
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    let mut out: Vec<String> = lines
+        .iter()
+        .filter(|l| l.starts_with("selfops: "))
+        .map(|l| short(l))
+        .collect();
+    out.push("  …".to_owned());
+    out.extend(
+        lines[lines.len().saturating_sub(12)..]
+            .iter()
+            .map(|l| short(l)),
+    );
+    out.join("\n")
 }
 
 /// `(sensor, hook)` from the agent's `hook chosen` log lines.

@@ -66,16 +66,27 @@ telemetry:
 export:
   batch_timeout: 200ms
 EOF
+# What this kernel's entry in the matrix adds (capabilities it cannot carry).
+cat /etc/kmatrix-agent.yaml >>/tmp/agent/selfops.yaml 2>/dev/null
 /bin/selfops run --config /tmp/agent/selfops.yaml 2>/tmp/agent/agent.log &
 agent=$!
-# Serving /metrics is the agent's signal that every sensor is attached.
-wait_until 240 wget -q -O /dev/null http://127.0.0.1:9464/metrics
-echo "KMATRIX exit agent-ready $?"
-httpd -p 127.0.0.1:8080 -h /www
-wget -q -O /tmp/body http://127.0.0.1:8080/kmatrix.html
-echo "KMATRIX exit wget $?"
-wait_until 60 grep -q kmatrix.html /tmp/agent/data/traces.jsonl
-echo "KMATRIX exit spans-written $?"
+# Serving /metrics is the agent's signal that every sensor is attached;
+# an agent that exits during start-up ends the wait at once.
+serving() {
+    kill -0 "$agent" || return 0
+    wget -q -O /dev/null http://127.0.0.1:9464/metrics
+}
+wait_until 240 serving
+kill -0 "$agent" 2>/dev/null
+ready=$?
+echo "KMATRIX exit agent-ready $ready"
+if [ "$ready" = 0 ]; then
+    httpd -p 127.0.0.1:8080 -h /www
+    wget -q -O /tmp/body http://127.0.0.1:8080/kmatrix.html
+    echo "KMATRIX exit wget $?"
+    wait_until 60 grep -q kmatrix.html /tmp/agent/data/traces.jsonl
+    echo "KMATRIX exit spans-written $?"
+fi
 kill -TERM "$agent"
 wait "$agent"
 echo "KMATRIX exit agent $?"
