@@ -4,6 +4,7 @@
 # console in lines the host parses, then powers off. The protocol:
 #   KMATRIX init RELEASE         /init was reached
 #   KMATRIX exit NAME CODE       a command's exit status
+#   KMATRIX pid NAME PID         a process the spans must name
 #   KMATRIX begin NAME ... KMATRIX end NAME   a file's content
 #   KMATRIX done                 every check ran
 # Judging is the host's: this script only reports.
@@ -81,8 +82,18 @@ kill -0 "$agent" 2>/dev/null
 ready=$?
 echo "KMATRIX exit agent-ready $ready"
 if [ "$ready" = 0 ]; then
-    httpd -p 127.0.0.1:8080 -h /www
-    wget -q -O /tmp/body http://127.0.0.1:8080/kmatrix.html
+    # In the foreground, so that $! is the serving process; the spans must
+    # name these pids.
+    httpd -f -p 127.0.0.1:8080 -h /www &
+    echo "KMATRIX pid httpd $!"
+    # Listening, seen without a request of our own (it would be traced).
+    listening() { netstat -ltn | grep -q '127.0.0.1:8080 '; }
+    wait_until 20 listening
+    echo "KMATRIX exit httpd-listening $?"
+    wget -q -O /tmp/body http://127.0.0.1:8080/kmatrix.html &
+    client=$!
+    echo "KMATRIX pid wget $client"
+    wait "$client"
     echo "KMATRIX exit wget $?"
     wait_until 60 grep -q kmatrix.html /tmp/agent/data/traces.jsonl
     echo "KMATRIX exit spans-written $?"
