@@ -60,6 +60,12 @@ send probe.log /tmp/probe.log
 # wget, and the agent's spans.
 mkdir -p /tmp/agent /www
 echo "selfops kernel matrix" >/www/kmatrix.html
+# The TLS server runs before the agent starts: the agent sets its OpenSSL
+# uprobes on the libssl files that running processes have mapped.
+(cd /www && exec openssl s_server -quiet -accept 127.0.0.1:8443 -WWW \
+    -cert /etc/kmatrix-tls/cert.pem -key /etc/kmatrix-tls/key.pem) \
+    >/tmp/tls-server.log 2>&1 &
+echo "KMATRIX pid tls-server $!"
 cat >/tmp/agent/selfops.yaml <<EOF
 data_dir: /tmp/agent/data
 telemetry:
@@ -97,7 +103,25 @@ if [ "$ready" = 0 ]; then
     echo "KMATRIX exit wget $?"
     wait_until 60 grep -q kmatrix.html /tmp/agent/data/traces.jsonl
     echo "KMATRIX exit spans-written $?"
+
+    # The same request over TLS, from openssl's client to openssl's server.
+    printf 'GET /kmatrix.html HTTP/1.0\r\nHost: kmatrix\r\n\r\n' |
+        openssl s_client -quiet -ign_eof -connect 127.0.0.1:8443 \
+            >/tmp/tls-body 2>/tmp/tls-client.log &
+    client=$!
+    echo "KMATRIX pid tls-client $client"
+    wait "$client"
+    echo "KMATRIX exit tls-client $?"
+    # Two mentions are the client span's server and peer port; a third,
+    # the server span's server port, is given a few seconds more.
+    tls_spans() { [ "$(grep -o '"8443"' /tmp/agent/data/traces.jsonl | wc -l)" -ge "$1" ]; }
+    wait_until 60 tls_spans 2 && wait_until 8 tls_spans 3
+    echo "KMATRIX exit tls-spans-written $?"
+    send tls-client.log /tmp/tls-client.log
 fi
+# The agent's own counters, kept with the other files for diagnosis.
+wget -q -O /tmp/agent/metrics.txt http://127.0.0.1:9464/metrics
+send metrics.txt /tmp/agent/metrics.txt
 kill -TERM "$agent"
 wait "$agent"
 echo "KMATRIX exit agent $?"
