@@ -1104,8 +1104,9 @@ fn check_spans(output: &Output) -> Check {
 
 /// The same request over TLS from `openssl s_client` to `openssl s_server
 /// -WWW`: the client's span, read through the OpenSSL uprobes, must be
-/// there with status 200. The server's span is reported, not required: the
-/// agent has not given one for s_server on any kernel tried so far.
+/// there with status 200. The server's span is reported, not required:
+/// s_server -WWW goes through OpenSSL's SSL BIO, which calls libssl's
+/// internal read and write rather than the functions the uprobes are on.
 fn check_tls_spans(output: &Output) -> Check {
     let text = output
         .files
