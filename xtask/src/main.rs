@@ -4,6 +4,7 @@ mod fuzz;
 mod setup;
 mod shell;
 mod test;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -31,10 +32,23 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         args: Vec<String>,
     },
-    /// Set up if needed, then fmt check, clippy, unit and privileged tests.
+    /// Set up if needed, then fmt check, clippy, unit and privileged tests;
+    /// with `--kernel` or `--kernels`, only the checks in VMs booting
+    /// Debian kernels.
     Test {
         /// Only run tests whose name contains this filter.
         filter: Option<String>,
+        /// Boot this Debian kernel under qemu and run the agent's checks
+        /// in it (`6.1`, `6.12`, `5.10`); repeatable.
+        #[arg(long, value_name = "NAME")]
+        kernel: Vec<String>,
+        /// The same for every kernel of the default list (6.1, 6.12, 5.10).
+        #[arg(long = "kernels", conflicts_with = "kernel")]
+        all_kernels: bool,
+        /// How the VMs run: `tcg` (emulation), `kvm`, or `auto` (KVM if it
+        /// reaches /init promptly, else TCG).
+        #[arg(long, value_enum, default_value_t = vm::Accel::Tcg)]
+        accel: vm::Accel,
     },
     /// Set up if needed, then run every fuzz target for a bounded time.
     Fuzz {
@@ -71,9 +85,22 @@ fn main() -> anyhow::Result<()> {
             cargo.extend(args.iter().map(String::as_str));
             shell::cargo(&cargo)
         }
-        Command::Test { filter } => {
+        Command::Test {
+            filter,
+            kernel,
+            all_kernels,
+            accel,
+        } => {
             setup::run()?;
-            test::run(filter.as_deref())
+            if all_kernels {
+                let names: Vec<String> =
+                    vm::DEFAULT_KERNELS.iter().map(|k| k.to_string()).collect();
+                vm::run(&names, accel)
+            } else if !kernel.is_empty() {
+                vm::run(&kernel, accel)
+            } else {
+                test::run(filter.as_deref())
+            }
         }
         Command::Fuzz { seconds, target } => {
             setup::run()?;

@@ -27,6 +27,12 @@ const PACKAGES: &[&str] = &[
     // The fleet server's PostgreSQL store: the tests start a throwaway
     // cluster of their own with initdb and pg_ctl.
     "postgresql",
+    // The kernel matrix (`cargo xtask test --kernel`): VMs booting Debian
+    // kernels from an initramfs of busybox and the agent.
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "xz-utils",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

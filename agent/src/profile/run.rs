@@ -6,6 +6,10 @@ use std::{
 };
 
 use anyhow::Context as _;
+use aya::{
+    programs::ProgramType,
+    sys::{BpfHelper, is_helper_supported},
+};
 use prometheus_client::registry::Registry;
 
 use super::{
@@ -29,6 +33,30 @@ pub struct Prepared {
     outputs: ProfileOutputs,
 }
 
+/// Helpers the sampler's program calls that older kernels lack, with the
+/// release that added each.
+const NEWER_HELPERS: [(BpfHelper, &str, &str); 2] = [
+    (
+        BpfHelper::BPF_FUNC_get_current_task_btf,
+        "bpf_get_current_task_btf",
+        "5.11",
+    ),
+    (BpfHelper::BPF_FUNC_task_pt_regs, "bpf_task_pt_regs", "5.15"),
+];
+
+/// The first of [`NEWER_HELPERS`] the kernel says it lacks for perf_event
+/// programs. A probe that fails otherwise (no permission, say) proves
+/// nothing, and the sampler's own load then reports what is wrong.
+fn missing_helper() -> Option<(&'static str, &'static str)> {
+    NEWER_HELPERS.iter().find_map(|&(helper, name, since)| {
+        matches!(
+            is_helper_supported(ProgramType::PerfEvent, helper),
+            Ok(false)
+        )
+        .then_some((name, since))
+    })
+}
+
 pub struct Running {
     stop: Arc<AtomicBool>,
     retune: std::sync::mpsc::Sender<Retune>,
@@ -43,6 +71,16 @@ impl Prepared {
     /// `None` when profiling is off.
     pub fn new(config: &Config, registry: &mut Registry) -> anyhow::Result<Option<Self>> {
         if !config.profile.enabled {
+            return Ok(None);
+        }
+        if let Some((helper, since)) = missing_helper() {
+            // One line instead of a failed start: the verifier would refuse
+            // the sampler's program on this kernel.
+            tracing::warn!(
+                helper,
+                since = %format!("Linux {since}"),
+                "CPU profiler off: the kernel lacks a BPF helper it needs"
+            );
             return Ok(None);
         }
         let metrics = ProfileMetrics::register(registry);
