@@ -7,6 +7,9 @@
 //! at the canary step (the simulated agents, with no export pipeline,
 //! apply it), so the rollout stops there and returns the whole canary to
 //! the config it had, while the agents past the canary never see it.
+//! Once with one server on SQLite, once with two servers sharing one
+//! PostgreSQL (Debian's, started by the test in a temporary directory),
+//! the agents split between them and the rollout driven through one.
 
 use std::{
     path::Path,
@@ -14,6 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use selfops_agent::fleet::test_postgres::Cluster;
 use selfops_tests::{
     Agent,
     fleet::{FleetServer, Simulator, SimulatorOptions, count, keygen, tmpfs_dir},
@@ -93,36 +97,78 @@ fn a_rollout_reaches_real_and_simulated_agents_and_a_failing_canary_stops_it() {
         return;
     }
     let _one = selfops_tests::one_agent_at_a_time();
-    let started = Instant::now();
     let dir = scratch_dir("fleet-test");
-    let agents_dir = tmpfs_dir("fleet-test-agents");
-    let (key, public) = keygen(&dir);
+    let database = dir.join("fleet.db").display().to_string();
+    rollout_and_canary(&dir, &[database]);
+}
+
+#[test]
+fn two_servers_on_one_postgres_share_the_fleet_and_its_rollouts() {
+    if !privileged("fleet_postgres") {
+        return;
+    }
+    let _one = selfops_tests::one_agent_at_a_time();
+    let Some(cluster) = Cluster::start("fleet-test") else {
+        return;
+    };
+    let dir = scratch_dir("fleet-test-pg");
+    let database = cluster.url("postgres");
+    rollout_and_canary(&dir, &[database.clone(), database]);
+}
+
+/// The scenario with one server per entry of `databases`: real agent `i`
+/// and an equal share of the simulated ones connect to server `i % n`;
+/// rollouts go through the first.
+fn rollout_and_canary(dir: &Path, databases: &[String]) {
+    let started = Instant::now();
+    let agents_dir = tmpfs_dir(&format!("fleet-test-agents-{}", databases.len()));
+    let (key, public) = keygen(dir);
     let trusted = key.public().to_base64();
-    let mut server = FleetServer::start(&dir, &dir.join("fleet.db").display().to_string(), 4096);
+    let mut servers: Vec<FleetServer> = databases
+        .iter()
+        .enumerate()
+        .map(|(i, database)| {
+            let server_dir = dir.join(format!("server-{i}"));
+            std::fs::create_dir_all(&server_dir).unwrap();
+            FleetServer::start(&server_dir, database, 4096)
+        })
+        .collect();
 
     // The real agents first: their UUIDv7 uids sort before the simulated
     // agents', so the canary step (the first uids) holds all three.
     let real: Vec<Agent> = (0..REAL)
-        .map(|i| real_agent(&format!("fleet-real-{i}"), &server.endpoint(), &trusted))
+        .map(|i| {
+            let endpoint = servers[i % servers.len()].endpoint();
+            real_agent(&format!("fleet-real-{i}"), &endpoint, &trusted)
+        })
         .collect();
-    server.wait_summary("the real agents listed", WITHIN, POLL, |s| {
+    servers[0].wait_summary("the real agents listed", WITHIN, POLL, |s| {
         s.agents == REAL && s.connected == REAL
     });
-    let mut simulator = Simulator::start(
-        &SimulatorOptions {
-            endpoint: &server.endpoint(),
-            agents: SIMULATED,
-            trusted_key: &public,
-            labels: "fleet=test,kind=simulated",
-            health_window: "2s",
-            data_dir: &agents_dir,
-        },
-        dir.join("simulate.log"),
-    );
-    server.wait_summary("every agent listed and connected", WITHIN, POLL, |s| {
+    let mut simulators: Vec<Simulator> = servers
+        .iter()
+        .enumerate()
+        .map(|(i, each)| {
+            let data_dir = agents_dir.join(i.to_string());
+            Simulator::start(
+                &SimulatorOptions {
+                    endpoint: &each.endpoint(),
+                    agents: SIMULATED / servers.len(),
+                    trusted_key: &public,
+                    labels: "fleet=test,kind=simulated",
+                    health_window: "2s",
+                    data_dir: &data_dir,
+                },
+                dir.join(format!("simulate-{i}.log")),
+            )
+        })
+        .collect();
+    servers[0].wait_summary("every agent listed and connected", WITHIN, POLL, |s| {
         s.agents == TOTAL && s.connected == TOTAL
     });
-    simulator.assert_running();
+    for simulator in &mut simulators {
+        simulator.assert_running();
+    }
     for agent in &real {
         assert_eq!(
             agent.metric("selfops_profile_frequency_hz", &[]),
@@ -136,20 +182,20 @@ fn a_rollout_reaches_real_and_simulated_agents_and_a_failing_canary_stops_it() {
     let good = "profile:\n  frequency_hz: 29\ntrace:\n  exclude: [{ executable: fleet-test }]\n";
     let good_file = dir.join("good.yaml");
     std::fs::write(&good_file, good).unwrap();
-    let out = rollout(&server, &good_file, &dir.join("fleet.key"));
+    let out = rollout(&servers[0], &good_file, &dir.join("fleet.key"));
     assert!(
         out.status.success(),
         "rollout: {}\n{}\nserver:\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
-        server.log()
+        servers[0].log()
     );
     let good_hash = String::from_utf8_lossy(&out.stdout)
         .trim()
         .strip_prefix("rolled out ")
         .expect("rolled out HASH")
         .to_owned();
-    let summary = server.summary();
+    let summary = servers[0].summary();
     assert_eq!(count(&summary, &good_hash, "APPLIED"), TOTAL, "{summary:?}");
     for agent in &real {
         // Applied live: the perf events re-opened at the new frequency,
@@ -168,7 +214,7 @@ fn a_rollout_reaches_real_and_simulated_agents_and_a_failing_canary_stops_it() {
     let bad = format!("export:\n  otlp: {{ endpoint: 'http://127.0.0.1:{closed}' }}\n");
     let bad_file = dir.join("bad.yaml");
     std::fs::write(&bad_file, &bad).unwrap();
-    let out = rollout(&server, &bad_file, &dir.join("fleet.key"));
+    let out = rollout(&servers[0], &bad_file, &dir.join("fleet.key"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the rollout went through: {stderr}");
@@ -183,7 +229,7 @@ fn a_rollout_reaches_real_and_simulated_agents_and_a_failing_canary_stops_it() {
         selfops_agent::fleet::hex::encode(&selfops_agent::control::signed::sha256(bad.as_bytes()));
 
     // The canary is the first 11 uids: the 3 real agents and 8 simulated.
-    let mut inventory = server.agents();
+    let mut inventory = servers[0].agents();
     inventory.sort_by(|a, b| a["uid"].as_str().cmp(&b["uid"].as_str()));
     let canary: Vec<String> = inventory[..CANARY]
         .iter()
@@ -208,7 +254,7 @@ fn a_rollout_reaches_real_and_simulated_agents_and_a_failing_canary_stops_it() {
         .collect();
     returned.sort_unstable();
     assert_eq!(returned, canary, "{stdout}");
-    let rollout_row = server.rollout();
+    let rollout_row = servers[0].rollout();
     for (field, value) in [
         ("step", serde_json::json!(1)),
         ("offered", serde_json::json!(CANARY)),
@@ -220,23 +266,26 @@ fn a_rollout_reaches_real_and_simulated_agents_and_a_failing_canary_stops_it() {
 
     // Back on the first rollout's config, every one of them: the canary
     // applied it again, and the others never left it.
-    let summary = server.wait_summary("the canary back on the config before", WITHIN, POLL, |s| {
-        count(s, &good_hash, "APPLIED") == TOTAL
-    });
+    let summary =
+        servers[0].wait_summary("the canary back on the config before", WITHIN, POLL, |s| {
+            count(s, &good_hash, "APPLIED") == TOTAL
+        });
     assert_eq!(count(&summary, &bad_hash, "APPLIED"), 0, "{summary:?}");
     assert_eq!(count(&summary, &bad_hash, "FAILED"), 0, "{summary:?}");
-    for agent in server.agents() {
+    for agent in servers[0].agents() {
         assert_eq!(agent["desired_hash"], good_hash.as_str(), "{agent}");
         assert_eq!(agent["remote_hash"], good_hash.as_str(), "{agent}");
         assert_eq!(agent["remote_status"], "APPLIED", "{agent}");
         assert_eq!(agent["previous_hash"], "", "{agent}");
     }
+    // Counted by the server that stopped the rollout, and by those that
+    // heard the agents' reports.
     for (by, agents) in [("by=\"rollout\"", CANARY), ("by=\"agent\"", REAL)] {
-        assert_eq!(
-            server.metric("selfops_fleet_rollbacks_total", &[by]),
-            agents as f64,
-            "{by}"
-        );
+        let counted: f64 = servers
+            .iter()
+            .map(|s| s.metric("selfops_fleet_rollbacks_total", &[by]))
+            .sum();
+        assert_eq!(counted, agents as f64, "{by}");
     }
     for agent in &real {
         // Rolled back by its own gate, then offered the first config again
@@ -255,17 +304,25 @@ fn a_rollout_reaches_real_and_simulated_agents_and_a_failing_canary_stops_it() {
         assert_eq!(gate, 1.0, "{}", agent.get("/metrics"));
     }
 
-    simulator.assert_running();
-    simulator.stop();
+    for mut simulator in simulators {
+        simulator.assert_running();
+        simulator.stop();
+    }
     for agent in real {
         let (status, _) = agent.stop(libc::SIGTERM);
         assert!(status.success(), "{status}");
     }
     let disconnected =
-        server.wait_summary("agents said goodbye", WITHIN, POLL, |s| s.connected == 0);
+        servers[0].wait_summary("agents said goodbye", WITHIN, POLL, |s| s.connected == 0);
     assert_eq!(disconnected.agents, TOTAL);
-    server.stop();
+    for server in servers.drain(..) {
+        server.stop();
+    }
     let _ = std::fs::remove_dir_all(&agents_dir);
-    let _ = std::fs::remove_dir_all(&dir);
-    eprintln!("fleet test took {:?}", started.elapsed());
+    let _ = std::fs::remove_dir_all(dir);
+    eprintln!(
+        "fleet test with {} server(s) took {:?}",
+        databases.len(),
+        started.elapsed()
+    );
 }

@@ -19,8 +19,8 @@ pub mod status;
 pub mod store;
 pub mod ws;
 
-#[cfg(test)]
-pub(crate) mod test_postgres;
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_postgres;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
