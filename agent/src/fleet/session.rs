@@ -64,7 +64,8 @@ where
                 let bytes = match incoming {
                     Ok(Incoming::Binary(bytes)) => bytes,
                     Ok(Incoming::Ping(payload)) => {
-                        if ws::send_pong(&mut write, &payload).await.is_err() {
+                        if let Err(err) = ws::send_pong(&mut write, &payload).await {
+                            tracing::debug!(%err, ?agent, "answering a ping: session ended");
                             break;
                         }
                         continue;

@@ -244,6 +244,11 @@ impl Store {
 }
 
 /// Labels as stored: a JSON object.
+/// A `COUNT(*)` as a number of agents (never negative).
+fn agents_counted(count: i64) -> usize {
+    usize::try_from(count).unwrap_or(0)
+}
+
 fn labels_from(text: &str) -> Result<BTreeMap<String, String>, StoreError> {
     Ok(serde_json::from_str(text)?)
 }

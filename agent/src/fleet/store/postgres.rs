@@ -10,7 +10,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Socket, tls::NoTlsStream};
 
 use super::{
-    AgentRow, ConfigCounts, Returned, RolloutRow, SignedConfig, StoreError, labels_from, sql,
+    AgentRow, ConfigCounts, Returned, RolloutRow, SignedConfig, StoreError, agents_counted,
+    labels_from, sql,
 };
 
 /// Connections per server: enough for a burst of agent messages and API
@@ -124,8 +125,8 @@ impl Postgres {
                 Ok(ConfigCounts {
                     hash: r.try_get(0)?,
                     status: r.try_get(1)?,
-                    agents: usize::try_from(r.try_get::<_, i64>(2)?).unwrap_or(0),
-                    connected: usize::try_from(r.try_get::<_, i64>(3)?).unwrap_or(0),
+                    agents: agents_counted(r.try_get(2)?),
+                    connected: agents_counted(r.try_get(3)?),
                 })
             })
             .collect()

@@ -8,7 +8,8 @@ use std::{path::Path, sync::Mutex};
 use rusqlite::{Connection, OptionalExtension as _, Params, params};
 
 use super::{
-    AgentRow, ConfigCounts, Returned, RolloutRow, SignedConfig, StoreError, labels_from, sql,
+    AgentRow, ConfigCounts, Returned, RolloutRow, SignedConfig, StoreError, agents_counted,
+    labels_from, sql,
 };
 
 pub struct Sqlite {
@@ -117,13 +118,12 @@ impl Sqlite {
     pub fn counts(&self) -> Result<Vec<ConfigCounts>, StoreError> {
         let db = self.db();
         let mut statement = db.prepare_cached(&local(sql::COUNTS))?;
-        let count = |v: i64| usize::try_from(v).unwrap_or(0);
         let rows = statement.query_map([], |r| {
             Ok(ConfigCounts {
                 hash: r.get(0)?,
                 status: r.get(1)?,
-                agents: count(r.get(2)?),
-                connected: count(r.get(3)?),
+                agents: agents_counted(r.get(2)?),
+                connected: agents_counted(r.get(3)?),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
