@@ -17,7 +17,7 @@
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -30,6 +30,7 @@ use selfops_agent::control::signed::SecretKey;
 use selfops_tests::{
     Agent,
     audit::{log_records, wait_for_record},
+    fleet::FleetServer,
     free_port, one_agent_at_a_time, privileged, scratch_dir, selfops_bin,
     services::nginx,
     spans::{KIND_SERVER, read_spans},
@@ -42,58 +43,26 @@ const HEALTH_WINDOW: Duration = Duration::from_secs(3);
 const APPLY_WITHIN: Duration = Duration::from_secs(5);
 const WAIT: Duration = Duration::from_secs(20);
 
-/// `selfops fleet serve` on a loopback port, stopped on drop.
-struct FleetServer {
-    child: Child,
-    url: String,
-}
+/// The shared `selfops fleet serve`, with what these tests ask of it.
+struct Fleet(FleetServer);
 
-impl FleetServer {
+impl Fleet {
     fn start(dir: &Path) -> Self {
-        let port = free_port();
-        let log = std::fs::File::create(dir.join("fleet.log")).expect("fleet log");
-        let child = Command::new(selfops_bin())
-            .args(["fleet", "serve", "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--database")
-            .arg(dir.join("fleet.db"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn selfops fleet serve");
-        let server = Self {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        };
-        let up = wait_for(WAIT, || {
-            ureq::get(&format!("{}/v1/agents", server.url))
-                .timeout(Duration::from_secs(2))
-                .call()
-                .ok()
-        });
-        assert!(up.is_some(), "fleet server not serving on {port}");
-        server
+        Self(FleetServer::start(
+            dir,
+            &dir.join("fleet.db").display().to_string(),
+            64,
+        ))
     }
 
     fn ws(&self) -> String {
-        format!("{}/v1/opamp", self.url.replacen("http://", "ws://", 1))
-    }
-
-    /// `GET /v1/agents`.
-    fn agents(&self) -> Vec<Value> {
-        ureq::get(&format!("{}/v1/agents", self.url))
-            .timeout(Duration::from_secs(5))
-            .call()
-            .ok()
-            .and_then(|r| r.into_string().ok())
-            .and_then(|body| serde_json::from_str(&body).ok())
-            .unwrap_or_default()
+        self.0.endpoint()
     }
 
     /// `POST /v1/config`; returns the config's hash.
     fn offer(&self, yaml: &str, signature: Option<&str>) -> String {
         let body = serde_json::json!({ "yaml": yaml, "signature": signature });
-        let answer = ureq::post(&format!("{}/v1/config", self.url))
+        let answer = ureq::post(&format!("{}/v1/config", self.0.api()))
             .timeout(Duration::from_secs(5))
             .set("content-type", "application/json")
             .send_string(&body.to_string())
@@ -118,34 +87,19 @@ impl FleetServer {
             let rows = if cli {
                 self.status_json()
             } else {
-                self.agents()
+                self.0.agents()
             };
             rows.into_iter().find(|row| check(row))
         })
-        .unwrap_or_else(|| panic!("{what}: not within {within:?}: {:?}", self.agents()))
+        .unwrap_or_else(|| panic!("{what}: not within {within:?}: {:?}", self.0.agents()))
     }
 
     fn status_json(&self) -> Vec<Value> {
         let out = Command::new(selfops_bin())
-            .args(["fleet", "status", "--json", "--server", &self.url])
+            .args(["fleet", "status", "--json", "--server", &self.0.api()])
             .output()
             .expect("selfops fleet status");
         serde_json::from_slice(&out.stdout).unwrap_or_default()
-    }
-}
-
-impl Drop for FleetServer {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        if wait_for(Duration::from_secs(3), || {
-            self.child.try_wait().ok().flatten()
-        })
-        .is_none()
-        {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }
 
@@ -295,7 +249,7 @@ fn remote_config_is_applied_live_refused_rolled_back_and_kept() {
     }
     let _one = one_agent_at_a_time();
     let dir = scratch_dir("remote-config-fleet");
-    let fleet = FleetServer::start(&dir);
+    let fleet = Fleet::start(&dir);
     let (trusted, public) = keygen(&dir, "fleet");
     let (rogue, _) = keygen(&dir, "rogue");
     let web_dir = dir.join("nginx");
@@ -504,7 +458,7 @@ fn an_enforcing_playbook_added_live_loads_the_limiter() {
     }
     let _one = one_agent_at_a_time();
     let dir = scratch_dir("remote-config-limiter-fleet");
-    let fleet = FleetServer::start(&dir);
+    let fleet = Fleet::start(&dir);
     let (trusted, public) = keygen(&dir, "fleet");
     let veth = HostVeth::new();
     let local = format!(
