@@ -300,10 +300,11 @@ fn run_kernel(kernel: &Kernel, accel: Accel, work: &Path) -> anyhow::Result<Repo
     report.checks.push(check_agent(&output, kernel.agent_log));
     report.checks.push(check_spans(&output));
     report.checks.push(check_tls_spans(&output));
+    let finished = output.done && boot.exited;
     report.checks.push(Check::new(
         "finished",
-        output.done && boot.exited,
-        if output.done && boot.exited {
+        finished,
+        if finished {
             "every check ran and the VM powered off".to_owned()
         } else {
             format!(
@@ -359,6 +360,7 @@ fn fetch_kernel(kernel: &Kernel, work: &Path) -> anyhow::Result<PathBuf> {
 /// The newest `PREFIX*-cloud-amd64_*.deb` in `dir`.
 fn newest_cached(dir: &Path, prefix: &str) -> anyhow::Result<Option<PathBuf>> {
     let mut names = Vec::new();
+    let mut paths = Vec::new();
     for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry?.path();
         let Some(file) = path.file_name().and_then(|n| n.to_str()) else {
@@ -368,15 +370,12 @@ fn newest_cached(dir: &Path, prefix: &str) -> anyhow::Result<Option<PathBuf>> {
             && file.ends_with(".deb")
         {
             names.push(package.to_owned());
+            paths.push(path);
         }
     }
-    Ok(newest_package(&names, prefix).and_then(|package| {
-        fs::read_dir(dir).ok()?.find_map(|entry| {
-            let path = entry.ok()?.path();
-            let file = path.file_name()?.to_str()?;
-            file.starts_with(&format!("{package}_")).then_some(path)
-        })
-    }))
+    Ok(newest_package(&names, prefix)
+        .and_then(|newest| names.iter().position(|n| *n == newest))
+        .map(|at| paths.swap_remove(at)))
 }
 
 /// Of the cloud kernel images among `names` that start with `prefix`, the
@@ -775,8 +774,7 @@ fn boot(
         }
         let elapsed = started.elapsed();
         if init_seconds.is_none() {
-            let serial = fs::read(log).unwrap_or_default();
-            if String::from_utf8_lossy(&serial).contains("KMATRIX init ") {
+            if read_serial(log)?.contains("KMATRIX init ") {
                 init_seconds = Some(elapsed.as_secs_f64());
             } else if elapsed > init_deadline {
                 break false;
@@ -791,7 +789,7 @@ fn boot(
         let _ = child.kill();
         let _ = child.wait();
     }
-    let serial = String::from_utf8_lossy(&fs::read(log).unwrap_or_default()).into_owned();
+    let serial = read_serial(log)?;
     if init_seconds.is_none() && serial.contains("KMATRIX init ") {
         // Reached between the last poll and qemu's exit.
         init_seconds = Some(started.elapsed().as_secs_f64());
@@ -803,6 +801,11 @@ fn boot(
         init_seconds,
         exited,
     })
+}
+
+fn read_serial(log: &Path) -> anyhow::Result<String> {
+    let bytes = fs::read(log).with_context(|| format!("reading {}", log.display()))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 // ---- what /init reported ----------------------------------------------------
@@ -872,6 +875,11 @@ impl Output {
     fn succeeded(&self, name: &str) -> bool {
         self.exits.get(name) == Some(&0)
     }
+
+    /// The content of a file the VM sent; empty when it sent none.
+    fn file(&self, name: &str) -> &str {
+        self.files.get(name).map_or("", String::as_str)
+    }
 }
 
 /// Drops terminal colour sequences (`ESC [ … letter`), which the agent's log
@@ -898,7 +906,7 @@ fn check_probe(output: &Output, expect: &[&str]) -> (Check, Vec<String>) {
     let json = output.files.get("probe.json").map(String::as_str);
     let parsed: Option<Value> = json.and_then(|t| serde_json::from_str(t.trim()).ok());
     let Some(parsed) = parsed.filter(|_| output.succeeded("probe")) else {
-        let log = output.files.get("probe.log").cloned().unwrap_or_default();
+        let log = output.file("probe.log");
         return (
             Check::new(
                 "probe",
@@ -938,13 +946,8 @@ fn check_probe(output: &Output, expect: &[&str]) -> (Check, Vec<String>) {
         .copied()
         .filter(|want| !rows.iter().any(|(f, yes, _)| f == want && *yes))
         .collect();
-    let present: Vec<&str> = expect
-        .iter()
-        .copied()
-        .filter(|w| !missing.contains(w))
-        .collect();
     let check = if missing.is_empty() {
-        Check::new("probe", true, format!("present: {}", present.join(" ")))
+        Check::new("probe", true, format!("present: {}", expect.join(" ")))
     } else {
         Check::new(
             "probe",
@@ -958,11 +961,7 @@ fn check_probe(output: &Output, expect: &[&str]) -> (Check, Vec<String>) {
 /// The agent served, logged the hook each sensor runs on (and what this
 /// kernel must make it log), and stopped cleanly on SIGTERM.
 fn check_agent(output: &Output, expect_log: &[&str]) -> Check {
-    let log = output
-        .files
-        .get("agent.log")
-        .map(String::as_str)
-        .unwrap_or("");
+    let log = output.file("agent.log");
     let hooks = chosen_hooks(log);
     let choice = hooks
         .iter()
@@ -1048,28 +1047,10 @@ fn chosen_hooks(log: &str) -> Vec<(String, String)> {
 /// status 200) and a CLIENT span of the wget process: the sockets and the
 /// process model (exec, fork) both worked on this kernel.
 fn check_spans(output: &Output) -> Check {
-    let text = output
-        .files
-        .get("traces.jsonl")
-        .map(String::as_str)
-        .unwrap_or("");
-    let spans = spans(text);
+    let spans = spans(output.file("traces.jsonl"));
     // busybox httpd serves each connection in a child it forks.
-    let httpd = output.pids.get("httpd").copied();
-    let server = spans.iter().find(|s| {
-        s.kind == 2
-            && s.path.as_deref() == Some(CHECK_PATH)
-            && s.port == Some(CHECK_PORT)
-            && s.status == Some(200)
-            && httpd.is_some()
-            && (s.pid == httpd || s.parent_pid == httpd)
-    });
-    let client = spans.iter().find(|s| {
-        s.kind == 3
-            && s.port == Some(CHECK_PORT)
-            && s.pid.is_some()
-            && s.pid == output.pids.get("wget").copied()
-    });
+    let server = server_span(&spans, CHECK_PORT, output.pids.get("httpd"), true);
+    let client = client_span(&spans, CHECK_PORT, output.pids.get("wget"));
     match (server, client) {
         (Some(server), Some(client)) => Check::new(
             "http-trace",
@@ -1091,9 +1072,9 @@ fn check_spans(output: &Output) -> Check {
             format!(
                 "want a SERVER span of httpd (pid {:?}) or its child for GET {CHECK_PATH} with status 200 on port {CHECK_PORT}: {}, and a CLIENT span of wget (pid {:?}): {} (wget: {}, spans written: {}); spans seen: {:?}",
                 output.pids.get("httpd"),
-                if server.is_some() { "found" } else { "missing" },
+                found(server),
                 output.pids.get("wget"),
-                if client.is_some() { "found" } else { "missing" },
+                found(client),
                 output.exit("wget"),
                 output.exit("spans-written"),
                 spans
@@ -1108,25 +1089,11 @@ fn check_spans(output: &Output) -> Check {
 /// s_server -WWW goes through OpenSSL's SSL BIO, which calls libssl's
 /// internal read and write rather than the functions the uprobes are on.
 fn check_tls_spans(output: &Output) -> Check {
-    let text = output
-        .files
-        .get("traces.jsonl")
-        .map(String::as_str)
-        .unwrap_or("");
-    let spans = spans(text);
-    let server_pid = output.pids.get("tls-server").copied();
-    let client_pid = output.pids.get("tls-client").copied();
-    let server = spans.iter().find(|s| {
-        s.kind == 2
-            && s.path.as_deref() == Some(CHECK_PATH)
-            && s.port == Some(TLS_PORT)
-            && s.status == Some(200)
-            && server_pid.is_some()
-            && s.pid == server_pid
-    });
-    let client = spans.iter().find(|s| {
-        s.kind == 3 && s.port == Some(TLS_PORT) && client_pid.is_some() && s.pid == client_pid
-    });
+    let spans = spans(output.file("traces.jsonl"));
+    let server_pid = output.pids.get("tls-server");
+    let client_pid = output.pids.get("tls-client");
+    let server = server_span(&spans, TLS_PORT, server_pid, false);
+    let client = client_span(&spans, TLS_PORT, client_pid);
     match (server, client) {
         (_, Some(client)) if client.status == Some(200) => Check::new(
             "https-trace",
@@ -1146,8 +1113,8 @@ fn check_tls_spans(output: &Output) -> Check {
             false,
             format!(
                 "want a SERVER span of s_server (pid {server_pid:?}) for GET {CHECK_PATH} with status 200 on port {TLS_PORT}: {}, and a CLIENT span of s_client (pid {client_pid:?}): {} (s_client: {}, spans written: {}); s_client's log: {:?}; spans seen: {:?}",
-                if server.is_some() { "found" } else { "missing" },
-                if client.is_some() { "found" } else { "missing" },
+                found(server),
+                found(client),
                 output.exit("tls-client"),
                 output.exit("tls-spans-written"),
                 output.files.get("tls-client.log").map(|l| l.trim()),
@@ -1155,6 +1122,40 @@ fn check_tls_spans(output: &Output) -> Check {
             ),
         ),
     }
+}
+
+/// OTLP span kinds.
+const SERVER: i64 = 2;
+const CLIENT: i64 = 3;
+
+/// The SERVER span for GET [`CHECK_PATH`] with status 200 on `port` of the
+/// process `pid` (or, when `or_child`, of a child it forked).
+fn server_span<'a>(
+    spans: &'a [Span],
+    port: i64,
+    pid: Option<&i64>,
+    or_child: bool,
+) -> Option<&'a Span> {
+    let pid = Some(*pid?);
+    spans.iter().find(|s| {
+        s.kind == SERVER
+            && s.path.as_deref() == Some(CHECK_PATH)
+            && s.port == Some(port)
+            && s.status == Some(200)
+            && (s.pid == pid || (or_child && s.parent_pid == pid))
+    })
+}
+
+/// A CLIENT span on `port` of the process `pid`.
+fn client_span<'a>(spans: &'a [Span], port: i64, pid: Option<&i64>) -> Option<&'a Span> {
+    let pid = Some(*pid?);
+    spans
+        .iter()
+        .find(|s| s.kind == CLIENT && s.port == Some(port) && s.pid == pid)
+}
+
+fn found(span: Option<&Span>) -> &'static str {
+    if span.is_some() { "found" } else { "missing" }
 }
 
 #[derive(Debug)]
@@ -1317,5 +1318,29 @@ mod tests {
         }
         output.files.clear();
         assert!(!check_spans(&output).pass);
+    }
+
+    #[test]
+    fn tls_check_needs_the_client_span_only() {
+        let span = |pid: u32, kind: u8| {
+            format!(
+                r#"{{"resource":{{"attributes":[{{"key":"process.pid","value":{{"intValue":"{pid}"}}}}]}},"scopeSpans":[{{"spans":[{{"name":"GET","kind":{kind},"attributes":[{{"key":"url.path","value":{{"stringValue":"/kmatrix.html"}}}},{{"key":"server.port","value":{{"intValue":"8443"}}}},{{"key":"http.response.status_code","value":{{"intValue":"200"}}}}]}}]}}]}}"#
+            )
+        };
+        let mut output = Output::default();
+        output.pids.insert("tls-server".into(), 20);
+        output.pids.insert("tls-client".into(), 21);
+        for (spans, pass) in [
+            (vec![span(20, 2), span(21, 3)], true),
+            (vec![span(21, 3)], true),
+            (vec![span(20, 2)], false),
+            (vec![span(20, 2), span(22, 3)], false),
+        ] {
+            let request = format!("{{\"resourceSpans\":[{}]}}\n", spans.join(","));
+            output.files.insert("traces.jsonl".into(), request);
+            assert_eq!(check_tls_spans(&output).pass, pass);
+        }
+        output.pids.clear();
+        assert!(!check_tls_spans(&output).pass);
     }
 }

@@ -83,8 +83,8 @@ serving() {
     kill -0 "$agent" || return 0
     wget -q -O /dev/null http://127.0.0.1:9464/metrics
 }
-wait_until 240 serving
-kill -0 "$agent" 2>/dev/null
+# Not served in time counts as not ready, as does an agent that exited.
+wait_until 240 serving && kill -0 "$agent" 2>/dev/null
 ready=$?
 echo "KMATRIX exit agent-ready $ready"
 if [ "$ready" = 0 ]; then
