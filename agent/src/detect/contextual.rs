@@ -69,16 +69,7 @@ impl Default for ContextualConfig {
 
 impl ContextualConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let range = |field: &'static str, v: u32, lo: u32, hi: u32| {
-            if (lo..=hi).contains(&v) {
-                Ok(())
-            } else {
-                Err(ConfigError::Invalid {
-                    field,
-                    reason: format!("{v} is outside {lo}..={hi}"),
-                })
-            }
-        };
+        use super::check_range as range;
         range("contextual.bins", self.bins, 2, 256)?;
         range("contextual.order", self.order, 1, MAX_ORDER)?;
         range("contextual.learn", self.learn, 2, MAX_LEARN)?;
@@ -117,7 +108,10 @@ struct Dictionary {
 }
 
 impl Dictionary {
+    /// `capacity` is a power of two of at least 2 (the config layer checks
+    /// it; anything else is rounded up so `see` stays in bounds).
     fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(2).next_power_of_two();
         Self {
             keys: vec![0; capacity].into_boxed_slice(),
             stamps: vec![0; capacity].into_boxed_slice(),
@@ -160,8 +154,9 @@ fn mix(h: u64, x: u64) -> u64 {
 #[derive(Debug, Clone)]
 pub struct Contextual {
     cfg: ContextualConfig,
-    /// Points held while the range is learnt (none once it is).
+    /// Points held while the range is learnt (freed once it is).
     learning: Box<[f64]>,
+    /// How many of `learning` are filled.
     held: usize,
     /// The range, once learnt.
     range: Option<(f64, f64)>,
@@ -202,7 +197,7 @@ impl Contextual {
         if span <= f64::EPSILON * (1.0 + lo.abs().max(hi.abs())) {
             return 0;
         }
-        let top = self.cfg.bins - 1;
+        let top = self.cfg.bins.saturating_sub(1);
         // In [0, top]: the cast saturates, and the ratio is within [0, 1].
         ((value - lo) / span * f64::from(self.cfg.bins)).min(f64::from(top)) as u16
     }
@@ -231,7 +226,35 @@ impl Contextual {
         self.recent.copy_within(0..MAX_ORDER as usize - 1, 1);
         self.recent[0] = level;
         self.known = (self.known + 1).min(MAX_ORDER as usize);
-        (score / f64::from(self.cfg.order + 1)).clamp(0.0, 1.0)
+        (score / (f64::from(self.cfg.order) + 1.0)).clamp(0.0, 1.0)
+    }
+
+    /// Novelty of a finite point; 0 while the range is learnt.
+    fn novelty(&mut self, value: f64) -> f64 {
+        if self.range.is_some() {
+            return self.observe(value);
+        }
+        if let Some(slot) = self.learning.get_mut(self.held) {
+            *slot = value;
+            self.held += 1;
+        }
+        if self.held < self.learning.len() {
+            return 0.0;
+        }
+        // Range learnt: from the held points, which are then replayed and
+        // their buffer freed.
+        let held = std::mem::take(&mut self.learning);
+        let (lo, hi) = held
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+                (lo.min(v), hi.max(v))
+            });
+        let pad = (hi - lo) * self.cfg.margin;
+        self.range = Some((lo - pad, hi + pad));
+        for &v in held.iter() {
+            self.observe(v);
+        }
+        0.0
     }
 }
 
@@ -246,36 +269,6 @@ impl Detector for Contextual {
         }
         let score = self.novelty(value);
         self.quiet.gate(score, self.cfg.fire_level, self.cfg.quiet)
-    }
-}
-
-impl Contextual {
-    /// Novelty of a finite point; 0 while the range is learnt.
-    fn novelty(&mut self, value: f64) -> f64 {
-        if self.range.is_none() || self.held > 0 {
-            if self.held < self.learning.len() {
-                self.learning[self.held] = value;
-                self.held += 1;
-            }
-            if self.held < self.learning.len() {
-                return 0.0;
-            }
-            // Range learnt: from the held points, which are then replayed.
-            let mut lo = f64::INFINITY;
-            let mut hi = f64::NEG_INFINITY;
-            for &v in self.learning.iter() {
-                lo = lo.min(v);
-                hi = hi.max(v);
-            }
-            let pad = (hi - lo) * self.cfg.margin;
-            self.range = Some((lo - pad, hi + pad));
-            for i in 0..self.held {
-                self.observe(self.learning[i]);
-            }
-            self.held = 0;
-            return 0.0;
-        }
-        self.observe(value)
     }
 }
 

@@ -108,6 +108,18 @@ pub enum ConfigError {
     Invalid { field: &'static str, reason: String },
 }
 
+/// A count in `lo ..= hi`.
+fn check_range(field: &'static str, v: u32, lo: u32, hi: u32) -> Result<(), ConfigError> {
+    if (lo..=hi).contains(&v) {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            field,
+            reason: format!("{v} is outside {lo}..={hi}"),
+        })
+    }
+}
+
 /// A smoothing weight: in (0, 1].
 fn check_rate(field: &'static str, v: f64) -> Result<(), ConfigError> {
     if v > 0.0 && v <= 1.0 {

@@ -13,8 +13,8 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use selfops_agent::detect::{
-    Detector, DetectorConfig, EwmaConfig, HoltWintersConfig, SeasonalLikelihoodConfig,
-    ThresholdConfig, WindowedLikelihoodConfig, ZScoreConfig,
+    ContextualConfig, Detector, DetectorConfig, EwmaConfig, HoltWintersConfig,
+    SeasonalLikelihoodConfig, ThresholdConfig, WindowedLikelihoodConfig, ZScoreConfig,
 };
 
 use corpus::Corpus;
@@ -71,7 +71,10 @@ fn builtin() -> Vec<(String, DetectorConfig)> {
             "seasonal_likelihood".into(),
             DetectorConfig::SeasonalLikelihood(SeasonalLikelihoodConfig::default()),
         ),
-        ("contextual".into(), DetectorConfig::default()),
+        (
+            "contextual".into(),
+            DetectorConfig::Contextual(ContextualConfig::default()),
+        ),
     ]
 }
 
