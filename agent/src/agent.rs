@@ -12,7 +12,7 @@ use crate::{
     act::{ActuationLoop, audit::AuditMetrics, runner::ServiceHook},
     config::Config,
     control::{self, ControlHandle, ControlMetrics, Live},
-    export::{ExportHandle, ExportOptions, ExportPipeline},
+    export::{ExportHandle, ExportOptions, ExportPipeline, Graph},
     kernel::{
         btf_offsets,
         features::{Features, raise_memlock_rlimit},
@@ -101,12 +101,18 @@ async fn run_agent(config: Config, options: RunOptions) -> anyhow::Result<()> {
     // Sections a remote config may change live, one channel each.
     let live = Live::new(&config);
     // Exporters first: whatever starts later has somewhere to send to.
-    let (export, pipeline) = ExportPipeline::start_live(
+    let (export, pipeline) = ExportPipeline::start_graph(
         &config.export,
         &config.data_dir,
         metrics.registry_mut(),
         ExportOptions::default(),
         Some(live.export.subscribe()),
+        Graph {
+            exporters: config.exporters.clone(),
+            processors: config.processors.clone(),
+            pipelines: config.pipelines.clone(),
+            received: None,
+        },
     )?;
     supervisor.spawn(Task::Export, pipeline);
     let mut running = Running {

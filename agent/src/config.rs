@@ -52,6 +52,13 @@ pub struct Config {
     /// Remote configuration over OpAMP; local only (a remote config can
     /// never change it).
     pub control: crate::control::ControlConfig,
+    /// Named processors (`transform/NAME`, `filter/NAME`,
+    /// `probabilistic_sampler`, `rate_limit/NAME`, `routing/NAME`).
+    pub processors: crate::pipeline::ProcessorsConfig,
+    /// OTLP exporters besides `export.otlp`, named `otlp/NAME`.
+    pub exporters: crate::pipeline::ExportersConfig,
+    /// The processors and exporters of each signal.
+    pub pipelines: crate::pipeline::PipelinesConfig,
     /// The YAML this was parsed from (reported as the effective config).
     #[serde(skip)]
     pub source: Option<std::sync::Arc<str>>,
@@ -277,6 +284,9 @@ impl Default for Config {
             profile: ProfileConfig::default(),
             actuation: crate::act::ActuationConfig::default(),
             control: crate::control::ControlConfig::default(),
+            processors: Default::default(),
+            exporters: Default::default(),
+            pipelines: Default::default(),
             source: None,
         }
     }
@@ -494,6 +504,15 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
+        for (name, otlp) in &self.exporters {
+            crate::export::check_otlp(otlp).map_err(|err| {
+                let err = err.to_string();
+                let message = err.strip_prefix("export.otlp.").unwrap_or(&err);
+                invalid(&format!("exporters.{name}"), message.to_owned())
+            })?;
+        }
+        crate::pipeline::Pipelines::check(&self.processors, &self.exporters, &self.pipelines)
+            .map_err(|e| invalid(&e.key, e.message))?;
         self.actuation
             .validate()
             .map_err(|(key, message)| invalid(&key, message))?;

@@ -12,6 +12,7 @@ pub mod fleet;
 pub mod kernel;
 pub mod limits;
 pub mod lock;
+pub mod pipeline;
 pub mod process;
 pub mod profile;
 pub mod series;

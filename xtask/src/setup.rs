@@ -38,10 +38,19 @@ const PACKAGES: &[&str] = &[
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
-/// PyPI packages the ONNX detector's tests use to make their models and to
-/// compute the reference scores, installed in a virtual environment under
-/// the target directory (the system Python stays untouched).
-const PYTHON_PACKAGES: &[&str] = &["onnx==1.23.2", "onnxruntime==1.32.0", "numpy==2.4.6"];
+/// PyPI packages the tests use, installed in a virtual environment under
+/// the target directory (the system Python stays untouched): the ONNX
+/// detector's tests make their models and compute reference scores with
+/// the first three; the OTLP receiver's tests send from the OpenTelemetry
+/// SDK with its gRPC and HTTP exporters.
+const PYTHON_PACKAGES: &[&str] = &[
+    "onnx==1.23.2",
+    "onnxruntime==1.32.0",
+    "numpy==2.4.6",
+    "opentelemetry-sdk==1.45.2",
+    "opentelemetry-exporter-otlp-proto-grpc==1.45.2",
+    "opentelemetry-exporter-otlp-proto-http==1.45.2",
+];
 
 pub fn run() -> anyhow::Result<()> {
     let mut did = Vec::new();
@@ -184,12 +193,15 @@ fn python_venv() -> PathBuf {
 fn ensure_python_packages() -> anyhow::Result<Option<String>> {
     let venv = python_venv();
     let python = venv.join("bin/python3");
-    let import = "import onnx, onnxruntime, numpy; print(onnx.__version__, onnxruntime.__version__, numpy.__version__)";
-    let wanted: Vec<&str> = PYTHON_PACKAGES
+    let (names, wanted): (Vec<&str>, Vec<&str>) = PYTHON_PACKAGES
         .iter()
-        .filter_map(|p| p.split_once("==").map(|(_, v)| v))
-        .collect();
-    let installed = shell::output(&python.to_string_lossy(), &["-c", import]);
+        .filter_map(|p| p.split_once("=="))
+        .unzip();
+    // The installed version of each distribution, or an error if one is
+    // missing.
+    let import =
+        format!("import importlib.metadata as m; print(*(m.version(p) for p in {names:?}))");
+    let installed = shell::output(&python.to_string_lossy(), &["-c", &import]);
     if installed.is_some_and(|v| v.split_whitespace().eq(wanted.iter().copied())) {
         return Ok(None);
     }

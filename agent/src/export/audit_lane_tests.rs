@@ -73,6 +73,8 @@ async fn a_full_sink_queue_does_not_drop_audit_batches_and_they_go_first() {
         sinks: SinkSet::fixed(vec![sink]),
         metrics: metrics.clone(),
         updates: None,
+        pipelines: crate::pipeline::Pipelines::pass_through(),
+        received: None,
     };
     let handle = channels.handle;
     let task = tokio::spawn(batcher.run());

@@ -16,6 +16,31 @@ pub const LOGS: &str = "logs";
 pub const SINK_FILE: &str = "file";
 pub const SINK_OTLP: &str = "otlp";
 
+/// Distinct exporter names the agent keeps over its life (names live as
+/// long as the process, as metric labels do).
+const MAX_SINK_NAMES: usize = 256;
+
+/// `name` as a sink label that lives as long as the agent; `None` once
+/// [`MAX_SINK_NAMES`] distinct names were taken.
+pub fn sink_name(name: &str) -> Option<&'static str> {
+    static NAMES: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    match name {
+        SINK_FILE => return Some(SINK_FILE),
+        SINK_OTLP => return Some(SINK_OTLP),
+        _ => {}
+    }
+    let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(known) = names.iter().find(|n| **n == name) {
+        return Some(known);
+    }
+    if names.len() >= MAX_SINK_NAMES {
+        return None;
+    }
+    let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
+    names.push(leaked);
+    Some(leaked)
+}
+
 /// Why signals were dropped (the `reason` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
@@ -32,6 +57,9 @@ pub enum DropReason {
     /// The agent was shutting down and the flush deadline passed, or the
     /// signal was sent after shutdown began.
     Shutdown,
+    /// A processor failed with `error_mode: propagate`: the batch of that
+    /// signal is not exported.
+    ProcessorError,
 }
 
 impl DropReason {
@@ -43,6 +71,7 @@ impl DropReason {
             DropReason::RetriesExhausted => "retries_exhausted",
             DropReason::EncodeFailed => "encode_failed",
             DropReason::Shutdown => "shutdown",
+            DropReason::ProcessorError => "processor_error",
         }
     }
 }

@@ -40,6 +40,8 @@ pub(crate) mod metrics;
 pub(crate) mod otlp_grpc;
 mod otlp_http;
 mod queue;
+#[cfg(test)]
+mod received_tests;
 pub(crate) mod retry;
 pub(crate) mod sink;
 mod sinks;
@@ -51,14 +53,17 @@ mod tests;
 use std::{future::Future, path::Path, time::Duration};
 
 use prometheus_client::registry::Registry;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 pub use convert::{OtlpBatch, SCOPE_NAME, SCOPE_VERSION, convert};
 pub use json_file::{DEFAULT_ROTATE_BYTES, LOGS_FILE, METRICS_FILE, TRACES_FILE, encode_json_line};
-pub use metrics::{DropReason, ExportMetrics};
+pub use metrics::{DropReason, ExportMetrics, sink_name};
 pub use queue::ExportHandle;
 
-use crate::config::ExportConfig;
+use crate::{
+    config::ExportConfig,
+    pipeline::{ExportersConfig, PipelineMetrics, Pipelines, PipelinesConfig, ProcessorsConfig},
+};
 
 /// Sent as (the start of) the User-Agent of OTLP requests.
 pub const USER_AGENT: &str = concat!("selfops/", env!("CARGO_PKG_VERSION"));
@@ -75,6 +80,21 @@ pub enum ExportError {
     TlsUnsupported { endpoint: String },
     #[error("export.otlp.headers.{name}: {reason}")]
     InvalidHeader { name: String, reason: String },
+    #[error(transparent)]
+    Pipeline(#[from] crate::pipeline::PipelineError),
+}
+
+/// The parts of the pipeline around the export queue: named exporters,
+/// processors, one pipeline per signal, and batches the OTLP receiver
+/// accepted.
+#[derive(Debug, Default)]
+pub struct Graph {
+    pub exporters: ExportersConfig,
+    pub processors: ProcessorsConfig,
+    pub pipelines: PipelinesConfig,
+    /// Read only while every sink has room, so a full pipeline pushes back
+    /// on the senders instead of dropping what they sent.
+    pub received: Option<mpsc::Receiver<OtlpBatch>>,
 }
 
 /// Internal knobs with sensible defaults (tests shorten them).
@@ -116,6 +136,11 @@ pub fn check(config: &ExportConfig) -> Result<(), ExportError> {
     }
 }
 
+/// Whether one OTLP exporter's settings can run.
+pub fn check_otlp(config: &crate::config::OtlpConfig) -> Result<(), ExportError> {
+    sinks::otlp_target(config, &ExportOptions::default()).map(|_| ())
+}
+
 /// Starts the export pipeline.
 pub struct ExportPipeline;
 
@@ -152,7 +177,34 @@ impl ExportPipeline {
         options: ExportOptions,
         updates: Option<watch::Receiver<ExportConfig>>,
     ) -> Result<(ExportHandle, impl Future<Output = ()> + Send + 'static), ExportError> {
+        Self::start_graph(
+            config,
+            data_dir,
+            registry,
+            options,
+            updates,
+            Graph::default(),
+        )
+    }
+
+    /// As `start_live`, with the processors, named exporters and received
+    /// batches of `graph`.
+    pub fn start_graph(
+        config: &ExportConfig,
+        data_dir: &Path,
+        registry: &mut Registry,
+        options: ExportOptions,
+        updates: Option<watch::Receiver<ExportConfig>>,
+        graph: Graph,
+    ) -> Result<(ExportHandle, impl Future<Output = ()> + Send + 'static), ExportError> {
         let metrics = ExportMetrics::register(registry);
+        let pipelines = Pipelines::new(
+            &graph.processors,
+            &graph.exporters,
+            &graph.pipelines,
+            PipelineMetrics::register(registry),
+            metrics.clone(),
+        )?;
         let channels = queue::channels(
             config.queue_capacity,
             options.audit_queue_capacity,
@@ -160,6 +212,7 @@ impl ExportPipeline {
         );
         let sinks = sinks::SinkSet::new(
             config,
+            &graph.exporters,
             data_dir.to_owned(),
             options,
             metrics.clone(),
@@ -174,6 +227,8 @@ impl ExportPipeline {
             sinks,
             metrics,
             updates,
+            pipelines,
+            received: graph.received,
         };
         let done = channels.done;
         let pipeline = async move {

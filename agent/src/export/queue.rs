@@ -23,7 +23,12 @@ use super::{
     retry::Deadline,
     sinks::SinkSet,
 };
-use crate::{config::ExportConfig, control::next_update, signal::Signal};
+use crate::{
+    config::ExportConfig,
+    control::next_update,
+    pipeline::{ExporterSet, Pipelines},
+    signal::Signal,
+};
 
 /// After the shutdown deadline the sinks only count what they drop; this is
 /// the time allowed for that.
@@ -214,7 +219,14 @@ pub struct Batcher {
     pub metrics: ExportMetrics,
     /// New `export` sections from a remote config.
     pub updates: Option<watch::Receiver<ExportConfig>>,
+    /// The processors and routes every batch goes through.
+    pub pipelines: Pipelines,
+    /// Batches the OTLP receiver accepted.
+    pub received: Option<mpsc::Receiver<OtlpBatch>>,
 }
+
+/// How often a received batch waiting for room at the sinks looks again.
+const ROOM_POLL: Duration = Duration::from_millis(5);
 
 impl Batcher {
     /// Runs until every handle is dropped or shutdown has drained the
@@ -227,7 +239,9 @@ impl Batcher {
         let mut shutting_down = false;
         let mut deadline_open = true;
         let (mut signals_open, mut audit_open) = (true, true);
+        let mut received_open = self.received.is_some();
         while signals_open || audit_open {
+            let room = self.sinks_have_room();
             // A batch_timeout too large for the clock: flushed by size only.
             let flush_at = oldest.and_then(|t| t.checked_add(self.batch_timeout));
             tokio::select! {
@@ -289,6 +303,11 @@ impl Batcher {
                     self.flush(&mut batch, shutting_down, Lane::Signals).await;
                     oldest = None;
                 }
+                received = recv_some(&mut self.received), if received_open && room => match received {
+                    Some(batch) => self.deliver(batch, shutting_down, Lane::Signals).await,
+                    None => received_open = false,
+                },
+                () = tokio::time::sleep(ROOM_POLL), if received_open && !room => {}
                 () = self.sinks.reap() => {}
                 changed = self.deadline.changed(), if deadline_open && !shutting_down => {
                     match changed {
@@ -306,6 +325,10 @@ impl Batcher {
             self.metrics.queue_length.set(self.signals.len() as i64);
         }
         self.flush(&mut batch, true, Lane::Signals).await;
+        // What the receiver handed over before it stopped.
+        while let Some(Ok(received)) = self.received.as_mut().map(|r| r.try_recv()) {
+            self.deliver(received, true, Lane::Signals).await;
+        }
         self.metrics.queue_length.set(0);
         self.sinks.finish().await;
     }
@@ -323,8 +346,36 @@ impl Batcher {
         if converted.is_empty() {
             return;
         }
-        let converted = Arc::new(converted);
-        for sink in self.sinks.queues() {
+        self.deliver(converted, shutting_down, lane).await;
+    }
+
+    /// Whether every sink can take a batch now.
+    fn sinks_have_room(&self) -> bool {
+        self.sinks.queues().all(|sink| sink.batches.capacity() > 0)
+    }
+
+    /// Runs `batch` through the pipelines and hands each part to its
+    /// exporters.
+    async fn deliver(&self, batch: OtlpBatch, shutting_down: bool, lane: Lane) {
+        let routed = self.pipelines.process(batch, matches!(lane, Lane::Audit));
+        for (set, part) in routed.parts {
+            self.send_part(set, Arc::new(part), shutting_down, lane)
+                .await;
+        }
+    }
+
+    async fn send_part(
+        &self,
+        set: ExporterSet,
+        converted: Arc<OtlpBatch>,
+        shutting_down: bool,
+        lane: Lane,
+    ) {
+        for sink in self
+            .sinks
+            .queues()
+            .filter(|sink| self.pipelines.includes(set, sink.name))
+        {
             let (queue, full) = match lane {
                 Lane::Signals => (&sink.batches, DropReason::QueueFull),
                 Lane::Audit => (&sink.audit, DropReason::AuditQueueFull),
@@ -368,6 +419,13 @@ impl Batcher {
 enum Lane {
     Signals,
     Audit,
+}
+
+async fn recv_some(receiver: &mut Option<mpsc::Receiver<OtlpBatch>>) -> Option<OtlpBatch> {
+    match receiver {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until_some(at: Option<Instant>) {

@@ -12,7 +12,7 @@ use opentelemetry_proto::tonic::collector::{
 
 use super::{
     json_file::{FileSink, LineOutcome},
-    metrics::{DropReason, ExportMetrics, LOGS, METRICS, SINK_FILE, SINK_OTLP, TRACES},
+    metrics::{DropReason, ExportMetrics, LOGS, METRICS, SINK_FILE, TRACES},
     otlp_grpc::{GrpcExporter, GrpcSettings},
     otlp_http::HttpExporter,
     queue::SinkInput,
@@ -216,6 +216,7 @@ impl Part {
 /// OTLP exporter was removed) the sink still drains its queue to the last
 /// target, one try per request, then ends.
 pub async fn run_otlp_sink(
+    name: &'static str,
     mut target: watch::Receiver<OtlpTarget>,
     deadline: Deadline,
     mut batches: SinkInput,
@@ -235,7 +236,7 @@ pub async fn run_otlp_sink(
             }
             let delivery = loop {
                 tokio::select! {
-                    delivery = send(&client, &current.policy, &deadline, &metrics, &batch, part) => {
+                    delivery = send(name, &client, &current.policy, &deadline, &metrics, &batch, part) => {
                         break delivery;
                     }
                     changed = target.changed(), if !removed => match changed {
@@ -253,7 +254,7 @@ pub async fn run_otlp_sink(
                     },
                 }
             };
-            record_otlp(&metrics, &mut warn, signal, n, delivery);
+            record_otlp(&metrics, name, &mut warn, signal, n, delivery);
         }
     }
 }
@@ -268,6 +269,7 @@ fn retarget(target: &mut watch::Receiver<OtlpTarget>) -> (OtlpTarget, OtlpClient
 
 /// One part of `batch`, with retries.
 async fn send(
+    name: &'static str,
     client: &OtlpClient,
     policy: &RetryPolicy,
     deadline: &Deadline,
@@ -277,26 +279,26 @@ async fn send(
 ) -> Delivery {
     match (client, part, &batch.traces, &batch.metrics, &batch.logs) {
         (OtlpClient::Grpc(grpc), Part::Traces, Some(request), _, _) => {
-            with_retries(policy, deadline, metrics, SINK_OTLP, |timeout| {
+            with_retries(policy, deadline, metrics, name, |timeout| {
                 grpc.export_traces(request, timeout)
             })
             .await
         }
         (OtlpClient::Grpc(grpc), Part::Metrics, _, Some(request), _) => {
-            with_retries(policy, deadline, metrics, SINK_OTLP, |timeout| {
+            with_retries(policy, deadline, metrics, name, |timeout| {
                 grpc.export_metrics(request, timeout)
             })
             .await
         }
         (OtlpClient::Grpc(grpc), Part::Logs, _, _, Some(request)) => {
-            with_retries(policy, deadline, metrics, SINK_OTLP, |timeout| {
+            with_retries(policy, deadline, metrics, name, |timeout| {
                 grpc.export_logs(request, timeout)
             })
             .await
         }
         (OtlpClient::Http(http), Part::Traces, Some(request), _, _) => match http.encode(request) {
             Ok(body) => {
-                with_retries(policy, deadline, metrics, SINK_OTLP, |timeout| {
+                with_retries(policy, deadline, metrics, name, |timeout| {
                     http.post::<ExportTraceServiceResponse>(
                         http.traces_uri(),
                         body.clone(),
@@ -310,7 +312,7 @@ async fn send(
         (OtlpClient::Http(http), Part::Metrics, _, Some(request), _) => {
             match http.encode(request) {
                 Ok(body) => {
-                    with_retries(policy, deadline, metrics, SINK_OTLP, |timeout| {
+                    with_retries(policy, deadline, metrics, name, |timeout| {
                         http.post::<ExportMetricsServiceResponse>(
                             http.metrics_uri(),
                             body.clone(),
@@ -324,7 +326,7 @@ async fn send(
         }
         (OtlpClient::Http(http), Part::Logs, _, _, Some(request)) => match http.encode(request) {
             Ok(body) => {
-                with_retries(policy, deadline, metrics, SINK_OTLP, |timeout| {
+                with_retries(policy, deadline, metrics, name, |timeout| {
                     http.post::<ExportLogsServiceResponse>(http.logs_uri(), body.clone(), timeout)
                 })
                 .await
@@ -351,6 +353,7 @@ const ENCODE_KIND: &str = "encode";
 
 pub fn record_otlp(
     metrics: &ExportMetrics,
+    sink: &'static str,
     warn: &mut WarnLimiter,
     signal: &'static str,
     n: u64,
@@ -359,7 +362,7 @@ pub fn record_otlp(
     match delivery {
         Delivery::Delivered { rejected, message } => {
             let rejected = rejected.min(n);
-            metrics.exported(signal, SINK_OTLP, n - rejected);
+            metrics.exported(signal, sink, n - rejected);
             if rejected > 0 {
                 metrics.drop_signals(signal, DropReason::ExportFailed, rejected);
                 if warn.should_warn("partial success") {
@@ -368,7 +371,7 @@ pub fn record_otlp(
             }
         }
         Delivery::Failed { kind, detail } => {
-            metrics.failure(SINK_OTLP);
+            metrics.failure(sink);
             let reason = if kind == ENCODE_KIND {
                 DropReason::EncodeFailed
             } else {
@@ -385,7 +388,7 @@ pub fn record_otlp(
             );
         }
         Delivery::RetriesExhausted { kind, detail } => {
-            metrics.failure(SINK_OTLP);
+            metrics.failure(sink);
             metrics.drop_signals(signal, DropReason::RetriesExhausted, n);
             log_failure(
                 warn,
@@ -397,7 +400,7 @@ pub fn record_otlp(
             );
         }
         Delivery::Shutdown => {
-            metrics.failure(SINK_OTLP);
+            metrics.failure(sink);
             metrics.drop_signals(signal, DropReason::Shutdown, n);
             tracing::debug!(signal, n, "shutdown deadline passed; batch dropped");
         }

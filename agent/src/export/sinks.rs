@@ -5,7 +5,7 @@
 //! sink that is switched off has its queue closed, drains it and ends; a
 //! sink switched on starts with an empty queue.
 
-use std::path::PathBuf;
+use std::{collections::BTreeMap, path::PathBuf};
 
 use tokio::{sync::watch, task::JoinSet};
 
@@ -18,7 +18,10 @@ use super::{
     retry::{Deadline, RetryPolicy},
     sink::{self, OtlpSettings, OtlpTarget},
 };
-use crate::config::{ExportConfig, OtlpConfig, OtlpProtocol};
+use crate::{
+    config::{ExportConfig, OtlpConfig, OtlpProtocol},
+    pipeline::ExportersConfig,
+};
 
 /// The validated OTLP target `config` describes.
 pub fn otlp_target(
@@ -63,7 +66,10 @@ struct Builder {
 
 pub struct SinkSet {
     file: Option<SinkQueue>,
-    otlp: Option<OtlpSlot>,
+    /// `export.otlp` (named `otlp`) and the named `exporters`.
+    otlp: BTreeMap<&'static str, OtlpSlot>,
+    /// The named OTLP exporters: fixed for the agent's life.
+    named: ExportersConfig,
     /// Fed as given, never rebuilt (tests that read a sink's queue).
     fixed: Vec<SinkQueue>,
     builder: Option<Builder>,
@@ -73,18 +79,24 @@ pub struct SinkSet {
 }
 
 impl SinkSet {
-    /// The sinks `config` asks for, checked now and started by `start`.
+    /// The sinks `config` and `named` ask for, checked now and started by
+    /// `start`.
     pub fn new(
         config: &ExportConfig,
+        named: &ExportersConfig,
         data_dir: PathBuf,
         options: ExportOptions,
         metrics: ExportMetrics,
         deadline: Deadline,
     ) -> Result<Self, ExportError> {
         super::check(config)?;
+        for otlp in named.values() {
+            otlp_target(otlp, &options)?;
+        }
         Ok(Self {
             file: None,
-            otlp: None,
+            otlp: BTreeMap::new(),
+            named: named.clone(),
             fixed: Vec::new(),
             builder: Some(Builder {
                 data_dir,
@@ -102,7 +114,8 @@ impl SinkSet {
     pub fn fixed(queues: Vec<SinkQueue>) -> Self {
         Self {
             file: None,
-            otlp: None,
+            otlp: BTreeMap::new(),
+            named: ExportersConfig::new(),
             fixed: queues,
             builder: None,
             initial: None,
@@ -122,7 +135,7 @@ impl SinkSet {
     pub fn queues(&self) -> impl Iterator<Item = &SinkQueue> {
         self.file
             .iter()
-            .chain(self.otlp.as_ref().map(|slot| &slot.queue))
+            .chain(self.otlp.values().map(|slot| &slot.queue))
             .chain(&self.fixed)
     }
 
@@ -149,42 +162,65 @@ impl SinkSet {
             }
             _ => {}
         }
-        let wanted = config
-            .otlp
-            .as_ref()
-            .map(|otlp| (otlp, otlp_target(otlp, &builder.options)));
-        match (wanted, &mut self.otlp) {
-            (None, slot) => {
-                if slot.take().is_some() {
-                    tracing::info!("OTLP exporter removed: what it holds gets one more try");
+        let mut wanted: Vec<(&'static str, &OtlpConfig)> = Vec::new();
+        if let Some(otlp) = &config.otlp {
+            wanted.push((metrics::SINK_OTLP, otlp));
+        }
+        for (name, otlp) in &self.named {
+            // Interned when the pipeline was checked; a name refused there
+            // never gets here.
+            if let Some(name) = metrics::sink_name(name) {
+                wanted.push((name, otlp));
+            }
+        }
+        self.otlp.retain(|name, _| {
+            let keep = wanted.iter().any(|(w, _)| w == name);
+            if !keep {
+                tracing::info!(
+                    exporter = name,
+                    "OTLP exporter removed: what it holds gets one more try"
+                );
+            }
+            keep
+        });
+        for (name, otlp) in wanted {
+            let target = match otlp_target(otlp, &builder.options) {
+                Ok(target) => target,
+                Err(err) => {
+                    // The policy checks the config first; this is the last
+                    // guard.
+                    tracing::error!(exporter = name, endpoint = %otlp.endpoint, %err, "OTLP exporter not changed");
+                    continue;
                 }
-            }
-            (Some((otlp, Err(err))), _) => {
-                // The policy checks the config first; this is the last guard.
-                tracing::error!(endpoint = %otlp.endpoint, %err, "OTLP exporter not changed");
-            }
-            (Some((otlp, Ok(target))), Some(slot)) => {
-                if *otlp != slot.config {
-                    slot.target.send_replace(target);
-                    slot.config = otlp.clone();
-                    tracing::info!(endpoint = %otlp.endpoint, "OTLP exporter retargeted");
+            };
+            match self.otlp.get_mut(name) {
+                Some(slot) => {
+                    if *otlp != slot.config {
+                        slot.target.send_replace(target);
+                        slot.config = otlp.clone();
+                        tracing::info!(exporter = name, endpoint = %otlp.endpoint, "OTLP exporter retargeted");
+                    }
                 }
-            }
-            (Some((otlp, Ok(target))), None) => {
-                let (queue, input) = builder.queue(metrics::SINK_OTLP);
-                let (sender, receiver) = watch::channel(target);
-                self.tasks.spawn(sink::run_otlp_sink(
-                    receiver,
-                    builder.deadline.clone(),
-                    input,
-                    builder.metrics.clone(),
-                ));
-                self.otlp = Some(OtlpSlot {
-                    queue,
-                    config: otlp.clone(),
-                    target: sender,
-                });
-                tracing::info!(endpoint = %otlp.endpoint, "OTLP exporter started");
+                None => {
+                    let (queue, input) = builder.queue(name);
+                    let (sender, receiver) = watch::channel(target);
+                    self.tasks.spawn(sink::run_otlp_sink(
+                        name,
+                        receiver,
+                        builder.deadline.clone(),
+                        input,
+                        builder.metrics.clone(),
+                    ));
+                    self.otlp.insert(
+                        name,
+                        OtlpSlot {
+                            queue,
+                            config: otlp.clone(),
+                            target: sender,
+                        },
+                    );
+                    tracing::info!(exporter = name, endpoint = %otlp.endpoint, "OTLP exporter started");
+                }
             }
         }
     }
@@ -207,9 +243,12 @@ impl SinkSet {
     pub async fn finish(mut self) {
         self.file = None;
         self.fixed.clear();
-        // The OTLP target stays until the sink is done: this is shutdown
-        // (its deadline rules), not the exporter being removed.
-        let _target = self.otlp.take().map(|slot| slot.target);
+        // The OTLP targets stay until the sinks are done: this is shutdown
+        // (its deadline rules), not the exporters being removed.
+        let _targets: Vec<_> = std::mem::take(&mut self.otlp)
+            .into_values()
+            .map(|slot| slot.target)
+            .collect();
         while !self.tasks.is_empty() {
             self.reap().await;
         }

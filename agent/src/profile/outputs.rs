@@ -427,6 +427,6 @@ async fn run_otlp(
             exporter.export(&request, timeout)
         })
         .await;
-        record_otlp(&metrics, &mut warn, PROFILES, n, delivery);
+        record_otlp(&metrics, SINK_OTLP, &mut warn, PROFILES, n, delivery);
     }
 }
