@@ -14,6 +14,7 @@ pub mod limits;
 pub mod lock;
 pub mod process;
 pub mod profile;
+pub mod receive;
 pub mod series;
 pub mod signal;
 pub mod supervise;
