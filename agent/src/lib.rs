@@ -15,6 +15,7 @@ pub mod lock;
 pub mod pipeline;
 pub mod process;
 pub mod profile;
+pub mod receive;
 pub mod series;
 pub mod signal;
 pub mod supervise;
