@@ -6,13 +6,13 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use selfops_ebpf::{NetSettings, SocketOffsets};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::{
     act::{ActuationLoop, audit::AuditMetrics, runner::ServiceHook},
     config::Config,
     control::{self, ControlHandle, ControlMetrics, Live},
-    export::{ExportHandle, ExportOptions, ExportPipeline, Graph},
+    export::{ExportHandle, ExportOptions, ExportPipeline, Graph, OtlpBatch, resource_to_proto},
     kernel::{
         btf_offsets,
         features::{Features, raise_memlock_rlimit},
@@ -23,6 +23,7 @@ use crate::{
     },
     lock::{InstanceLock, LOCK_DIR},
     process::{ResourceBuilder, sensor::ProcessModel},
+    receive::{self, ReceiverMetrics},
     series::ServiceStats,
     supervise::{
         self, FaultPlan, Health, Supervisor, Task, TaskMetrics,
@@ -39,6 +40,11 @@ use crate::{
 /// in which a failed agent must be gone.
 const WITHDRAW_WITHIN: Duration = Duration::from_millis(500);
 const FLUSH_WITHIN: Duration = Duration::from_millis(500);
+/// Export requests the OTLP receiver may hand over before the batcher has
+/// taken them; beyond it senders are told to retry later.
+const RECEIVED_BATCHES: usize = 64;
+/// In-flight OTLP requests get this long to finish once the agent stops.
+const RECEIVER_STOP_WITHIN: Duration = Duration::from_millis(500);
 const PROFILER_STOP_WITHIN: Duration = Duration::from_millis(800);
 const CONTROL_STOP_WITHIN: Duration = Duration::from_millis(400);
 /// After a task failure the process is gone by then, stopped in order or
@@ -84,6 +90,16 @@ struct Running {
     stop_profiler: Option<watch::Sender<bool>>,
     control: Option<ControlHandle>,
     kernel: Option<KernelCounters>,
+    /// Bound before start-up, served once the process model can attribute
+    /// connections.
+    receiver: Option<PendingReceiver>,
+    stop_receiver: Option<watch::Sender<bool>>,
+}
+
+struct PendingReceiver {
+    listeners: receive::Listeners,
+    pipeline: mpsc::Sender<OtlpBatch>,
+    metrics: ReceiverMetrics,
 }
 
 async fn run_agent(config: Config, options: RunOptions) -> anyhow::Result<()> {
@@ -100,6 +116,18 @@ async fn run_agent(config: Config, options: RunOptions) -> anyhow::Result<()> {
     );
     // Sections a remote config may change live, one channel each.
     let live = Live::new(&config);
+    // Bound now, so a port in use stops the start before the kernel is
+    // touched.
+    let listeners = receive::bind(&config.receivers.otlp)
+        .await
+        .context("starting the OTLP receiver")?;
+    let (received_tx, received_rx) = mpsc::channel(RECEIVED_BATCHES);
+    let receiving = listeners.grpc.is_some() || listeners.http.is_some();
+    let receiver = receiving.then(|| PendingReceiver {
+        listeners,
+        pipeline: received_tx,
+        metrics: ReceiverMetrics::register(metrics.registry_mut()),
+    });
     // Exporters first: whatever starts later has somewhere to send to.
     let (export, pipeline) = ExportPipeline::start_graph(
         &config.export,
@@ -111,7 +139,7 @@ async fn run_agent(config: Config, options: RunOptions) -> anyhow::Result<()> {
             exporters: config.exporters.clone(),
             processors: config.processors.clone(),
             pipelines: config.pipelines.clone(),
-            received: None,
+            received: receiving.then_some(received_rx),
         },
     )?;
     supervisor.spawn(Task::Export, pipeline);
@@ -122,6 +150,8 @@ async fn run_agent(config: Config, options: RunOptions) -> anyhow::Result<()> {
         stop_profiler: None,
         control: None,
         kernel: None,
+        receiver,
+        stop_receiver: None,
     };
     let control_metrics = ControlMetrics::register(metrics.registry_mut());
 
@@ -338,6 +368,29 @@ async fn start(
             RingReader::new(object.take_socket_ring()?).context("polling the socket ring")?;
         supervisor.local(Task::Tracer, tracer.run(ring));
     }
+    if let Some(pending) = running.receiver.take() {
+        let table = model.table();
+        let of_process = resources.clone();
+        let resource_of: receive::ResourceLookup = Arc::new(move |pid| {
+            let process = table.read().get(pid)?;
+            Some(resource_to_proto(&of_process.resource(&process)).attributes)
+        });
+        let (tx, mut stopping) = watch::channel(false);
+        running.stop_receiver = Some(tx);
+        supervisor.spawn(
+            Task::Receiver,
+            receive::serve(
+                config.receivers.otlp.clone(),
+                pending.listeners,
+                pending.pipeline,
+                resource_of,
+                pending.metrics,
+                async move {
+                    let _ = stopping.wait_for(|stop| *stop).await;
+                },
+            ),
+        );
+    }
     // The service rules live with the process model they name.
     let rules = resources.clone().follow(live.service.subscribe());
     let kernel = KernelCounters::new(object.take_lost_counters()?, &metrics);
@@ -380,6 +433,14 @@ async fn stop_in_order(supervisor: &mut Supervisor, running: Running) {
     }
     if let Some(stop) = running.stop_profiler {
         let _ = stop.send(true);
+    }
+    // Senders are answered (and what they sent queued) before the
+    // exporters flush.
+    if let Some(stop) = running.stop_receiver {
+        let _ = stop.send(true);
+        supervisor
+            .finish(&[Task::Receiver], RECEIVER_STOP_WITHIN)
+            .await;
     }
     let export = running.export;
     let (_, flushed) = tokio::join!(

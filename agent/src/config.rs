@@ -52,6 +52,8 @@ pub struct Config {
     /// Remote configuration over OpAMP; local only (a remote config can
     /// never change it).
     pub control: crate::control::ControlConfig,
+    /// OTLP received from instrumented applications on the node.
+    pub receivers: ReceiversConfig,
     /// Named processors (`transform/NAME`, `filter/NAME`,
     /// `probabilistic_sampler`, `rate_limit/NAME`, `routing/NAME`).
     pub processors: crate::pipeline::ProcessorsConfig,
@@ -62,6 +64,13 @@ pub struct Config {
     /// The YAML this was parsed from (reported as the effective config).
     #[serde(skip)]
     pub source: Option<std::sync::Arc<str>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReceiversConfig {
+    /// OTLP/gRPC and OTLP/HTTP, on loopback by default.
+    pub otlp: crate::receive::ReceiverConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -284,6 +293,7 @@ impl Default for Config {
             profile: ProfileConfig::default(),
             actuation: crate::act::ActuationConfig::default(),
             control: crate::control::ControlConfig::default(),
+            receivers: ReceiversConfig::default(),
             processors: Default::default(),
             exporters: Default::default(),
             pipelines: Default::default(),

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod fleet;
 pub mod netns;
 pub mod onnx;
+pub mod python;
 pub mod services;
 pub mod spans;
 pub mod traffic;
@@ -145,8 +146,15 @@ impl Agent {
         std::fs::write(
             &config,
             format!(
-                "data_dir: {}\ntelemetry:\n  listen: 127.0.0.1:{port}\n{extra}",
-                dir.join("data").display()
+                "data_dir: {}\ntelemetry:\n  listen: 127.0.0.1:{port}\n{receivers}{extra}",
+                dir.join("data").display(),
+                // The OTLP receiver runs as by default, on ports of its
+                // own, so agents side by side never contend for 4317/4318.
+                receivers = if extra.contains("receivers:") {
+                    ""
+                } else {
+                    "receivers:\n  otlp:\n    grpc: { endpoint: '127.0.0.1:0' }\n    http: { endpoint: '127.0.0.1:0' }\n"
+                },
             ),
         )
         .expect("write config");

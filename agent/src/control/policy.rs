@@ -212,6 +212,7 @@ pub fn changed_keys(a: &Config, b: &Config) -> Vec<&'static str> {
     check("actuation.max_keys", &c.max_keys, &d.max_keys);
     check("actuation.persist", &c.persist, &d.persist);
     check("actuation.playbooks", &c.playbooks, &d.playbooks);
+    check("receivers", &a.receivers, &b.receivers);
     check("processors", &a.processors, &b.processors);
     check("exporters", &a.exporters, &b.exporters);
     check("pipelines", &a.pipelines, &b.pipelines);

@@ -55,7 +55,7 @@ use std::{future::Future, path::Path, time::Duration};
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
 
-pub use convert::{OtlpBatch, SCOPE_NAME, SCOPE_VERSION, convert};
+pub use convert::{OtlpBatch, SCOPE_NAME, SCOPE_VERSION, convert, resource_to_proto};
 pub use json_file::{DEFAULT_ROTATE_BYTES, LOGS_FILE, METRICS_FILE, TRACES_FILE, encode_json_line};
 pub use metrics::{DropReason, ExportMetrics, sink_name};
 pub use queue::ExportHandle;

@@ -40,16 +40,18 @@ pub enum Task {
     Profiler,
     Actuation,
     Telemetry,
+    Receiver,
 }
 
 impl Task {
-    pub const ALL: [Task; 6] = [
+    pub const ALL: [Task; 7] = [
         Task::Process,
         Task::Tracer,
         Task::Export,
         Task::Profiler,
         Task::Actuation,
         Task::Telemetry,
+        Task::Receiver,
     ];
 
     pub fn name(self) -> &'static str {
@@ -60,6 +62,7 @@ impl Task {
             Task::Profiler => "profiler",
             Task::Actuation => "actuation",
             Task::Telemetry => "telemetry",
+            Task::Receiver => "receiver",
         }
     }
 
@@ -73,6 +76,7 @@ impl Task {
             Task::Profiler => Some("profiler"),
             Task::Actuation => Some("actuation"),
             Task::Telemetry => None,
+            Task::Receiver => Some("receiver"),
         }
     }
 
