@@ -523,6 +523,28 @@ impl Config {
         }
         crate::pipeline::Pipelines::check(&self.processors, &self.exporters, &self.pipelines)
             .map_err(|e| invalid(&e.key, e.message))?;
+        let exporters = e
+            .otlp
+            .iter()
+            .map(|otlp| ("export.otlp.endpoint".to_owned(), otlp))
+            .chain(
+                self.exporters
+                    .iter()
+                    .map(|(name, otlp)| (format!("exporters.{name}.endpoint"), otlp)),
+            );
+        for (key, otlp) in exporters {
+            if let Some(listener) = own_listener(&otlp.endpoint, &self.receivers.otlp) {
+                return Err(invalid(
+                    &key,
+                    format!(
+                        "{:?} is this agent's own OTLP receiver ({listener}): it would export \
+                         to itself; point it at a Collector, or move or disable \
+                         receivers.otlp",
+                        otlp.endpoint
+                    ),
+                ));
+            }
+        }
         self.actuation
             .validate()
             .map_err(|(key, message)| invalid(&key, message))?;
@@ -619,6 +641,36 @@ impl Config {
     }
 }
 
+/// The receiver listener `endpoint` (an exporter's URL) would reach, if
+/// it names one.
+fn own_listener(endpoint: &str, receiver: &crate::receive::ReceiverConfig) -> Option<&'static str> {
+    if !receiver.enabled {
+        return None;
+    }
+    let uri: hyper::Uri = endpoint.parse().ok()?;
+    let port = uri.port_u16()?;
+    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+    let ip: Option<std::net::IpAddr> = match host {
+        "localhost" => Some(std::net::Ipv4Addr::LOCALHOST.into()),
+        host => host.parse().ok(),
+    };
+    let reaches = |listener: &SocketAddr| {
+        listener.port() == port
+            && ip.is_some_and(|ip| {
+                ip == listener.ip()
+                    || (ip.is_loopback()
+                        && (listener.ip().is_loopback() || listener.ip().is_unspecified()))
+            })
+    };
+    if receiver.grpc.as_ref().is_some_and(|p| reaches(&p.endpoint)) {
+        return Some("receivers.otlp.grpc");
+    }
+    if receiver.http.as_ref().is_some_and(|p| reaches(&p.endpoint)) {
+        return Some("receivers.otlp.http");
+    }
+    None
+}
+
 fn check_glob(glob: &str) -> Result<(), String> {
     globset::Glob::new(glob)
         .map(|_| ())
@@ -661,6 +713,43 @@ mod tests {
         let text = include_str!("../../deploy/selfops.yaml");
         let config = parse(text).unwrap();
         assert!(config.export.otlp.is_some());
+    }
+
+    #[test]
+    fn exporting_to_the_agents_own_receiver_is_refused() {
+        for (yaml, key) in [
+            (
+                "export: { otlp: { endpoint: 'http://127.0.0.1:4317' } }",
+                "export.otlp.endpoint",
+            ),
+            (
+                "exporters: { otlp/x: { endpoint: 'http://localhost:4318', protocol: http_protobuf } }",
+                "exporters.otlp/x.endpoint",
+            ),
+            (
+                "receivers: { otlp: { grpc: { endpoint: '0.0.0.0:5317' } } }\n\
+                 export: { otlp: { endpoint: 'http://127.0.0.1:5317' } }",
+                "export.otlp.endpoint",
+            ),
+        ] {
+            let err = parse(yaml).unwrap_err();
+            assert!(
+                err.contains(key) && err.contains("export to itself"),
+                "{err}"
+            );
+        }
+        // Elsewhere, or with the receiver moved or off: fine.
+        parse("export: { otlp: { endpoint: 'http://10.0.0.9:4317' } }").unwrap();
+        parse(
+            "receivers: { otlp: { enabled: false } }\n\
+             export: { otlp: { endpoint: 'http://127.0.0.1:4317' } }",
+        )
+        .unwrap();
+        parse(
+            "receivers: { otlp: { grpc: null } }\n\
+             export: { otlp: { endpoint: 'http://127.0.0.1:4317' } }",
+        )
+        .unwrap();
     }
 
     #[test]
