@@ -6,6 +6,7 @@ mod fleet;
 mod r#loop;
 mod nab;
 mod profile;
+mod receiver;
 mod trace;
 mod xdp;
 
@@ -33,6 +34,10 @@ enum Bench {
     /// A fleet server and 10,000 simulated agents: time to APPLIED on all,
     /// server CPU and memory per 1,000 agents.
     Fleet(fleet::Args),
+    /// OTLP spans per second per core through the receiver, a transform and
+    /// a filter to the file exporter, and memory beside the agent without a
+    /// receiver.
+    Receiver(receiver::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,5 +48,6 @@ fn main() -> anyhow::Result<()> {
         Bench::Xdp => xdp::run(),
         Bench::Loop => r#loop::run(),
         Bench::Fleet(args) => fleet::run(args),
+        Bench::Receiver(args) => receiver::run(args),
     }
 }

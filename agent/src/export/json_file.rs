@@ -31,28 +31,50 @@ pub const LOGS_FILE: &str = "logs.jsonl";
 /// Serializes one message as an OTLP/JSON line (with its `\n`).
 pub fn encode_json_line<T: Serialize>(message: &T) -> Result<Vec<u8>, serde_json::Error> {
     let mut line = serde_json::to_vec(message)?;
-    // Spans set every optional field, so the costly detour through a JSON
-    // tree is only taken when a `null` was written (a string holding the
-    // text `:null` only makes us take it needlessly).
+    // Spans the agent makes set every optional field; what SDKs send often
+    // leaves some unset, which serializes as `null`.
     if memchr::memmem::find(&line, b":null").is_some() {
-        let mut value: serde_json::Value = serde_json::from_slice(&line)?;
-        strip_nulls(&mut value);
-        line = serde_json::to_vec(&value)?;
+        line = strip_null_members(&line);
     }
     line.push(b'\n');
     Ok(line)
 }
 
-/// Removes `null` object members: a field absent in OTLP/JSON means unset.
-fn strip_nulls(value: &mut serde_json::Value) {
-    match value {
-        serde_json::Value::Object(map) => {
-            map.retain(|_, v| !v.is_null());
-            map.values_mut().for_each(strip_nulls);
+/// `json` (compact, as serde_json writes it) without its `"key":null`
+/// object members: a field absent in OTLP/JSON means unset. Done on the
+/// bytes, not through a JSON tree, which cost more than the encoding
+/// itself; `null`s in arrays and inside strings are kept.
+fn strip_null_members(json: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(json.len());
+    let mut i = 0;
+    while i < json.len() {
+        if json[i] != b'"' {
+            out.push(json[i]);
+            i += 1;
+            continue;
         }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(strip_nulls),
-        _ => {}
+        let start = i;
+        i += 1;
+        while i < json.len() && json[i] != b'"' {
+            i += if json[i] == b'\\' { 2 } else { 1 };
+        }
+        i = (i + 1).min(json.len());
+        let is_key = json.get(i) == Some(&b':') && matches!(out.last(), Some(b'{' | b','));
+        let rest = json.get(i + 1..).unwrap_or_default();
+        if is_key && rest.starts_with(b"null") && matches!(rest.get(4), Some(b',' | b'}')) {
+            i += 5;
+            if json.get(i) == Some(&b',') {
+                // The member's own comma goes with it.
+                i += 1;
+            } else if out.last() == Some(&b',') {
+                // The last member: the comma before it goes.
+                out.pop();
+            }
+            continue;
+        }
+        out.extend_from_slice(&json[start..i]);
     }
+    out
 }
 
 /// What writing one signal's line did.
@@ -192,6 +214,44 @@ mod tests {
         test_support::{histogram, log_record, resource, span, temp_dir},
     };
     use crate::signal::Signal;
+
+    /// The same, through a JSON tree.
+    fn strip_by_tree(json: &str) -> String {
+        fn strip(value: &mut serde_json::Value) {
+            match value {
+                serde_json::Value::Object(map) => {
+                    map.retain(|_, v| !v.is_null());
+                    map.values_mut().for_each(strip);
+                }
+                serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+                _ => {}
+            }
+        }
+        let mut value: serde_json::Value = serde_json::from_str(json).unwrap();
+        strip(&mut value);
+        serde_json::to_string(&value).unwrap()
+    }
+
+    #[test]
+    fn null_members_are_stripped_from_the_bytes_as_from_a_tree() {
+        for json in [
+            r#"{"a":null}"#,
+            r#"{"a":1,"b":null}"#,
+            r#"{"a":null,"b":1}"#,
+            r#"{"a":null,"b":null,"c":{"d":null,"e":[null,{"f":null,"g":"x"}]}}"#,
+            r#"{"k\":null":null,"s":"a\"b:null,","t":":null}"}"#,
+            r#"{"resource":null,"scopeSpans":[{"scope":null,"spans":[{"name":"x","status":null}]}]}"#,
+            r#"[null,{"a":null},"null"]"#,
+            r#"{"a":nullx}"#,
+        ] {
+            let bytes = String::from_utf8(strip_null_members(json.as_bytes())).unwrap();
+            match serde_json::from_str::<serde_json::Value>(json) {
+                Ok(_) => assert_eq!(bytes, strip_by_tree(json), "{json}"),
+                // Not JSON (serde_json never writes it): left as it was.
+                Err(_) => assert_eq!(bytes, json),
+            }
+        }
+    }
 
     fn sample_batch() -> OtlpBatch {
         let res = resource("nginx", 42);

@@ -173,7 +173,11 @@ async fn batches_by_timeout() {
         lines(&dir.join("metrics.jsonl")).len() == 1
     })
     .await;
-    assert_eq!(handle.metrics().exported_count(METRICS, SINK_FILE), 1);
+    // Counted once the line is written: after it, not with it.
+    wait_for("metrics counted", || {
+        handle.metrics().exported_count(METRICS, SINK_FILE) == 1
+    })
+    .await;
     assert!(handle.shutdown(FLUSHED_WITHIN).await);
     task.await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
