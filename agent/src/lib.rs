@@ -18,4 +18,5 @@ pub mod series;
 pub mod signal;
 pub mod supervise;
 pub mod telemetry;
+pub mod tls;
 pub mod trace;

@@ -59,6 +59,7 @@ fn otlp_config(addr: SocketAddr) -> OtlpConfig {
         timeout: Duration::from_secs(2),
         headers: BTreeMap::from([("x-selfops-test".to_owned(), "profiles".to_owned())]),
         retry_for: Duration::from_secs(5),
+        tls: None,
     }
 }
 
