@@ -188,7 +188,7 @@ pub struct ExportConfig {
 #[serde(deny_unknown_fields)]
 pub struct OtlpConfig {
     /// `http://host:4317` for gRPC, `http://host:4318` for HTTP/protobuf
-    /// (the `/v1/traces`… paths are added).
+    /// (the `/v1/traces`… paths are added); `https://` for TLS.
     pub endpoint: String,
     #[serde(default)]
     pub protocol: OtlpProtocol,
@@ -203,6 +203,10 @@ pub struct OtlpConfig {
     /// this long, then the batch is dropped and counted.
     #[serde(default = "default_retry_for", with = "humantime_serde")]
     pub retry_for: Duration,
+    /// TLS settings of an `https://` endpoint (system roots when absent);
+    /// refused with `http://`, which is never encrypted.
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

@@ -20,4 +20,5 @@ pub mod series;
 pub mod signal;
 pub mod supervise;
 pub mod telemetry;
+pub mod tls;
 pub mod trace;

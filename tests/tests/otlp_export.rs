@@ -406,6 +406,7 @@ impl Pipeline {
                 timeout: Duration::from_secs(5),
                 headers,
                 retry_for,
+                tls: None,
             }),
             queue_capacity: 1000,
             // Each `send_all` is one batch: few signals, sent at once.

@@ -1,11 +1,13 @@
 //! The `control` section: where the OpAMP server is, how to reach it, and
 //! which keys may sign a remote configuration. Local only.
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use serde::Deserialize;
 
 use super::signed::TrustedKey;
+/// TLS for `wss://` and `https://` (`opamp.tls`), shared with the exporters.
+pub use crate::tls::TlsConfig;
 
 /// Largest message accepted from a server unless configured otherwise.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -151,22 +153,6 @@ pub struct OpampConfig {
     /// Largest message accepted from the server.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
-}
-
-/// TLS for `wss://` and `https://`: the system roots unless `ca_file`;
-/// mTLS with `cert_file` and `key_file`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TlsConfig {
-    /// PEM file of the certificate authorities trusted instead of the
-    /// system's.
-    pub ca_file: Option<PathBuf>,
-    /// PEM client certificate chain (mTLS).
-    pub cert_file: Option<PathBuf>,
-    /// PEM private key of `cert_file`.
-    pub key_file: Option<PathBuf>,
-    /// Name checked in the server certificate (default: the endpoint's host).
-    pub server_name: Option<String>,
 }
 
 /// Health window when none is configured.

@@ -140,8 +140,12 @@ impl Watch {
         let export_lost = SIGNALS
             .iter()
             .flat_map(|&signal| {
-                [DropReason::ExportFailed, DropReason::RetriesExhausted]
-                    .map(|reason| self.export.dropped_count(signal, reason))
+                [
+                    DropReason::ExportFailed,
+                    DropReason::RetriesExhausted,
+                    DropReason::Tls,
+                ]
+                .map(|reason| self.export.dropped_count(signal, reason))
             })
             .fold(0u64, u64::saturating_add);
         Baseline {

@@ -19,8 +19,9 @@ use tokio::{net::TcpStream, sync::watch};
 use super::{
     backoff,
     client::{Client, SessionEnd},
-    frame, tls,
+    frame,
 };
+use crate::tls;
 
 const REQUEST_WITHIN: Duration = Duration::from_secs(30);
 const DISCONNECT_WITHIN: Duration = Duration::from_millis(300);
@@ -115,14 +116,9 @@ fn target(client: &Client, tls: bool) -> Result<Target, String> {
     let host = uri.host().ok_or("endpoint: no host")?.to_owned();
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
     let tls = if tls {
-        let config = tls::client_config(&client.opamp.tls).map_err(|e| e.to_string())?;
-        let name = client.opamp.tls.server_name.clone().unwrap_or_else(|| {
-            host.trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned()
-        });
-        let name = rustls_pki_types::ServerName::try_from(name)
-            .map_err(|e| format!("control.opamp.tls.server_name: {e}"))?;
+        let describe = |e: tls::TlsError| e.describe("control.opamp.tls");
+        let config = tls::client_config(&client.opamp.tls, &[b"http/1.1"]).map_err(describe)?;
+        let name = tls::server_name(&client.opamp.tls, &host).map_err(describe)?;
         Some((tokio_rustls::TlsConnector::from(Arc::clone(&config)), name))
     } else {
         None

@@ -186,8 +186,10 @@ fn keys_that_cannot_change_live_are_named() {
         "actuation.persist: changing it needs a restart"
     );
     // What the exporters would refuse is refused before anything changes.
-    let https = node.refused("export: { otlp: { endpoint: 'https://collector:4317' } }\n");
-    assert!(https.contains("export.otlp.endpoint"), "{https}");
+    let tls = node.refused(
+        "export: { otlp: { endpoint: 'https://collector:4317', tls: { ca_file: /nonexistent/ca.pem } } }\n",
+    );
+    assert!(tls.contains("export.otlp.tls.ca_file: "), "{tls}");
 }
 
 #[tokio::test]

@@ -17,7 +17,6 @@ pub mod policy;
 pub mod restart;
 pub mod signed;
 pub mod state;
-mod tls;
 mod ws;
 
 use std::sync::Arc;

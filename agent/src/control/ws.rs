@@ -17,8 +17,9 @@ use tokio_tungstenite::{
 
 use super::{
     client::{Client, SessionEnd},
-    frame, tls,
+    frame,
 };
+use crate::tls;
 
 const CONNECT_WITHIN: Duration = Duration::from_secs(10);
 const SEND_WITHIN: Duration = Duration::from_secs(10);
@@ -54,9 +55,9 @@ pub async fn session(
         }
     }
     let connector = if tls {
-        match tls::client_config(&client.opamp.tls) {
+        match tls::client_config(&client.opamp.tls, &[b"http/1.1"]) {
             Ok(config) => Some(Connector::Rustls(config)),
-            Err(err) => return retry(err),
+            Err(err) => return retry(err.describe("control.opamp.tls")),
         }
     } else {
         Some(Connector::Plain)

@@ -227,6 +227,7 @@ fn start(
             timeout: Duration::from_secs(5),
             headers,
             retry_for,
+            tls: None,
         }),
         queue_capacity: 100,
         batch_size: 100,

@@ -52,6 +52,9 @@ pub enum DropReason {
     ExportFailed,
     /// Retryable errors lasted longer than `retry_for`.
     RetriesExhausted,
+    /// The TLS handshake with the collector failed (unknown issuer, name
+    /// mismatch, client certificate missing or refused); not retried.
+    Tls,
     /// The signal could not be encoded (malformed histogram, JSON error).
     EncodeFailed,
     /// The agent was shutting down and the flush deadline passed, or the
@@ -69,6 +72,7 @@ impl DropReason {
             DropReason::AuditQueueFull => "audit_queue_full",
             DropReason::ExportFailed => "export_failed",
             DropReason::RetriesExhausted => "retries_exhausted",
+            DropReason::Tls => "tls",
             DropReason::EncodeFailed => "encode_failed",
             DropReason::Shutdown => "shutdown",
             DropReason::ProcessorError => "processor_error",

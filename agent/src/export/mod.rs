@@ -20,8 +20,8 @@
 //! records into `ResourceLogs`, scope `selfops`), and hands it to each
 //! sink's own small queue: the file sink (`traces.jsonl`, `metrics.jsonl`,
 //! `logs.jsonl`, OTLP/JSON, rotated to `.1` at 256 MiB)
-//! and the OTLP sink (gRPC or HTTP/protobuf, gzip, headers, timeout,
-//! retries with backoff for at most `retry_for`). Every signal lost on the
+//! and the OTLP sink (gRPC or HTTP/protobuf, over TLS for `https://`, gzip,
+//! headers, timeout, retries with backoff for at most `retry_for`). Every signal lost on the
 //! way is counted in `selfops_export_dropped_total{signal,reason}`. Audit
 //! records (`ExportHandle::send_audit`) take a lane of their own through the
 //! batcher and each sink (see `queue`), counted apart when it overflows. With
@@ -32,6 +32,7 @@
 
 #[cfg(test)]
 mod audit_lane_tests;
+mod connect;
 mod convert;
 mod json_file;
 #[cfg(test)]
@@ -49,6 +50,8 @@ mod sinks;
 pub(crate) mod test_support;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tls_tests;
 
 use std::{future::Future, path::Path, time::Duration};
 
@@ -73,11 +76,15 @@ pub const USER_AGENT: &str = concat!("selfops/", env!("CARGO_PKG_VERSION"));
 pub enum ExportError {
     #[error("export.otlp.endpoint: {endpoint:?}: {reason}")]
     InvalidEndpoint { endpoint: String, reason: String },
+    /// A TLS setting that cannot be used; `key` is the full key
+    /// (`export.otlp.tls.ca_file`, …).
+    #[error("{key}: {message}")]
+    Tls { key: String, message: String },
     #[error(
-        "export.otlp.endpoint: {endpoint:?}: https is not supported by this build (no TLS); \
-         use http:// (e.g. a collector on the node or a sidecar)"
+        "export.otlp.tls: set, but the endpoint {endpoint:?} is plain http://; \
+         use https:// for TLS, or remove `tls`"
     )]
-    TlsUnsupported { endpoint: String },
+    TlsWithPlainEndpoint { endpoint: String },
     #[error("export.otlp.headers.{name}: {reason}")]
     InvalidHeader { name: String, reason: String },
     #[error(transparent)]

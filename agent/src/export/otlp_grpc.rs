@@ -1,11 +1,11 @@
 //! OTLP/gRPC: the generated tonic clients of opentelemetry-proto over one
-//! lazily connected channel.
+//! lazily connected channel (TLS for `https://`, see `connect`).
 //!
 //! opentelemetry-otlp's exporters are not used: their SpanExporter carries
 //! one Resource per exporter, while every process here is its own resource,
 //! so requests are built from the proto types and sent with tonic directly.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use opentelemetry_proto::tonic::collector::{
     logs::v1::{ExportLogsServiceRequest, logs_service_client::LogsServiceClient},
@@ -20,7 +20,8 @@ use tonic::{
 
 use super::{
     ExportError,
-    retry::{Attempt, classify_grpc},
+    connect::{ALPN_H2, Connector, over_tls, tls_failure},
+    retry::{Attempt, classify_grpc, tls_attempt},
     sink::PartialSuccess,
 };
 use crate::config::OtlpConfig;
@@ -29,7 +30,10 @@ use crate::config::OtlpConfig;
 /// the pipeline's future rather than in `start`.
 #[derive(Debug, Clone)]
 pub struct GrpcSettings {
+    /// As configured, for error messages.
+    name: Arc<str>,
     endpoint: Endpoint,
+    connector: Connector,
     headers: Vec<(AsciiMetadataKey, AsciiMetadataValue)>,
     gzip: bool,
 }
@@ -62,26 +66,39 @@ impl GrpcSettings {
             })
             .collect::<Result<_, ExportError>>()?;
         Ok(Self {
+            name: Arc::from(config.endpoint.as_str()),
             endpoint,
+            connector: Connector::new(config, ALPN_H2)?,
             headers,
             gzip: config.gzip,
         })
     }
 
-    /// The lazily connected channel, the request headers and whether to
-    /// gzip: what a client of another OTLP service (profiles) needs.
-    pub fn into_parts(self) -> (Channel, Vec<(AsciiMetadataKey, AsciiMetadataValue)>, bool) {
-        (self.endpoint.connect_lazy(), self.headers, self.gzip)
+    /// The lazily connected channel, the request headers, whether to gzip
+    /// and the endpoint (for error messages): what a client of another
+    /// OTLP service (profiles) needs.
+    pub fn into_parts(self) -> GrpcParts {
+        GrpcParts {
+            endpoint: self.name,
+            channel: self.endpoint.connect_with_connector_lazy(self.connector),
+            headers: self.headers,
+            gzip: self.gzip,
+        }
     }
 
     pub fn connect(self) -> GrpcExporter {
         // Lazy: an unreachable collector at start-up is a retryable export
         // error later, not a start-up failure.
-        let channel = self.endpoint.connect_lazy();
+        let GrpcParts {
+            endpoint,
+            channel,
+            headers,
+            gzip,
+        } = self.into_parts();
         let mut traces = TraceServiceClient::new(channel.clone());
         let mut metrics = MetricsServiceClient::new(channel.clone());
         let mut logs = LogsServiceClient::new(channel);
-        if self.gzip {
+        if gzip {
             traces = traces
                 .send_compressed(CompressionEncoding::Gzip)
                 .accept_compressed(CompressionEncoding::Gzip);
@@ -93,16 +110,26 @@ impl GrpcSettings {
                 .accept_compressed(CompressionEncoding::Gzip);
         }
         GrpcExporter {
+            endpoint,
             traces,
             metrics,
             logs,
-            headers: self.headers,
+            headers,
         }
     }
 }
 
+/// What `GrpcSettings::into_parts` gives.
+pub struct GrpcParts {
+    pub endpoint: Arc<str>,
+    pub channel: Channel,
+    pub headers: Vec<(AsciiMetadataKey, AsciiMetadataValue)>,
+    pub gzip: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct GrpcExporter {
+    endpoint: Arc<str>,
     traces: TraceServiceClient<Channel>,
     metrics: MetricsServiceClient<Channel>,
     logs: LogsServiceClient<Channel>,
@@ -129,7 +156,10 @@ impl GrpcExporter {
         // Clients share the channel; a clone is a handle, not a connection.
         let mut client = self.traces.clone();
         let request = self.request(message.clone(), timeout);
-        finish(tokio::time::timeout(timeout, client.export(request)).await)
+        finish(
+            &self.endpoint,
+            tokio::time::timeout(timeout, client.export(request)).await,
+        )
     }
 
     pub async fn export_metrics(
@@ -139,7 +169,10 @@ impl GrpcExporter {
     ) -> Attempt {
         let mut client = self.metrics.clone();
         let request = self.request(message.clone(), timeout);
-        finish(tokio::time::timeout(timeout, client.export(request)).await)
+        finish(
+            &self.endpoint,
+            tokio::time::timeout(timeout, client.export(request)).await,
+        )
     }
 
     pub async fn export_logs(
@@ -149,11 +182,16 @@ impl GrpcExporter {
     ) -> Attempt {
         let mut client = self.logs.clone();
         let request = self.request(message.clone(), timeout);
-        finish(tokio::time::timeout(timeout, client.export(request)).await)
+        finish(
+            &self.endpoint,
+            tokio::time::timeout(timeout, client.export(request)).await,
+        )
     }
 }
 
+/// The outcome of one call to `endpoint`.
 pub fn finish<R: PartialSuccess>(
+    endpoint: &str,
     result: Result<Result<tonic::Response<R>, tonic::Status>, tokio::time::error::Elapsed>,
 ) -> Attempt {
     match result {
@@ -161,7 +199,10 @@ pub fn finish<R: PartialSuccess>(
             let (rejected, message) = response.into_inner().partial_success();
             Attempt::Delivered { rejected, message }
         }
-        Ok(Err(status)) => classify_grpc(&status),
+        Ok(Err(status)) => match tls_failure(&status, over_tls(endpoint)) {
+            Some(failure) => tls_attempt(endpoint, &failure),
+            None => classify_grpc(&status),
+        },
         Err(_) => Attempt::Retryable {
             kind: "grpc timeout".to_owned(),
             detail: "no response within the export timeout".to_owned(),

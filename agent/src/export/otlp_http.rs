@@ -1,9 +1,10 @@
 //! OTLP/HTTP with binary protobuf: `POST <endpoint>/v1/traces`,
-//! `/v1/metrics` and `/v1/logs` over hyper's pooled HTTP/1.1 client (plain http; no TLS
-//! stack is linked).
+//! `/v1/metrics` and `/v1/logs` over hyper's pooled HTTP/1.1 client, over
+//! TLS for `https://` (see `connect`).
 
 use std::{
     io::Write,
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -14,14 +15,15 @@ use hyper::{
     header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER},
 };
 use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
+    client::legacy::Client,
     rt::{TokioExecutor, TokioTimer},
 };
 use prost::Message;
 
 use super::{
     ExportError,
-    retry::{Attempt, RpcStatus, classify_http, parse_retry_after},
+    connect::{ALPN_HTTP1, Connector, over_tls, tls_failure},
+    retry::{Attempt, RpcStatus, classify_http, parse_retry_after, tls_attempt},
     sink::PartialSuccess,
 };
 use crate::config::OtlpConfig;
@@ -34,7 +36,9 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct HttpExporter {
-    client: Client<HttpConnector, Full<Bytes>>,
+    /// As configured, for error messages.
+    endpoint: Arc<str>,
+    client: Client<Connector, Full<Bytes>>,
     traces_uri: Uri,
     metrics_uri: Uri,
     logs_uri: Uri,
@@ -72,14 +76,13 @@ impl HttpExporter {
         if config.gzip {
             headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         }
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.timeout));
-        connector.set_nodelay(true);
+        let connector = Connector::new(config, ALPN_HTTP1)?;
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
         Ok(Self {
+            endpoint: Arc::from(config.endpoint.as_str()),
             client,
             traces_uri: uri("/v1/traces")?,
             metrics_uri: uri("/v1/metrics")?,
@@ -147,6 +150,9 @@ impl HttpExporter {
             // Refused connections and servers that hang up without an
             // answer are both worth another try.
             Err(err) => {
+                if let Some(failure) = tls_failure(&err, over_tls(&self.endpoint)) {
+                    return tls_attempt(&self.endpoint, &failure);
+                }
                 let kind = if err.is_connect() {
                     "http connect"
                 } else {

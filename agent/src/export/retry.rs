@@ -3,7 +3,8 @@
 //! The rules are the OTLP specification's: gRPC CANCELLED, DEADLINE_EXCEEDED,
 //! ABORTED, OUT_OF_RANGE, UNAVAILABLE and DATA_LOSS are retryable, and
 //! RESOURCE_EXHAUSTED only when the server attaches a `RetryInfo`; HTTP 429,
-//! 502, 503 and 504 and connection failures are retryable. A server's delay
+//! 502, 503 and 504 and connection failures are retryable; TLS failures
+//! are not (see `tls_attempt`). A server's delay
 //! (`RetryInfo.retry_delay`, `Retry-After`) is a lower bound on the wait;
 //! otherwise the wait is exponential with jitter.
 //!
@@ -94,6 +95,24 @@ pub fn classify_grpc(status: &tonic::Status) -> Attempt {
         }
     } else {
         Attempt::Permanent { kind, detail }
+    }
+}
+
+/// The `kind` of a failed TLS handshake or a TLS alert from the server;
+/// counted as `reason="tls"`.
+pub const TLS_KIND: &str = "tls";
+
+/// A TLS failure talking to `endpoint`. Not retried, unlike the
+/// Collector, which retries it as any unavailable transport: an unknown
+/// issuer, a name mismatch or a refused client certificate stays so until
+/// someone changes a certificate or the config, far beyond `retry_for`,
+/// and retrying would hold every later batch behind this one (the sink
+/// sends in order) until they overflow its queue. Each new batch tries a
+/// fresh handshake, so delivery resumes as soon as the certificates agree.
+pub fn tls_attempt(endpoint: &str, failure: &str) -> Attempt {
+    Attempt::Permanent {
+        kind: TLS_KIND.to_owned(),
+        detail: format!("OTLP export to {endpoint}: TLS: {failure}"),
     }
 }
 

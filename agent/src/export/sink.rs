@@ -16,7 +16,7 @@ use super::{
     otlp_grpc::{GrpcExporter, GrpcSettings},
     otlp_http::HttpExporter,
     queue::SinkInput,
-    retry::{Deadline, Delivery, RetryPolicy, WarnLimiter, with_retries},
+    retry::{Deadline, Delivery, RetryPolicy, TLS_KIND, WarnLimiter, with_retries},
 };
 
 /// How often one kind of export error may be logged at warn.
@@ -372,10 +372,10 @@ pub fn record_otlp(
         }
         Delivery::Failed { kind, detail } => {
             metrics.failure(sink);
-            let reason = if kind == ENCODE_KIND {
-                DropReason::EncodeFailed
-            } else {
-                DropReason::ExportFailed
+            let reason = match kind.as_str() {
+                ENCODE_KIND => DropReason::EncodeFailed,
+                TLS_KIND => DropReason::Tls,
+                _ => DropReason::ExportFailed,
             };
             metrics.drop_signals(signal, reason, n);
             log_failure(

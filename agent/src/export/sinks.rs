@@ -28,11 +28,6 @@ pub fn otlp_target(
     config: &OtlpConfig,
     options: &ExportOptions,
 ) -> Result<OtlpTarget, ExportError> {
-    if config.endpoint.starts_with("https://") {
-        return Err(ExportError::TlsUnsupported {
-            endpoint: config.endpoint.clone(),
-        });
-    }
     let settings = match config.protocol {
         OtlpProtocol::Grpc => OtlpSettings::Grpc(Box::new(GrpcSettings::new(config)?)),
         OtlpProtocol::HttpProtobuf => OtlpSettings::Http(Box::new(HttpExporter::new(config)?)),

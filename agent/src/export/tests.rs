@@ -274,6 +274,7 @@ fn otlp(endpoint: &str, protocol: OtlpProtocol) -> OtlpConfig {
         timeout: Duration::from_secs(5),
         headers: BTreeMap::new(),
         retry_for: Duration::from_secs(30),
+        tls: None,
     }
 }
 
@@ -341,11 +342,17 @@ fn bad_otlp_settings_are_refused() {
     let dir = Path::new("/nonexistent");
     let mut registry = Registry::default();
     let mut cfg = config(10, 10, Duration::from_secs(1));
-    cfg.otlp = Some(otlp("https://collector:4317", OtlpProtocol::Grpc));
+    let mut plain_with_tls = otlp("http://collector:4317", OtlpProtocol::Grpc);
+    plain_with_tls.tls = Some(crate::tls::TlsConfig::default());
+    cfg.otlp = Some(plain_with_tls);
     let err = ExportPipeline::start(&cfg, dir, &mut registry)
         .err()
         .unwrap();
-    assert!(matches!(err, ExportError::TlsUnsupported { .. }), "{err}");
+    assert!(
+        matches!(err, ExportError::TlsWithPlainEndpoint { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().starts_with("export.otlp.tls: "), "{err}");
 
     for protocol in [OtlpProtocol::Grpc, OtlpProtocol::HttpProtobuf] {
         let mut o = otlp("http://collector:4317", protocol);

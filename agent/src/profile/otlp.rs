@@ -10,7 +10,7 @@
 //! and `profile.frame.type` (kernel/native), so frames without symbols can
 //! be symbolized by a back-end.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use opentelemetry_proto::tonic::{
     collector::profiles::v1development::{
@@ -38,7 +38,7 @@ use super::{
 };
 use crate::export::{
     SCOPE_NAME, SCOPE_VERSION,
-    otlp_grpc::{GrpcSettings, finish},
+    otlp_grpc::{GrpcParts, GrpcSettings, finish},
     retry::Attempt,
     sink::PartialSuccess,
 };
@@ -375,6 +375,7 @@ impl PartialSuccess for ExportProfilesServiceResponse {
 /// The gRPC client of the collector's profiles service.
 #[derive(Debug, Clone)]
 pub struct ProfilesExporter {
+    endpoint: Arc<str>,
     client: ProfilesServiceClient<Channel>,
     headers: Vec<(AsciiMetadataKey, AsciiMetadataValue)>,
 }
@@ -383,14 +384,23 @@ impl ProfilesExporter {
     /// Connects lazily (so needs the tokio runtime): an unreachable
     /// collector is a retryable export error later, not a start-up failure.
     pub fn connect(settings: GrpcSettings) -> Self {
-        let (channel, headers, gzip) = settings.into_parts();
+        let GrpcParts {
+            endpoint,
+            channel,
+            headers,
+            gzip,
+        } = settings.into_parts();
         let mut client = ProfilesServiceClient::new(channel);
         if gzip {
             client = client
                 .send_compressed(CompressionEncoding::Gzip)
                 .accept_compressed(CompressionEncoding::Gzip);
         }
-        Self { client, headers }
+        Self {
+            endpoint,
+            client,
+            headers,
+        }
     }
 
     /// One attempt, classified for the retry loop.
@@ -406,7 +416,10 @@ impl ProfilesExporter {
             request.metadata_mut().insert(key.clone(), value.clone());
         }
         let mut client = self.client.clone();
-        finish(tokio::time::timeout(timeout, client.export(request)).await)
+        finish(
+            &self.endpoint,
+            tokio::time::timeout(timeout, client.export(request)).await,
+        )
     }
 }
 

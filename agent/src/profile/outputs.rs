@@ -130,12 +130,6 @@ impl ProfileOutputs {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| OutputError::NoRuntime)?;
         let otlp = match otlp {
             Some(config) if config.protocol == OtlpProtocol::Grpc => {
-                if config.endpoint.starts_with("https://") {
-                    return Err(ExportError::TlsUnsupported {
-                        endpoint: config.endpoint.clone(),
-                    }
-                    .into());
-                }
                 let policy = RetryPolicy {
                     retry_for: config.retry_for,
                     timeout: config.timeout,

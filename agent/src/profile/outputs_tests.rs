@@ -59,6 +59,7 @@ fn otlp_config(addr: SocketAddr) -> OtlpConfig {
         timeout: Duration::from_secs(2),
         headers: BTreeMap::from([("x-selfops-test".to_owned(), "profiles".to_owned())]),
         retry_for: Duration::from_secs(5),
+        tls: None,
     }
 }
 
@@ -412,7 +413,7 @@ async fn shutdown_deadline_drops_what_the_collector_did_not_take() {
 }
 
 #[test]
-fn needs_a_runtime_and_rejects_https() {
+fn needs_a_runtime_and_refuses_unusable_tls() {
     let data = temp_dir("errors");
     let mut registry = Registry::default();
     assert!(matches!(
@@ -426,11 +427,15 @@ fn needs_a_runtime_and_rejects_https() {
     let _guard = runtime.enter();
     let mut config = otlp_config("127.0.0.1:4317".parse().unwrap());
     config.endpoint = "https://collector:4317".to_owned();
+    config.tls = Some(crate::tls::TlsConfig {
+        ca_file: Some(data.join("missing-ca.pem")),
+        ..crate::tls::TlsConfig::default()
+    });
     let err = ProfileOutputs::new(&data, Some(&config), &mut registry)
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("https"), "{err}");
+    assert!(err.contains("export.otlp.tls.ca_file: "), "{err}");
     std::fs::remove_dir_all(&data).unwrap();
 }
 

@@ -71,8 +71,8 @@ fn export_failures_beyond_the_ratio_and_retries_without_delivery_fail() {
         err.reason,
         "export failing: 5 of 100 signals not delivered since the config was applied (5.0%, budget 0.0%); otlp gave up 1 batch(es)"
     );
-    // One more lost tips it over 5%.
-    export.drop_signals(export::TRACES, DropReason::ExportFailed, 1);
+    // One more lost tips it over 5%; TLS failures are export failures.
+    export.drop_signals(export::TRACES, DropReason::Tls, 1);
     let err = watch.check(&since, &five_percent, WINDOW).unwrap_err();
     assert!(err.reason.contains("6 of 101"), "{err:?}");
 
