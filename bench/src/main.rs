@@ -5,6 +5,7 @@
 mod fleet;
 mod r#loop;
 mod nab;
+mod ottl;
 mod profile;
 mod trace;
 mod xdp;
@@ -33,6 +34,8 @@ enum Bench {
     /// A fleet server and 10,000 simulated agents: time to APPLIED on all,
     /// server CPU and memory per 1,000 agents.
     Fleet(fleet::Args),
+    /// OTTL transform statements against a pass-through, per span on one core.
+    Ottl,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,5 +46,6 @@ fn main() -> anyhow::Result<()> {
         Bench::Xdp => xdp::run(),
         Bench::Loop => r#loop::run(),
         Bench::Fleet(args) => fleet::run(args),
+        Bench::Ottl => ottl::run().map_err(|e| anyhow::anyhow!("{e}")),
     }
 }

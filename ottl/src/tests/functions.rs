@@ -328,3 +328,39 @@ fn conditions_compare_like_the_collector() {
         assert_eq!(get(&span.attributes, "hit").is_some(), want, "{cond}");
     }
 }
+
+#[test]
+fn anchored_literal_patterns_match_like_regexes() {
+    use crate::ast::{Expr, Node};
+    use crate::compile::{Matcher, matcher};
+    let cases = [
+        (r"^internal\.", "internal.x", true, "prefix"),
+        (r"^internal\.", "internalx", false, "prefix"),
+        (r"^/api/", "/api/v1", true, "prefix"),
+        (r"^exact$", "exact", true, "exact"),
+        (r"^exact$", "exactly", false, "exact"),
+        (r"^a.c", "abc", true, "regex"),
+        (r"^\d+", "12", true, "regex"),
+        (r"password", "db.password", true, "regex"),
+        (r"(?i)^PASS", "password", true, "regex"),
+    ];
+    for (pattern, text, want, kind) in cases {
+        let node = Node {
+            expr: Expr::Str(pattern.into()),
+            pos: 0,
+        };
+        let m = matcher(&node).unwrap();
+        let got_kind = match m {
+            Matcher::Prefix(_) => "prefix",
+            Matcher::Exact(_) => "exact",
+            Matcher::Regex(_) => "regex",
+        };
+        assert_eq!(got_kind, kind, "{pattern}");
+        assert_eq!(m.is_match(text), want, "{pattern} on {text}");
+        assert_eq!(
+            regex::Regex::new(pattern).unwrap().is_match(text),
+            want,
+            "{pattern}"
+        );
+    }
+}
