@@ -5,6 +5,7 @@
 mod fleet;
 mod r#loop;
 mod nab;
+mod ottl;
 mod profile;
 mod receiver;
 mod trace;
@@ -38,6 +39,8 @@ enum Bench {
     /// a filter to the file exporter, and memory beside the agent without a
     /// receiver.
     Receiver(receiver::Args),
+    /// OTTL transform statements against a pass-through, per span on one core.
+    Ottl,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,5 +52,6 @@ fn main() -> anyhow::Result<()> {
         Bench::Loop => r#loop::run(),
         Bench::Fleet(args) => fleet::run(args),
         Bench::Receiver(args) => receiver::run(args),
+        Bench::Ottl => ottl::run().map_err(|e| anyhow::anyhow!("{e}")),
     }
 }

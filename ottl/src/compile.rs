@@ -296,6 +296,56 @@ pub(crate) fn regex(node: &ast::Node) -> CResult<regex::Regex> {
         .map_err(|e| Located::new(node.pos, format!("invalid regex: {e}")))
 }
 
+/// A regex used only to test a match. Anchored literal patterns, common
+/// for keys (`^internal\.`, `^/api/`), are tested without the regex engine.
+#[derive(Debug)]
+pub(crate) enum Matcher {
+    Prefix(String),
+    Exact(String),
+    Regex(regex::Regex),
+}
+
+impl Matcher {
+    pub(crate) fn is_match(&self, s: &str) -> bool {
+        match self {
+            Matcher::Prefix(p) => s.starts_with(p.as_str()),
+            Matcher::Exact(p) => s == p,
+            Matcher::Regex(re) => re.is_match(s),
+        }
+    }
+}
+
+pub(crate) fn matcher(node: &ast::Node) -> CResult<Matcher> {
+    let re = regex(node)?;
+    Ok(match anchored_literal(re.as_str()) {
+        Some((text, true)) => Matcher::Exact(text),
+        Some((text, false)) => Matcher::Prefix(text),
+        None => Matcher::Regex(re),
+    })
+}
+
+/// `^abc\.d` → ("abc.d", false), `^abc$` → ("abc", true); `None` when the
+/// pattern is not an anchored literal.
+fn anchored_literal(pattern: &str) -> Option<(String, bool)> {
+    let mut chars = pattern.strip_prefix('^')?.chars().peekable();
+    let mut out = String::new();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next()? {
+                e @ ('.' | '\\' | '-' | '/' | '+' | '*' | '?' | '(' | ')' | '[' | ']' | '{'
+                | '}' | '|' | '^' | '$' | ':' | '=' | '_') => out.push(e),
+                _ => return None,
+            },
+            '$' if chars.peek().is_none() => return Some((out, true)),
+            '.' | '*' | '+' | '?' | '(' | ')' | '[' | ']' | '{' | '}' | '|' | '^' | '$' => {
+                return None;
+            }
+            c => out.push(c),
+        }
+    }
+    Some((out, false))
+}
+
 /// Checks the number of arguments of a call.
 pub(crate) fn arity(call: &ast::Call, pos: usize, min: usize, max: usize) -> CResult<()> {
     let n = call.args.len();

@@ -7,6 +7,35 @@
 //! [`Filter::new`], [`Condition::new`]): paths resolve to fields, functions
 //! are checked, regexes compiled. Running them touches no names and, where
 //! a condition does not match, allocates nothing.
+//!
+//! What is supported:
+//! - contexts `resource`, `scope`, `span`, `spanevent`, `metric`,
+//!   `datapoint`, `log`, each reaching the fields of the records enclosing
+//!   it through a prefix (`resource.attributes["k"]`, `scope.name`,
+//!   `instrumentation_scope.version`, `span.name` from a span event,
+//!   `metric.name` from a data point); its own fields may take their
+//!   context's prefix too (`span.attributes`);
+//! - literals (strings with `\" \\ \n \t \r` escapes, ints, floats, bools,
+//!   `nil`, bytes `0x…`), lists, maps, OTLP enums (`SPAN_KIND_SERVER`,
+//!   `STATUS_CODE_ERROR`, `METRIC_DATA_TYPE_SUM`, `SEVERITY_NUMBER_WARN`,
+//!   `AGGREGATION_TEMPORALITY_DELTA` …), keys on maps and lists
+//!   (`attributes["a"]["b"][0]`), `+ - * /`, comparisons, `and`, `or`,
+//!   `not`;
+//! - editors `set`, `delete_key`, `delete_matching_keys`, `keep_keys`,
+//!   `keep_matching_keys`, `limit`, `truncate_all`, `replace_pattern`,
+//!   `replace_all_patterns` (with the optional function, `SHA256`,
+//!   `SHA512`, `ToLowerCase` or `ToUpperCase`, and format), `merge_maps`;
+//! - converters `SHA256`, `SHA512`, `Concat`, `IsMatch`, `Int`, `Double`,
+//!   `String`, `Len`, `Substring`, `ToLowerCase`, `ToUpperCase`,
+//!   `IsString`, `IsInt`, `IsDouble`, `IsBool`, `IsMap`, `IsList`.
+//!
+//! Where it is stricter than the Collector: regex patterns, key lists,
+//! modes and formats must be literals (they are compiled at load time);
+//! int overflow in arithmetic is an error rather than wrapping; a value of
+//! the wrong type written to a typed field (`set(name, 1)`) is an error
+//! rather than ignored. A log body is shortened with
+//! `set(body, Substring(body, 0, N)) where Len(body) > N`; `truncate_all`
+//! applies to maps (attributes, a structured body).
 
 mod ast;
 mod compile;

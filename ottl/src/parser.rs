@@ -7,9 +7,12 @@ use crate::ast::{ArithOp, Call, CmpOp, Expr, Key, Node, Path, Statement};
 use crate::error::Located;
 use crate::lexer::{self, Tok, Token};
 
-/// Deeper nesting than this is refused: the parser recurses once per level,
-/// and untrusted configuration must not overflow the stack.
-pub(crate) const MAX_DEPTH: usize = 64;
+/// Deeper trees than this are refused: parsing, compiling, running and
+/// dropping all recurse once per level, and untrusted configuration must
+/// not overflow the stack. Parentheses, lists, maps, calls, `not`, unary
+/// minus and each chained binary operator (`a + b + c` is two levels)
+/// count.
+pub(crate) const MAX_DEPTH: usize = 100;
 
 type PResult<T> = Result<T, Located>;
 
@@ -153,7 +156,10 @@ impl<'s> Parser<'s> {
 
     fn or(&mut self) -> PResult<Node> {
         let mut left = self.and()?;
+        let mut chained = 0;
         while self.eat(Tok::Or) {
+            self.enter()?;
+            chained += 1;
             let right = self.and()?;
             let pos = left.pos;
             left = Node {
@@ -161,12 +167,16 @@ impl<'s> Parser<'s> {
                 pos,
             };
         }
+        self.depth -= chained;
         Ok(left)
     }
 
     fn and(&mut self) -> PResult<Node> {
         let mut left = self.not()?;
+        let mut chained = 0;
         while self.eat(Tok::And) {
+            self.enter()?;
+            chained += 1;
             let right = self.not()?;
             let pos = left.pos;
             left = Node {
@@ -174,6 +184,7 @@ impl<'s> Parser<'s> {
                 pos,
             };
         }
+        self.depth -= chained;
         Ok(left)
     }
 
@@ -213,13 +224,16 @@ impl<'s> Parser<'s> {
 
     fn additive(&mut self) -> PResult<Node> {
         let mut left = self.multiplicative()?;
+        let mut chained = 0;
         loop {
             let op = match self.peek_tok() {
                 Some(Tok::Plus) => ArithOp::Add,
                 Some(Tok::Minus) => ArithOp::Sub,
-                _ => return Ok(left),
+                _ => break,
             };
             self.at += 1;
+            self.enter()?;
+            chained += 1;
             let right = self.multiplicative()?;
             let pos = left.pos;
             left = Node {
@@ -227,17 +241,22 @@ impl<'s> Parser<'s> {
                 pos,
             };
         }
+        self.depth -= chained;
+        Ok(left)
     }
 
     fn multiplicative(&mut self) -> PResult<Node> {
         let mut left = self.unary()?;
+        let mut chained = 0;
         loop {
             let op = match self.peek_tok() {
                 Some(Tok::Star) => ArithOp::Mul,
                 Some(Tok::Slash) => ArithOp::Div,
-                _ => return Ok(left),
+                _ => break,
             };
             self.at += 1;
+            self.enter()?;
+            chained += 1;
             let right = self.unary()?;
             let pos = left.pos;
             left = Node {
@@ -245,6 +264,8 @@ impl<'s> Parser<'s> {
                 pos,
             };
         }
+        self.depth -= chained;
+        Ok(left)
     }
 
     fn unary(&mut self) -> PResult<Node> {

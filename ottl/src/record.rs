@@ -243,10 +243,33 @@ pub(crate) fn get<'a>(field: Field, v: &View<'a>) -> Value<'a> {
     opt.unwrap_or(Value::Nil)
 }
 
-/// Reads a path: the field, then each key in turn.
+/// The attribute map of an attributes field, read-only.
+fn attributes_ref<'a>(field: Field, v: &View<'a>) -> Option<&'a [KeyValue]> {
+    use Field as F;
+    match field {
+        F::ResourceAttributes => v.resource.map(|r| &r.attributes[..]),
+        F::ScopeAttributes => v.scope.map(|s| &s.attributes[..]),
+        F::SpanAttributes => v.span.map(|s| &s.attributes[..]),
+        F::EventAttributes => v.event.map(|e| &e.attributes[..]),
+        F::PointAttributes => v.point.map(point_attributes),
+        F::LogAttributes => v.log.map(|l| &l.attributes[..]),
+        _ => None,
+    }
+}
+
+/// Reads a path: the field, then each key in turn. `attributes["k"]`, the
+/// most common path, goes straight to the entry.
 pub(crate) fn get_path<'a>(field: Field, keys: &[Key], v: &View<'a>) -> EvalResult<Value<'a>> {
-    let mut value = get(field, v);
-    for key in keys {
+    let (mut value, rest) = match keys {
+        [Key::Str(k), rest @ ..] if field != Field::LogBody => {
+            let entry = attributes_ref(field, v)
+                .and_then(|m| crate::value::find(m, k))
+                .and_then(|kv| kv.value.as_ref());
+            (Value::from_opt_any(entry), rest)
+        }
+        _ => (get(field, v), keys),
+    };
+    for key in rest {
         value = value.index(key).map_err(EvalError)?;
     }
     Ok(value)

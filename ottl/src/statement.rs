@@ -114,7 +114,10 @@ impl Errors {
         match self.mode {
             ErrorMode::Propagate => Err(error()),
             ErrorMode::Ignore => {
-                tracing::debug!(error = %error(), "OTTL run-time error ignored");
+                // The message is only built when someone reads it.
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    tracing::debug!(error = %error(), "OTTL run-time error ignored");
+                }
                 Ok(())
             }
             ErrorMode::Silent => Ok(()),

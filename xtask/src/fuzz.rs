@@ -47,6 +47,14 @@ const TARGETS: &[Target] = &[
         seeds: &[],
         model_seeds: &[],
     },
+    Target {
+        name: "ottl",
+        // Function names, paths and operators: random bytes rarely spell
+        // a statement that gets past the parser.
+        dictionary: Some("ottl.dict"),
+        seeds: &[],
+        model_seeds: &[],
+    },
 ];
 
 /// Runs every target (or the one named) for `seconds` each; a crash or a

@@ -26,7 +26,7 @@ enum Command {
         args: Vec<String>,
     },
     /// Set up if needed, build, and run a benchmark (trace, profile, nab,
-    /// xdp, loop, fleet) against its baseline in the same run.
+    /// xdp, loop, fleet, ottl) against its baseline in the same run.
     Bench {
         /// The benchmark and its arguments, e.g. `nab --emit out`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]

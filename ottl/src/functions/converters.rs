@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use sha2::{Digest, Sha256, Sha512};
 
 use crate::ast;
-use crate::compile::{CResult, Compiler, Expr, Kind, arity, literal_str, regex};
+use crate::compile::{CResult, Compiler, Expr, Kind, Matcher, arity, literal_str, matcher};
 use crate::error::{EvalError, EvalResult, Located};
 use crate::eval::eval;
 use crate::record::View;
@@ -56,7 +56,7 @@ pub(crate) enum TypeTest {
 pub(crate) enum Converter {
     Str(StrFn, Expr),
     Concat(Vec<Expr>, String),
-    IsMatch(Expr, regex::Regex),
+    IsMatch(Expr, Matcher),
     Int(Expr),
     Double(Expr),
     String(Expr),
@@ -85,7 +85,7 @@ pub(crate) fn compile(c: &Compiler, call: &ast::Call, pos: usize) -> CResult<Con
         }
         "IsMatch" => {
             arity(call, pos, 2, 2)?;
-            Converter::IsMatch(c.value(&a[0])?, regex(&a[1])?)
+            Converter::IsMatch(c.value(&a[0])?, matcher(&a[1])?)
         }
         "Int" => {
             arity(call, pos, 1, 1)?;
@@ -167,7 +167,8 @@ impl Converter {
                 Value::Str(Cow::Owned(f.apply(want_str("the function", &value)?)))
             }
             Converter::Concat(items, delimiter) => {
-                let mut out = String::new();
+                // Sized for typical short parts, to avoid regrowing.
+                let mut out = String::with_capacity(64);
                 for (i, item) in items.iter().enumerate() {
                     if i > 0 {
                         out.push_str(delimiter);

@@ -7,8 +7,8 @@ use regex::Regex;
 
 use crate::ast;
 use crate::compile::{
-    CResult, Compiler, Expr, Kind, PathRef, arity, literal_int, literal_str, literal_str_list,
-    regex,
+    CResult, Compiler, Expr, Kind, Matcher, PathRef, arity, literal_int, literal_str,
+    literal_str_list, matcher, regex,
 };
 use crate::error::{EvalError, EvalResult, Located};
 use crate::eval::eval;
@@ -45,9 +45,9 @@ pub(crate) struct Replace {
 pub(crate) enum Editor {
     Set(PathRef, Expr),
     DeleteKey(PathRef, Expr),
-    DeleteMatchingKeys(PathRef, Regex),
+    DeleteMatchingKeys(PathRef, Matcher),
     KeepKeys(PathRef, Vec<String>),
-    KeepMatchingKeys(PathRef, Regex),
+    KeepMatchingKeys(PathRef, Matcher),
     Limit(PathRef, usize, Vec<String>),
     TruncateAll(PathRef, usize),
     ReplacePattern(PathRef, Replace),
@@ -68,7 +68,7 @@ pub(crate) fn compile(c: &Compiler, call: &ast::Call, pos: usize) -> CResult<Edi
         }
         "delete_matching_keys" => {
             arity(call, pos, 2, 2)?;
-            Editor::DeleteMatchingKeys(c.target(&a[0])?, regex(&a[1])?)
+            Editor::DeleteMatchingKeys(c.target(&a[0])?, matcher(&a[1])?)
         }
         "keep_keys" => {
             arity(call, pos, 2, 2)?;
@@ -76,7 +76,7 @@ pub(crate) fn compile(c: &Compiler, call: &ast::Call, pos: usize) -> CResult<Edi
         }
         "keep_matching_keys" => {
             arity(call, pos, 2, 2)?;
-            Editor::KeepMatchingKeys(c.target(&a[0])?, regex(&a[1])?)
+            Editor::KeepMatchingKeys(c.target(&a[0])?, matcher(&a[1])?)
         }
         "limit" => {
             arity(call, pos, 2, 3)?;
