@@ -42,7 +42,7 @@ const WITHDRAW_WITHIN: Duration = Duration::from_millis(500);
 const FLUSH_WITHIN: Duration = Duration::from_millis(500);
 /// Export requests the OTLP receiver may hand over before the batcher has
 /// taken them; beyond it senders are told to retry later.
-const RECEIVED_BATCHES: usize = 64;
+const RECEIVED_BATCHES: usize = 16;
 /// In-flight OTLP requests get this long to finish once the agent stops.
 const RECEIVER_STOP_WITHIN: Duration = Duration::from_millis(500);
 const PROFILER_STOP_WITHIN: Duration = Duration::from_millis(800);
