@@ -833,7 +833,7 @@ fn make_certs(dir: &Path) -> bool {
         })
 }
 
-fn tls_client(dir: &Path, with_cert: bool) -> tokio_rustls::TlsConnector {
+fn tls_client(dir: &Path, with_cert: bool, alpn: &[u8]) -> tokio_rustls::TlsConnector {
     use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(dir.join("ca.pem")).unwrap() {
@@ -844,7 +844,7 @@ fn tls_client(dir: &Path, with_cert: bool) -> tokio_rustls::TlsConnector {
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots);
-    let config = if with_cert {
+    let mut config = if with_cert {
         let chain = CertificateDer::pem_file_iter(dir.join("client.pem"))
             .unwrap()
             .collect::<Result<Vec<_>, _>>()
@@ -854,7 +854,42 @@ fn tls_client(dir: &Path, with_cert: bool) -> tokio_rustls::TlsConnector {
     } else {
         builder.with_no_client_auth()
     };
+    config.alpn_protocols = vec![alpn.to_vec()];
     tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// Connects tonic's channel through TLS to the receiver.
+#[derive(Clone)]
+struct TlsConnect {
+    connector: tokio_rustls::TlsConnector,
+    addr: SocketAddr,
+}
+
+type TlsIo = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+
+impl tonic::codegen::Service<tonic::codegen::http::Uri> for TlsConnect {
+    type Response = TlsIo;
+    type Error = std::io::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<TlsIo, std::io::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), std::io::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: tonic::codegen::http::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let tcp = TcpStream::connect(this.addr).await?;
+            let name = rustls_pki_types::ServerName::try_from("127.0.0.1")
+                .map_err(std::io::Error::other)?;
+            let tls = this.connector.connect(name, tcp).await?;
+            Ok(hyper_util::rt::TokioIo::new(tls))
+        })
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -887,7 +922,7 @@ async fn receive_tls_and_mtls() {
         };
         let mut running = Running::start(config, 16).await;
         let tcp = TcpStream::connect(running.http).await.unwrap();
-        let mut stream = tls_client(&dir, mutual)
+        let mut stream = tls_client(&dir, mutual, b"http/1.1")
             .connect(server_name.clone(), tcp)
             .await
             .unwrap();
@@ -898,6 +933,21 @@ async fn receive_tls_and_mtls() {
             batch.traces.unwrap().resource_spans[0].resource.as_ref(),
             "checkout",
         );
+
+        // gRPC over TLS (with the client certificate when mutual).
+        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1")
+            .connect_with_connector(TlsConnect {
+                connector: tls_client(&dir, mutual, b"h2"),
+                addr: running.grpc,
+            })
+            .await
+            .unwrap();
+        TraceServiceClient::new(channel)
+            .send_compressed(CompressionEncoding::Gzip)
+            .export(trace_request(2))
+            .await
+            .unwrap();
+        assert_eq!(running.next().await.span_count, 2);
 
         // Plain HTTP on a TLS port gets nothing useful.
         let mut plain = TcpStream::connect(running.http).await.unwrap();
@@ -910,7 +960,7 @@ async fn receive_tls_and_mtls() {
             // Without a client certificate: refused in the handshake (TLS
             // 1.3 reports it on the first read).
             let tcp = TcpStream::connect(running.http).await.unwrap();
-            let refused = match tls_client(&dir, false)
+            let refused = match tls_client(&dir, false, b"http/1.1")
                 .connect(server_name.clone(), tcp)
                 .await
             {
