@@ -40,7 +40,8 @@ fuzz_target!(|data: &[u8]| {
         0 => (None, body),
         1 => (Some("gzip"), body),
         2 => {
-            let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
             encoder.write_all(body).expect("writing to a Vec");
             gzipped = encoder.finish().expect("writing to a Vec");
             (Some("gzip"), &gzipped[..])
