@@ -55,6 +55,12 @@ const TARGETS: &[Target] = &[
         seeds: &[],
         model_seeds: &[],
     },
+    Target {
+        name: "otlp_http",
+        dictionary: None,
+        seeds: &[],
+        model_seeds: &[],
+    },
 ];
 
 /// Runs every target (or the one named) for `seconds` each; a crash or a

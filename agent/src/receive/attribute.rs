@@ -212,10 +212,14 @@ impl Attributor {
             .flatten()
     }
 
+    /// The caller's lookup, bounded like the search: a slow one leaves the
+    /// connection unattributed rather than held up.
     async fn resource(&self, pid: u32) -> Option<Vec<KeyValue>> {
         let resource_of = self.resource_of.clone();
-        tokio::task::spawn_blocking(move || resource_of(pid))
+        let lookup = tokio::task::spawn_blocking(move || resource_of(pid));
+        tokio::time::timeout(LOOKUP_BUDGET, lookup)
             .await
+            .ok()?
             .ok()
             .flatten()
     }

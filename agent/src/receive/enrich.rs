@@ -55,6 +55,7 @@ mod tests {
             value: Some(AnyValue {
                 value: Some(Value::StringValue(value.into())),
             }),
+            ..KeyValue::default()
         }
     }
 

@@ -13,18 +13,13 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
-use opentelemetry_proto::tonic::collector::{
-    logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceResponse},
-    metrics::v1::{ExportMetricsPartialSuccess, ExportMetricsServiceResponse},
-    trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse},
-};
 use prost::Message as _;
 use tokio::{net::TcpListener, sync::watch};
 
 use super::{
     accept::{self, Acceptor, Conn, ConnInfo},
     decode::{self, DecodeError, Encoding, Rejected, Signal},
-    grpc::RETRY_DELAY,
+    grpc::{self, Kind as _, RETRY_DELAY},
     intake::{Intake, Refusal},
     metrics::{Outcome, Transport},
     rpc_status::RpcStatus,
@@ -227,37 +222,10 @@ fn too_large(encoding: Encoding, limit: usize) -> Response<Body> {
 
 /// The `Export*ServiceResponse`, in the request's encoding.
 fn success(signal: Signal, encoding: Encoding, rejected: Rejected) -> Response<Body> {
-    let count = i64::try_from(rejected.count).unwrap_or(i64::MAX);
-    let partial = rejected.count > 0;
-    let message = rejected.message;
     let body = match signal {
-        Signal::Traces => encode(
-            encoding,
-            &ExportTraceServiceResponse {
-                partial_success: partial.then(|| ExportTracePartialSuccess {
-                    rejected_spans: count,
-                    error_message: message,
-                }),
-            },
-        ),
-        Signal::Metrics => encode(
-            encoding,
-            &ExportMetricsServiceResponse {
-                partial_success: partial.then(|| ExportMetricsPartialSuccess {
-                    rejected_data_points: count,
-                    error_message: message,
-                }),
-            },
-        ),
-        Signal::Logs => encode(
-            encoding,
-            &ExportLogsServiceResponse {
-                partial_success: partial.then(|| ExportLogsPartialSuccess {
-                    rejected_log_records: count,
-                    error_message: message,
-                }),
-            },
-        ),
+        Signal::Traces => encode(encoding, &grpc::Traces::response(rejected)),
+        Signal::Metrics => encode(encoding, &grpc::Metrics::response(rejected)),
+        Signal::Logs => encode(encoding, &grpc::Logs::response(rejected)),
     };
     respond(StatusCode::OK, encoding.content_type(), body)
 }
