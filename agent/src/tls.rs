@@ -81,15 +81,20 @@ fn file_error(key: &'static str, path: &Path, message: impl ToString) -> TlsErro
     }
 }
 
-fn certificates(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+/// The PEM certificates in `path`; at least one.
+pub(crate) fn pem_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| file_error(key, path, e))?
+        .map_err(|e| e.to_string())?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_error(key, path, e))?;
+        .map_err(|e| e.to_string())?;
     if certs.is_empty() {
-        return Err(file_error(key, path, "no PEM certificate in it"));
+        return Err("no PEM certificate in it".to_owned());
     }
     Ok(certs)
+}
+
+fn certificates(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    pem_certificates(path).map_err(|e| file_error(key, path, e))
 }
 
 /// A client configuration offering `alpn` (e.g. `h2`, `http/1.1`).

@@ -31,14 +31,7 @@ fn file_error(key: &'static str, path: &Path, message: impl ToString) -> TlsErro
 }
 
 fn certificates(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| file_error(key, path, e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_error(key, path, e))?;
-    if certs.is_empty() {
-        return Err(file_error(key, path, "no PEM certificate in it"));
-    }
-    Ok(certs)
+    crate::tls::pem_certificates(path).map_err(|e| file_error(key, path, e))
 }
 
 /// The rustls configuration for one listener; `alpn` is what it offers
