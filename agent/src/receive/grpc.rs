@@ -221,6 +221,10 @@ where
                 intake.refused(Transport::Grpc, K::SIGNAL, Outcome::Unsupported);
                 return Ok(Status::unimplemented("no such method").into_http());
             }
+            // Held until the batch is handed over (or refused).
+            let Some(_turn) = intake.decoding_turn(Transport::Grpc, K::SIGNAL) else {
+                return Ok(retry_later().into_http());
+            };
             let counted = Arc::new(AtomicBool::new(false));
             let method = Export::<K> {
                 intake: intake.clone(),

@@ -141,6 +141,10 @@ async fn handle(
         intake.refused(Transport::Http, signal, Outcome::TooLarge);
         return too_large(encoding, limit);
     }
+    // Held until the batch is handed over (or refused).
+    let Some(_turn) = intake.decoding_turn(Transport::Http, signal) else {
+        return retry_later(encoding);
+    };
     let body = tokio::time::timeout(
         BODY_TIMEOUT,
         Limited::new(request.into_body(), limit).collect(),
@@ -187,24 +191,27 @@ async fn handle(
     let resource = info.resource.as_deref().map(|r| &r[..]);
     match intake.submit(Transport::Http, signal, batch, resource) {
         Ok(rejected) => success(signal, encoding, rejected),
-        Err(Refusal::Backpressure) => {
-            let mut response = error(
-                encoding,
-                StatusCode::TOO_MANY_REQUESTS,
-                "the agent's pipeline is full; retry later",
-            );
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(RETRY_DELAY.as_secs().max(1)),
-            );
-            response
-        }
+        Err(Refusal::Backpressure) => retry_later(encoding),
         Err(Refusal::Shutdown) => error(
             encoding,
             StatusCode::SERVICE_UNAVAILABLE,
             "the agent is shutting down",
         ),
     }
+}
+
+/// 429 with `Retry-After`: the OTLP/HTTP way to ask for a retry.
+fn retry_later(encoding: Encoding) -> Response<Body> {
+    let mut response = error(
+        encoding,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the agent's pipeline is full; retry later",
+    );
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(RETRY_DELAY.as_secs().max(1)),
+    );
+    response
 }
 
 fn too_large(encoding: Encoding, limit: usize) -> Response<Body> {

@@ -2,8 +2,13 @@
 //! peer's resource merged, a `try_send` that never waits, and everything
 //! counted.
 
+use std::sync::Arc;
+
 use opentelemetry_proto::tonic::common::v1::KeyValue;
-use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::{
+    OwnedSemaphorePermit, Semaphore,
+    mpsc::{self, error::TrySendError},
+};
 
 use super::{
     decode::{self, Rejected, Signal},
@@ -21,15 +26,41 @@ pub enum Refusal {
     Shutdown,
 }
 
+/// Requests read and decoded at once, over every connection. Each may hold
+/// up to `max_request_bytes` as sent, again once gunzipped, and its decoded
+/// form: this bounds the receiver's memory under any number of senders.
+pub const DECODING_AT_ONCE: usize = 8;
+
 #[derive(Clone)]
 pub struct Intake {
     pipeline: mpsc::Sender<OtlpBatch>,
     pub metrics: ReceiverMetrics,
+    decoding: Arc<Semaphore>,
 }
 
 impl Intake {
     pub fn new(pipeline: mpsc::Sender<OtlpBatch>, metrics: ReceiverMetrics) -> Self {
-        Self { pipeline, metrics }
+        Self {
+            pipeline,
+            metrics,
+            decoding: Arc::new(Semaphore::new(DECODING_AT_ONCE)),
+        }
+    }
+
+    /// A turn to read and decode one request, held until it is handed over;
+    /// `None` when [`DECODING_AT_ONCE`] requests already have one (counted
+    /// as back-pressure: the sender is told to retry later).
+    pub fn decoding_turn(
+        &self,
+        transport: Transport,
+        signal: Signal,
+    ) -> Option<OwnedSemaphorePermit> {
+        let turn = self.decoding.clone().try_acquire_owned().ok();
+        if turn.is_none() {
+            self.metrics
+                .request(transport, signal, Outcome::RefusedBackpressure);
+        }
+        turn
     }
 
     /// Takes one request's batch. On success, what was rejected from it

@@ -731,6 +731,63 @@ async fn receive_backpressure_and_shutdown() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_decoded_at_once_are_bounded() {
+    let running = Running::start(ReceiverConfig::default(), 16).await;
+    let body = trace_request(1).encode_to_vec();
+    let half = body.len() / 2;
+    // One sender more than there are turns, each announcing a body and
+    // sending half of it: each that gets a turn holds it while the
+    // receiver waits for the rest, and exactly one finds none left.
+    let mut readers = tokio::task::JoinSet::new();
+    let mut writers = Vec::new();
+    for i in 0..=super::intake::DECODING_AT_ONCE {
+        let mut stream = TcpStream::connect(running.http).await.unwrap();
+        let head = format!(
+            "POST /v1/traces HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}{PROTOBUF}\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&body[..half]).await.unwrap();
+        let (mut reader, writer) = stream.into_split();
+        readers.spawn(async move { (i, read_response(&mut reader).await) });
+        writers.push(writer);
+    }
+    // Told to retry later without its body being read.
+    let (refused, response) = tokio::time::timeout(WAIT, readers.join_next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status, 429);
+    assert_eq!(response.header("retry-after"), Some("1"));
+    // Every turn is held: gRPC is told the same.
+    let endpoint = format!("http://{}", running.grpc);
+    let mut client = TraceServiceClient::connect(endpoint).await.unwrap();
+    let status = client.export(trace_request(1)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(
+        running.metric(&requests("grpc", "traces", "refused_backpressure")),
+        1.0
+    );
+    assert_eq!(
+        running.metric(&requests("http", "traces", "refused_backpressure")),
+        1.0
+    );
+    // The others finish: their requests are taken, the turns free.
+    for (i, writer) in writers.iter_mut().enumerate() {
+        if i != refused {
+            writer.write_all(&body[half..]).await.unwrap();
+        }
+    }
+    while let Some(done) = readers.join_next().await {
+        let (_, response) = done.unwrap();
+        assert_eq!(response.status, 200);
+    }
+    client.export(trace_request(1)).await.unwrap();
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receive_bind_error_names_the_key() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = taken.local_addr().unwrap();
