@@ -50,7 +50,6 @@ async fn received_batches_wait_for_room_at_the_sinks() {
     }
     received_tx.send(batch(2)).await.unwrap();
     received_tx.send(batch(3)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(matches!(
         received_tx.try_send(batch(4)),
         Err(TrySendError::Full(_))

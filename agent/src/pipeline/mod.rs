@@ -287,15 +287,14 @@ impl Pipelines {
         routed
     }
 
-    fn run<R: Request + Processed>(
+    fn run<R: Request>(
         &self,
         chain: &Chain,
         batch: &mut OtlpBatch,
         skip_processors: bool,
         routed: &mut Routed,
     ) {
-        let before = R::counted(batch);
-        let Some(mut request) = R::take(batch) else {
+        let Some((mut request, before)) = R::take(batch) else {
             return;
         };
         if !skip_processors {
@@ -329,7 +328,7 @@ impl Pipelines {
         }
     }
 
-    fn step<R: Request + Processed>(&self, step: &Step, request: &mut R) -> Result<(), RunError> {
+    fn step<R: Request>(&self, step: &Step, request: &mut R) -> Result<(), RunError> {
         let counters = &self.counters;
         let outcome = |outcome: Outcome, family| {
             PipelineMetrics::add(family, R::SIGNAL, &step.name, outcome.dropped);
@@ -349,44 +348,5 @@ impl Pipelines {
             }
         }
         Ok(())
-    }
-}
-
-/// The sampling processors, per signal (the config check keeps each to the
-/// signals it applies to).
-trait Processed: Sized {
-    fn counted(batch: &OtlpBatch) -> u64;
-    fn sample(&mut self, _sampler: &ProbabilisticSampler) -> u64 {
-        0
-    }
-    fn rate_limit(&mut self, _limiter: &mut RateLimiter, _now: Instant) -> u64 {
-        0
-    }
-}
-
-impl Processed for opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
-    fn counted(batch: &OtlpBatch) -> u64 {
-        batch.span_count
-    }
-    fn sample(&mut self, sampler: &ProbabilisticSampler) -> u64 {
-        sampler.traces(self)
-    }
-    fn rate_limit(&mut self, limiter: &mut RateLimiter, now: Instant) -> u64 {
-        limiter.traces(self, now)
-    }
-}
-
-impl Processed for opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest {
-    fn counted(batch: &OtlpBatch) -> u64 {
-        batch.point_count
-    }
-}
-
-impl Processed for opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest {
-    fn counted(batch: &OtlpBatch) -> u64 {
-        batch.log_count
-    }
-    fn sample(&mut self, sampler: &ProbabilisticSampler) -> u64 {
-        sampler.logs(self)
     }
 }

@@ -12,6 +12,9 @@ use opentelemetry_proto::tonic::{
     trace::v1::ResourceSpans,
 };
 use selfops_ottl::{Filter, Outcome, RunError, Transform};
+use tokio::time::Instant;
+
+use super::sampling::{ProbabilisticSampler, RateLimiter};
 
 use crate::export::{
     OtlpBatch,
@@ -28,9 +31,18 @@ pub trait Request: Default + Sized {
     fn count(entry: &Self::Entry) -> u64;
     /// Adds `entry` to `batch`'s request of this signal, and its count.
     fn add_to(batch: &mut OtlpBatch, entry: Self::Entry);
-    fn take(batch: &mut OtlpBatch) -> Option<Self>;
+    /// Takes this signal's request out of `batch`, with its count.
+    fn take(batch: &mut OtlpBatch) -> Option<(Self, u64)>;
     fn transform(transform: &Transform, request: &mut Self) -> Result<Outcome, RunError>;
     fn filter(filter: &Filter, request: &mut Self) -> Result<Outcome, RunError>;
+    /// What the sampler leaves out (the config check keeps each sampling
+    /// processor to the signals it applies to).
+    fn sample(&mut self, _sampler: &ProbabilisticSampler) -> u64 {
+        0
+    }
+    fn rate_limit(&mut self, _limiter: &mut RateLimiter, _now: Instant) -> u64 {
+        0
+    }
 }
 
 impl Request for ExportTraceServiceRequest {
@@ -53,15 +65,21 @@ impl Request for ExportTraceServiceRequest {
             .resource_spans
             .push(entry);
     }
-    fn take(batch: &mut OtlpBatch) -> Option<Self> {
-        batch.span_count = 0;
-        batch.traces.take()
+    fn take(batch: &mut OtlpBatch) -> Option<(Self, u64)> {
+        let count = std::mem::take(&mut batch.span_count);
+        batch.traces.take().map(|request| (request, count))
     }
     fn transform(transform: &Transform, request: &mut Self) -> Result<Outcome, RunError> {
         transform.traces(request)
     }
     fn filter(filter: &Filter, request: &mut Self) -> Result<Outcome, RunError> {
         filter.traces(request)
+    }
+    fn sample(&mut self, sampler: &ProbabilisticSampler) -> u64 {
+        sampler.traces(self)
+    }
+    fn rate_limit(&mut self, limiter: &mut RateLimiter, now: Instant) -> u64 {
+        limiter.traces(self, now)
     }
 }
 
@@ -97,9 +115,9 @@ impl Request for ExportMetricsServiceRequest {
             .resource_metrics
             .push(entry);
     }
-    fn take(batch: &mut OtlpBatch) -> Option<Self> {
-        batch.point_count = 0;
-        batch.metrics.take()
+    fn take(batch: &mut OtlpBatch) -> Option<(Self, u64)> {
+        let count = std::mem::take(&mut batch.point_count);
+        batch.metrics.take().map(|request| (request, count))
     }
     fn transform(transform: &Transform, request: &mut Self) -> Result<Outcome, RunError> {
         transform.metrics(request)
@@ -133,14 +151,17 @@ impl Request for ExportLogsServiceRequest {
             .resource_logs
             .push(entry);
     }
-    fn take(batch: &mut OtlpBatch) -> Option<Self> {
-        batch.log_count = 0;
-        batch.logs.take()
+    fn take(batch: &mut OtlpBatch) -> Option<(Self, u64)> {
+        let count = std::mem::take(&mut batch.log_count);
+        batch.logs.take().map(|request| (request, count))
     }
     fn transform(transform: &Transform, request: &mut Self) -> Result<Outcome, RunError> {
         transform.logs(request)
     }
     fn filter(filter: &Filter, request: &mut Self) -> Result<Outcome, RunError> {
         filter.logs(request)
+    }
+    fn sample(&mut self, sampler: &ProbabilisticSampler) -> u64 {
+        sampler.logs(self)
     }
 }
