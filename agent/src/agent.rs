@@ -43,9 +43,9 @@ const FLUSH_WITHIN: Duration = Duration::from_millis(500);
 /// Export requests the OTLP receiver may hand over before the batcher has
 /// taken them; beyond it senders are told to retry later.
 const RECEIVED_BATCHES: usize = 16;
-/// In-flight OTLP requests get this long to finish once the agent stops.
-const RECEIVER_STOP_WITHIN: Duration = Duration::from_millis(500);
-const PROFILER_STOP_WITHIN: Duration = Duration::from_millis(800);
+/// In-flight OTLP requests, and the profiler's last interval, get this
+/// long to be handed to the exporters once the agent stops.
+const HANDOVER_WITHIN: Duration = Duration::from_millis(800);
 const CONTROL_STOP_WITHIN: Duration = Duration::from_millis(400);
 /// After a task failure the process is gone by then, stopped in order or
 /// not: a restart by systemd or Kubernetes beats an agent stuck stopping.
@@ -224,7 +224,8 @@ async fn start(
 ) -> anyhow::Result<bool> {
     let go_on = || stop.requested().is_none();
     let trace_metrics = TraceMetrics::register(metrics.registry_mut());
-    let profiler = crate::profile::run::Prepared::new(config, metrics.registry_mut())?;
+    let profiler =
+        crate::profile::run::Prepared::new(config, metrics.registry_mut(), running.export.clone())?;
     let audit_metrics = AuditMetrics::register(metrics.registry_mut());
     let metrics = Arc::new(metrics);
     for sensor in selfops_ebpf::Sensor::ALL {
@@ -427,24 +428,25 @@ async fn stop_in_order(supervisor: &mut Supervisor, running: Running) {
     let detach = running
         .object
         .map(|object| tokio::task::spawn_blocking(move || object.detach()));
+    // The profiler's last interval is written while the rest stops.
+    if let Some(stop) = running.stop_profiler {
+        let _ = stop.send(true);
+    }
     if let Some(stop) = running.stop_actuation {
         let _ = stop.send(true);
         supervisor.finish(&[Task::Actuation], WITHDRAW_WITHIN).await;
     }
-    if let Some(stop) = running.stop_profiler {
-        let _ = stop.send(true);
-    }
-    // Senders are answered (and what they sent queued) before the
-    // exporters flush.
+    // Senders are answered (and what they sent queued), and the profiler
+    // has handed over its last interval, before the exporters flush.
     if let Some(stop) = running.stop_receiver {
         let _ = stop.send(true);
-        supervisor
-            .finish(&[Task::Receiver], RECEIVER_STOP_WITHIN)
-            .await;
     }
+    supervisor
+        .finish(&[Task::Receiver, Task::Profiler], HANDOVER_WITHIN)
+        .await;
     let export = running.export;
     let (_, flushed) = tokio::join!(
-        supervisor.finish(&[Task::Profiler, Task::Export], PROFILER_STOP_WITHIN),
+        supervisor.finish(&[Task::Export], FLUSH_WITHIN),
         export.shutdown(FLUSH_WITHIN),
     );
     if !flushed {

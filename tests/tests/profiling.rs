@@ -11,6 +11,10 @@ use std::{
     time::Duration,
 };
 
+use opentelemetry_proto::tonic::collector::profiles::v1development::{
+    ExportProfilesServiceRequest, ExportProfilesServiceResponse,
+    profiles_service_server::{ProfilesService, ProfilesServiceServer},
+};
 use prost::Message as _;
 use selfops_proto::pprof;
 use selfops_tests::{Agent, one_agent_at_a_time, privileged, scratch_dir, workspace_root};
@@ -109,6 +113,76 @@ fn read_profiles(dir: &Path) -> (Vec<PathBuf>, Vec<pprof::Profile>) {
     (paths, profiles)
 }
 
+/// A downstream collector's profiles service: keeps what it is sent.
+#[derive(Clone, Default)]
+struct Downstream(std::sync::Arc<std::sync::Mutex<Vec<ExportProfilesServiceRequest>>>);
+
+#[tonic::async_trait]
+impl ProfilesService for Downstream {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportProfilesServiceRequest>,
+    ) -> Result<tonic::Response<ExportProfilesServiceResponse>, tonic::Status> {
+        self.0
+            .lock()
+            .map_err(|_| tonic::Status::internal("poisoned"))?
+            .push(request.into_inner());
+        Ok(tonic::Response::new(
+            ExportProfilesServiceResponse::default(),
+        ))
+    }
+}
+
+/// Serves `downstream` on a loopback port on a runtime of its own.
+fn serve(downstream: &Downstream) -> (tokio::runtime::Runtime, std::net::SocketAddr) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let router = tonic::transport::Server::builder().add_service(
+        ProfilesServiceServer::new(downstream.clone())
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+    );
+    runtime
+        .spawn(router.serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)));
+    (runtime, addr)
+}
+
+/// The string resource attributes of `pid`'s profiles in `requests`.
+fn otlp_resource_of(
+    requests: &[ExportProfilesServiceRequest],
+    pid: u32,
+) -> Option<Vec<(String, String)>> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    requests
+        .iter()
+        .flat_map(|r| &r.resource_profiles)
+        .filter_map(|rp| rp.resource.as_ref())
+        .find(|res| {
+            res.attributes.iter().any(|kv| {
+                kv.key == "process.pid"
+                    && matches!(kv.value.as_ref().and_then(|v| v.value.as_ref()),
+                        Some(Value::IntValue(p)) if *p == i64::from(pid))
+            })
+        })
+        .map(|res| {
+            res.attributes
+                .iter()
+                .filter_map(
+                    |kv| match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                        Some(Value::StringValue(text)) => Some((kv.key.clone(), text.clone())),
+                        _ => None,
+                    },
+                )
+                .collect()
+        })
+}
+
 fn is_main(name: &str) -> bool {
     name == "main" || name.ends_with("::main")
 }
@@ -155,9 +229,15 @@ fn cpu_shares_of_programs_without_frame_pointers() {
     let _one = one_agent_at_a_time();
     let build_dir = scratch_dir("profiling-build");
     let (c, rust) = build(&build_dir);
+    // Profiles also leave over OTLP, through the exporters every signal uses.
+    let downstream = Downstream::default();
+    let (_runtime, collector) = serve(&downstream);
     let agent = Agent::start(
         "profiling",
-        "trace: { enabled: false }\nprofile: { enabled: true, frequency_hz: 99, interval: 4s }\n",
+        &format!(
+            "trace: {{ enabled: false }}\nprofile: {{ enabled: true, frequency_hz: 99, interval: 4s }}\n\
+             export: {{ otlp: {{ endpoint: 'http://{collector}' }} }}\n"
+        ),
     );
     let seconds = RUN_SECONDS.to_string();
     let mut c_run = Command::new(&c)
@@ -212,6 +292,36 @@ fn cpu_shares_of_programs_without_frame_pointers() {
     let dir = agent_dir.join("data/profiles");
     let (paths, profiles) = read_profiles(&dir);
     assert!(!profiles.is_empty(), "no pprof files in {}", dir.display());
+
+    // Every interval with samples reached the collector, the last one (cut
+    // short by the stop) included, each process with its full resource.
+    let requests = downstream.0.lock().expect("requests").clone();
+    let sampled = profiles.iter().filter(|p| !p.sample.is_empty()).count();
+    assert_eq!(
+        requests.len(),
+        sampled,
+        "OTLP requests vs pprof files with samples\n{log}"
+    );
+    let resource = otlp_resource_of(&requests, c_pid).expect("the C program's OTLP profile");
+    for key in [
+        "service.name",
+        "process.executable.name",
+        "host.name",
+        "host.arch",
+    ] {
+        assert!(
+            resource.iter().any(|(k, _)| k == key),
+            "{key} missing from {resource:?}"
+        );
+    }
+    assert!(
+        metrics.contains(r#"selfops_export_signals_total{signal="profiles",sink="otlp"}"#),
+        "profiles not counted as exported:\n{metrics}"
+    );
+    assert!(
+        !metrics.contains(r#"selfops_export_dropped_total{signal="profiles""#),
+        "profiles dropped:\n{metrics}"
+    );
     check_shares("C -O2 -fomit-frame-pointer", &stacks_of(&profiles, c_pid));
     check_shares("Rust release", &stacks_of(&profiles, rust_pid));
     // The deleted executable is still read (through /proc/<pid>/map_files).

@@ -61,12 +61,13 @@ fn a_full_signal_queue_does_not_drop_audit_records() {
 #[tokio::test]
 async fn a_full_sink_queue_does_not_drop_audit_batches_and_they_go_first() {
     let metrics = ExportMetrics::default();
-    let channels = queue::channels(1000, 16, metrics.clone());
+    let channels = queue::channels([1000, 16, 2], metrics.clone());
     // One span batch fits at the sink, which is not reading.
     let (sink, mut input) = queue::sink_queue("test", 1, 4);
     let batcher = Batcher {
         signals: channels.signals,
         audit: channels.audit,
+        profiles: channels.profiles,
         batch_size: 1,
         batch_timeout: Duration::from_secs(3600),
         deadline: channels.deadline,

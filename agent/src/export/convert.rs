@@ -8,6 +8,7 @@ use std::{collections::HashMap, sync::Arc};
 use opentelemetry_proto::tonic::{
     collector::{
         logs::v1::ExportLogsServiceRequest, metrics::v1::ExportMetricsServiceRequest,
+        profiles::v1development::ExportProfilesServiceRequest,
         trace::v1::ExportTraceServiceRequest,
     },
     common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value},
@@ -40,12 +41,34 @@ pub struct OtlpBatch {
     /// `None` when the batch has no log record.
     pub logs: Option<ExportLogsServiceRequest>,
     pub log_count: u64,
+    /// `None` when the batch has no profile: one interval of the CPU
+    /// profiler, each process's profile one `Profile` (the unit counted).
+    pub profiles: Option<ExportProfilesServiceRequest>,
+    pub profile_count: u64,
 }
 
 impl OtlpBatch {
     /// Nothing to export (malformed points are already counted).
     pub fn is_empty(&self) -> bool {
-        self.span_count == 0 && self.point_count == 0 && self.log_count == 0
+        self.span_count == 0
+            && self.point_count == 0
+            && self.log_count == 0
+            && self.profile_count == 0
+    }
+
+    /// A batch of one profiles request, its `Profile` messages counted.
+    pub fn profiles(request: ExportProfilesServiceRequest) -> Self {
+        let profile_count = request
+            .resource_profiles
+            .iter()
+            .flat_map(|rp| &rp.scope_profiles)
+            .map(|sp| sp.profiles.len() as u64)
+            .sum();
+        Self {
+            profiles: Some(request),
+            profile_count,
+            ..Self::default()
+        }
     }
 }
 

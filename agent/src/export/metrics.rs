@@ -11,6 +11,7 @@ use prometheus_client::{
 pub const TRACES: &str = "traces";
 pub const METRICS: &str = "metrics";
 pub const LOGS: &str = "logs";
+pub const PROFILES: &str = "profiles";
 
 /// Sink names, used as the `sink` label.
 pub const SINK_FILE: &str = "file";

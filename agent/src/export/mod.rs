@@ -120,6 +120,9 @@ pub struct ExportOptions {
     /// (`reason="audit_queue_full"` beyond it).
     pub audit_queue_capacity: usize,
     pub sink_audit_batches: usize,
+    /// Profile requests (one per profiler interval) waiting for the
+    /// batcher; beyond it an interval is not exported.
+    pub profile_queue_requests: usize,
 }
 
 impl Default for ExportOptions {
@@ -131,6 +134,7 @@ impl Default for ExportOptions {
             sink_queue_batches: 8,
             audit_queue_capacity: 1024,
             sink_audit_batches: 64,
+            profile_queue_requests: 2,
         }
     }
 }
@@ -213,8 +217,11 @@ impl ExportPipeline {
             metrics.clone(),
         )?;
         let channels = queue::channels(
-            config.queue_capacity,
-            options.audit_queue_capacity,
+            [
+                config.queue_capacity,
+                options.audit_queue_capacity,
+                options.profile_queue_requests,
+            ],
             metrics.clone(),
         );
         let sinks = sinks::SinkSet::new(
@@ -228,6 +235,7 @@ impl ExportPipeline {
         let batcher = queue::Batcher {
             signals: channels.signals,
             audit: channels.audit,
+            profiles: channels.profiles,
             batch_size: config.batch_size.max(1),
             batch_timeout: config.batch_timeout,
             deadline: channels.deadline,

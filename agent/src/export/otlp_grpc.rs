@@ -10,6 +10,9 @@ use std::{sync::Arc, time::Duration};
 use opentelemetry_proto::tonic::collector::{
     logs::v1::{ExportLogsServiceRequest, logs_service_client::LogsServiceClient},
     metrics::v1::{ExportMetricsServiceRequest, metrics_service_client::MetricsServiceClient},
+    profiles::v1development::{
+        ExportProfilesServiceRequest, profiles_service_client::ProfilesServiceClient,
+    },
     trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient},
 };
 use tonic::{
@@ -74,31 +77,15 @@ impl GrpcSettings {
         })
     }
 
-    /// The lazily connected channel, the request headers, whether to gzip
-    /// and the endpoint (for error messages): what a client of another
-    /// OTLP service (profiles) needs.
-    pub fn into_parts(self) -> GrpcParts {
-        GrpcParts {
-            endpoint: self.name,
-            channel: self.endpoint.connect_with_connector_lazy(self.connector),
-            headers: self.headers,
-            gzip: self.gzip,
-        }
-    }
-
     pub fn connect(self) -> GrpcExporter {
         // Lazy: an unreachable collector at start-up is a retryable export
         // error later, not a start-up failure.
-        let GrpcParts {
-            endpoint,
-            channel,
-            headers,
-            gzip,
-        } = self.into_parts();
+        let channel = self.endpoint.connect_with_connector_lazy(self.connector);
         let mut traces = TraceServiceClient::new(channel.clone());
         let mut metrics = MetricsServiceClient::new(channel.clone());
-        let mut logs = LogsServiceClient::new(channel);
-        if gzip {
+        let mut logs = LogsServiceClient::new(channel.clone());
+        let mut profiles = ProfilesServiceClient::new(channel);
+        if self.gzip {
             traces = traces
                 .send_compressed(CompressionEncoding::Gzip)
                 .accept_compressed(CompressionEncoding::Gzip);
@@ -108,23 +95,19 @@ impl GrpcSettings {
             logs = logs
                 .send_compressed(CompressionEncoding::Gzip)
                 .accept_compressed(CompressionEncoding::Gzip);
+            profiles = profiles
+                .send_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Gzip);
         }
         GrpcExporter {
-            endpoint,
+            endpoint: self.name,
             traces,
             metrics,
             logs,
-            headers,
+            profiles,
+            headers: self.headers,
         }
     }
-}
-
-/// What `GrpcSettings::into_parts` gives.
-pub struct GrpcParts {
-    pub endpoint: Arc<str>,
-    pub channel: Channel,
-    pub headers: Vec<(AsciiMetadataKey, AsciiMetadataValue)>,
-    pub gzip: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -133,6 +116,7 @@ pub struct GrpcExporter {
     traces: TraceServiceClient<Channel>,
     metrics: MetricsServiceClient<Channel>,
     logs: LogsServiceClient<Channel>,
+    profiles: ProfilesServiceClient<Channel>,
     headers: Vec<(AsciiMetadataKey, AsciiMetadataValue)>,
 }
 
@@ -168,6 +152,19 @@ impl GrpcExporter {
         timeout: Duration,
     ) -> Attempt {
         let mut client = self.metrics.clone();
+        let request = self.request(message.clone(), timeout);
+        finish(
+            &self.endpoint,
+            tokio::time::timeout(timeout, client.export(request)).await,
+        )
+    }
+
+    pub async fn export_profiles(
+        &self,
+        message: &ExportProfilesServiceRequest,
+        timeout: Duration,
+    ) -> Attempt {
+        let mut client = self.profiles.clone();
         let request = self.request(message.clone(), timeout);
         finish(
             &self.endpoint,

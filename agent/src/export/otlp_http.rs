@@ -1,5 +1,5 @@
 //! OTLP/HTTP with binary protobuf: `POST <endpoint>/v1/traces`,
-//! `/v1/metrics` and `/v1/logs` over hyper's pooled HTTP/1.1 client, over
+//! `/v1/metrics`, `/v1/logs` and `/v1development/profiles` over hyper's pooled HTTP/1.1 client, over
 //! TLS for `https://` (see `connect`).
 
 use std::{
@@ -42,6 +42,7 @@ pub struct HttpExporter {
     traces_uri: Uri,
     metrics_uri: Uri,
     logs_uri: Uri,
+    profiles_uri: Uri,
     headers: HeaderMap,
     gzip: bool,
 }
@@ -87,6 +88,9 @@ impl HttpExporter {
             traces_uri: uri("/v1/traces")?,
             metrics_uri: uri("/v1/metrics")?,
             logs_uri: uri("/v1/logs")?,
+            // The path the Collector's OTLP receiver serves profiles on
+            // while the signal is in development.
+            profiles_uri: uri("/v1development/profiles")?,
             headers,
             gzip: config.gzip,
         })
@@ -102,6 +106,10 @@ impl HttpExporter {
 
     pub fn logs_uri(&self) -> &Uri {
         &self.logs_uri
+    }
+
+    pub fn profiles_uri(&self) -> &Uri {
+        &self.profiles_uri
     }
 
     /// The request body: protobuf, gzipped when configured. Done once per

@@ -6,6 +6,10 @@
 //! their own small queue at each sink, read before the others. A span burst
 //! can fill the signal queue or a sink's batch queue, never theirs; their
 //! own overflow is counted as `reason="audit_queue_full"`.
+//!
+//! Profiles (one request per profiler interval, already encoded) have a
+//! small queue of their own into the batcher, which runs them through the
+//! profiles pipeline to the OTLP exporters like any other batch.
 
 use std::{sync::Arc, time::Duration};
 
@@ -17,9 +21,11 @@ use tokio::{
     time::Instant,
 };
 
+use opentelemetry_proto::tonic::collector::profiles::v1development::ExportProfilesServiceRequest;
+
 use super::{
     convert::{OtlpBatch, convert},
-    metrics::{DropReason, ExportMetrics, LOGS, METRICS, TRACES},
+    metrics::{DropReason, ExportMetrics, LOGS, METRICS, PROFILES, TRACES},
     retry::Deadline,
     sinks::SinkSet,
 };
@@ -48,6 +54,7 @@ const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
 pub struct ExportHandle {
     signals: mpsc::Sender<Signal>,
     audit: mpsc::Sender<Signal>,
+    profiles: mpsc::Sender<OtlpBatch>,
     /// Set once, by `shutdown`: when the pipeline must be done.
     deadline: Arc<watch::Sender<Option<Instant>>>,
     done: watch::Receiver<bool>,
@@ -92,6 +99,24 @@ impl ExportHandle {
             Err(TrySendError::Closed(signal)) => {
                 self.metrics
                     .drop_signals(signal_name(&signal), DropReason::Shutdown, 1);
+            }
+        }
+    }
+
+    /// Queues one interval's profiles without waiting; dropped and counted
+    /// (`signal="profiles"`) when intervals arrive faster than the
+    /// exporters take them.
+    pub fn send_profiles(&self, request: ExportProfilesServiceRequest) {
+        let batch = OtlpBatch::profiles(request);
+        let n = batch.profile_count;
+        match self.profiles.try_send(batch) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.metrics
+                    .drop_signals(PROFILES, DropReason::QueueFull, n);
+            }
+            Err(TrySendError::Closed(_)) => {
+                self.metrics.drop_signals(PROFILES, DropReason::Shutdown, n);
             }
         }
     }
@@ -142,25 +167,31 @@ pub struct Channels {
     pub handle: ExportHandle,
     pub signals: mpsc::Receiver<Signal>,
     pub audit: mpsc::Receiver<Signal>,
+    pub profiles: mpsc::Receiver<OtlpBatch>,
     pub deadline: Deadline,
     pub done: watch::Sender<bool>,
 }
 
-pub fn channels(capacity: usize, audit_capacity: usize, metrics: ExportMetrics) -> Channels {
+/// Queue sizes: signals, audit records, profile requests.
+pub fn channels(capacity: [usize; 3], metrics: ExportMetrics) -> Channels {
+    let [capacity, audit_capacity, profiles_capacity] = capacity;
     let (signals_tx, signals) = mpsc::channel(capacity.max(1));
     let (audit_tx, audit) = mpsc::channel(audit_capacity.max(1));
+    let (profiles_tx, profiles) = mpsc::channel(profiles_capacity.max(1));
     let (deadline_tx, deadline) = watch::channel(None);
     let (done, done_rx) = watch::channel(false);
     Channels {
         handle: ExportHandle {
             signals: signals_tx,
             audit: audit_tx,
+            profiles: profiles_tx,
             deadline: Arc::new(deadline_tx),
             done: done_rx,
             metrics,
         },
         signals,
         audit,
+        profiles,
         deadline,
         done,
     }
@@ -212,6 +243,7 @@ pub fn sink_queue(name: &'static str, batches: usize, audit: usize) -> (SinkQueu
 pub struct Batcher {
     pub signals: mpsc::Receiver<Signal>,
     pub audit: mpsc::Receiver<Signal>,
+    pub profiles: mpsc::Receiver<OtlpBatch>,
     pub batch_size: usize,
     pub batch_timeout: Duration,
     pub deadline: Deadline,
@@ -303,6 +335,9 @@ impl Batcher {
                     self.flush(&mut batch, shutting_down, Lane::Signals).await;
                     oldest = None;
                 }
+                Some(profiles) = self.profiles.recv() => {
+                    self.deliver(profiles, shutting_down, Lane::Signals).await;
+                }
                 received = recv_some(&mut self.received), if received_open && room => match received {
                     Some(batch) => self.deliver(batch, shutting_down, Lane::Signals).await,
                     None => received_open = false,
@@ -317,6 +352,7 @@ impl Batcher {
                             shutting_down = true;
                             self.signals.close();
                             self.audit.close();
+                            self.profiles.close();
                         }
                         Err(_) => deadline_open = false,
                     }
@@ -325,6 +361,9 @@ impl Batcher {
             self.metrics.queue_length.set(self.signals.len() as i64);
         }
         self.flush(&mut batch, true, Lane::Signals).await;
+        while let Ok(profiles) = self.profiles.try_recv() {
+            self.deliver(profiles, true, Lane::Signals).await;
+        }
         // What the receiver handed over before it stopped.
         while let Some(Ok(received)) = self.received.as_mut().map(|r| r.try_recv()) {
             self.deliver(received, true, Lane::Signals).await;
@@ -409,6 +448,8 @@ impl Batcher {
                 self.metrics
                     .drop_signals(METRICS, reason, converted.point_count);
                 self.metrics.drop_signals(LOGS, reason, converted.log_count);
+                self.metrics
+                    .drop_signals(PROFILES, reason, converted.profile_count);
             }
         }
     }

@@ -18,12 +18,13 @@ use crate::{pipeline::Pipelines, signal::Signal};
 #[tokio::test]
 async fn received_batches_wait_for_room_at_the_sinks() {
     let metrics = ExportMetrics::default();
-    let channels = queue::channels(16, 16, metrics.clone());
+    let channels = queue::channels([16, 16, 2], metrics.clone());
     let (sink, mut input) = queue::sink_queue("test", 1, 1);
     let (received_tx, received) = mpsc::channel(2);
     let batcher = Batcher {
         signals: channels.signals,
         audit: channels.audit,
+        profiles: channels.profiles,
         batch_size: 16,
         batch_timeout: Duration::from_secs(3600),
         deadline: channels.deadline,

@@ -7,12 +7,12 @@ use tokio::sync::watch;
 
 use opentelemetry_proto::tonic::collector::{
     logs::v1::ExportLogsServiceResponse, metrics::v1::ExportMetricsServiceResponse,
-    trace::v1::ExportTraceServiceResponse,
+    profiles::v1development::ExportProfilesServiceResponse, trace::v1::ExportTraceServiceResponse,
 };
 
 use super::{
     json_file::{FileSink, LineOutcome},
-    metrics::{DropReason, ExportMetrics, LOGS, METRICS, SINK_FILE, TRACES},
+    metrics::{DropReason, ExportMetrics, LOGS, METRICS, PROFILES, SINK_FILE, TRACES},
     otlp_grpc::{GrpcExporter, GrpcSettings},
     otlp_http::HttpExporter,
     queue::SinkInput,
@@ -60,7 +60,20 @@ impl PartialSuccess for ExportLogsServiceResponse {
     }
 }
 
-/// Writes each batch to the `.jsonl` files on the blocking pool.
+impl PartialSuccess for ExportProfilesServiceResponse {
+    fn partial_success(self) -> (u64, String) {
+        self.partial_success.map_or((0, String::new()), |p| {
+            (
+                u64::try_from(p.rejected_profiles).unwrap_or(0),
+                p.error_message,
+            )
+        })
+    }
+}
+
+/// Writes each batch to the `.jsonl` files on the blocking pool. Profiles
+/// never reach it: their pprof and SVG files are written as the profiler
+/// hands an interval over (see `profile::outputs`).
 pub async fn run_file_sink(
     dir: PathBuf,
     rotate_bytes: u64,
@@ -188,16 +201,17 @@ impl OtlpClient {
     }
 }
 
-/// The three signal kinds a batch may carry, sent one request each.
+/// The signal kinds a batch may carry, sent one request each.
 #[derive(Debug, Clone, Copy)]
 enum Part {
     Traces,
     Metrics,
     Logs,
+    Profiles,
 }
 
 impl Part {
-    const ALL: [Part; 3] = [Part::Traces, Part::Metrics, Part::Logs];
+    const ALL: [Part; 4] = [Part::Traces, Part::Metrics, Part::Logs, Part::Profiles];
 
     /// The signal name and how many of it the batch holds, if any.
     fn in_batch(self, batch: &super::OtlpBatch) -> Option<(&'static str, u64)> {
@@ -205,6 +219,10 @@ impl Part {
             Part::Traces => batch.traces.as_ref().map(|_| (TRACES, batch.span_count)),
             Part::Metrics => batch.metrics.as_ref().map(|_| (METRICS, batch.point_count)),
             Part::Logs => batch.logs.as_ref().map(|_| (LOGS, batch.log_count)),
+            Part::Profiles => batch
+                .profiles
+                .as_ref()
+                .map(|_| (PROFILES, batch.profile_count)),
         }
     }
 }
@@ -277,67 +295,127 @@ async fn send(
     batch: &super::OtlpBatch,
     part: Part,
 ) -> Delivery {
-    match (client, part, &batch.traces, &batch.metrics, &batch.logs) {
-        (OtlpClient::Grpc(grpc), Part::Traces, Some(request), _, _) => {
-            with_retries(policy, deadline, metrics, name, |timeout| {
-                grpc.export_traces(request, timeout)
-            })
-            .await
-        }
-        (OtlpClient::Grpc(grpc), Part::Metrics, _, Some(request), _) => {
-            with_retries(policy, deadline, metrics, name, |timeout| {
-                grpc.export_metrics(request, timeout)
-            })
-            .await
-        }
-        (OtlpClient::Grpc(grpc), Part::Logs, _, _, Some(request)) => {
-            with_retries(policy, deadline, metrics, name, |timeout| {
-                grpc.export_logs(request, timeout)
-            })
-            .await
-        }
-        (OtlpClient::Http(http), Part::Traces, Some(request), _, _) => match http.encode(request) {
-            Ok(body) => {
+    match (client, part) {
+        (OtlpClient::Grpc(grpc), Part::Traces) => match &batch.traces {
+            Some(request) => {
                 with_retries(policy, deadline, metrics, name, |timeout| {
-                    http.post::<ExportTraceServiceResponse>(
-                        http.traces_uri(),
-                        body.clone(),
-                        timeout,
-                    )
+                    grpc.export_traces(request, timeout)
                 })
                 .await
             }
-            Err(err) => encode_failed(err),
+            None => nothing_to_send(),
         },
-        (OtlpClient::Http(http), Part::Metrics, _, Some(request), _) => {
-            match http.encode(request) {
-                Ok(body) => {
-                    with_retries(policy, deadline, metrics, name, |timeout| {
-                        http.post::<ExportMetricsServiceResponse>(
-                            http.metrics_uri(),
-                            body.clone(),
-                            timeout,
-                        )
-                    })
-                    .await
-                }
-                Err(err) => encode_failed(err),
-            }
-        }
-        (OtlpClient::Http(http), Part::Logs, _, _, Some(request)) => match http.encode(request) {
-            Ok(body) => {
+        (OtlpClient::Grpc(grpc), Part::Metrics) => match &batch.metrics {
+            Some(request) => {
                 with_retries(policy, deadline, metrics, name, |timeout| {
-                    http.post::<ExportLogsServiceResponse>(http.logs_uri(), body.clone(), timeout)
+                    grpc.export_metrics(request, timeout)
                 })
                 .await
             }
-            Err(err) => encode_failed(err),
+            None => nothing_to_send(),
         },
-        // `Part::in_batch` said the part is there.
-        _ => Delivery::Delivered {
-            rejected: 0,
-            message: String::new(),
+        (OtlpClient::Grpc(grpc), Part::Logs) => match &batch.logs {
+            Some(request) => {
+                with_retries(policy, deadline, metrics, name, |timeout| {
+                    grpc.export_logs(request, timeout)
+                })
+                .await
+            }
+            None => nothing_to_send(),
         },
+        (OtlpClient::Grpc(grpc), Part::Profiles) => match &batch.profiles {
+            Some(request) => {
+                with_retries(policy, deadline, metrics, name, |timeout| {
+                    grpc.export_profiles(request, timeout)
+                })
+                .await
+            }
+            None => nothing_to_send(),
+        },
+        (OtlpClient::Http(http), Part::Traces) => {
+            post::<ExportTraceServiceResponse, _>(
+                http,
+                http.traces_uri(),
+                batch.traces.as_ref(),
+                policy,
+                deadline,
+                metrics,
+                name,
+            )
+            .await
+        }
+        (OtlpClient::Http(http), Part::Metrics) => {
+            post::<ExportMetricsServiceResponse, _>(
+                http,
+                http.metrics_uri(),
+                batch.metrics.as_ref(),
+                policy,
+                deadline,
+                metrics,
+                name,
+            )
+            .await
+        }
+        (OtlpClient::Http(http), Part::Logs) => {
+            post::<ExportLogsServiceResponse, _>(
+                http,
+                http.logs_uri(),
+                batch.logs.as_ref(),
+                policy,
+                deadline,
+                metrics,
+                name,
+            )
+            .await
+        }
+        (OtlpClient::Http(http), Part::Profiles) => {
+            post::<ExportProfilesServiceResponse, _>(
+                http,
+                http.profiles_uri(),
+                batch.profiles.as_ref(),
+                policy,
+                deadline,
+                metrics,
+                name,
+            )
+            .await
+        }
+    }
+}
+
+/// One request over OTLP/HTTP: encoded once, posted with retries.
+async fn post<R, M>(
+    http: &HttpExporter,
+    uri: &hyper::Uri,
+    request: Option<&M>,
+    policy: &RetryPolicy,
+    deadline: &Deadline,
+    metrics: &ExportMetrics,
+    name: &'static str,
+) -> Delivery
+where
+    R: PartialSuccess + prost::Message + Default,
+    M: prost::Message,
+{
+    let Some(request) = request else {
+        return nothing_to_send();
+    };
+    match http.encode(request) {
+        Ok(body) => {
+            with_retries(policy, deadline, metrics, name, |timeout| {
+                http.post::<R>(uri, body.clone(), timeout)
+            })
+            .await
+        }
+        Err(err) => encode_failed(err),
+    }
+}
+
+/// `Part::in_batch` said the part is there; never reached.
+fn nothing_to_send() -> Delivery {
+    Delivery::Delivered {
+        rejected: 0,
+        message: String::new(),
     }
 }
 

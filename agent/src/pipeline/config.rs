@@ -149,6 +149,9 @@ pub struct PipelinesConfig {
     pub traces: Option<PipelineConfig>,
     pub metrics: Option<PipelineConfig>,
     pub logs: Option<PipelineConfig>,
+    /// Exporters only: no processor reads profiles yet, and the `file`
+    /// exporter takes none (the profiler writes pprof and SVG files).
+    pub profiles: Option<PipelineConfig>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]

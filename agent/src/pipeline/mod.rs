@@ -7,6 +7,7 @@
 //! kernel sensors ─┐                 ┌ traces:  transform → filter → sampler → route ┐  ┌ file
 //! audit, metrics ─┼─ batch ─ OTLP ──┼ metrics: transform → filter → route           ├──┼ otlp
 //! OTLP receiver ──┘                 └ logs:    transform → filter → route           ┘  └ otlp/NAME
+//! profiler ─────────────────────────── profiles ───────────────────────────────────────── otlp, otlp/NAME
 //! ```
 //!
 //! Audit records skip the processors (they are the agent's account of what
@@ -86,6 +87,8 @@ pub struct Pipelines {
     traces: Chain,
     metrics: Chain,
     logs: Chain,
+    /// Where profiles go: OTLP exporters only.
+    profiles: ExporterSet,
     counters: PipelineMetrics,
     export: ExportMetrics,
 }
@@ -214,6 +217,7 @@ impl Pipelines {
             }
             chains.push(chain);
         }
+        let profiles = profile_exporters(pipelines.profiles.as_ref(), all, &set_of)?;
         let mut chains = chains.into_iter();
         let (Some(traces), Some(metrics), Some(logs)) =
             (chains.next(), chains.next(), chains.next())
@@ -225,6 +229,7 @@ impl Pipelines {
             traces,
             metrics,
             logs,
+            profiles,
             counters,
             export,
         })
@@ -283,6 +288,11 @@ impl Pipelines {
             skip_processors,
             &mut routed,
         );
+        if let Some(profiles) = batch.profiles.take() {
+            let part = routed.part(self.profiles);
+            part.profiles = Some(profiles);
+            part.profile_count = batch.profile_count;
+        }
         routed.parts.retain(|(_, part)| !part.is_empty());
         routed
     }
@@ -349,4 +359,33 @@ impl Pipelines {
         }
         Ok(())
     }
+}
+
+/// The exporters of the profiles pipeline: the OTLP ones it names, or all
+/// of them; never the file exporter (bit 0), whose files hold other signals.
+fn profile_exporters(
+    pipeline: Option<&PipelineConfig>,
+    all: ExporterSet,
+    set_of: &dyn Fn(&[String]) -> Result<ExporterSet, String>,
+) -> Result<ExporterSet, PipelineError> {
+    let file: ExporterSet = 1;
+    let Some(pipeline) = pipeline else {
+        return Ok(all & !file);
+    };
+    if !pipeline.processors.is_empty() {
+        return Err(error(
+            "pipelines.profiles.processors",
+            "no processor applies to profiles; list exporters only",
+        ));
+    }
+    if pipeline.exporters.iter().any(|e| e == SINK_FILE) {
+        return Err(error(
+            "pipelines.profiles.exporters",
+            "the file exporter takes no profiles (the profiler writes pprof and SVG files under profiles/)",
+        ));
+    }
+    if pipeline.exporters.is_empty() {
+        return Ok(all & !file);
+    }
+    set_of(&pipeline.exporters).map_err(|m| error("pipelines.profiles.exporters", m))
 }

@@ -179,3 +179,73 @@ fn configuration_errors_name_the_key() {
         assert!(err.contains(expected), "{yaml}\n{err}\nwanted {expected}");
     }
 }
+
+/// One interval's profiles, as the profiler hands them over.
+fn profiles_batch() -> OtlpBatch {
+    use opentelemetry_proto::tonic::{
+        collector::profiles::v1development::ExportProfilesServiceRequest,
+        profiles::v1development::{Profile, ResourceProfiles, ScopeProfiles},
+    };
+    OtlpBatch::profiles(ExportProfilesServiceRequest {
+        resource_profiles: vec![ResourceProfiles {
+            scope_profiles: vec![ScopeProfiles {
+                profiles: vec![Profile::default(), Profile::default()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        dictionary: None,
+    })
+}
+
+#[test]
+fn profiles_go_to_the_otlp_exporters_never_to_the_file() {
+    let pipelines = pipelines_of(ARCHIVE);
+    let mut batch = kernel_batch("svc", 1);
+    let profiles = profiles_batch();
+    batch.profiles = profiles.profiles;
+    batch.profile_count = profiles.profile_count;
+    let routed = pipelines.process(batch, false);
+    assert_eq!(routed.parts.len(), 2);
+    for (set, part) in &routed.parts {
+        match names(&pipelines, *set).as_slice() {
+            ["file", "otlp", "otlp/archive"] => {
+                assert_eq!((part.span_count, part.profile_count), (1, 0));
+            }
+            ["otlp", "otlp/archive"] => {
+                assert_eq!((part.span_count, part.profile_count), (0, 2));
+                assert!(part.profiles.is_some());
+            }
+            other => panic!("unexpected exporters {other:?}"),
+        }
+    }
+
+    let pipelines = pipelines_of(&format!(
+        "{ARCHIVE}pipelines:\n  profiles: {{ exporters: [otlp/archive] }}\n"
+    ));
+    let routed = pipelines.process(profiles_batch(), false);
+    assert_eq!(routed.parts.len(), 1);
+    assert_eq!(names(&pipelines, routed.parts[0].0), ["otlp/archive"]);
+}
+
+#[test]
+fn the_profiles_pipeline_takes_exporters_only() {
+    for (yaml, key) in [
+        (
+            "processors:\n  filter: {}\npipelines:\n  profiles: { processors: [filter] }\n",
+            "pipelines.profiles.processors",
+        ),
+        (
+            "pipelines:\n  profiles: { exporters: [file] }\n",
+            "pipelines.profiles.exporters",
+        ),
+        (
+            "pipelines:\n  profiles: { exporters: [otlp/nowhere] }\n",
+            "pipelines.profiles.exporters",
+        ),
+    ] {
+        // The config is refused when read, naming the key.
+        let err = parse(yaml).unwrap_err();
+        assert!(err.contains(&format!("{key}: ")), "{yaml}: {err}");
+    }
+}

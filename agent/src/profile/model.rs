@@ -33,6 +33,10 @@ pub struct ProcessLabels {
     pub executable_name: String,
     pub container_id: Option<String>,
     pub service_name: String,
+    /// The process's resource as every other signal carries it (string
+    /// attributes: host, container, Kubernetes…), for OTLP profiles; empty
+    /// for a process the model does not know yet.
+    pub resource: Vec<(&'static str, String)>,
 }
 
 /// One stack frame: a user-space address inside a file mapping, or a kernel address.

@@ -1,8 +1,9 @@
-//! Converts an interval to an OTLP profiles export request and sends it
-//! over gRPC (`ProfilesService/Export`, v1development).
+//! Converts an interval to an OTLP profiles export request (v1development),
+//! which the shared exporters send (see `export`).
 //!
-//! Each process is a `ResourceProfiles` (service.name, process.pid,
-//! process.executable.name, container.id) with one `Profile`; the thread
+//! Each process is a `ResourceProfiles` (process.pid and the resource
+//! every other signal of the process carries: service.name, host.*,
+//! container.id, k8s.*, …) with one `Profile`; the thread
 //! name is a sample attribute. All tables live in the request's shared
 //! `ProfilesDictionary`, each starting with its zero entry as the spec
 //! requires. Sample type `samples/count`, period `cpu/nanoseconds`.
@@ -10,13 +11,10 @@
 //! and `profile.frame.type` (kernel/native), so frames without symbols can
 //! be symbolized by a back-end.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::collections::HashMap;
 
 use opentelemetry_proto::tonic::{
-    collector::profiles::v1development::{
-        ExportProfilesServiceRequest, ExportProfilesServiceResponse,
-        profiles_service_client::ProfilesServiceClient,
-    },
+    collector::profiles::v1development::ExportProfilesServiceRequest,
     common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value},
     profiles::v1development::{
         Function, KeyValueAndUnit, Line, Link, Location, Mapping, Profile, ProfilesDictionary,
@@ -25,23 +23,13 @@ use opentelemetry_proto::tonic::{
     resource::v1::Resource,
 };
 use rand::Rng;
-use tonic::{
-    codec::CompressionEncoding,
-    metadata::{AsciiMetadataKey, AsciiMetadataValue},
-    transport::Channel,
-};
 
 use super::{
     model::{self, Frame, IntervalProfile, ProcessLabels},
     names,
     strings::StringTable,
 };
-use crate::export::{
-    SCOPE_NAME, SCOPE_VERSION,
-    otlp_grpc::{GrpcParts, GrpcSettings, finish},
-    retry::Attempt,
-    sink::PartialSuccess,
-};
+use crate::export::{SCOPE_NAME, SCOPE_VERSION};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OtlpEncodeError {
@@ -116,17 +104,6 @@ pub fn build_request(
     })
 }
 
-/// How many `Profile` messages a request carries (the unit of the
-/// `profiles` signal in the export metrics and of partial success).
-pub fn profile_count(request: &ExportProfilesServiceRequest) -> u64 {
-    request
-        .resource_profiles
-        .iter()
-        .flat_map(|rp| &rp.scope_profiles)
-        .map(|sp| sp.profiles.len() as u64)
-        .sum()
-}
-
 #[derive(Hash, PartialEq, Eq)]
 struct ProcessKey<'a> {
     pid: u32,
@@ -148,16 +125,23 @@ impl<'a> ProcessKey<'a> {
 
 fn resource_profiles(labels: &ProcessLabels, profile: Profile) -> ResourceProfiles {
     let mut attributes = vec![key_value(names::PROCESS_PID, int(i64::from(labels.pid)))];
-    let texts = [
-        (names::SERVICE_NAME, labels.service_name.as_str()),
-        (names::EXECUTABLE_NAME, labels.executable_name.as_str()),
-        (
-            names::CONTAINER_ID,
-            labels.container_id.as_deref().unwrap_or(""),
-        ),
-    ];
-    for (key, value) in texts {
-        if !value.is_empty() {
+    if labels.resource.is_empty() {
+        // A process the model does not know yet: what the sample says.
+        let texts = [
+            (names::SERVICE_NAME, labels.service_name.as_str()),
+            (names::EXECUTABLE_NAME, labels.executable_name.as_str()),
+            (
+                names::CONTAINER_ID,
+                labels.container_id.as_deref().unwrap_or(""),
+            ),
+        ];
+        for (key, value) in texts {
+            if !value.is_empty() {
+                attributes.push(key_value(key, text(value)));
+            }
+        }
+    } else {
+        for (key, value) in &labels.resource {
             attributes.push(key_value(key, text(value)));
         }
     }
@@ -361,72 +345,6 @@ impl<'a> Dictionary<'a> {
     }
 }
 
-impl PartialSuccess for ExportProfilesServiceResponse {
-    fn partial_success(self) -> (u64, String) {
-        self.partial_success.map_or((0, String::new()), |p| {
-            (
-                u64::try_from(p.rejected_profiles).unwrap_or(0),
-                p.error_message,
-            )
-        })
-    }
-}
-
-/// The gRPC client of the collector's profiles service.
-#[derive(Debug, Clone)]
-pub struct ProfilesExporter {
-    endpoint: Arc<str>,
-    client: ProfilesServiceClient<Channel>,
-    headers: Vec<(AsciiMetadataKey, AsciiMetadataValue)>,
-}
-
-impl ProfilesExporter {
-    /// Connects lazily (so needs the tokio runtime): an unreachable
-    /// collector is a retryable export error later, not a start-up failure.
-    pub fn connect(settings: GrpcSettings) -> Self {
-        let GrpcParts {
-            endpoint,
-            channel,
-            headers,
-            gzip,
-        } = settings.into_parts();
-        let mut client = ProfilesServiceClient::new(channel);
-        if gzip {
-            client = client
-                .send_compressed(CompressionEncoding::Gzip)
-                .accept_compressed(CompressionEncoding::Gzip);
-        }
-        Self {
-            endpoint,
-            client,
-            headers,
-        }
-    }
-
-    /// One attempt, classified for the retry loop.
-    pub async fn export(
-        &self,
-        message: &ExportProfilesServiceRequest,
-        timeout: Duration,
-    ) -> Attempt {
-        let mut request = tonic::Request::new(message.clone());
-        // grpc-timeout tells the server; the tokio timeout enforces it.
-        request.set_timeout(timeout);
-        for (key, value) in &self.headers {
-            request.metadata_mut().insert(key.clone(), value.clone());
-        }
-        let mut client = self.client.clone();
-        finish(
-            &self.endpoint,
-            tokio::time::timeout(timeout, client.export(request)).await,
-        )
-    }
-}
-
-/// Checks that every index of `request` resolves and each table starts
-/// with its zero entry; panics naming what is broken. Returns, per sample,
-/// the resolved stack as (function names, address) leaf first, with the
-/// sample's resource attributes and sample attributes, for assertions.
 #[cfg(test)]
 pub fn check_dictionary(request: &ExportProfilesServiceRequest) -> Vec<ResolvedSample> {
     let d = request.dictionary.as_ref().expect("dictionary");
@@ -589,7 +507,10 @@ mod tests {
             2,
             "one resource per process"
         );
-        assert_eq!(profile_count(&request), 2);
+        assert_eq!(
+            crate::export::OtlpBatch::profiles(request.clone()).profile_count,
+            2
+        );
         let d = request.dictionary.as_ref().unwrap();
         let profile = &request.resource_profiles[0].scope_profiles[0].profiles[0];
         let s = |i: i32| d.string_table[i as usize].as_str();
@@ -629,6 +550,8 @@ mod tests {
                 ("service.name", "shop"),
                 ("process.executable.name", "shopd"),
                 ("container.id", "c0ffee1234567890"),
+                ("host.name", "node-1"),
+                ("k8s.pod.name", "shop-7d9f8-abcde"),
             ])
         );
         assert_eq!(shopd.attributes, pairs(&[("thread.name", "worker-1")]));

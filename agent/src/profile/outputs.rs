@@ -1,33 +1,30 @@
 //! Where each interval's profile goes: a gzip pprof file and an SVG flame
-//! graph under `<data_dir>/profiles/`, and OTLP profiles to the collector.
+//! graph under `<data_dir>/profiles/`, and an OTLP profiles request into
+//! the shared export pipeline, whose OTLP exporters send it.
 //!
 //! ```ignore
-//! let outputs = ProfileOutputs::new(&config.data_dir, config.export.otlp.as_ref(),
-//!                                   metrics.registry_mut())?;  // inside the runtime
+//! let outputs = ProfileOutputs::new(&config.data_dir, export_handle)?;  // inside the runtime
 //! outputs.emit(interval);                          // never waits
 //! outputs.shutdown(Duration::from_secs(2)).await;  // flush, bounded
 //! ```
 //!
 //! `emit` puts the interval into a bounded queue; a full queue drops it.
 //! A task encodes it on the blocking pool, writes both files (atomically)
-//! and prunes old ones, then hands the OTLP request to a second task with
-//! its own small queue, so a slow collector never holds up the files. That
-//! task retries retryable gRPC errors with backoff for at most
-//! `export.otlp.retry_for`, as the trace export does. Everything lost is
-//! counted in `selfops_profile_export_dropped_total{signal="profiles",
-//! reason}`; deliveries in `selfops_profile_export_signals_total{sink}`
-//! (sinks `pprof`, `svg`, `otlp`). The unit is one process's profile of
-//! one interval.
+//! and prunes old ones, then hands the OTLP request to the export
+//! pipeline (`ExportHandle::send_profiles`), which routes it by
+//! `pipelines.profiles` to the OTLP exporters, each with its queue and
+//! retries. Everything is counted in the export metrics with
+//! `signal="profiles"`: losses in `selfops_export_dropped_total{reason}`,
+//! deliveries in `selfops_export_signals_total{sink}` (sinks `pprof`,
+//! `svg`, and the OTLP exporters' names). The unit is one process's
+//! profile of one interval.
 
 use std::{
     collections::HashSet,
     path::{Path, PathBuf},
-    sync::Arc,
     time::{Duration, SystemTime},
 };
 
-use opentelemetry_proto::tonic::collector::profiles::v1development::ExportProfilesServiceRequest;
-use prometheus_client::registry::Registry;
 use tokio::{
     sync::{mpsc, watch},
     time::Instant,
@@ -37,22 +34,14 @@ use super::{
     files::{self, PPROF_SUFFIX, PROFILES_DIR, Retention, SVG_SUFFIX},
     flamegraph::{self, FlameGraphError},
     model::IntervalProfile,
-    otlp::{self, ProfilesExporter},
-    pprof,
+    otlp, pprof,
 };
-use crate::{
-    config::{OtlpConfig, OtlpProtocol},
-    export::{
-        DropReason, ExportError, ExportMetrics,
-        metrics::SINK_OTLP,
-        otlp_grpc::GrpcSettings,
-        retry::{Backoff, Deadline, RetryPolicy, WarnLimiter, deadline_passed, with_retries},
-        sink::record_otlp,
-    },
+use crate::export::{
+    DropReason, ExportHandle, ExportMetrics,
+    metrics::PROFILES,
+    retry::{Deadline, WarnLimiter, deadline_passed},
 };
 
-/// The `signal` label of the profile outputs' metrics.
-pub const PROFILES: &str = "profiles";
 pub const SINK_PPROF: &str = "pprof";
 pub const SINK_SVG: &str = "svg";
 
@@ -68,8 +57,6 @@ pub enum OutputError {
     },
     #[error("profile outputs must be started inside the tokio runtime")]
     NoRuntime,
-    #[error(transparent)]
-    Otlp(#[from] ExportError),
 }
 
 /// Internal knobs with sensible defaults (tests shorten them).
@@ -77,26 +64,18 @@ pub enum OutputError {
 pub struct OutputOptions {
     /// Intervals waiting to be written; beyond it `emit` drops.
     pub queue_capacity: usize,
-    /// Encoded requests waiting for the collector; beyond it the newest is
-    /// dropped for OTLP (its files are still written).
-    pub otlp_queue_capacity: usize,
     pub retention: Retention,
     /// "Now" for retention by age: the wall clock, or a fixed time in
     /// tests whose intervals have fixed dates.
     pub clock: fn() -> SystemTime,
-    pub initial_backoff: Duration,
-    pub max_backoff: Duration,
 }
 
 impl Default for OutputOptions {
     fn default() -> Self {
         Self {
             queue_capacity: 4,
-            otlp_queue_capacity: 2,
             retention: Retention::default(),
             clock: SystemTime::now,
-            initial_backoff: Backoff::INITIAL,
-            max_backoff: Backoff::MAX,
         }
     }
 }
@@ -111,80 +90,37 @@ pub struct ProfileOutputs {
 }
 
 impl ProfileOutputs {
-    /// Creates `<data_dir>/profiles`, registers the metrics (prefix
-    /// `profile_export_`) and starts the tasks on the current runtime.
-    pub fn new(
-        data_dir: &Path,
-        otlp: Option<&OtlpConfig>,
-        registry: &mut Registry,
-    ) -> Result<Self, OutputError> {
-        Self::with_options(data_dir, otlp, registry, OutputOptions::default())
+    /// Creates `<data_dir>/profiles` and starts the task on the current
+    /// runtime; what it exports goes through `export`, and is counted in
+    /// `export`'s metrics.
+    pub fn new(data_dir: &Path, export: ExportHandle) -> Result<Self, OutputError> {
+        Self::with_options(data_dir, export, OutputOptions::default())
     }
 
     pub fn with_options(
         data_dir: &Path,
-        otlp: Option<&OtlpConfig>,
-        registry: &mut Registry,
+        export: ExportHandle,
         options: OutputOptions,
     ) -> Result<Self, OutputError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| OutputError::NoRuntime)?;
-        let otlp = match otlp {
-            Some(config) if config.protocol == OtlpProtocol::Grpc => {
-                let policy = RetryPolicy {
-                    retry_for: config.retry_for,
-                    timeout: config.timeout,
-                    initial_backoff: options.initial_backoff,
-                    max_backoff: options.max_backoff,
-                };
-                Some((GrpcSettings::new(config)?, policy))
-            }
-            Some(config) => {
-                tracing::warn!(
-                    endpoint = %config.endpoint,
-                    "export.otlp.protocol is http_protobuf: CPU profiles are sent over gRPC \
-                     only, so they are written to files but not exported"
-                );
-                None
-            }
-            None => None,
-        };
         let dir = data_dir.join(PROFILES_DIR);
         std::fs::create_dir_all(&dir).map_err(|source| OutputError::CreateDir {
             path: dir.clone(),
             source,
         })?;
-        let metrics = ExportMetrics::register(registry.sub_registry_with_prefix("profile"));
+        let metrics = export.metrics().clone();
         let (intervals, rx) = mpsc::channel(options.queue_capacity.max(1));
         let (deadline, deadline_rx) = watch::channel(None);
-        let otlp = otlp.map(|(settings, policy)| {
-            let (tx, requests) = mpsc::channel(options.otlp_queue_capacity.max(1));
-            let task = run_otlp(
-                settings,
-                policy,
-                deadline_rx.clone(),
-                requests,
-                metrics.clone(),
-            );
-            (tx, task)
-        });
-        let (otlp_tx, otlp_task) = otlp.unzip();
         let files = run_files(
             dir.clone(),
             options.retention,
             options.clock,
             rx,
             deadline_rx,
-            otlp_tx,
+            export,
             metrics.clone(),
         );
-        let task = runtime.spawn(async move {
-            let otlp = async move {
-                if let Some(task) = otlp_task {
-                    task.await;
-                }
-            };
-            tokio::join!(files, otlp);
-        });
+        let task = runtime.spawn(files);
         Ok(Self {
             intervals,
             metrics,
@@ -208,7 +144,6 @@ impl ProfileOutputs {
                 self.metrics.drop_signals(PROFILES, DropReason::Shutdown, n);
             }
         }
-        self.set_queue_length();
     }
 
     /// Watches the output task without owning it: the profiler's supervisor
@@ -244,13 +179,6 @@ impl ProfileOutputs {
             }
         }
     }
-
-    fn set_queue_length(&self) {
-        let queued = self.intervals.max_capacity() - self.intervals.capacity();
-        self.metrics
-            .queue_length
-            .set(i64::try_from(queued).unwrap_or(i64::MAX));
-    }
 }
 
 /// The unit of the metrics: distinct processes in the interval.
@@ -264,7 +192,7 @@ struct Written {
     processes: u64,
     pprof: std::io::Result<PathBuf>,
     svg: Result<PathBuf, FlameGraphError>,
-    otlp: Option<Result<ExportProfilesServiceRequest, otlp::OtlpEncodeError>>,
+    otlp: Option<Result<opentelemetry_proto::tonic::collector::profiles::v1development::ExportProfilesServiceRequest, otlp::OtlpEncodeError>>,
     pruned: std::io::Result<usize>,
 }
 
@@ -274,7 +202,6 @@ fn write_interval(
     profile: &IntervalProfile,
     retention: Retention,
     clock: fn() -> SystemTime,
-    want_otlp: bool,
 ) -> Written {
     let stem = files::free_stem(dir, profile.start);
     let pprof = pprof::encode_gzip(profile)
@@ -287,7 +214,7 @@ fn write_interval(
     let svg = flamegraph::render_svg(profile, &title).and_then(|bytes| {
         files::write_atomic(dir, &format!("{stem}{SVG_SUFFIX}"), &bytes).map_err(Into::into)
     });
-    let otlp = (want_otlp && !profile.stacks.is_empty()).then(|| otlp::build_request(profile));
+    let otlp = (!profile.stacks.is_empty()).then(|| otlp::build_request(profile));
     let pruned = files::prune(dir, retention, clock());
     Written {
         processes: process_count(profile),
@@ -304,7 +231,7 @@ async fn run_files(
     clock: fn() -> SystemTime,
     mut intervals: mpsc::Receiver<IntervalProfile>,
     mut deadline: Deadline,
-    otlp: Option<mpsc::Sender<Arc<ExportProfilesServiceRequest>>>,
+    export: ExportHandle,
     metrics: ExportMetrics,
 ) {
     let mut warn = WarnLimiter::new(WARN_EVERY);
@@ -324,12 +251,10 @@ async fn run_files(
                 None => break,
             },
         };
-        metrics.queue_length.set(intervals.len() as i64);
         let job_dir = dir.clone();
-        let want_otlp = otlp.is_some();
         let n = process_count(&profile);
         let written = tokio::task::spawn_blocking(move || {
-            write_interval(&job_dir, &profile, retention, clock, want_otlp)
+            write_interval(&job_dir, &profile, retention, clock)
         })
         .await;
         let written = match written {
@@ -342,23 +267,16 @@ async fn run_files(
             }
         };
         record_files(&metrics, &mut warn, &dir, &written);
-        let queued = match (written.otlp, &otlp) {
-            (Some(Ok(request)), Some(tx)) => tx.try_send(Arc::new(request)).is_ok(),
-            (Some(Err(err)), _) => {
+        match written.otlp {
+            Some(Ok(request)) => export.send_profiles(request),
+            Some(Err(err)) => {
                 metrics.drop_signals(PROFILES, DropReason::EncodeFailed, n);
                 if warn.should_warn("otlp encode") {
                     tracing::warn!(error = %err, "cannot encode OTLP profiles; interval not exported");
                 }
-                true
             }
-            // Not exported, or nothing to export.
-            _ => true,
-        };
-        if !queued {
-            metrics.drop_signals(PROFILES, DropReason::QueueFull, n);
-            if warn.should_warn("otlp queue") {
-                tracing::warn!("OTLP profile export is behind; interval not exported");
-            }
+            // Nothing sampled.
+            None => {}
         }
     }
 }
@@ -403,24 +321,5 @@ fn file_failed(
         );
     } else {
         tracing::debug!(sink, error = %err, "cannot write profile file");
-    }
-}
-
-async fn run_otlp(
-    settings: GrpcSettings,
-    policy: RetryPolicy,
-    deadline: Deadline,
-    mut requests: mpsc::Receiver<Arc<ExportProfilesServiceRequest>>,
-    metrics: ExportMetrics,
-) {
-    let exporter = ProfilesExporter::connect(settings);
-    let mut warn = WarnLimiter::new(WARN_EVERY);
-    while let Some(request) = requests.recv().await {
-        let n = otlp::profile_count(&request);
-        let delivery = with_retries(&policy, &deadline, &metrics, SINK_OTLP, |timeout| {
-            exporter.export(&request, timeout)
-        })
-        .await;
-        record_otlp(&metrics, SINK_OTLP, &mut warn, PROFILES, n, delivery);
     }
 }

@@ -1,6 +1,7 @@
 //! The output pipeline end to end: files on disk read back (and by
-//! `go tool pprof`), a real gRPC ProfilesService receiver on loopback,
-//! retries, drops and the bounded queue.
+//! `go tool pprof`), the agent's export pipeline sending to a real gRPC
+//! ProfilesService and an OTLP/HTTP receiver on loopback, retries, drops
+//! and the bounded queue.
 
 use std::{
     collections::BTreeMap,
@@ -21,12 +22,15 @@ use super::{
     files::{self, Retention},
     model::IntervalProfile,
     otlp::check_dictionary,
-    outputs::{OutputOptions, PROFILES, ProfileOutputs, SINK_PPROF, SINK_SVG},
+    outputs::{OutputOptions, ProfileOutputs, SINK_PPROF, SINK_SVG},
     test_fixture,
 };
 use crate::{
-    config::{OtlpConfig, OtlpProtocol},
-    export::{DropReason, metrics::SINK_OTLP},
+    config::{ExportConfig, OtlpConfig, OtlpProtocol},
+    export::{
+        DropReason, ExportHandle, ExportOptions, ExportPipeline,
+        metrics::{PROFILES, SINK_OTLP},
+    },
 };
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -45,10 +49,33 @@ fn fixture_now() -> std::time::SystemTime {
 fn options() -> OutputOptions {
     OutputOptions {
         clock: fixture_now,
-        initial_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(20),
         ..OutputOptions::default()
     }
+}
+
+/// The agent's export pipeline, with no file exporter and `otlp` as its
+/// only exporter, running on the test's runtime.
+fn export(otlp: Option<OtlpConfig>, registry: &mut Registry) -> ExportHandle {
+    let config = ExportConfig {
+        file: false,
+        otlp,
+        ..ExportConfig::default()
+    };
+    let options = ExportOptions {
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(20),
+        ..ExportOptions::default()
+    };
+    let data = std::env::temp_dir();
+    let (handle, pipeline) = ExportPipeline::start_with(&config, &data, registry, options).unwrap();
+    tokio::spawn(pipeline);
+    handle
+}
+
+/// Outputs that export nothing.
+fn files_only(data: &Path, options: OutputOptions) -> ProfileOutputs {
+    let mut registry = Registry::default();
+    ProfileOutputs::with_options(data, export(None, &mut registry), options).unwrap()
 }
 
 fn otlp_config(addr: SocketAddr) -> OtlpConfig {
@@ -150,9 +177,8 @@ async fn writes_files_and_exports_with_retries() {
     receiver.failures.lock().unwrap().push(Code::Unavailable);
     let addr = grpc_receiver(&receiver).await;
     let mut registry = Registry::with_prefix("selfops");
-    let outputs =
-        ProfileOutputs::with_options(&data, Some(&otlp_config(addr)), &mut registry, options())
-            .unwrap();
+    let export = export(Some(otlp_config(addr)), &mut registry);
+    let outputs = ProfileOutputs::with_options(&data, export.clone(), options()).unwrap();
     let dir = outputs.dir().to_owned();
     assert_eq!(dir, data.join("profiles"));
     outputs.emit(interval(0));
@@ -161,6 +187,7 @@ async fn writes_files_and_exports_with_retries() {
     wait_for("two exports", || requests.lock().unwrap().len() == 2).await;
     let metrics = outputs.metrics().clone();
     assert!(outputs.shutdown(Duration::from_secs(2)).await);
+    assert!(export.shutdown(Duration::from_secs(2)).await);
 
     // Files: two intervals, named by their start, both formats.
     let stem0 = files::timestamp(interval(0).start);
@@ -221,11 +248,15 @@ async fn writes_files_and_exports_with_retries() {
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
     assert!(
-        text.contains(r#"selfops_profile_export_signals_total{signal="profiles",sink="otlp"} 4"#),
+        text.contains(r#"selfops_export_signals_total{signal="profiles",sink="otlp"} 4"#),
         "{text}"
     );
     assert!(
-        text.contains("selfops_profile_export_retries_total"),
+        text.contains(r#"selfops_export_signals_total{signal="profiles",sink="pprof"} 4"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"selfops_export_retries_total{sink="otlp"} 1"#),
         "{text}"
     );
     std::fs::remove_dir_all(&data).unwrap();
@@ -238,8 +269,7 @@ async fn go_tool_pprof_reads_every_written_file() {
         return;
     };
     let data = temp_dir("go-pprof");
-    let mut registry = Registry::default();
-    let outputs = ProfileOutputs::with_options(&data, None, &mut registry, options()).unwrap();
+    let outputs = files_only(&data, options());
     let dir = outputs.dir().to_owned();
     outputs.emit(interval(0));
     outputs.emit(test_fixture::large_interval(300));
@@ -274,8 +304,7 @@ async fn go_tool_pprof_reads_every_written_file() {
 #[tokio::test]
 async fn task_handle_sees_the_output_task_end() {
     let data = temp_dir("task-handle");
-    let mut registry = Registry::default();
-    let outputs = ProfileOutputs::with_options(&data, None, &mut registry, options()).unwrap();
+    let outputs = files_only(&data, options());
     let handle = outputs.task_handle();
     assert!(!handle.is_finished());
     handle.abort();
@@ -286,7 +315,6 @@ async fn task_handle_sees_the_output_task_end() {
 #[tokio::test]
 async fn retention_bounds_the_directory() {
     let data = temp_dir("retention");
-    let mut registry = Registry::default();
     let options = OutputOptions {
         retention: Retention {
             max_intervals: 2,
@@ -295,7 +323,7 @@ async fn retention_bounds_the_directory() {
         },
         ..options()
     };
-    let outputs = ProfileOutputs::with_options(&data, None, &mut registry, options).unwrap();
+    let outputs = files_only(&data, options);
     let dir = outputs.dir().to_owned();
     for n in 0..4 {
         outputs.emit(interval(n));
@@ -323,23 +351,20 @@ async fn full_queue_drops_and_counts() {
         queue_capacity: 2,
         ..options()
     };
-    let outputs = ProfileOutputs::with_options(&data, None, &mut registry, options).unwrap();
+    let export = export(None, &mut registry);
+    let outputs = ProfileOutputs::with_options(&data, export, options).unwrap();
     for n in 0..5 {
         outputs.emit(interval(n));
     }
     let metrics = outputs.metrics().clone();
-    assert_eq!(metrics.queue_length.get(), 2);
     // Three intervals of two processes each.
     assert_eq!(metrics.dropped_count(PROFILES, DropReason::QueueFull), 6);
     assert!(outputs.shutdown(Duration::from_secs(5)).await);
     assert_eq!(metrics.exported_count(PROFILES, SINK_PPROF), 4);
-    assert_eq!(metrics.queue_length.get(), 0);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
     assert!(
-        text.contains(
-            r#"selfops_profile_export_dropped_total{signal="profiles",reason="queue_full"} 6"#
-        ),
+        text.contains(r#"selfops_export_dropped_total{signal="profiles",reason="queue_full"} 6"#),
         "{text}"
     );
     std::fs::remove_dir_all(&data).unwrap();
@@ -360,7 +385,8 @@ async fn permanent_and_exhausted_failures_are_counted() {
     config.retry_for = Duration::from_millis(30);
     let mut registry = Registry::default();
     let outputs =
-        ProfileOutputs::with_options(&data, Some(&config), &mut registry, options()).unwrap();
+        ProfileOutputs::with_options(&data, export(Some(config), &mut registry), options())
+            .unwrap();
     let metrics = outputs.metrics().clone();
     outputs.emit(interval(0));
     outputs.emit(interval(1));
@@ -396,46 +422,87 @@ async fn shutdown_deadline_drops_what_the_collector_did_not_take() {
     let addr = unused.local_addr().unwrap();
     drop(unused);
     let mut registry = Registry::default();
-    let outputs =
-        ProfileOutputs::with_options(&data, Some(&otlp_config(addr)), &mut registry, options())
-            .unwrap();
+    let export = export(Some(otlp_config(addr)), &mut registry);
+    let outputs = ProfileOutputs::with_options(&data, export.clone(), options()).unwrap();
     let metrics = outputs.metrics().clone();
     outputs.emit(interval(0));
-    wait_for("file written", || {
-        metrics.exported_count(PROFILES, SINK_PPROF) == 2
+    wait_for("a first try failed", || {
+        metrics
+            .retries
+            .get_or_create(&crate::export::metrics::SinkLabels { sink: SINK_OTLP })
+            .get()
+            > 0
     })
     .await;
+    assert_eq!(metrics.exported_count(PROFILES, SINK_PPROF), 2);
     let start = Instant::now();
-    outputs.shutdown(Duration::from_millis(200)).await;
+    assert!(outputs.shutdown(Duration::from_millis(200)).await);
+    export.shutdown(Duration::from_millis(200)).await;
     assert!(start.elapsed() < Duration::from_secs(2));
     assert_eq!(metrics.dropped_count(PROFILES, DropReason::Shutdown), 2);
     std::fs::remove_dir_all(&data).unwrap();
 }
 
-#[test]
-fn needs_a_runtime_and_refuses_unusable_tls() {
-    let data = temp_dir("errors");
+/// OTLP/HTTP exporters send profiles too, to the path the Collector
+/// serves them on, as protobuf.
+#[tokio::test]
+async fn http_exporter_posts_profiles() {
+    use axum::{Router, body::Bytes, http::StatusCode, routing::post};
+    let data = temp_dir("http");
+    let received: Arc<Mutex<Vec<ExportProfilesServiceRequest>>> = Arc::default();
+    let app = Router::new().route(
+        "/v1development/profiles",
+        post({
+            let received = Arc::clone(&received);
+            move |body: Bytes| async move {
+                match <ExportProfilesServiceRequest as prost::Message>::decode(body) {
+                    Ok(request) => {
+                        received.lock().unwrap().push(request);
+                        let response = ExportProfilesServiceResponse::default();
+                        (StatusCode::OK, prost::Message::encode_to_vec(&response))
+                    }
+                    Err(_) => (StatusCode::BAD_REQUEST, Vec::new()),
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let config = OtlpConfig {
+        protocol: OtlpProtocol::HttpProtobuf,
+        gzip: false,
+        ..otlp_config(addr)
+    };
     let mut registry = Registry::default();
-    assert!(matches!(
-        ProfileOutputs::new(&data, None, &mut registry),
-        Err(super::outputs::OutputError::NoRuntime)
-    ));
+    let export = export(Some(config), &mut registry);
+    let outputs = ProfileOutputs::with_options(&data, export.clone(), options()).unwrap();
+    let metrics = outputs.metrics().clone();
+    outputs.emit(interval(0));
+    wait_for("one export", || received.lock().unwrap().len() == 1).await;
+    assert!(outputs.shutdown(Duration::from_secs(2)).await);
+    assert!(export.shutdown(Duration::from_secs(2)).await);
+    let samples = check_dictionary(&received.lock().unwrap()[0]);
+    assert_eq!(samples.iter().map(|s| s.count).sum::<i64>(), 42);
+    assert_eq!(metrics.exported_count(PROFILES, SINK_OTLP), 2);
+    std::fs::remove_dir_all(&data).unwrap();
+}
+
+#[test]
+fn needs_a_runtime() {
+    let data = temp_dir("errors");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let _guard = runtime.enter();
-    let mut config = otlp_config("127.0.0.1:4317".parse().unwrap());
-    config.endpoint = "https://collector:4317".to_owned();
-    config.tls = Some(crate::tls::TlsConfig {
-        ca_file: Some(data.join("missing-ca.pem")),
-        ..crate::tls::TlsConfig::default()
-    });
-    let err = ProfileOutputs::new(&data, Some(&config), &mut registry)
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(err.contains("export.otlp.tls.ca_file: "), "{err}");
+    let export = {
+        let _guard = runtime.enter();
+        export(None, &mut Registry::default())
+    };
+    assert!(matches!(
+        ProfileOutputs::new(&data, export),
+        Err(super::outputs::OutputError::NoRuntime)
+    ));
     std::fs::remove_dir_all(&data).unwrap();
 }
 

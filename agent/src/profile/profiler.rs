@@ -303,6 +303,15 @@ fn labels(
             executable_name: p.executable_name().to_owned(),
             container_id: p.container_id.as_deref().map(str::to_owned),
             service_name: resources.service_name(p),
+            resource: resources
+                .resource(p)
+                .attributes
+                .into_iter()
+                .filter_map(|(key, value)| match value {
+                    crate::signal::AttrValue::Str(text) => Some((key, text)),
+                    _ => None,
+                })
+                .collect(),
         },
         // Not in the table yet (just started): what the sample itself says.
         None => ProcessLabels {
@@ -311,6 +320,7 @@ fn labels(
             service_name: thread_name.clone(),
             thread_name,
             container_id: None,
+            resource: Vec::new(),
         },
     }
 }

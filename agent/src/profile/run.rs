@@ -12,6 +12,8 @@ use aya::{
 };
 use prometheus_client::registry::Registry;
 
+use crate::export::ExportHandle;
+
 use super::{
     filter::ProcessFilter,
     live::{Sampling, Tuner},
@@ -69,7 +71,12 @@ pub struct Running {
 
 impl Prepared {
     /// `None` when profiling is off.
-    pub fn new(config: &Config, registry: &mut Registry) -> anyhow::Result<Option<Self>> {
+    /// Profiles leave through `export`, the agent's export pipeline.
+    pub fn new(
+        config: &Config,
+        registry: &mut Registry,
+        export: ExportHandle,
+    ) -> anyhow::Result<Option<Self>> {
         if !config.profile.enabled {
             return Ok(None);
         }
@@ -84,8 +91,7 @@ impl Prepared {
             return Ok(None);
         }
         let metrics = ProfileMetrics::register(registry);
-        let outputs = ProfileOutputs::new(&config.data_dir, config.export.otlp.as_ref(), registry)
-            .context("profile outputs")?;
+        let outputs = ProfileOutputs::new(&config.data_dir, export).context("profile outputs")?;
         Ok(Some(Self {
             config: config.profile.clone(),
             metrics,

@@ -75,6 +75,13 @@ pub fn shopd_labels() -> Arc<ProcessLabels> {
         executable_name: "shopd".to_owned(),
         container_id: Some("c0ffee1234567890".to_owned()),
         service_name: "shop".to_owned(),
+        resource: vec![
+            ("service.name", "shop".to_owned()),
+            ("process.executable.name", "shopd".to_owned()),
+            ("container.id", "c0ffee1234567890".to_owned()),
+            ("host.name", "node-1".to_owned()),
+            ("k8s.pod.name", "shop-7d9f8-abcde".to_owned()),
+        ],
     })
 }
 
@@ -85,6 +92,7 @@ pub fn batch_labels() -> Arc<ProcessLabels> {
         executable_name: "batchjob".to_owned(),
         container_id: None,
         service_name: "batchjob".to_owned(),
+        resource: Vec::new(),
     })
 }
 
@@ -160,6 +168,7 @@ pub fn large_interval(stacks: usize) -> IntervalProfile {
                 executable_name: format!("svc{i}"),
                 container_id: (i % 2 == 0).then(|| format!("container{i:02}")),
                 service_name: format!("service-{i}"),
+                resource: Vec::new(),
             })
         })
         .collect();
