@@ -42,7 +42,9 @@ const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// the target directory (the system Python stays untouched): the ONNX
 /// detector's tests make their models and compute reference scores with
 /// the first three; the OTLP receiver's tests send from the OpenTelemetry
-/// SDK with its gRPC and HTTP exporters.
+/// SDK with its gRPC and HTTP exporters; the manifests under
+/// `deploy/kubernetes` are checked against the Kubernetes API schemas that
+/// `kubernetes-validate` carries.
 const PYTHON_PACKAGES: &[&str] = &[
     "onnx==1.23.2",
     "onnxruntime==1.32.0",
@@ -50,6 +52,7 @@ const PYTHON_PACKAGES: &[&str] = &[
     "opentelemetry-sdk==1.45.2",
     "opentelemetry-exporter-otlp-proto-grpc==1.45.2",
     "opentelemetry-exporter-otlp-proto-http==1.45.2",
+    "kubernetes-validate==1.37.0",
 ];
 
 pub fn run() -> anyhow::Result<()> {
