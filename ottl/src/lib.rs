@@ -46,6 +46,7 @@ mod error;
 mod eval;
 mod filter;
 mod functions;
+mod keyset;
 mod lexer;
 mod parser;
 mod record;

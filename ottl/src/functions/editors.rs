@@ -13,6 +13,7 @@ use crate::compile::{
 use crate::error::{EvalError, EvalResult, Located};
 use crate::eval::eval;
 use crate::functions::converters::StrFn;
+use crate::keyset::KeySet;
 use crate::record::{Rec, get_path, map_mut, set_path};
 use crate::value::Value;
 
@@ -46,9 +47,9 @@ pub(crate) enum Editor {
     Set(PathRef, Expr),
     DeleteKey(PathRef, Expr),
     DeleteMatchingKeys(PathRef, Matcher),
-    KeepKeys(PathRef, Vec<String>),
+    KeepKeys(PathRef, KeySet),
     KeepMatchingKeys(PathRef, Matcher),
-    Limit(PathRef, usize, Vec<String>),
+    Limit(PathRef, usize, KeySet),
     TruncateAll(PathRef, usize),
     ReplacePattern(PathRef, Replace),
     ReplaceAllPatterns(PathRef, Mode, Replace),
@@ -72,7 +73,8 @@ pub(crate) fn compile(c: &Compiler, call: &ast::Call, pos: usize) -> CResult<Edi
         }
         "keep_keys" => {
             arity(call, pos, 2, 2)?;
-            Editor::KeepKeys(c.target(&a[0])?, literal_str_list(&a[1], "the keys")?)
+            let keys = literal_str_list(&a[1], "the keys")?;
+            Editor::KeepKeys(c.target(&a[0])?, KeySet::new(keys))
         }
         "keep_matching_keys" => {
             arity(call, pos, 2, 2)?;
@@ -91,7 +93,7 @@ pub(crate) fn compile(c: &Compiler, call: &ast::Call, pos: usize) -> CResult<Edi
                     "more priority keys than the limit keeps",
                 ));
             }
-            Editor::Limit(c.target(&a[0])?, limit, priority)
+            Editor::Limit(c.target(&a[0])?, limit, KeySet::new(priority))
         }
         "truncate_all" => {
             arity(call, pos, 2, 2)?;
@@ -187,25 +189,29 @@ impl Replace {
     /// `s` with every match replaced; `None` when nothing matches (the
     /// common case, which allocates nothing).
     fn apply(&self, s: &str, replacement: &str) -> Option<String> {
-        if !self.re.is_match(s) {
-            return None;
+        // One search: `replace_all` lends the input back when nothing
+        // matches (and were it to lend it back otherwise, the text would be
+        // unchanged anyway).
+        let out = if self.function.is_none() && self.format.is_none() {
+            self.re.replace_all(s, replacement)
+        } else {
+            self.re.replace_all(s, |caps: &regex::Captures<'_>| {
+                let mut expanded = String::new();
+                caps.expand(replacement, &mut expanded);
+                let mut done = match self.function {
+                    Some(f) => f.apply(&expanded),
+                    None => expanded,
+                };
+                if let Some((before, after)) = &self.format {
+                    done = format!("{before}{done}{after}");
+                }
+                done
+            })
+        };
+        match out {
+            Cow::Borrowed(_) => None,
+            Cow::Owned(out) => Some(out),
         }
-        if self.function.is_none() && self.format.is_none() {
-            return Some(self.re.replace_all(s, replacement).into_owned());
-        }
-        let out = self.re.replace_all(s, |caps: &regex::Captures<'_>| {
-            let mut expanded = String::new();
-            caps.expand(replacement, &mut expanded);
-            let mut done = match self.function {
-                Some(f) => f.apply(&expanded),
-                None => expanded,
-            };
-            if let Some((before, after)) = &self.format {
-                done = format!("{before}{done}{after}");
-            }
-            done
-        });
-        Some(out.into_owned())
     }
 
     /// The replacement text: a literal is lent, anything else evaluated
@@ -275,13 +281,17 @@ impl Editor {
             Editor::ReplacePattern(target, r) => {
                 let replaced = {
                     let current = get_path(target.field, &target.keys, &rec.view())?;
-                    match current.as_str() {
+                    match (current.as_str(), r.replacement.literal_str()) {
                         // Only strings are rewritten; other types are left.
-                        Some(s) if r.re.is_match(s) => {
+                        (None, _) => None,
+                        (Some(s), Some(replacement)) => r.apply(s, replacement),
+                        // A computed replacement is only evaluated (and may
+                        // only fail) when there is something to replace.
+                        (Some(s), None) if r.re.is_match(s) => {
                             let replacement = r.replacement(rec)?;
                             r.apply(s, &replacement)
                         }
-                        _ => None,
+                        (Some(_), None) => None,
                     }
                 };
                 match replaced {
@@ -323,7 +333,7 @@ fn with_map(
 
 /// Keeps at most `limit` entries: the priority keys present first, then
 /// the others in their order.
-fn limit_map(m: &mut Vec<KeyValue>, limit: usize, priority: &[String]) {
+fn limit_map(m: &mut Vec<KeyValue>, limit: usize, priority: &KeySet) {
     if m.len() <= limit {
         return;
     }
