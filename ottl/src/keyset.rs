@@ -26,7 +26,10 @@ impl KeySet {
 
     pub(crate) fn contains(&self, key: &str) -> bool {
         let n = key.len();
-        match (self.starts.get(n), n.checked_add(1).and_then(|m| self.starts.get(m))) {
+        match (
+            self.starts.get(n),
+            n.checked_add(1).and_then(|m| self.starts.get(m)),
+        ) {
             (Some(&start), Some(&end)) => self.keys[start..end].iter().any(|k| k == key),
             _ => false,
         }
@@ -44,7 +47,14 @@ mod tests {
         for k in keys {
             assert!(set.contains(k), "{k:?}");
         }
-        for k in ["c", "http.rout", "http.routes", "url.schemf", "URL.path", "ab"] {
+        for k in [
+            "c",
+            "http.rout",
+            "http.routes",
+            "url.schemf",
+            "URL.path",
+            "ab",
+        ] {
             assert!(!set.contains(k), "{k:?}");
         }
         let empty = KeySet::new(Vec::new());

@@ -49,6 +49,7 @@ mod functions;
 mod keyset;
 mod lexer;
 mod parser;
+mod pattern;
 mod record;
 mod statement;
 mod transform;

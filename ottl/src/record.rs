@@ -260,6 +260,14 @@ fn attributes_ref<'a>(field: Field, v: &View<'a>) -> Option<&'a [KeyValue]> {
 /// Reads a path: the field, then each key in turn. `attributes["k"]`, the
 /// most common path, goes straight to the entry.
 pub(crate) fn get_path<'a>(field: Field, keys: &[Key], v: &View<'a>) -> EvalResult<Value<'a>> {
+    if let [Key::Str(k)] = keys
+        && field != Field::LogBody
+    {
+        let entry = attributes_ref(field, v)
+            .and_then(|m| crate::value::find(m, k))
+            .and_then(|kv| kv.value.as_ref());
+        return Ok(Value::from_opt_any(entry));
+    }
     let (mut value, rest) = match keys {
         [Key::Str(k), rest @ ..] if field != Field::LogBody => {
             let entry = attributes_ref(field, v)

@@ -3,7 +3,6 @@
 use std::borrow::Cow;
 
 use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
-use regex::Regex;
 
 use crate::ast;
 use crate::compile::{
@@ -14,6 +13,7 @@ use crate::error::{EvalError, EvalResult, Located};
 use crate::eval::eval;
 use crate::functions::converters::StrFn;
 use crate::keyset::KeySet;
+use crate::pattern::Pattern;
 use crate::record::{Rec, get_path, map_mut, set_path};
 use crate::value::Value;
 
@@ -35,7 +35,7 @@ pub(crate) enum Strategy {
 /// with one `%s`.
 #[derive(Debug)]
 pub(crate) struct Replace {
-    pub re: Regex,
+    pub re: Pattern,
     pub replacement: Expr,
     pub function: Option<StrFn>,
     /// The format split around its `%s`.
@@ -189,13 +189,17 @@ impl Replace {
     /// `s` with every match replaced; `None` when nothing matches (the
     /// common case, which allocates nothing).
     fn apply(&self, s: &str, replacement: &str) -> Option<String> {
-        // One search: `replace_all` lends the input back when nothing
-        // matches (and were it to lend it back otherwise, the text would be
-        // unchanged anyway).
+        // `is_match` first: it is cheaper than `replace_all` finding
+        // nothing, which is the common case.
+        if !self.re.is_match(s) {
+            return None;
+        }
+        let re = self.re.regex();
+        // `replace_all` lends the input back only when nothing matches.
         let out = if self.function.is_none() && self.format.is_none() {
-            self.re.replace_all(s, replacement)
+            re.replace_all(s, replacement)
         } else {
-            self.re.replace_all(s, |caps: &regex::Captures<'_>| {
+            re.replace_all(s, |caps: &regex::Captures<'_>| {
                 let mut expanded = String::new();
                 caps.expand(replacement, &mut expanded);
                 let mut done = match self.function {
