@@ -8,17 +8,21 @@
 pub(crate) struct KeySet {
     /// Sorted by length, then bytes, without duplicates.
     keys: Vec<String>,
-    /// For each length `n`, the range of `keys` of length `n`: `keys
-    /// [starts[n]..starts[n + 1]]`; lengths past the end have no keys.
+    /// For each length `n` up to [`INDEXED`], the range of `keys` of
+    /// length `n`: `keys[starts[n]..starts[n + 1]]`. Longer keys (rare) are
+    /// the tail from `starts[INDEXED + 1]`, searched in turn, so that the
+    /// index stays small whatever a statement holds.
     starts: Vec<usize>,
 }
+
+/// Longest key length given its own range.
+const INDEXED: usize = 64;
 
 impl KeySet {
     pub(crate) fn new(mut keys: Vec<String>) -> KeySet {
         keys.sort_unstable_by(|a, b| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
         keys.dedup();
-        let longest = keys.last().map_or(0, String::len);
-        let starts = (0..=longest.saturating_add(1))
+        let starts = (0..=INDEXED + 1)
             .map(|n| keys.partition_point(|k| k.len() < n))
             .collect();
         KeySet { keys, starts }
@@ -26,13 +30,17 @@ impl KeySet {
 
     pub(crate) fn contains(&self, key: &str) -> bool {
         let n = key.len();
-        match (
-            self.starts.get(n),
-            n.checked_add(1).and_then(|m| self.starts.get(m)),
-        ) {
-            (Some(&start), Some(&end)) => self.keys[start..end].iter().any(|k| k == key),
-            _ => false,
-        }
+        let range = if n <= INDEXED {
+            self.starts
+                .get(n)
+                .copied()
+                .zip(self.starts.get(n + 1).copied())
+        } else {
+            self.starts.get(INDEXED + 1).map(|&s| (s, self.keys.len()))
+        };
+        range
+            .and_then(|(start, end)| self.keys.get(start..end))
+            .is_some_and(|keys| keys.iter().any(|k| k == key))
     }
 }
 
@@ -42,22 +50,35 @@ mod tests {
 
     #[test]
     fn finds_exactly_its_keys() {
-        let keys = ["b", "a", "http.route", "url.path", "url.scheme", "a", ""];
+        let long = "k".repeat(100);
+        let longer = "k".repeat(101);
+        let other_long = "j".repeat(100);
+        let keys = [
+            "b",
+            "a",
+            "http.route",
+            "url.path",
+            "url.scheme",
+            "a",
+            "",
+            &long,
+        ];
         let set = KeySet::new(keys.iter().map(|k| k.to_string()).collect());
         for k in keys {
             assert!(set.contains(k), "{k:?}");
         }
-        for k in [
+        let absent = [
             "c",
             "http.rout",
             "http.routes",
             "url.schemf",
             "URL.path",
             "ab",
-        ] {
+        ];
+        for k in absent.into_iter().chain([longer.as_str(), &other_long]) {
             assert!(!set.contains(k), "{k:?}");
         }
         let empty = KeySet::new(Vec::new());
-        assert!(!empty.contains("") && !empty.contains("a"));
+        assert!(!empty.contains("") && !empty.contains("a") && !empty.contains(&long));
     }
 }

@@ -796,6 +796,11 @@ mod tests {
             entry(&mut small, &format!("n{i}"));
         }
         assert_eq!(small.len(), 1000);
-        assert!(small.iter().enumerate().all(|(i, kv)| kv.key == format!("n{i}")));
+        assert!(
+            small
+                .iter()
+                .enumerate()
+                .all(|(i, kv)| kv.key == format!("n{i}"))
+        );
     }
 }
