@@ -9,6 +9,7 @@ use crate::context::{self, Context, Field};
 use crate::error::Located;
 use crate::functions::converters::Converter;
 use crate::functions::editors::Editor;
+use crate::pattern::Pattern;
 use crate::value::Value;
 
 /// A resolved path: a field and the keys indexing into it.
@@ -287,12 +288,13 @@ pub(crate) fn literal_str_list(node: &ast::Node, what: &str) -> CResult<Vec<Stri
     }
 }
 
-pub(crate) fn regex(node: &ast::Node) -> CResult<regex::Regex> {
+pub(crate) fn regex(node: &ast::Node) -> CResult<Pattern> {
     let pattern = literal_str(node, "a regex pattern")?;
     // Bounded so that a hostile pattern cannot make a huge automaton.
     regex::RegexBuilder::new(&pattern)
         .size_limit(1 << 20)
         .build()
+        .map(Pattern::new)
         .map_err(|e| Located::new(node.pos, format!("invalid regex: {e}")))
 }
 
@@ -302,7 +304,7 @@ pub(crate) fn regex(node: &ast::Node) -> CResult<regex::Regex> {
 pub(crate) enum Matcher {
     Prefix(String),
     Exact(String),
-    Regex(regex::Regex),
+    Regex(Pattern),
 }
 
 impl Matcher {
@@ -317,7 +319,7 @@ impl Matcher {
 
 pub(crate) fn matcher(node: &ast::Node) -> CResult<Matcher> {
     let re = regex(node)?;
-    Ok(match anchored_literal(re.as_str()) {
+    Ok(match anchored_literal(re.regex().as_str()) {
         Some((text, true)) => Matcher::Exact(text),
         Some((text, false)) => Matcher::Prefix(text),
         None => Matcher::Regex(re),

@@ -112,6 +112,10 @@ fn float_op(op: ArithOp, x: f64, y: f64) -> EvalResult<Value<'static>> {
 pub(crate) fn test(c: &Cond, v: &View<'_>) -> EvalResult<bool> {
     match c {
         Cond::Const(b) => Ok(*b),
+        // A literal side (the common `attributes["k"] == "v"`) is compared
+        // where it is, without going through `eval`.
+        Cond::Cmp(op, a, Expr::Lit(b)) => Ok(compare(*op, &eval(a, v)?, b)),
+        Cond::Cmp(op, Expr::Lit(a), b) => Ok(compare(*op, a, &eval(b, v)?)),
         Cond::Cmp(op, a, b) => Ok(compare(*op, &eval(a, v)?, &eval(b, v)?)),
         // Both short-circuit, as the Collector's do.
         Cond::And(a, b) => Ok(test(a, v)? && test(b, v)?),

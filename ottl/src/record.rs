@@ -260,6 +260,14 @@ fn attributes_ref<'a>(field: Field, v: &View<'a>) -> Option<&'a [KeyValue]> {
 /// Reads a path: the field, then each key in turn. `attributes["k"]`, the
 /// most common path, goes straight to the entry.
 pub(crate) fn get_path<'a>(field: Field, keys: &[Key], v: &View<'a>) -> EvalResult<Value<'a>> {
+    if let [Key::Str(k)] = keys
+        && field != Field::LogBody
+    {
+        let entry = attributes_ref(field, v)
+            .and_then(|m| crate::value::find(m, k))
+            .and_then(|kv| kv.value.as_ref());
+        return Ok(Value::from_opt_any(entry));
+    }
     let (mut value, rest) = match keys {
         [Key::Str(k), rest @ ..] if field != Field::LogBody => {
             let entry = attributes_ref(field, v)
@@ -664,11 +672,24 @@ pub(crate) fn entry<'m>(map: &'m mut Vec<KeyValue>, key: &str) -> &'m mut AnyVal
     let i = match map.iter().position(|kv| kv.key == key) {
         Some(i) => i,
         None => {
+            grow_for_one(map);
             map.push(key_value(key, AnyValue::default()));
             map.len() - 1
         }
     };
     map[i].value.get_or_insert_with(AnyValue::default)
+}
+
+/// Makes room for one more entry in a full map by a quarter of its length
+/// (at least two) rather than by doubling it: statements add a key or two
+/// to maps of a dozen, and doubling every record's map (decoded or copied
+/// at its exact size) costs a large allocation per record, which measured
+/// as the largest single cost of such statements. Growth stays geometric,
+/// so many additions remain amortised constant time.
+fn grow_for_one(map: &mut Vec<KeyValue>) {
+    if map.len() == map.capacity() {
+        map.reserve_exact((map.len() / 4).max(2));
+    }
 }
 
 fn index_mut<'v>(value: &'v mut AnyValue, key: &Key) -> EvalResult<&'v mut AnyValue> {
@@ -748,5 +769,38 @@ pub(crate) fn map_mut<'r>(
     match &mut slot.value {
         Some(any_value::Value::KvlistValue(m)) => Ok(Some(&mut m.values)),
         _ => Err(EvalError::new("the target is not a map")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::entry;
+    use crate::value::key_value;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
+
+    #[test]
+    fn a_full_map_grows_by_a_quarter_and_keeps_its_entries() {
+        let mut map: Vec<KeyValue> = (0..12)
+            .map(|i| key_value(format!("k{i}"), AnyValue::default()))
+            .collect();
+        map.shrink_to_fit();
+        entry(&mut map, "new");
+        assert_eq!(map.len(), 13);
+        assert!((13..=15).contains(&map.capacity()), "{}", map.capacity());
+        // An existing key is found, not added.
+        entry(&mut map, "k3");
+        assert_eq!(map.len(), 13);
+        // Small and empty maps still grow; many additions keep every key.
+        let mut small = Vec::new();
+        for i in 0..1000 {
+            entry(&mut small, &format!("n{i}"));
+        }
+        assert_eq!(small.len(), 1000);
+        assert!(
+            small
+                .iter()
+                .enumerate()
+                .all(|(i, kv)| kv.key == format!("n{i}"))
+        );
     }
 }

@@ -3,7 +3,6 @@
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
-use std::fmt::Write as _;
 
 use opentelemetry_proto::tonic::common::v1::{
     AnyValue, ArrayValue, KeyValue, KeyValueList, any_value,
@@ -145,15 +144,31 @@ impl<'a> Value<'a> {
     }
 }
 
+impl<'a> Value<'a> {
+    /// [`Value::to_text`], keeping what a string borrows from the record.
+    pub(crate) fn into_text(self) -> Option<Cow<'a, str>> {
+        match self {
+            Value::Str(s) => Some(s),
+            Value::Nil => Some(Cow::Borrowed("<nil>")),
+            Value::Bool(b) => Some(Cow::Borrowed(if b { "true" } else { "false" })),
+            other => other.to_text().map(|t| Cow::Owned(t.into_owned())),
+        }
+    }
+}
+
 pub(crate) fn find<'m>(map: &'m [KeyValue], key: &str) -> Option<&'m KeyValue> {
     map.iter().find(|kv| kv.key == key)
 }
 
+/// Lower-case hex. Written by hand: two table lookups per byte, where
+/// `write!` goes through the formatter for every byte (hashes are hexed
+/// per record).
 pub(crate) fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
-        // Writing to a String cannot fail.
-        let _ = write!(s, "{b:02x}");
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
     }
     s
 }

@@ -167,19 +167,7 @@ impl Converter {
                 Value::Str(Cow::Owned(f.apply(want_str("the function", &value)?)))
             }
             Converter::Concat(items, delimiter) => {
-                // Sized for typical short parts, to avoid regrowing.
-                let mut out = String::with_capacity(64);
-                for (i, item) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push_str(delimiter);
-                    }
-                    let value = eval(item, v)?;
-                    let text = value.to_text().ok_or_else(|| {
-                        EvalError::new(format!("Concat cannot join {}", value.type_name()))
-                    })?;
-                    out.push_str(&text);
-                }
-                Value::Str(Cow::Owned(out))
+                Value::Str(Cow::Owned(concat(items, delimiter, v)?))
             }
             Converter::IsMatch(arg, re) => {
                 let value = eval(arg, v)?;
@@ -259,6 +247,47 @@ impl Converter {
             }
         })
     }
+}
+
+/// Parts of a `Concat` held on the stack, so that the result can be
+/// allocated once at its exact size (which also lets the allocator hand
+/// back the string it replaces, of the same size).
+const CONCAT_PARTS: usize = 8;
+
+fn concat<'a>(items: &'a [Expr], delimiter: &str, v: &View<'a>) -> EvalResult<String> {
+    let text = |item: &'a Expr| -> EvalResult<Cow<'a, str>> {
+        let value = eval(item, v)?;
+        let name = value.type_name();
+        value
+            .into_text()
+            .ok_or_else(|| EvalError::new(format!("Concat cannot join {name}")))
+    };
+    if items.len() > CONCAT_PARTS {
+        let mut out = String::new();
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                out.push_str(delimiter);
+            }
+            out.push_str(&text(item)?);
+        }
+        return Ok(out);
+    }
+    let mut parts: [Cow<'a, str>; CONCAT_PARTS] = Default::default();
+    let mut len = delimiter
+        .len()
+        .saturating_mul(items.len().saturating_sub(1));
+    for (part, item) in parts.iter_mut().zip(items) {
+        *part = text(item)?;
+        len = len.saturating_add(part.len());
+    }
+    let mut out = String::with_capacity(len);
+    for (i, part) in parts[..items.len()].iter().enumerate() {
+        if i > 0 {
+            out.push_str(delimiter);
+        }
+        out.push_str(part);
+    }
+    Ok(out)
 }
 
 /// `length` bytes of `s` from byte `start`, as the Collector counts; a

@@ -3,7 +3,6 @@
 use std::borrow::Cow;
 
 use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
-use regex::Regex;
 
 use crate::ast;
 use crate::compile::{
@@ -13,6 +12,8 @@ use crate::compile::{
 use crate::error::{EvalError, EvalResult, Located};
 use crate::eval::eval;
 use crate::functions::converters::StrFn;
+use crate::keyset::KeySet;
+use crate::pattern::Pattern;
 use crate::record::{Rec, get_path, map_mut, set_path};
 use crate::value::Value;
 
@@ -34,7 +35,7 @@ pub(crate) enum Strategy {
 /// with one `%s`.
 #[derive(Debug)]
 pub(crate) struct Replace {
-    pub re: Regex,
+    pub re: Pattern,
     pub replacement: Expr,
     pub function: Option<StrFn>,
     /// The format split around its `%s`.
@@ -46,9 +47,9 @@ pub(crate) enum Editor {
     Set(PathRef, Expr),
     DeleteKey(PathRef, Expr),
     DeleteMatchingKeys(PathRef, Matcher),
-    KeepKeys(PathRef, Vec<String>),
+    KeepKeys(PathRef, KeySet),
     KeepMatchingKeys(PathRef, Matcher),
-    Limit(PathRef, usize, Vec<String>),
+    Limit(PathRef, usize, KeySet),
     TruncateAll(PathRef, usize),
     ReplacePattern(PathRef, Replace),
     ReplaceAllPatterns(PathRef, Mode, Replace),
@@ -72,7 +73,8 @@ pub(crate) fn compile(c: &Compiler, call: &ast::Call, pos: usize) -> CResult<Edi
         }
         "keep_keys" => {
             arity(call, pos, 2, 2)?;
-            Editor::KeepKeys(c.target(&a[0])?, literal_str_list(&a[1], "the keys")?)
+            let keys = literal_str_list(&a[1], "the keys")?;
+            Editor::KeepKeys(c.target(&a[0])?, KeySet::new(keys))
         }
         "keep_matching_keys" => {
             arity(call, pos, 2, 2)?;
@@ -91,7 +93,7 @@ pub(crate) fn compile(c: &Compiler, call: &ast::Call, pos: usize) -> CResult<Edi
                     "more priority keys than the limit keeps",
                 ));
             }
-            Editor::Limit(c.target(&a[0])?, limit, priority)
+            Editor::Limit(c.target(&a[0])?, limit, KeySet::new(priority))
         }
         "truncate_all" => {
             arity(call, pos, 2, 2)?;
@@ -187,25 +189,33 @@ impl Replace {
     /// `s` with every match replaced; `None` when nothing matches (the
     /// common case, which allocates nothing).
     fn apply(&self, s: &str, replacement: &str) -> Option<String> {
+        // `is_match` first: it is cheaper than `replace_all` finding
+        // nothing, which is the common case.
         if !self.re.is_match(s) {
             return None;
         }
-        if self.function.is_none() && self.format.is_none() {
-            return Some(self.re.replace_all(s, replacement).into_owned());
+        let re = self.re.regex();
+        // `replace_all` lends the input back only when nothing matches.
+        let out = if self.function.is_none() && self.format.is_none() {
+            re.replace_all(s, replacement)
+        } else {
+            re.replace_all(s, |caps: &regex::Captures<'_>| {
+                let mut expanded = String::new();
+                caps.expand(replacement, &mut expanded);
+                let mut done = match self.function {
+                    Some(f) => f.apply(&expanded),
+                    None => expanded,
+                };
+                if let Some((before, after)) = &self.format {
+                    done = format!("{before}{done}{after}");
+                }
+                done
+            })
+        };
+        match out {
+            Cow::Borrowed(_) => None,
+            Cow::Owned(out) => Some(out),
         }
-        let out = self.re.replace_all(s, |caps: &regex::Captures<'_>| {
-            let mut expanded = String::new();
-            caps.expand(replacement, &mut expanded);
-            let mut done = match self.function {
-                Some(f) => f.apply(&expanded),
-                None => expanded,
-            };
-            if let Some((before, after)) = &self.format {
-                done = format!("{before}{done}{after}");
-            }
-            done
-        });
-        Some(out.into_owned())
     }
 
     /// The replacement text: a literal is lent, anything else evaluated
@@ -275,13 +285,17 @@ impl Editor {
             Editor::ReplacePattern(target, r) => {
                 let replaced = {
                     let current = get_path(target.field, &target.keys, &rec.view())?;
-                    match current.as_str() {
+                    match (current.as_str(), r.replacement.literal_str()) {
                         // Only strings are rewritten; other types are left.
-                        Some(s) if r.re.is_match(s) => {
+                        (None, _) => None,
+                        (Some(s), Some(replacement)) => r.apply(s, replacement),
+                        // A computed replacement is only evaluated (and may
+                        // only fail) when there is something to replace.
+                        (Some(s), None) if r.re.is_match(s) => {
                             let replacement = r.replacement(rec)?;
                             r.apply(s, &replacement)
                         }
-                        _ => None,
+                        (Some(_), None) => None,
                     }
                 };
                 match replaced {
@@ -323,7 +337,7 @@ fn with_map(
 
 /// Keeps at most `limit` entries: the priority keys present first, then
 /// the others in their order.
-fn limit_map(m: &mut Vec<KeyValue>, limit: usize, priority: &[String]) {
+fn limit_map(m: &mut Vec<KeyValue>, limit: usize, priority: &KeySet) {
     if m.len() <= limit {
         return;
     }

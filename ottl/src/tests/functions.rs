@@ -343,6 +343,14 @@ fn anchored_literal_patterns_match_like_regexes() {
         (r"^\d+", "12", true, "regex"),
         (r"password", "db.password", true, "regex"),
         (r"(?i)^PASS", "password", true, "regex"),
+        // Look like literal prefixes, but are not.
+        (r"^internal.", "internalX", true, "regex"),
+        (r"^internal.", "internal", false, "regex"),
+        (r"^internal\.|^debug", "debug.x", true, "regex"),
+        (r"^internal\.|^debug", "internal.x", true, "regex"),
+        (r"^internal\.|^debug", "internalx", false, "regex"),
+        (r"^a+", "aaa", true, "regex"),
+        (r"^a$|b", "xb", true, "regex"),
     ];
     for (pattern, text, want, kind) in cases {
         let node = Node {
@@ -363,4 +371,60 @@ fn anchored_literal_patterns_match_like_regexes() {
             "{pattern}"
         );
     }
+}
+
+#[test]
+fn concat_of_many_parts_and_of_parts_it_cannot_join() {
+    let a = on_span(
+        &[
+            r#"set(attributes["ten"], Concat(["0", 1, "2", "3", "4", "5", "6", "7", "8", attributes["p"]], ","))"#,
+            r#"set(attributes["eight"], Concat(["a", "b", "c", "d", "e", "f", "g", attributes["p"]], ""))"#,
+            r#"set(attributes["none"], Concat([], "-"))"#,
+        ],
+        vec![kv("p", s("/x"))],
+    )
+    .attributes;
+    assert_eq!(get_str(&a, "ten"), Some("0,1,2,3,4,5,6,7,8,/x"));
+    assert_eq!(get_str(&a, "eight"), Some("abcdefg/x"));
+    assert_eq!(get_str(&a, "none"), Some(""));
+
+    // A map part is an error, with or without more parts than fit inline.
+    let t = transform_mode(
+        crate::Context::Span,
+        &[
+            r#"set(name, Concat([attributes["m"], "x"], "-"))"#,
+            r#"set(name, Concat(["0", "1", "2", "3", "4", "5", "6", "7", "8", attributes["m"]], "-"))"#,
+        ],
+        crate::ErrorMode::Ignore,
+    );
+    let mut req = traces(vec![span("kept", vec![kv("m", map(vec![]))])]);
+    let out = t.traces(&mut req).unwrap();
+    assert_eq!(out.errors, 2);
+    assert_eq!(spans(&req)[0].name, "kept");
+}
+
+#[test]
+fn replace_pattern_leaves_non_matching_values_and_rewrites_matching_ones() {
+    let a = on_span(
+        &[
+            r#"replace_pattern(attributes["a"], "/users/[0-9]+", "/users/{id}")"#,
+            r#"replace_pattern(attributes["b"], "/users/[0-9]+", "/users/{id}")"#,
+            r#"replace_pattern(attributes["c"], "(?i)SECRET=(\\w+)", "$1", SHA256, "h:%s")"#,
+            r#"replace_pattern(attributes["d"], "(?i)SECRET=(\\w+)", "$1", SHA256, "h:%s")"#,
+        ],
+        vec![
+            kv("a", s("/api/users/12/x/users/7")),
+            kv("b", s("/api/orders")),
+            kv("c", s("q secret=abc")),
+            kv("d", s("q public")),
+        ],
+    )
+    .attributes;
+    assert_eq!(get_str(&a, "a"), Some("/api/users/{id}/x/users/{id}"));
+    assert_eq!(get_str(&a, "b"), Some("/api/orders"));
+    assert_eq!(
+        get_str(&a, "c"),
+        Some("q h:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+    );
+    assert_eq!(get_str(&a, "d"), Some("q public"));
 }
