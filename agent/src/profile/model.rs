@@ -33,6 +33,8 @@ pub struct ProcessLabels {
     pub executable_name: String,
     pub container_id: Option<String>,
     pub service_name: String,
+    /// The pod's `k8s.*` resource attributes, when the process is in one.
+    pub k8s: Vec<(&'static str, String)>,
 }
 
 /// One stack frame: a user-space address inside a file mapping, or a kernel address.

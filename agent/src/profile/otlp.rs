@@ -161,6 +161,9 @@ fn resource_profiles(labels: &ProcessLabels, profile: Profile) -> ResourceProfil
             attributes.push(key_value(key, text(value)));
         }
     }
+    for (key, value) in &labels.k8s {
+        attributes.push(key_value(key, text(value)));
+    }
     ResourceProfiles {
         resource: Some(Resource {
             attributes,

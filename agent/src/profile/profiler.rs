@@ -303,6 +303,7 @@ fn labels(
             executable_name: p.executable_name().to_owned(),
             container_id: p.container_id.as_deref().map(str::to_owned),
             service_name: resources.service_name(p),
+            k8s: resources.k8s_attributes(p),
         },
         // Not in the table yet (just started): what the sample itself says.
         None => ProcessLabels {
@@ -311,6 +312,7 @@ fn labels(
             service_name: thread_name.clone(),
             thread_name,
             container_id: None,
+            k8s: Vec::new(),
         },
     }
 }

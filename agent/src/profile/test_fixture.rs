@@ -75,6 +75,7 @@ pub fn shopd_labels() -> Arc<ProcessLabels> {
         executable_name: "shopd".to_owned(),
         container_id: Some("c0ffee1234567890".to_owned()),
         service_name: "shop".to_owned(),
+        k8s: Vec::new(),
     })
 }
 
@@ -85,6 +86,7 @@ pub fn batch_labels() -> Arc<ProcessLabels> {
         executable_name: "batchjob".to_owned(),
         container_id: None,
         service_name: "batchjob".to_owned(),
+        k8s: Vec::new(),
     })
 }
 
@@ -160,6 +162,7 @@ pub fn large_interval(stacks: usize) -> IntervalProfile {
                 executable_name: format!("svc{i}"),
                 container_id: (i % 2 == 0).then(|| format!("container{i:02}")),
                 service_name: format!("service-{i}"),
+                k8s: Vec::new(),
             })
         })
         .collect();
