@@ -549,13 +549,21 @@ impl Config {
         self.validate_control(&invalid)?;
         let k = &self.kubernetes;
         for (key, ok, range) in [
-            ("max_pods", (1..=1_000_000).contains(&k.max_pods), "1 to 1000000"),
+            (
+                "max_pods",
+                (1..=1_000_000).contains(&k.max_pods),
+                "1 to 1000000",
+            ),
             (
                 "max_object_bytes",
                 (1024..=64 << 20).contains(&k.max_object_bytes),
                 "1024 to 67108864",
             ),
-            ("page_size", (1..=10_000).contains(&k.page_size), "1 to 10000"),
+            (
+                "page_size",
+                (1..=10_000).contains(&k.page_size),
+                "1 to 10000",
+            ),
             (
                 "max_backoff",
                 (Duration::from_millis(100)..=Duration::from_secs(600)).contains(&k.max_backoff),
@@ -861,6 +869,44 @@ mod tests {
              export: { otlp: { endpoint: 'http://127.0.0.1:4317' } }",
         )
         .unwrap();
+    }
+
+    #[test]
+    fn pod_selectors_and_kubernetes_ranges() {
+        let dir = std::env::temp_dir();
+        let parse = |text: &str| {
+            let path = dir.join(format!("selfops-k8s-config-{}.yaml", std::process::id()));
+            std::fs::write(&path, text).unwrap();
+            Config::load(&path)
+        };
+        let ok = parse(
+            "trace:\n  include: [{namespace: 'shop-*', labels: {tier: front}}]\nprofile:\n  exclude: [{labels: {profile: 'off'}}]\nkubernetes:\n  node_name: n1\n  cluster_name: c\n",
+        )
+        .unwrap();
+        assert!(ok.trace.include[0].is_pod());
+        assert_eq!(ok.kubernetes.node_name.as_deref(), Some("n1"));
+        for (text, key) in [
+            (
+                "trace:\n  include: [{namespace: a, port: 80}]\n",
+                "trace.include[0]",
+            ),
+            (
+                "profile:\n  include: [{labels: {}}]\n",
+                "profile.include[0]",
+            ),
+            (
+                "trace:\n  exclude: [{namespace: '['}]\n",
+                "trace.exclude[0]",
+            ),
+            ("kubernetes:\n  max_pods: 0\n", "kubernetes.max_pods"),
+            (
+                "kubernetes:\n  max_backoff: 1ms\n",
+                "kubernetes.max_backoff",
+            ),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
     }
 
     #[test]

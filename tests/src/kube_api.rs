@@ -362,7 +362,12 @@ async fn serve(mut stream: impl Io, shared: Arc<Shared>) -> std::io::Result<()> 
     });
     if !authorized {
         shared.state().served.unauthorized += 1;
-        return respond(&mut stream, "401 Unauthorized", &status_json(401, "Unauthorized")).await;
+        return respond(
+            &mut stream,
+            "401 Unauthorized",
+            &status_json(401, "Unauthorized"),
+        )
+        .await;
     }
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
     let query: BTreeMap<String, String> = query
@@ -444,16 +449,17 @@ fn list_page(
         .collect();
     let page: Vec<&Value> = matching.iter().skip(offset).take(limit).copied().collect();
     let next = offset.saturating_add(page.len());
-    let continue_token = (next < matching.len()).then(|| {
-        base64::engine::general_purpose::STANDARD.encode(format!("{list_rv}:{next}"))
-    });
+    let continue_token = (next < matching.len())
+        .then(|| base64::engine::general_purpose::STANDARD.encode(format!("{list_rv}:{next}")));
     let mut metadata = json!({"resourceVersion": list_rv.to_string()});
     if let Some(token) = continue_token {
         metadata["continue"] = json!(token);
         metadata["remainingItemCount"] = json!(matching.len() - next);
     }
-    Ok(json!({"kind": "PodList", "apiVersion": "v1", "metadata": metadata, "items": page})
-        .to_string())
+    Ok(
+        json!({"kind": "PodList", "apiVersion": "v1", "metadata": metadata, "items": page})
+            .to_string(),
+    )
 }
 
 async fn stream_watch(
@@ -576,26 +582,32 @@ fn decode(value: &str) -> String {
 fn tls_config() -> (String, Arc<ServerConfig>) {
     let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, "test kubernetes CA");
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "test kubernetes CA");
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("CA key"))
         .expect("CA certificate");
     let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
         .expect("server params");
-    params.distinguished_name.push(DnType::CommonName, "kube-apiserver");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "kube-apiserver");
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let key = KeyPair::generate().expect("server key");
     let cert = params.signed_by(&key, &ca).expect("server certificate");
-    let config = ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("TLS versions")
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![CertificateDer::from(cert.der().to_vec())],
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-    )
-    .expect("server TLS config");
+    let config =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![CertificateDer::from(cert.der().to_vec())],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .expect("server TLS config");
     (ca.pem(), Arc::new(config))
 }

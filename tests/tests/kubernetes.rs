@@ -201,7 +201,8 @@ fn pod_labels_of(dir: &Path, pid: u32) -> Option<BTreeMap<String, String>> {
         }
         let mut bytes = Vec::new();
         let file = std::fs::File::open(&path).ok()?;
-        if std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(file), &mut bytes).is_err() {
+        if std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(file), &mut bytes).is_err()
+        {
             continue; // still being written
         }
         let Ok(profile) = pprof::Profile::decode(bytes.as_slice()) else {
@@ -258,9 +259,7 @@ fn span_where(
         curl(server.port, &path);
         wait_for(Duration::from_secs(3), || {
             read_spans(&traces).into_iter().find(|s| {
-                s.kind == KIND_SERVER
-                    && s.attr_str("url.path") == Some(path.as_str())
-                    && check(s)
+                s.kind == KIND_SERVER && s.attr_str("url.path") == Some(path.as_str()) && check(s)
             })
         })
     });
@@ -320,7 +319,9 @@ fn kubeconfig(api: &KubeApi, dir: &Path) -> PathBuf {
 fn needs_cgroups(test: &str) -> bool {
     for root in [CGROUP_V2, CGROUP_V1] {
         if !Path::new(root).join("cgroup.procs").exists() {
-            let why = format!("{test}: needs cgroup hierarchies at {CGROUP_V2} (v2) and {CGROUP_V1} (v1)");
+            let why = format!(
+                "{test}: needs cgroup hierarchies at {CGROUP_V2} (v2) and {CGROUP_V1} (v1)"
+            );
             if std::env::var("CI").is_ok_and(|v| v == "true") {
                 panic!("{why}; CI=true, so this is a failure, not a skip");
             }
@@ -338,14 +339,19 @@ fn spans_carry_pod_metadata_through_restart_expiry_and_outage() {
         return;
     }
     let _one = one_agent_at_a_time();
-    let dir = scratch_dir("kubernetes-meta");
+    let dir = scratch_dir("kubernetes-meta-files");
     let api = KubeApi::start();
 
     // A Deployment's pod (systemd driver, v2) and a StatefulSet's pod
     // (cgroupfs driver, v1) on this node; one elsewhere that must not show.
     let web_uid = pod_uid();
     let web_id = container_id();
-    api.apply(&web_pod(&web_uid, "web-6b8f9d7c4-x7k2p", &web_id, "storefront"));
+    api.apply(&web_pod(
+        &web_uid,
+        "web-6b8f9d7c4-x7k2p",
+        &web_id,
+        "storefront",
+    ));
     let db_uid = pod_uid();
     let db_id = container_id();
     api.apply(&PodSpec {
@@ -372,14 +378,16 @@ fn spans_carry_pod_metadata_through_restart_expiry_and_outage() {
     let agent = Agent::start(
         "kubernetes-meta",
         &format!(
-            "profile:\n  interval: 2s\nkubernetes:\n  kubeconfig: {}\n  node_name: {NODE}\n  cluster_name: test-cluster\n  max_backoff: 1s\n  page_size: 2\n",
+            "profile:\n  interval: 2s\nkubernetes:\n  kubeconfig: {}\n  node_name: {NODE}\n  cluster_name: test-cluster\n  max_backoff: 1s\n  page_size: 1\n",
             kubeconfig(&api, &dir).display()
         ),
     );
 
     let s = |v: &str| Some(v.to_owned());
     let res = |span: &FlatSpan, k: &str| span.resource_str(k).map(str::to_owned);
-    let span = span_where(&agent, &web, "first", |s| s.resource.contains_key("k8s.pod.name"));
+    let span = span_where(&agent, &web, "first", |s| {
+        s.resource.contains_key("k8s.pod.name")
+    });
     assert_eq!(res(&span, "k8s.namespace.name"), s("shop"));
     assert_eq!(res(&span, "k8s.pod.name"), s("web-6b8f9d7c4-x7k2p"));
     assert_eq!(res(&span, "k8s.pod.uid"), s(&web_uid));
@@ -394,14 +402,24 @@ fn spans_carry_pod_metadata_through_restart_expiry_and_outage() {
     let pid = pid.and_then(|v| v.as_i64().or_else(|| v.as_str()?.parse().ok()));
     assert_eq!(pid, Some(i64::from(web.pid())));
 
-    let span = span_where(&agent, &db, "db", |s| s.resource.contains_key("k8s.pod.name"));
+    let span = span_where(&agent, &db, "db", |s| {
+        s.resource.contains_key("k8s.pod.name")
+    });
     assert_eq!(res(&span, "k8s.namespace.name"), s("data"));
     assert_eq!(res(&span, "k8s.pod.name"), s("db-0"));
     assert_eq!(res(&span, "k8s.container.name"), s("postgres"));
     assert_eq!(res(&span, "k8s.statefulset.name"), s("db"));
     assert_eq!(res(&span, "k8s.deployment.name"), None);
-    assert_eq!(res(&span, "service.name"), s("db"), "app.kubernetes.io/name label");
-    assert_eq!(agent.metric("selfops_k8s_pods", &[]), 2.0, "only this node's pods");
+    assert_eq!(
+        res(&span, "service.name"),
+        s("db"),
+        "app.kubernetes.io/name label"
+    );
+    assert_eq!(
+        agent.metric("selfops_k8s_pods", &[]),
+        2.0,
+        "only this node's pods"
+    );
 
     // Profiles: a CPU-bound process in the same pod; its samples carry the
     // pod's attributes.
@@ -409,11 +427,25 @@ fn spans_carry_pod_metadata_through_restart_expiry_and_outage() {
     let labels = wait_for(Duration::from_secs(60), || {
         pod_labels_of(&agent.dir.join("data/profiles"), burner.0.id())
     })
-    .unwrap_or_else(|| panic!("no profile samples of the burner with pod labels:\n{}", agent.log()));
+    .unwrap_or_else(|| {
+        panic!(
+            "no profile samples of the burner with pod labels:\n{}",
+            agent.log()
+        )
+    });
     assert_eq!(labels.get("k8s.pod.name").map(String::as_str), Some("db-0"));
-    assert_eq!(labels.get("k8s.namespace.name").map(String::as_str), Some("data"));
-    assert_eq!(labels.get("k8s.statefulset.name").map(String::as_str), Some("db"));
-    assert_eq!(labels.get("k8s.container.name").map(String::as_str), Some("postgres"));
+    assert_eq!(
+        labels.get("k8s.namespace.name").map(String::as_str),
+        Some("data")
+    );
+    assert_eq!(
+        labels.get("k8s.statefulset.name").map(String::as_str),
+        Some("db")
+    );
+    assert_eq!(
+        labels.get("k8s.container.name").map(String::as_str),
+        Some("postgres")
+    );
     assert_eq!(labels.get("service.name").map(String::as_str), Some("db"));
     drop(burner);
     drop(db);
@@ -425,7 +457,12 @@ fn spans_carry_pod_metadata_through_restart_expiry_and_outage() {
     api.delete(&web_uid);
     let web_uid = pod_uid();
     let web_id = container_id();
-    api.apply(&web_pod(&web_uid, "web-6b8f9d7c4-x7k2p", &web_id, "storefront"));
+    api.apply(&web_pod(
+        &web_uid,
+        "web-6b8f9d7c4-x7k2p",
+        &web_id,
+        "storefront",
+    ));
     let web_cgroup = ContainerCgroup::systemd_v2(&web_uid, &web_id);
     let web = PodServer::start(&web_cgroup, &dir);
     let span = span_where(&agent, &web, "restarted", |s| {
@@ -443,18 +480,32 @@ fn spans_carry_pod_metadata_through_restart_expiry_and_outage() {
             && api.served().lists > lists)
             .then_some(())
     });
-    assert!(relisted.is_some(), "no re-list after 410:\n{}", k8s_metrics(&agent));
+    assert!(
+        relisted.is_some(),
+        "no re-list after 410:\n{}",
+        k8s_metrics(&agent)
+    );
     span_where(&agent, &web, "after-expiry", |s| {
         s.resource_str("k8s.pod.uid") == Some(web_uid.as_str())
     });
-    api.apply(&web_pod(&web_uid, "web-6b8f9d7c4-x7k2p", &web_id, "storefront-v2"));
+    api.apply(&web_pod(
+        &web_uid,
+        "web-6b8f9d7c4-x7k2p",
+        &web_id,
+        "storefront-v2",
+    ));
     span_where(&agent, &web, "changed-after-expiry", |s| {
         s.resource_str("service.name") == Some("storefront-v2")
     });
 
     // A dropped connection: the watch resumes, and sees the next change.
     api.drop_connections();
-    api.apply(&web_pod(&web_uid, "web-6b8f9d7c4-x7k2p", &web_id, "storefront-v3"));
+    api.apply(&web_pod(
+        &web_uid,
+        "web-6b8f9d7c4-x7k2p",
+        &web_id,
+        "storefront-v3",
+    ));
     span_where(&agent, &web, "after-drop", |s| {
         s.resource_str("service.name") == Some("storefront-v3")
     });
@@ -466,26 +517,49 @@ fn spans_carry_pod_metadata_through_restart_expiry_and_outage() {
     let span = span_where(&agent, &web, "during-outage", |s| {
         s.resource_str("k8s.pod.uid") == Some(web_uid.as_str())
     });
-    assert!(api.in_outage(), "the outage must still be on: raise SELFOPS_K8S_OUTAGE_SECS");
+    assert!(
+        api.in_outage(),
+        "the outage must still be on: raise SELFOPS_K8S_OUTAGE_SECS"
+    );
     assert_eq!(res(&span, "service.name"), s("storefront-v3"));
-    api.apply(&web_pod(&web_uid, "web-6b8f9d7c4-x7k2p", &web_id, "storefront-v4"));
+    api.apply(&web_pod(
+        &web_uid,
+        "web-6b8f9d7c4-x7k2p",
+        &web_id,
+        "storefront-v4",
+    ));
     let refused_during = wait_for(outage, || (api.served().refused > 0).then_some(()));
-    assert!(refused_during.is_some(), "the agent never tried during the outage");
-    let over = wait_for(outage + Duration::from_secs(5), || (!api.in_outage()).then_some(()));
+    assert!(
+        refused_during.is_some(),
+        "the agent never tried during the outage"
+    );
+    let over = wait_for(outage + Duration::from_secs(5), || {
+        (!api.in_outage()).then_some(())
+    });
     assert!(over.is_some());
     span_where(&agent, &web, "after-outage", |s| {
         s.resource_str("service.name") == Some("storefront-v4")
     });
     let metrics = k8s_metrics(&agent);
-    assert!(agent.metric("selfops_k8s_backoffs_total", &[]) >= 1.0, "{metrics}");
     assert!(
-        agent.metric("selfops_k8s_requests_total", &["request=\"watch\"", "outcome=\"connect_error\""])
-            + agent.metric("selfops_k8s_requests_total", &["request=\"list\"", "outcome=\"connect_error\""])
-            >= 1.0,
+        agent.metric("selfops_k8s_backoffs_total", &[]) >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        agent.metric(
+            "selfops_k8s_requests_total",
+            &["request=\"watch\"", "outcome=\"connect_error\""]
+        ) + agent.metric(
+            "selfops_k8s_requests_total",
+            &["request=\"list\"", "outcome=\"connect_error\""]
+        ) >= 1.0,
         "{metrics}"
     );
     assert_eq!(agent.metric("selfops_k8s_pods", &[]), 2.0, "{metrics}");
-    assert!(agent.metric("selfops_k8s_metadata_bytes", &[]) > 0.0, "{metrics}");
+    assert!(
+        agent.metric("selfops_k8s_metadata_bytes", &[]) > 0.0,
+        "{metrics}"
+    );
     // The unit the process model shows locally carries the pod too.
     let process = agent.process(web.pid()).expect("python in /processes");
     assert!(
@@ -514,7 +588,7 @@ fn five_thousand_pods_add_at_most_10_mib() {
         return;
     }
     let _one = one_agent_at_a_time();
-    let dir = scratch_dir("kubernetes-memory");
+    let dir = scratch_dir("kubernetes-memory-files");
     let api = KubeApi::start();
     let agent = Agent::start(
         "kubernetes-memory",
@@ -524,7 +598,10 @@ fn five_thousand_pods_add_at_most_10_mib() {
         ),
     );
     let listed = wait_for(Duration::from_secs(30), || {
-        (agent.metric("selfops_k8s_requests_total", &["request=\"list\"", "outcome=\"ok\""]) >= 1.0)
+        (agent.metric(
+            "selfops_k8s_requests_total",
+            &["request=\"list\"", "outcome=\"ok\""],
+        ) >= 1.0)
             .then_some(())
     });
     assert!(listed.is_some(), "{}", k8s_metrics(&agent));
@@ -534,7 +611,12 @@ fn five_thousand_pods_add_at_most_10_mib() {
     // containers each.
     for i in 0..5000 {
         let uid = pod_uid();
-        let mut pod = web_pod(&uid, &format!("api-{i:05}-6b8f9d7c4-q{i:04}"), &container_id(), "api");
+        let mut pod = web_pod(
+            &uid,
+            &format!("api-{i:05}-6b8f9d7c4-q{i:04}"),
+            &container_id(),
+            "api",
+        );
         pod.namespace = format!("team-{}", i % 40);
         pod.labels.insert("team".into(), format!("team-{}", i % 40));
         pod.labels.insert("version".into(), "1.4.2".into());

@@ -273,7 +273,10 @@ fn encode(value: &str) -> String {
 mod tests {
     #[test]
     fn query_values_are_encoded() {
-        assert_eq!(super::encode("spec.nodeName=node-a"), "spec.nodeName%3Dnode-a");
+        assert_eq!(
+            super::encode("spec.nodeName=node-a"),
+            "spec.nodeName%3Dnode-a"
+        );
         assert_eq!(super::encode("eyJ2+/="), "eyJ2%2B%2F%3D");
     }
 }

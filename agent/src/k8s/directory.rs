@@ -183,7 +183,12 @@ impl PodDirectory {
             }
             // Keep the Arc of an unchanged pod: resources built from it stay
             // valid, and no memory is held twice.
-            let kept = self.read().pods.get(&pod.uid).filter(|old| ***old == pod).cloned();
+            let kept = self
+                .read()
+                .pods
+                .get(&pod.uid)
+                .filter(|old| ***old == pod)
+                .cloned();
             fresh.add(kept.unwrap_or_else(|| Arc::new(pod)));
         }
         *self.write() = fresh;
@@ -256,7 +261,11 @@ mod tests {
         assert_eq!(dir.upsert(pod("u3", "c", "c3")), Upserted::Full);
         assert_eq!(metrics.pods.get(), 2);
         let kept = dir.container("c1").unwrap().pod;
-        dir.replace_all(vec![pod("u1", "a", "c1"), pod("u4", "d", "c4"), pod("u5", "e", "c5")]);
+        dir.replace_all(vec![
+            pod("u1", "a", "c1"),
+            pod("u4", "d", "c4"),
+            pod("u5", "e", "c5"),
+        ]);
         assert_eq!(dir.len(), 2);
         assert!(dir.container("c2").is_none(), "gone from the list");
         assert!(Arc::ptr_eq(&dir.container("c1").unwrap().pod, &kept));

@@ -47,9 +47,11 @@ impl Owner {
 
     pub fn heap_bytes(&self) -> usize {
         match self {
-            Owner::ReplicaSet { name, deployment: o } | Owner::Job { name, cronjob: o } => {
-                name.len() + o.as_deref().map_or(0, str::len)
+            Owner::ReplicaSet {
+                name,
+                deployment: o,
             }
+            | Owner::Job { name, cronjob: o } => name.len() + o.as_deref().map_or(0, str::len),
             Owner::StatefulSet(name) | Owner::DaemonSet(name) => name.len(),
         }
     }
@@ -124,15 +126,30 @@ mod tests {
                     .collect::<Vec<_>>()
             })
         };
-        let rs = resolve(&[reference("ReplicaSet", "api-6b8f9d7c4")], &hash("6b8f9d7c4"), &mut 0);
+        let rs = resolve(
+            &[reference("ReplicaSet", "api-6b8f9d7c4")],
+            &hash("6b8f9d7c4"),
+            &mut 0,
+        );
         assert_eq!(
             attrs(rs).unwrap(),
-            ["k8s.replicaset.name=api-6b8f9d7c4", "k8s.deployment.name=api"]
+            [
+                "k8s.replicaset.name=api-6b8f9d7c4",
+                "k8s.deployment.name=api"
+            ]
         );
         // A ReplicaSet of its own (no matching hash): no deployment.
-        let rs = resolve(&[reference("ReplicaSet", "api-6b8f9d7c4")], &hash("zzz"), &mut 0);
+        let rs = resolve(
+            &[reference("ReplicaSet", "api-6b8f9d7c4")],
+            &hash("zzz"),
+            &mut 0,
+        );
         assert_eq!(attrs(rs).unwrap(), ["k8s.replicaset.name=api-6b8f9d7c4"]);
-        let job = resolve(&[reference("Job", "backup-29012345")], &BTreeMap::new(), &mut 0);
+        let job = resolve(
+            &[reference("Job", "backup-29012345")],
+            &BTreeMap::new(),
+            &mut 0,
+        );
         assert_eq!(
             attrs(job).unwrap(),
             ["k8s.job.name=backup-29012345", "k8s.cronjob.name=backup"]
@@ -141,9 +158,16 @@ mod tests {
         assert_eq!(attrs(job).unwrap(), ["k8s.job.name=migrate"]);
         let sts = resolve(&[reference("StatefulSet", "db")], &BTreeMap::new(), &mut 0);
         assert_eq!(attrs(sts).unwrap(), ["k8s.statefulset.name=db"]);
-        let ds = resolve(&[reference("DaemonSet", "selfops")], &BTreeMap::new(), &mut 0);
+        let ds = resolve(
+            &[reference("DaemonSet", "selfops")],
+            &BTreeMap::new(),
+            &mut 0,
+        );
         assert_eq!(attrs(ds).unwrap(), ["k8s.daemonset.name=selfops"]);
         assert_eq!(resolve(&[], &BTreeMap::new(), &mut 0), None);
-        assert_eq!(resolve(&[reference("Node", "n")], &BTreeMap::new(), &mut 0), None);
+        assert_eq!(
+            resolve(&[reference("Node", "n")], &BTreeMap::new(), &mut 0),
+            None
+        );
     }
 }

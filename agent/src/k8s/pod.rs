@@ -186,8 +186,7 @@ impl PodMeta {
     /// directory adds its map overhead).
     pub fn heap_bytes(&self) -> usize {
         let pairs = |list: &[(Box<str>, Box<str>)]| {
-            list.iter().map(|(a, b)| a.len() + b.len()).sum::<usize>()
-                + std::mem::size_of_val(list)
+            list.iter().map(|(a, b)| a.len() + b.len()).sum::<usize>() + std::mem::size_of_val(list)
         };
         self.uid.len()
             + self.namespace.len()
@@ -249,7 +248,11 @@ mod tests {
         assert_eq!(&*meta.namespace, "shop");
         assert_eq!(&*meta.name, "web-7d9f8c6b5-x2x9q");
         assert_eq!(meta.service_name.as_deref(), Some("web"));
-        assert_eq!(meta.containers.len(), 1, "a container not yet created has no id");
+        assert_eq!(
+            meta.containers.len(),
+            1,
+            "a container not yet created has no id"
+        );
         assert_eq!(&*meta.containers[0].0, ID);
         assert_eq!(&*meta.containers[0].1, "nginx");
         assert_eq!(

@@ -29,8 +29,7 @@ pub fn prepare(
     }
     let (source, explicit) = match &config.kubeconfig {
         Some(path) => (
-            source::from_kubeconfig(path)
-                .with_context(|| format!("kubernetes.kubeconfig {}", path.display()))?,
+            source::from_kubeconfig(path).context("kubernetes.kubeconfig")?,
             true,
         ),
         None => match source::in_cluster() {

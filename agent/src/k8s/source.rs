@@ -82,7 +82,8 @@ pub fn in_cluster() -> Option<Result<ApiSource, SourceError>> {
         false => host,
     };
     Some((|| {
-        let ca = std::fs::read(dir.join("ca.crt")).map_err(|e| file_error(&dir.join("ca.crt"), e))?;
+        let ca =
+            std::fs::read(dir.join("ca.crt")).map_err(|e| file_error(&dir.join("ca.crt"), e))?;
         source(
             &format!("https://{host}:{port}"),
             Some(&ca),
@@ -174,7 +175,10 @@ pub fn from_kubeconfig(path: &Path) -> Result<ApiSource, SourceError> {
         ));
     }
     let dir = path.parent().unwrap_or(Path::new("."));
-    let ca = match (&cluster.certificate_authority_data, &cluster.certificate_authority) {
+    let ca = match (
+        &cluster.certificate_authority_data,
+        &cluster.certificate_authority,
+    ) {
         (Some(data), _) => Some(decode(data, "certificate-authority-data")?),
         (None, Some(file)) => {
             let file = dir.join(file);
@@ -199,7 +203,11 @@ pub fn from_kubeconfig(path: &Path) -> Result<ApiSource, SourceError> {
     let client = match (cert, key) {
         (Some(cert), Some(key)) => Some((cert, key)),
         (None, None) => None,
-        _ => return Err(bad("a client certificate needs its key, and a key its certificate".into())),
+        _ => {
+            return Err(bad(
+                "a client certificate needs its key, and a key its certificate".into(),
+            ));
+        }
     };
     let auth = match (&user.token, &user.token_file) {
         (Some(token), _) => Auth::Token(token.clone()),
@@ -251,7 +259,10 @@ fn source(
         .host()
         .filter(|h| !h.is_empty())
         .ok_or_else(|| server_error("no host"))?;
-    let bare_host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let bare_host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let tls = match https {
         false => None,
@@ -296,23 +307,24 @@ fn client_config(
             let (added, _) =
                 roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
             if added == 0 {
-                return Err(tls("no certificate authority given and none in the system store".into()));
+                return Err(tls(
+                    "no certificate authority given and none in the system store".into(),
+                ));
             }
         }
     }
-    let builder = ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| tls(e.to_string()))?
-    .with_root_certificates(roots);
+    let builder =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| tls(e.to_string()))?
+            .with_root_certificates(roots);
     let mut config = match client {
         Some((cert, key)) => {
             let chain = CertificateDer::pem_slice_iter(cert)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| tls(format!("client certificate: {e}")))?;
-            let key = PrivateKeyDer::from_pem_slice(key)
-                .map_err(|e| tls(format!("client key: {e}")))?;
+            let key =
+                PrivateKeyDer::from_pem_slice(key).map_err(|e| tls(format!("client key: {e}")))?;
             builder
                 .with_client_auth_cert(chain, key)
                 .map_err(|e| tls(format!("client certificate: {e}")))?
@@ -335,7 +347,8 @@ mod tests {
     use super::*;
 
     fn write(name: &str, text: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("selfops-kubeconfig-{}-{name}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("selfops-kubeconfig-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("config");
         std::fs::write(&path, text).unwrap();
@@ -376,10 +389,26 @@ contexts:
     #[test]
     fn kubeconfig_refusals() {
         for (name, text, says) in [
-            ("exec", "current-context: a\nclusters: [{name: c, cluster: {server: 'https://h'}}]\nusers: [{name: u, user: {exec: {command: aws}}}]\ncontexts: [{name: a, context: {cluster: c, user: u}}]\n", "exec"),
-            ("noctx", "current-context: z\nclusters: []\ncontexts: []\n", "no context"),
-            ("scheme", "current-context: a\nclusters: [{name: c, cluster: {server: 'ftp://h'}}]\ncontexts: [{name: a, context: {cluster: c}}]\n", "https"),
-            ("ca", "current-context: a\nclusters: [{name: c, cluster: {server: 'https://h', certificate-authority-data: '!!'}}]\ncontexts: [{name: a, context: {cluster: c}}]\n", "certificate-authority-data"),
+            (
+                "exec",
+                "current-context: a\nclusters: [{name: c, cluster: {server: 'https://h'}}]\nusers: [{name: u, user: {exec: {command: aws}}}]\ncontexts: [{name: a, context: {cluster: c, user: u}}]\n",
+                "exec",
+            ),
+            (
+                "noctx",
+                "current-context: z\nclusters: []\ncontexts: []\n",
+                "no context",
+            ),
+            (
+                "scheme",
+                "current-context: a\nclusters: [{name: c, cluster: {server: 'ftp://h'}}]\ncontexts: [{name: a, context: {cluster: c}}]\n",
+                "https",
+            ),
+            (
+                "ca",
+                "current-context: a\nclusters: [{name: c, cluster: {server: 'https://h', certificate-authority-data: '!!'}}]\ncontexts: [{name: a, context: {cluster: c}}]\n",
+                "certificate-authority-data",
+            ),
         ] {
             let err = from_kubeconfig(&write(name, text)).unwrap_err().to_string();
             assert!(err.contains(says), "{name}: {err}");

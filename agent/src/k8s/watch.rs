@@ -73,7 +73,11 @@ impl PodWatch {
             if listed_before {
                 tracing::info!(pods = self.directory.len(), "pods listed again");
             } else {
-                tracing::info!(pods = self.directory.len(), node = self.directory.node_name(), "pods of this node listed");
+                tracing::info!(
+                    pods = self.directory.len(),
+                    node = self.directory.node_name(),
+                    "pods of this node listed"
+                );
             }
             listed_before = true;
             backoff.reset();
@@ -103,7 +107,10 @@ impl PodWatch {
     }
 
     fn relist(&self, reason: &'static str) {
-        self.metrics.relists.get_or_create(&ReasonLabels { reason }).inc();
+        self.metrics
+            .relists
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     async fn wait(&self, backoff: &mut Backoff) {
@@ -153,7 +160,11 @@ impl PodWatch {
         let deadline = started + self.settings.watch_timeout + Duration::from_secs(15);
         let mut lines = self
             .client
-            .watch(self.directory.node_name(), version, self.settings.watch_timeout)
+            .watch(
+                self.directory.node_name(),
+                version,
+                self.settings.watch_timeout,
+            )
             .await?;
         let mut events = 0u64;
         loop {
@@ -182,7 +193,10 @@ impl PodWatch {
                 }
             };
             let kind = event_label(&event.kind);
-            self.metrics.events.get_or_create(&EventLabels { event: kind }).inc();
+            self.metrics
+                .events
+                .get_or_create(&EventLabels { event: kind })
+                .inc();
             match kind {
                 "ERROR" => {
                     let status: Status = serde_json::from_value(event.object).unwrap_or_default();

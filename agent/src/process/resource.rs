@@ -58,7 +58,9 @@ impl ResourceBuilder {
 
     /// The pod and container a process runs in, if known.
     pub fn pod_of(&self, process: &Process) -> Option<PodContainer> {
-        self.pods.as_ref()?.container(process.container_id.as_deref()?)
+        self.pods
+            .as_ref()?
+            .container(process.container_id.as_deref()?)
     }
 
     /// Puts the command line on every signal's resource too, not only in

@@ -153,7 +153,9 @@ mod tests {
             labels: Some([("profile".to_owned(), "yes".to_owned())].into()),
             ..Default::default()
         };
-        let f = ProcessFilter::new(&[labels], &[]).unwrap().with_pods(pods.clone());
+        let f = ProcessFilter::new(&[labels], &[])
+            .unwrap()
+            .with_pods(pods.clone());
         assert!(!f.is_trivial());
         assert!(f.allows(Some(&in_pod)));
         assert!(!f.allows(Some(&process("python3"))));

@@ -87,7 +87,11 @@ impl TraceFilter {
                 .include
                 .iter()
                 .any(|r| r.matches(process, endpoints, pods));
-        included && !self.exclude.iter().any(|r| r.matches(process, endpoints, pods))
+        included
+            && !self
+                .exclude
+                .iter()
+                .any(|r| r.matches(process, endpoints, pods))
     }
 }
 
