@@ -10,7 +10,10 @@ use std::{
     },
 };
 
-use super::{metrics::KubeMetrics, pod::PodMeta};
+use super::{
+    metrics::KubeMetrics,
+    pod::{ContainerId, PodMeta},
+};
 
 /// Map-entry overhead counted per pod and per container on top of the
 /// strings (key box, Arc header, hash-table slot), so the bytes gauge does
@@ -46,7 +49,7 @@ pub enum Upserted {
 #[derive(Default)]
 struct State {
     pods: HashMap<Box<str>, Arc<PodMeta>>,
-    containers: HashMap<Box<str>, PodContainer>,
+    containers: HashMap<ContainerId, PodContainer>,
     bytes: usize,
 }
 
@@ -55,7 +58,7 @@ impl State {
         self.bytes += pod.heap_bytes() + ENTRY_OVERHEAD * (1 + pod.containers.len());
         for (index, (id, _)) in pod.containers.iter().enumerate() {
             self.containers.insert(
-                id.clone(),
+                *id,
                 PodContainer {
                     pod: pod.clone(),
                     index,
@@ -124,8 +127,10 @@ impl PodDirectory {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// The pod of the container with this (64 hex digit) id.
     pub fn container(&self, container_id: &str) -> Option<PodContainer> {
-        self.read().containers.get(container_id).cloned()
+        let id = ContainerId::parse(container_id)?;
+        self.read().containers.get(&id).cloned()
     }
 
     pub fn len(&self) -> usize {
@@ -222,7 +227,14 @@ fn gauge(n: usize) -> i64 {
 mod tests {
     use super::*;
 
+    /// A 64-hex container id made of one digit repeated.
+    fn id(c: char) -> String {
+        std::iter::repeat_n(c, 64).collect()
+    }
+
     pub(crate) fn pod(uid: &str, name: &str, container: &str) -> PodMeta {
+        let digit = container.chars().nth(1).unwrap_or('0');
+        let container = ContainerId::parse(&id(digit)).expect("a hex digit");
         PodMeta {
             uid: uid.into(),
             namespace: "shop".into(),
@@ -230,7 +242,7 @@ mod tests {
             owner: None,
             service_name: None,
             labels: Box::new([]),
-            containers: vec![(container.into(), "main".into())].into_boxed_slice(),
+            containers: vec![(container, "main".into())].into_boxed_slice(),
         }
     }
 
@@ -243,12 +255,12 @@ mod tests {
         assert_eq!(dir.generation(), g);
         assert_eq!(dir.upsert(pod("u1", "web", "c2")), Upserted::Changed);
         assert_ne!(dir.generation(), g);
-        assert!(dir.container("c1").is_none());
-        let c = dir.container("c2").unwrap();
+        assert!(dir.container(&id('1')).is_none());
+        let c = dir.container(&id('2')).unwrap();
         assert_eq!(&*c.pod.name, "web");
         assert_eq!(c.container_name(), "main");
         assert!(dir.remove("u1"));
-        assert!(dir.container("c2").is_none());
+        assert!(dir.container(&id('2')).is_none());
         assert_eq!(dir.metrics.bytes.get(), 0);
     }
 
@@ -260,15 +272,15 @@ mod tests {
         dir.upsert(pod("u2", "b", "c2"));
         assert_eq!(dir.upsert(pod("u3", "c", "c3")), Upserted::Full);
         assert_eq!(metrics.pods.get(), 2);
-        let kept = dir.container("c1").unwrap().pod;
+        let kept = dir.container(&id('1')).unwrap().pod;
         dir.replace_all(vec![
             pod("u1", "a", "c1"),
             pod("u4", "d", "c4"),
             pod("u5", "e", "c5"),
         ]);
         assert_eq!(dir.len(), 2);
-        assert!(dir.container("c2").is_none(), "gone from the list");
-        assert!(Arc::ptr_eq(&dir.container("c1").unwrap().pod, &kept));
+        assert!(dir.container(&id('2')).is_none(), "gone from the list");
+        assert!(Arc::ptr_eq(&dir.container(&id('1')).unwrap().pod, &kept));
         assert_eq!(
             metrics
                 .rejected

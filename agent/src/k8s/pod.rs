@@ -111,7 +111,7 @@ pub struct PodMeta {
     pub service_name: Option<Box<str>>,
     pub labels: Box<[(Box<str>, Box<str>)]>,
     /// (container id, container name).
-    pub containers: Box<[(Box<str>, Box<str>)]>,
+    pub containers: Box<[(ContainerId, Box<str>)]>,
 }
 
 /// Why a pod object was not taken.
@@ -169,7 +169,7 @@ impl PodMeta {
                 *dropped += 1;
                 continue;
             }
-            containers.push((id.into(), status.name.into_boxed_str()));
+            containers.push((id, status.name.into_boxed_str()));
         }
         Ok(Self {
             uid: m.uid.into_boxed_str(),
@@ -185,16 +185,21 @@ impl PodMeta {
     /// Bytes this entry holds on the heap, roughly (strings and slices; the
     /// directory adds its map overhead).
     pub fn heap_bytes(&self) -> usize {
-        let pairs = |list: &[(Box<str>, Box<str>)]| {
-            list.iter().map(|(a, b)| a.len() + b.len()).sum::<usize>() + std::mem::size_of_val(list)
-        };
+        let labels = self
+            .labels
+            .iter()
+            .map(|(a, b)| a.len() + b.len())
+            .sum::<usize>()
+            + std::mem::size_of_val(&*self.labels);
+        let containers = self.containers.iter().map(|(_, n)| n.len()).sum::<usize>()
+            + std::mem::size_of_val(&*self.containers);
         self.uid.len()
             + self.namespace.len()
             + self.name.len()
             + self.owner.as_ref().map_or(0, Owner::heap_bytes)
             + self.service_name.as_deref().map_or(0, str::len)
-            + pairs(&self.labels)
-            + pairs(&self.containers)
+            + labels
+            + containers
     }
 
     pub fn label(&self, key: &str) -> Option<&str> {
@@ -213,11 +218,31 @@ fn keep(value: &str, max: usize, dropped: &mut u64) -> Option<Box<str>> {
     Some(value.into())
 }
 
-/// The 64-hex id of `containerd://…`, `cri-o://…`, `docker://…`, lowercase,
-/// as the cgroup path names it.
-pub fn container_id(status_id: &str) -> Option<String> {
+/// A container id's 32 bytes: held inline, not as 64 characters on the
+/// heap (there are several per pod, and each is a map key too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ContainerId([u8; 32]);
+
+impl ContainerId {
+    /// From the 64 hex digits the cgroup path and the runtimes use.
+    pub fn parse(hex: &str) -> Option<Self> {
+        let hex = hex.as_bytes();
+        if hex.len() != 64 {
+            return None;
+        }
+        let mut id = [0u8; 32];
+        for (byte, pair) in id.iter_mut().zip(hex.chunks_exact(2)) {
+            let digit = |c: u8| char::from(c).to_digit(16);
+            *byte = u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).ok()?;
+        }
+        Some(Self(id))
+    }
+}
+
+/// The id of `containerd://…`, `cri-o://…`, `docker://…`.
+pub fn container_id(status_id: &str) -> Option<ContainerId> {
     let (_, id) = status_id.split_once("://")?;
-    (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_ascii_lowercase())
+    ContainerId::parse(id)
 }
 
 #[cfg(test)]
@@ -253,7 +278,7 @@ mod tests {
             1,
             "a container not yet created has no id"
         );
-        assert_eq!(&*meta.containers[0].0, ID);
+        assert_eq!(Some(meta.containers[0].0), ContainerId::parse(ID));
         assert_eq!(&*meta.containers[0].1, "nginx");
         assert_eq!(
             meta.owner,
@@ -284,11 +309,11 @@ mod tests {
 
     #[test]
     fn status_ids() {
-        assert_eq!(container_id(&format!("cri-o://{ID}")).as_deref(), Some(ID));
-        assert_eq!(
-            container_id(&format!("docker://{}", ID.to_uppercase())).as_deref(),
-            Some(ID)
-        );
+        let id = ContainerId::parse(ID);
+        assert!(id.is_some());
+        assert_eq!(container_id(&format!("cri-o://{ID}")), id);
+        assert_eq!(container_id(&format!("docker://{}", ID.to_uppercase())), id);
+        assert_eq!(container_id(&format!("containerd://{}g", &ID[..63])), None);
         assert_eq!(container_id(ID), None);
         assert_eq!(container_id("containerd://abc"), None);
     }

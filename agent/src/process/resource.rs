@@ -402,7 +402,11 @@ mod tests {
             }),
             service_name: Some("storefront".into()),
             labels: Box::new([]),
-            containers: vec![(ID.into(), "nginx".into())].into_boxed_slice(),
+            containers: vec![(
+                crate::k8s::pod::ContainerId::parse(ID).unwrap(),
+                "nginx".into(),
+            )]
+            .into_boxed_slice(),
         });
         assert_ne!(builder.generation(), before, "cached resources must go");
         let s = |v: &str| Some(AttrValue::Str(v.into()));

@@ -93,6 +93,8 @@ impl ProcessFilter {
 
 #[cfg(test)]
 mod tests {
+    const C1: &str = "c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1";
+
     use super::*;
 
     fn process(name: &str) -> Process {
@@ -145,10 +147,14 @@ mod tests {
             owner: None,
             service_name: None,
             labels: vec![("profile".into(), "yes".into())].into_boxed_slice(),
-            containers: vec![("c1".into(), "main".into())].into_boxed_slice(),
+            containers: vec![(
+                crate::k8s::pod::ContainerId::parse(C1).expect("hex"),
+                "main".into(),
+            )]
+            .into_boxed_slice(),
         });
         let mut in_pod = process("python3");
-        in_pod.container_id = Some(Arc::from("c1"));
+        in_pod.container_id = Some(Arc::from(C1));
         let labels = Selector {
             labels: Some([("profile".to_owned(), "yes".to_owned())].into()),
             ..Default::default()

@@ -97,6 +97,8 @@ impl TraceFilter {
 
 #[cfg(test)]
 mod tests {
+    const C1: &str = "c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1";
+
     use super::*;
 
     fn process(name: &str, cgroup: &str) -> Process {
@@ -161,7 +163,11 @@ mod tests {
             owner: None,
             service_name: None,
             labels: vec![("tier".into(), "front".into())].into_boxed_slice(),
-            containers: vec![("c1".into(), "web".into())].into_boxed_slice(),
+            containers: vec![(
+                crate::k8s::pod::ContainerId::parse(C1).expect("hex"),
+                "web".into(),
+            )]
+            .into_boxed_slice(),
         });
         let selector = |namespace: Option<&str>, labels: &[(&str, &str)]| Selector {
             namespace: namespace.map(Into::into),
@@ -174,7 +180,7 @@ mod tests {
             ..Selector::default()
         };
         let mut in_pod = process("nginx", "/kubepods.slice/x");
-        in_pod.container_id = Some(Arc::from("c1"));
+        in_pod.container_id = Some(Arc::from(C1));
         let host = process("nginx", "/system.slice/nginx.service");
         let e = endpoints(80, 5000);
         let f = TraceFilter::new(&[selector(Some("shop-*"), &[("tier", "front")])], &[])
