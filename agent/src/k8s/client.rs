@@ -1,8 +1,10 @@
 //! A small HTTP/1.1 client for the two Pod requests the agent makes (a
 //! paged list and a watch), over hyper and rustls, which the agent already
 //! carries. Hand-written instead of kube-rs + k8s-openapi: those bring the
-//! whole typed API (k8s-openapi alone is a large crate to compile) to read
-//! a dozen fields of one kind; see README for the measured difference.
+//! typed API of every kind (k8s-openapi is one of the largest crates to
+//! compile) and a tower client stack, to read a dozen fields of one kind
+//! over two requests; here the Pod fields are deserialized straight into
+//! small structs, and every body has a byte cap.
 //!
 //! Every body is read with a cap: a list page as a whole, a watch line by
 //! line, so a peer can never make the agent hold more than that.
