@@ -198,7 +198,7 @@ impl Default for KubernetesConfig {
             cluster_name: None,
             max_pods: 10_000,
             max_object_bytes: 1 << 20,
-            page_size: 250,
+            page_size: 100,
             max_backoff: Duration::from_secs(30),
             watch_timeout: Duration::from_secs(300),
         }

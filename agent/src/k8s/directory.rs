@@ -174,10 +174,27 @@ impl PodDirectory {
         removed
     }
 
+    /// The entry already held for `pod` if it is unchanged, else a new
+    /// one: a re-list of thousands of pods then holds each only once.
+    pub fn reuse(&self, pod: PodMeta) -> Arc<PodMeta> {
+        let held = self
+            .read()
+            .pods
+            .get(&pod.uid)
+            .filter(|old| ***old == pod)
+            .cloned();
+        held.unwrap_or_else(|| Arc::new(pod))
+    }
+
     /// What a full list found replaces everything at once: pods still
     /// running never disappear in between, pods absent from it go.
-    pub fn replace_all(&self, pods: Vec<PodMeta>) {
-        let mut fresh = State::default();
+    pub fn replace_all(&self, pods: Vec<Arc<PodMeta>>) {
+        let room = pods.len().min(self.max_pods);
+        let mut fresh = State {
+            pods: HashMap::with_capacity(room),
+            containers: HashMap::with_capacity(room.saturating_mul(2)),
+            bytes: 0,
+        };
         for pod in pods {
             if fresh.pods.contains_key(&pod.uid) {
                 continue;
@@ -186,15 +203,7 @@ impl PodDirectory {
                 self.metrics.reject("max_pods");
                 continue;
             }
-            // Keep the Arc of an unchanged pod: resources built from it stay
-            // valid, and no memory is held twice.
-            let kept = self
-                .read()
-                .pods
-                .get(&pod.uid)
-                .filter(|old| ***old == pod)
-                .cloned();
-            fresh.add(kept.unwrap_or_else(|| Arc::new(pod)));
+            fresh.add(pod);
         }
         *self.write() = fresh;
         self.changed();
@@ -273,11 +282,12 @@ mod tests {
         assert_eq!(dir.upsert(pod("u3", "c", "c3")), Upserted::Full);
         assert_eq!(metrics.pods.get(), 2);
         let kept = dir.container(&id('1')).unwrap().pod;
-        dir.replace_all(vec![
+        let listed = [
             pod("u1", "a", "c1"),
             pod("u4", "d", "c4"),
             pod("u5", "e", "c5"),
-        ]);
+        ];
+        dir.replace_all(listed.into_iter().map(|p| dir.reuse(p)).collect());
         assert_eq!(dir.len(), 2);
         assert!(dir.container(&id('2')).is_none(), "gone from the list");
         assert!(Arc::ptr_eq(&dir.container(&id('1')).unwrap().pod, &kept));

@@ -140,13 +140,18 @@ impl PodWatch {
             let PodList { metadata, items } = page;
             for pod in items {
                 if let Some(meta) = self.compact(pod) {
-                    pods.push(meta);
+                    pods.push(self.directory.reuse(meta));
                 }
             }
             match metadata.continue_token.filter(|t| !t.is_empty()) {
                 Some(next) => token = Some(next),
                 None => {
                     self.directory.replace_all(pods);
+                    // The pages were parsed into many small allocations now
+                    // freed; hand the pages back to the kernel (a list is
+                    // rare: at start and after a watch expires).
+                    // SAFETY: malloc_trim only returns free heap pages.
+                    unsafe { libc::malloc_trim(0) };
                     return Ok(metadata.resource_version);
                 }
             }
