@@ -227,6 +227,7 @@ async fn start(
     let profiler =
         crate::profile::run::Prepared::new(config, metrics.registry_mut(), running.export.clone())?;
     let audit_metrics = AuditMetrics::register(metrics.registry_mut());
+    let kubernetes = crate::k8s::setup::prepare(&config.kubernetes, metrics.registry_mut())?;
     let metrics = Arc::new(metrics);
     for sensor in selfops_ebpf::Sensor::ALL {
         // Zero-valued series from the start, so a scrape shows every sensor.
@@ -296,10 +297,15 @@ async fn start(
     tracing::info!(seeded, "process table seeded from /proc");
     release_startup_memory();
     let ring = RingReader::new(object.take_process_ring()?).context("polling the ring buffer")?;
-    let resources = Arc::new(
-        ResourceBuilder::new(&config.service)?
-            .with_command_line_on_signals(config.process.command_line_on_signals),
-    );
+    let mut resources = ResourceBuilder::new(&config.service)?
+        .with_command_line_on_signals(config.process.command_line_on_signals);
+    let (pods, pod_watch) = kubernetes.unzip();
+    if let Some(pods) = pods {
+        // Before the tracer and profiler build their selectors.
+        crate::k8s::install(pods.clone());
+        resources = resources.with_pods(pods);
+    }
+    let resources = Arc::new(resources);
     if !go_on() {
         return Ok(false);
     }
@@ -404,10 +410,18 @@ async fn start(
         health: supervisor.health().clone(),
     });
     let interval = config.process.rescan_interval;
+    // Pod metadata is part of the process model's resources.
+    let pods = async move {
+        match pod_watch {
+            Some(watch) => watch.run().await,
+            None => std::future::pending().await,
+        }
+    };
     supervisor.local(Task::Process, async move {
         tokio::select! {
             result = model.run(ring, interval) => result,
             never = rules => match never {},
+            never = pods => match never {},
         }
     });
     supervisor.spawn(Task::Telemetry, server::serve(listener, state));

@@ -61,6 +61,8 @@ pub struct Config {
     pub exporters: crate::pipeline::ExportersConfig,
     /// The processors and exporters of each signal.
     pub pipelines: crate::pipeline::PipelinesConfig,
+    /// Pod metadata from the Kubernetes API server (local only).
+    pub kubernetes: KubernetesConfig,
     /// The YAML this was parsed from (reported as the effective config).
     #[serde(skip)]
     pub source: Option<std::sync::Arc<str>>,
@@ -142,13 +144,65 @@ pub struct TraceConfig {
 
 /// Picks processes or connections: exactly one of `executable: GLOB`
 /// (name or path), `cgroup: GLOB` or `port: N` (listening or destination
-/// port).
+/// port), or a pod selector: `namespace: GLOB` and/or `labels: {KEY: VALUE}`
+/// (every label must match).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Selector {
     pub executable: Option<String>,
     pub cgroup: Option<String>,
     pub port: Option<u16>,
+    pub namespace: Option<String>,
+    pub labels: Option<std::collections::BTreeMap<String, String>>,
+}
+
+impl Selector {
+    /// Whether this picks by pod (namespace or labels).
+    pub fn is_pod(&self) -> bool {
+        self.namespace.is_some() || self.labels.is_some()
+    }
+}
+
+/// Pod metadata: on when `kubeconfig` is given or the agent runs in a pod.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesConfig {
+    pub enabled: bool,
+    /// A kubeconfig (its current context), for an agent outside a pod.
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name; else the `NODE_NAME` environment variable.
+    pub node_name: Option<String>,
+    /// `k8s.cluster.name` on every signal.
+    pub cluster_name: Option<String>,
+    /// Pods held at most; more are refused and counted.
+    pub max_pods: usize,
+    /// Largest pod object (watch line) read; larger ones are skipped and
+    /// counted.
+    pub max_object_bytes: usize,
+    /// Pods per list page.
+    pub page_size: u32,
+    /// Longest wait between retries while the API server is away.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// How long one watch request lasts before it is renewed.
+    #[serde(with = "humantime_serde")]
+    pub watch_timeout: Duration,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            kubeconfig: None,
+            node_name: None,
+            cluster_name: None,
+            max_pods: 10_000,
+            max_object_bytes: 1 << 20,
+            page_size: 100,
+            max_backoff: Duration::from_secs(30),
+            watch_timeout: Duration::from_secs(300),
+        }
+    }
 }
 
 impl Default for TraceConfig {
@@ -301,6 +355,7 @@ impl Default for Config {
             processors: Default::default(),
             exporters: Default::default(),
             pipelines: Default::default(),
+            kubernetes: KubernetesConfig::default(),
             source: None,
         }
     }
@@ -466,6 +521,10 @@ impl Config {
         for (list, selectors) in [("include", &t.include), ("exclude", &t.exclude)] {
             for (i, selector) in selectors.iter().enumerate() {
                 let key = format!("trace.{list}[{i}]");
+                if selector.is_pod() {
+                    check_pod_selector(selector).map_err(|m| invalid(&key, m))?;
+                    continue;
+                }
                 match (&selector.executable, &selector.cgroup, selector.port) {
                     (Some(glob), None, None) | (None, Some(glob), None) => {
                         check_glob(glob).map_err(|m| invalid(&key, m))?;
@@ -480,7 +539,7 @@ impl Config {
                     _ => {
                         return Err(invalid(
                             &key,
-                            "give exactly one of `executable`, `cgroup` or `port`".into(),
+                            "give exactly one of `executable`, `cgroup` or `port`, or a pod's `namespace` and/or `labels`".into(),
                         ));
                     }
                 }
@@ -488,6 +547,41 @@ impl Config {
         }
         self.validate_profile(&invalid)?;
         self.validate_control(&invalid)?;
+        let k = &self.kubernetes;
+        for (key, ok, range) in [
+            (
+                "max_pods",
+                (1..=1_000_000).contains(&k.max_pods),
+                "1 to 1000000",
+            ),
+            (
+                "max_object_bytes",
+                (1024..=64 << 20).contains(&k.max_object_bytes),
+                "1024 to 67108864",
+            ),
+            (
+                "page_size",
+                (1..=10_000).contains(&k.page_size),
+                "1 to 10000",
+            ),
+            (
+                "max_backoff",
+                (Duration::from_millis(100)..=Duration::from_secs(600)).contains(&k.max_backoff),
+                "100ms to 10m",
+            ),
+            (
+                "watch_timeout",
+                (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&k.watch_timeout),
+                "1s to 1h",
+            ),
+        ] {
+            if !ok {
+                return Err(invalid(
+                    &format!("kubernetes.{key}"),
+                    format!("out of range: use {range}"),
+                ));
+            }
+        }
         let e = &self.export;
         if !(1..=1_048_576).contains(&e.queue_capacity) {
             return Err(invalid(
@@ -628,6 +722,10 @@ impl Config {
         for (list, selectors) in [("include", &p.include), ("exclude", &p.exclude)] {
             for (i, selector) in selectors.iter().enumerate() {
                 let key = format!("profile.{list}[{i}]");
+                if selector.is_pod() {
+                    check_pod_selector(selector).map_err(|m| invalid(&key, m))?;
+                    continue;
+                }
                 match (&selector.executable, &selector.cgroup, selector.port) {
                     (Some(glob), None, None) | (None, Some(glob), None) => {
                         check_glob(glob).map_err(|m| invalid(&key, m))?;
@@ -635,7 +733,7 @@ impl Config {
                     _ => {
                         return Err(invalid(
                             &key,
-                            "give exactly one of `executable` or `cgroup`".into(),
+                            "give exactly one of `executable` or `cgroup`, or a pod's `namespace` and/or `labels`".into(),
                         ));
                     }
                 }
@@ -643,6 +741,23 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A pod selector names nothing else, and what it names is well formed.
+fn check_pod_selector(selector: &Selector) -> Result<(), String> {
+    if selector.executable.is_some() || selector.cgroup.is_some() || selector.port.is_some() {
+        return Err(
+            "a pod selector (`namespace`, `labels`) cannot also give `executable`, `cgroup` or `port`"
+                .into(),
+        );
+    }
+    if let Some(glob) = &selector.namespace {
+        check_glob(glob)?;
+    }
+    if selector.labels.as_ref().is_some_and(|l| l.is_empty()) {
+        return Err("`labels` needs at least one KEY: VALUE".into());
+    }
+    Ok(())
 }
 
 /// The receiver listener `endpoint` (an exporter's URL) would reach, if
@@ -754,6 +869,44 @@ mod tests {
              export: { otlp: { endpoint: 'http://127.0.0.1:4317' } }",
         )
         .unwrap();
+    }
+
+    #[test]
+    fn pod_selectors_and_kubernetes_ranges() {
+        let dir = std::env::temp_dir();
+        let parse = |text: &str| {
+            let path = dir.join(format!("selfops-k8s-config-{}.yaml", std::process::id()));
+            std::fs::write(&path, text).unwrap();
+            Config::load(&path)
+        };
+        let ok = parse(
+            "trace:\n  include: [{namespace: 'shop-*', labels: {tier: front}}]\nprofile:\n  exclude: [{labels: {profile: 'off'}}]\nkubernetes:\n  node_name: n1\n  cluster_name: c\n",
+        )
+        .unwrap();
+        assert!(ok.trace.include[0].is_pod());
+        assert_eq!(ok.kubernetes.node_name.as_deref(), Some("n1"));
+        for (text, key) in [
+            (
+                "trace:\n  include: [{namespace: a, port: 80}]\n",
+                "trace.include[0]",
+            ),
+            (
+                "profile:\n  include: [{labels: {}}]\n",
+                "profile.include[0]",
+            ),
+            (
+                "trace:\n  exclude: [{namespace: '['}]\n",
+                "trace.exclude[0]",
+            ),
+            ("kubernetes:\n  max_pods: 0\n", "kubernetes.max_pods"),
+            (
+                "kubernetes:\n  max_backoff: 1ms\n",
+                "kubernetes.max_backoff",
+            ),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
     }
 
     #[test]

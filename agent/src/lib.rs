@@ -9,6 +9,7 @@ pub mod control;
 pub mod detect;
 pub mod export;
 pub mod fleet;
+pub mod k8s;
 pub mod kernel;
 pub mod limits;
 pub mod lock;

@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod fleet;
+pub mod kube_api;
 pub mod netns;
 pub mod onnx;
 pub mod python;

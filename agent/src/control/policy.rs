@@ -216,6 +216,7 @@ pub fn changed_keys(a: &Config, b: &Config) -> Vec<&'static str> {
     check("processors", &a.processors, &b.processors);
     check("exporters", &a.exporters, &b.exporters);
     check("pipelines", &a.pipelines, &b.pipelines);
+    check("kubernetes", &a.kubernetes, &b.kubernetes);
     keys
 }
 

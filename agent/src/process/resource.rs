@@ -11,6 +11,7 @@ use globset::{Glob, GlobMatcher};
 use super::table::Process;
 use crate::{
     config::ServiceConfig,
+    k8s::{PodContainer, PodDirectory},
     signal::{AttrValue, Attributes, Resource},
 };
 
@@ -31,6 +32,8 @@ pub struct ResourceBuilder {
     /// Whether signals carry `process.command_line`: off by default, since
     /// command lines often hold secrets (`--token=…`).
     command_line_on_signals: bool,
+    /// Pod metadata by container id, when the agent knows its cluster.
+    pods: Option<Arc<PodDirectory>>,
 }
 
 impl ResourceBuilder {
@@ -43,7 +46,21 @@ impl ResourceBuilder {
             rules: RwLock::new(compile(config)?),
             generation: AtomicU64::new(0),
             command_line_on_signals: false,
+            pods: None,
         })
+    }
+
+    /// Adds the `k8s.*` attributes of a process's pod and container.
+    pub fn with_pods(mut self, pods: Arc<PodDirectory>) -> Self {
+        self.pods = Some(pods);
+        self
+    }
+
+    /// The pod and container a process runs in, if known.
+    pub fn pod_of(&self, process: &Process) -> Option<PodContainer> {
+        self.pods
+            .as_ref()?
+            .container(process.container_id.as_deref()?)
     }
 
     /// Puts the command line on every signal's resource too, not only in
@@ -79,26 +96,54 @@ impl ResourceBuilder {
         }
     }
 
-    /// Changes with every `set_rules`: a resource built under another
-    /// generation may carry an old service.name.
+    /// Changes with every `set_rules` and every change of pod metadata: a
+    /// resource built under another generation may carry an old
+    /// service.name or pod.
     pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+        let pods = self.pods.as_ref().map_or(0, |p| p.generation());
+        // Both only grow, so their sum changes whenever either does.
+        self.generation.load(Ordering::Acquire).wrapping_add(pods)
     }
 
-    /// First matching rule's name, else the executable name.
+    /// First matching rule's name, else the pod's service name, else the
+    /// executable name.
     pub fn service_name(&self, process: &Process) -> String {
+        self.service_name_with(process, self.pod_of(process).as_ref())
+    }
+
+    fn service_name_with(&self, process: &Process, pod: Option<&PodContainer>) -> String {
         let name = process.executable_name();
         let path = process.executable_path.as_deref().unwrap_or("");
         let cgroup = process.cgroup.as_deref().unwrap_or("");
         let rules = self.rules.read().unwrap_or_else(|e| e.into_inner());
-        rules
+        let by_rule = rules
             .iter()
             .find(|(target, _)| match target {
                 Target::Executable(m) => m.is_match(name) || m.is_match(path),
                 Target::Cgroup(m) => m.is_match(cgroup),
             })
-            .map_or(name, |(_, service)| service.as_str())
+            .map(|(_, service)| service.as_str());
+        by_rule
+            .or_else(|| pod.and_then(|p| p.pod.service_name.as_deref()))
+            .unwrap_or(name)
             .to_owned()
+    }
+
+    /// Only the `k8s.*` attributes of `process` (for signals that build
+    /// their resource from labels, such as profiles).
+    pub fn k8s_attributes(&self, process: &Process) -> Vec<(&'static str, String)> {
+        let (Some(pod), Some(pods)) = (self.pod_of(process), &self.pods) else {
+            return Vec::new();
+        };
+        let mut attrs = Vec::new();
+        k8s_attributes(&mut attrs, &pod, pods);
+        attrs
+            .into_iter()
+            .filter_map(|(k, v)| match v {
+                AttrValue::Str(s) => Some((k, s)),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Resource attributes with OTel semantic-convention keys, the command
@@ -108,8 +153,12 @@ impl ResourceBuilder {
     }
 
     fn attributes_with(&self, process: &Process, command_line: bool) -> Attributes {
+        let pod = self.pod_of(process);
         let mut attrs = vec![
-            ("service.name", AttrValue::Str(self.service_name(process))),
+            (
+                "service.name",
+                AttrValue::Str(self.service_name_with(process, pod.as_ref())),
+            ),
             ("process.pid", AttrValue::Int(i64::from(process.pid))),
             (
                 "process.parent_pid",
@@ -137,6 +186,9 @@ impl ResourceBuilder {
                 attrs.push((key, AttrValue::Str(value.to_string())));
             }
         }
+        if let (Some(pod), Some(pods)) = (&pod, &self.pods) {
+            k8s_attributes(&mut attrs, pod, pods);
+        }
         attrs.extend([
             ("host.name", AttrValue::Str(self.host_name.clone())),
             ("host.arch", AttrValue::Str(self.host_arch.to_owned())),
@@ -162,6 +214,25 @@ impl ResourceBuilder {
         Resource {
             attributes: self.attributes_with(process, self.command_line_on_signals),
         }
+    }
+}
+
+/// The k8s.* resource attributes of the OpenTelemetry semantic conventions.
+fn k8s_attributes(attrs: &mut Attributes, container: &PodContainer, pods: &PodDirectory) {
+    let pod = &container.pod;
+    let text = |s: &str| AttrValue::Str(s.to_owned());
+    attrs.extend([
+        ("k8s.namespace.name", text(&pod.namespace)),
+        ("k8s.pod.name", text(&pod.name)),
+        ("k8s.pod.uid", text(&pod.uid)),
+        ("k8s.container.name", text(container.container_name())),
+        ("k8s.node.name", text(pods.node_name())),
+    ]);
+    if let Some(owner) = &pod.owner {
+        attrs.extend(owner.attributes().map(|(k, v)| (k, text(v))));
+    }
+    if let Some(cluster) = pods.cluster_name() {
+        attrs.push(("k8s.cluster.name", text(cluster)));
     }
 }
 
@@ -295,5 +366,63 @@ mod tests {
         assert_eq!(name(&builder), Some(AttrValue::Str("web".into())));
         builder.set_rules(&ServiceConfig::default()).unwrap();
         assert_eq!(name(&builder), Some(AttrValue::Str("nginx".into())));
+    }
+
+    #[test]
+    fn pod_metadata_on_the_resource_and_rules_still_win() {
+        use crate::k8s::{metrics::KubeMetrics, owner::Owner, pod::PodMeta};
+        const ID: &str = "4d1f3e9b2c7a8f6e5d4c3b2a1908f7e6d5c4b3a29180f7e6d5c4b3a291807f6e";
+        let pods = Arc::new(PodDirectory::new(
+            "node-a",
+            Some("prod"),
+            16,
+            KubeMetrics::default(),
+        ));
+        let builder = ResourceBuilder::new(&ServiceConfig::default())
+            .unwrap()
+            .with_pods(pods.clone());
+        let mut p = nginx();
+        p.container_id = Some(Arc::from(ID));
+        let get = |b: &ResourceBuilder, k: &str| {
+            b.resource(&p)
+                .attributes
+                .into_iter()
+                .find(|(key, _)| *key == k)
+                .map(|(_, v)| v)
+        };
+        assert_eq!(get(&builder, "k8s.pod.name"), None, "pod not known yet");
+        let before = builder.generation();
+        pods.upsert(PodMeta {
+            uid: "u-1".into(),
+            namespace: "shop".into(),
+            name: "web-6b8f9d7c4-abcde".into(),
+            owner: Some(Owner::ReplicaSet {
+                name: "web-6b8f9d7c4".into(),
+                deployment: Some("web".into()),
+            }),
+            service_name: Some("storefront".into()),
+            labels: Box::new([]),
+            containers: vec![(
+                crate::k8s::pod::ContainerId::parse(ID).unwrap(),
+                "nginx".into(),
+            )]
+            .into_boxed_slice(),
+        });
+        assert_ne!(builder.generation(), before, "cached resources must go");
+        let s = |v: &str| Some(AttrValue::Str(v.into()));
+        assert_eq!(get(&builder, "k8s.namespace.name"), s("shop"));
+        assert_eq!(get(&builder, "k8s.pod.name"), s("web-6b8f9d7c4-abcde"));
+        assert_eq!(get(&builder, "k8s.pod.uid"), s("u-1"));
+        assert_eq!(get(&builder, "k8s.container.name"), s("nginx"));
+        assert_eq!(get(&builder, "k8s.node.name"), s("node-a"));
+        assert_eq!(get(&builder, "k8s.deployment.name"), s("web"));
+        assert_eq!(get(&builder, "k8s.cluster.name"), s("prod"));
+        assert_eq!(get(&builder, "service.name"), s("storefront"));
+        builder
+            .set_rules(&ServiceConfig {
+                rules: vec![rule(Some("nginx"), None, "edge")],
+            })
+            .unwrap();
+        assert_eq!(get(&builder, "service.name"), s("edge"), "rules win");
     }
 }

@@ -37,6 +37,8 @@ pub struct ProcessLabels {
     /// attributes: host, container, Kubernetes…), for OTLP profiles; empty
     /// for a process the model does not know yet.
     pub resource: Vec<(&'static str, String)>,
+    /// The pod's `k8s.*` resource attributes, when the process is in one.
+    pub k8s: Vec<(&'static str, String)>,
 }
 
 /// One stack frame: a user-space address inside a file mapping, or a kernel address.

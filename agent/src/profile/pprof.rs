@@ -131,6 +131,13 @@ impl LabelKeys {
                 });
             }
         }
+        for (key, value) in &l.k8s {
+            labels.push(pprof::Label {
+                key: index(strings.intern(key)),
+                str: index(strings.intern(value)),
+                ..Default::default()
+            });
+        }
         labels
     }
 }

@@ -312,6 +312,7 @@ fn labels(
                     _ => None,
                 })
                 .collect(),
+            k8s: resources.k8s_attributes(p),
         },
         // Not in the table yet (just started): what the sample itself says.
         None => ProcessLabels {
@@ -321,6 +322,7 @@ fn labels(
             thread_name,
             container_id: None,
             resource: Vec::new(),
+            k8s: Vec::new(),
         },
     }
 }

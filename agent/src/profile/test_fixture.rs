@@ -82,6 +82,7 @@ pub fn shopd_labels() -> Arc<ProcessLabels> {
             ("host.name", "node-1".to_owned()),
             ("k8s.pod.name", "shop-7d9f8-abcde".to_owned()),
         ],
+        k8s: Vec::new(),
     })
 }
 
@@ -93,6 +94,7 @@ pub fn batch_labels() -> Arc<ProcessLabels> {
         container_id: None,
         service_name: "batchjob".to_owned(),
         resource: Vec::new(),
+        k8s: Vec::new(),
     })
 }
 
@@ -169,6 +171,7 @@ pub fn large_interval(stacks: usize) -> IntervalProfile {
                 container_id: (i % 2 == 0).then(|| format!("container{i:02}")),
                 service_name: format!("service-{i}"),
                 resource: Vec::new(),
+                k8s: Vec::new(),
             })
         })
         .collect();

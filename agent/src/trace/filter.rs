@@ -1,20 +1,31 @@
 //! Which processes and connections are traced: everything by default;
 //! `trace.include` narrows it, `trace.exclude` removes from it.
 
+use std::sync::Arc;
+
 use globset::{Glob, GlobMatcher};
 
 use super::event::Endpoints;
-use crate::{config::Selector, process::Process};
+use crate::{
+    config::Selector,
+    k8s::{PodDirectory, selector::PodSelector},
+    process::Process,
+};
 
 enum Rule {
     Executable(GlobMatcher),
     Cgroup(GlobMatcher),
     Port(u16),
+    Pod(PodSelector),
 }
 
 impl Rule {
-    /// Selectors were validated with the config: exactly one field is set.
+    /// Selectors were validated with the config: exactly one field is set
+    /// (or a pod's namespace and labels).
     fn new(selector: &Selector) -> Result<Self, globset::Error> {
+        if let Some(pod) = PodSelector::new(selector)? {
+            return Ok(Rule::Pod(pod));
+        }
         Ok(
             match (&selector.executable, &selector.cgroup, selector.port) {
                 (Some(glob), _, _) => Rule::Executable(Glob::new(glob)?.compile_matcher()),
@@ -24,8 +35,14 @@ impl Rule {
         )
     }
 
-    fn matches(&self, process: Option<&Process>, endpoints: &Endpoints) -> bool {
+    fn matches(
+        &self,
+        process: Option<&Process>,
+        endpoints: &Endpoints,
+        pods: Option<&PodDirectory>,
+    ) -> bool {
         match self {
+            Rule::Pod(selector) => selector.matches(process, pods),
             Rule::Executable(m) => process.is_some_and(|p| {
                 m.is_match(p.executable_name())
                     || p.executable_path
@@ -44,6 +61,8 @@ impl Rule {
 pub struct TraceFilter {
     include: Vec<Rule>,
     exclude: Vec<Rule>,
+    /// Where pod selectors look a process's pod up.
+    pods: Option<Arc<PodDirectory>>,
 }
 
 impl TraceFilter {
@@ -51,19 +70,34 @@ impl TraceFilter {
         Ok(Self {
             include: include.iter().map(Rule::new).collect::<Result<_, _>>()?,
             exclude: exclude.iter().map(Rule::new).collect::<Result<_, _>>()?,
+            pods: crate::k8s::installed(),
         })
     }
 
+    /// Pod selectors consult `pods` instead of the agent's directory.
+    pub fn with_pods(mut self, pods: Arc<PodDirectory>) -> Self {
+        self.pods = Some(pods);
+        self
+    }
+
     pub fn allows(&self, process: Option<&Process>, endpoints: &Endpoints) -> bool {
-        let included =
-            self.include.is_empty() || self.include.iter().any(|r| r.matches(process, endpoints));
-        included && !self.exclude.iter().any(|r| r.matches(process, endpoints))
+        let pods = self.pods.as_deref();
+        let included = self.include.is_empty()
+            || self
+                .include
+                .iter()
+                .any(|r| r.matches(process, endpoints, pods));
+        included
+            && !self
+                .exclude
+                .iter()
+                .any(|r| r.matches(process, endpoints, pods))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
+    const C1: &str = "c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1";
 
     use super::*;
 
@@ -116,5 +150,56 @@ mod tests {
         assert!(f.allows(Some(&curl), &endpoints(5000, 8080)), "port rule");
         let noisy = process("nginx", "/system.slice/noisy.service");
         assert!(!f.allows(Some(&noisy), &endpoints(80, 5000)));
+    }
+
+    #[test]
+    fn pod_namespace_and_labels() {
+        use crate::k8s::{metrics::KubeMetrics, pod::PodMeta};
+        let pods = Arc::new(PodDirectory::new("n", None, 8, KubeMetrics::default()));
+        pods.upsert(PodMeta {
+            uid: "u".into(),
+            namespace: "shop-prod".into(),
+            name: "web-0".into(),
+            owner: None,
+            service_name: None,
+            labels: vec![("tier".into(), "front".into())].into_boxed_slice(),
+            containers: vec![(
+                crate::k8s::pod::ContainerId::parse(C1).expect("hex"),
+                "web".into(),
+            )]
+            .into_boxed_slice(),
+        });
+        let selector = |namespace: Option<&str>, labels: &[(&str, &str)]| Selector {
+            namespace: namespace.map(Into::into),
+            labels: (!labels.is_empty()).then(|| {
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()
+            }),
+            ..Selector::default()
+        };
+        let mut in_pod = process("nginx", "/kubepods.slice/x");
+        in_pod.container_id = Some(Arc::from(C1));
+        let host = process("nginx", "/system.slice/nginx.service");
+        let e = endpoints(80, 5000);
+        let f = TraceFilter::new(&[selector(Some("shop-*"), &[("tier", "front")])], &[])
+            .unwrap()
+            .with_pods(pods.clone());
+        assert!(f.allows(Some(&in_pod), &e));
+        assert!(!f.allows(Some(&host), &e), "outside any pod");
+        let f = TraceFilter::new(&[selector(None, &[("tier", "back")])], &[])
+            .unwrap()
+            .with_pods(pods.clone());
+        assert!(!f.allows(Some(&in_pod), &e));
+        let f = TraceFilter::new(&[], &[selector(Some("kube-system"), &[])])
+            .unwrap()
+            .with_pods(pods.clone());
+        assert!(f.allows(Some(&in_pod), &e));
+        let f = TraceFilter::new(&[], &[selector(Some("shop-prod"), &[])])
+            .unwrap()
+            .with_pods(pods);
+        assert!(!f.allows(Some(&in_pod), &e));
+        assert!(f.allows(Some(&host), &e));
     }
 }

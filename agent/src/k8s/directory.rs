@@ -1,0 +1,303 @@
+//! The pods of this node, by uid and by container id: bounded, with a
+//! generation that changes whenever what a container resolves to changes,
+//! so caches of built resources know to go.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use super::{
+    metrics::KubeMetrics,
+    pod::{ContainerId, PodMeta},
+};
+
+/// Map-entry overhead counted per pod and per container on top of the
+/// strings (key box, Arc header, hash-table slot), so the bytes gauge does
+/// not flatter small pods.
+const ENTRY_OVERHEAD: usize = 96;
+
+/// A container resolved: its pod and its name there.
+#[derive(Debug, Clone)]
+pub struct PodContainer {
+    pub pod: Arc<PodMeta>,
+    pub index: usize,
+}
+
+impl PodContainer {
+    pub fn container_name(&self) -> &str {
+        self.pod
+            .containers
+            .get(self.index)
+            .map_or("", |(_, name)| name)
+    }
+}
+
+/// Outcome of [`PodDirectory::upsert`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upserted {
+    New,
+    Changed,
+    Same,
+    /// `max_pods` reached; the pod is not kept.
+    Full,
+}
+
+#[derive(Default)]
+struct State {
+    pods: HashMap<Box<str>, Arc<PodMeta>>,
+    containers: HashMap<ContainerId, PodContainer>,
+    bytes: usize,
+}
+
+impl State {
+    fn add(&mut self, pod: Arc<PodMeta>) {
+        self.bytes += pod.heap_bytes() + ENTRY_OVERHEAD * (1 + pod.containers.len());
+        for (index, (id, _)) in pod.containers.iter().enumerate() {
+            self.containers.insert(
+                *id,
+                PodContainer {
+                    pod: pod.clone(),
+                    index,
+                },
+            );
+        }
+        self.pods.insert(pod.uid.clone(), pod);
+    }
+
+    fn take(&mut self, uid: &str) -> Option<Arc<PodMeta>> {
+        let pod = self.pods.remove(uid)?;
+        self.bytes = self
+            .bytes
+            .saturating_sub(pod.heap_bytes() + ENTRY_OVERHEAD * (1 + pod.containers.len()));
+        for (id, _) in pod.containers.iter() {
+            // Only if still this pod's: a container id never moves between
+            // pods, but a bad peer could send one twice.
+            if self
+                .containers
+                .get(id)
+                .is_some_and(|c| Arc::ptr_eq(&c.pod, &pod))
+            {
+                self.containers.remove(id);
+            }
+        }
+        Some(pod)
+    }
+}
+
+pub struct PodDirectory {
+    state: RwLock<State>,
+    generation: AtomicU64,
+    max_pods: usize,
+    node_name: Box<str>,
+    cluster_name: Option<Box<str>>,
+    metrics: KubeMetrics,
+}
+
+impl PodDirectory {
+    pub fn new(
+        node_name: &str,
+        cluster_name: Option<&str>,
+        max_pods: usize,
+        metrics: KubeMetrics,
+    ) -> Self {
+        Self {
+            state: RwLock::default(),
+            generation: AtomicU64::new(0),
+            max_pods,
+            node_name: node_name.into(),
+            cluster_name: cluster_name.map(Into::into),
+            metrics,
+        }
+    }
+
+    pub fn node_name(&self) -> &str {
+        &self.node_name
+    }
+
+    pub fn cluster_name(&self) -> Option<&str> {
+        self.cluster_name.as_deref()
+    }
+
+    /// Changes whenever a container's pod metadata may have changed.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The pod of the container with this (64 hex digit) id.
+    pub fn container(&self, container_id: &str) -> Option<PodContainer> {
+        let id = ContainerId::parse(container_id)?;
+        self.read().containers.get(&id).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().pods.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn upsert(&self, pod: PodMeta) -> Upserted {
+        let outcome = {
+            let mut state = self.write();
+            match state.pods.get(&pod.uid) {
+                Some(old) if **old == pod => Upserted::Same,
+                Some(_) => {
+                    state.take(&pod.uid);
+                    state.add(Arc::new(pod));
+                    Upserted::Changed
+                }
+                None if state.pods.len() >= self.max_pods => Upserted::Full,
+                None => {
+                    state.add(Arc::new(pod));
+                    Upserted::New
+                }
+            }
+        };
+        match outcome {
+            Upserted::New | Upserted::Changed => self.changed(),
+            Upserted::Full => self.metrics.reject("max_pods"),
+            Upserted::Same => {}
+        }
+        outcome
+    }
+
+    pub fn remove(&self, uid: &str) -> bool {
+        let removed = self.write().take(uid).is_some();
+        if removed {
+            self.changed();
+        }
+        removed
+    }
+
+    /// The entry already held for `pod` if it is unchanged, else a new
+    /// one: a re-list of thousands of pods then holds each only once.
+    pub fn reuse(&self, pod: PodMeta) -> Arc<PodMeta> {
+        let held = self
+            .read()
+            .pods
+            .get(&pod.uid)
+            .filter(|old| ***old == pod)
+            .cloned();
+        held.unwrap_or_else(|| Arc::new(pod))
+    }
+
+    /// What a full list found replaces everything at once: pods still
+    /// running never disappear in between, pods absent from it go.
+    pub fn replace_all(&self, pods: Vec<Arc<PodMeta>>) {
+        let room = pods.len().min(self.max_pods);
+        let mut fresh = State {
+            pods: HashMap::with_capacity(room),
+            containers: HashMap::with_capacity(room.saturating_mul(2)),
+            bytes: 0,
+        };
+        for pod in pods {
+            if fresh.pods.contains_key(&pod.uid) {
+                continue;
+            }
+            if fresh.pods.len() >= self.max_pods {
+                self.metrics.reject("max_pods");
+                continue;
+            }
+            fresh.add(pod);
+        }
+        *self.write() = fresh;
+        self.changed();
+    }
+
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::Release);
+        let state = self.read();
+        self.metrics.pods.set(gauge(state.pods.len()));
+        self.metrics.containers.set(gauge(state.containers.len()));
+        self.metrics.bytes.set(gauge(state.bytes));
+    }
+
+    // The maps are replaced whole or changed by one call at a time, so a
+    // poisoned lock still guards consistent data.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn gauge(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 64-hex container id made of one digit repeated.
+    fn id(c: char) -> String {
+        std::iter::repeat_n(c, 64).collect()
+    }
+
+    pub(crate) fn pod(uid: &str, name: &str, container: &str) -> PodMeta {
+        let digit = container.chars().nth(1).unwrap_or('0');
+        let container = ContainerId::parse(&id(digit)).expect("a hex digit");
+        PodMeta {
+            uid: uid.into(),
+            namespace: "shop".into(),
+            name: name.into(),
+            owner: None,
+            service_name: None,
+            labels: Box::new([]),
+            containers: vec![(container, "main".into())].into_boxed_slice(),
+        }
+    }
+
+    #[test]
+    fn restart_moves_the_container_and_bumps_the_generation() {
+        let dir = PodDirectory::new("n", None, 10, KubeMetrics::default());
+        assert_eq!(dir.upsert(pod("u1", "web", "c1")), Upserted::New);
+        let g = dir.generation();
+        assert_eq!(dir.upsert(pod("u1", "web", "c1")), Upserted::Same);
+        assert_eq!(dir.generation(), g);
+        assert_eq!(dir.upsert(pod("u1", "web", "c2")), Upserted::Changed);
+        assert_ne!(dir.generation(), g);
+        assert!(dir.container(&id('1')).is_none());
+        let c = dir.container(&id('2')).unwrap();
+        assert_eq!(&*c.pod.name, "web");
+        assert_eq!(c.container_name(), "main");
+        assert!(dir.remove("u1"));
+        assert!(dir.container(&id('2')).is_none());
+        assert_eq!(dir.metrics.bytes.get(), 0);
+    }
+
+    #[test]
+    fn bounded_and_replaced_whole() {
+        let metrics = KubeMetrics::default();
+        let dir = PodDirectory::new("n", None, 2, metrics.clone());
+        dir.upsert(pod("u1", "a", "c1"));
+        dir.upsert(pod("u2", "b", "c2"));
+        assert_eq!(dir.upsert(pod("u3", "c", "c3")), Upserted::Full);
+        assert_eq!(metrics.pods.get(), 2);
+        let kept = dir.container(&id('1')).unwrap().pod;
+        let listed = [
+            pod("u1", "a", "c1"),
+            pod("u4", "d", "c4"),
+            pod("u5", "e", "c5"),
+        ];
+        dir.replace_all(listed.into_iter().map(|p| dir.reuse(p)).collect());
+        assert_eq!(dir.len(), 2);
+        assert!(dir.container(&id('2')).is_none(), "gone from the list");
+        assert!(Arc::ptr_eq(&dir.container(&id('1')).unwrap().pod, &kept));
+        assert_eq!(
+            metrics
+                .rejected
+                .get_or_create(&super::super::metrics::ReasonLabels { reason: "max_pods" })
+                .get(),
+            2
+        );
+        assert!(metrics.bytes.get() > 0);
+    }
+}
