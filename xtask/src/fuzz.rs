@@ -61,6 +61,13 @@ const TARGETS: &[Target] = &[
         seeds: &[],
         model_seeds: &[],
     },
+    Target {
+        name: "k8s_pods",
+        // JSON keys of a pod: random bytes rarely spell `ownerReferences`.
+        dictionary: Some("k8s_pods.dict"),
+        seeds: &[],
+        model_seeds: &[],
+    },
 ];
 
 /// Runs every target (or the one named) for `seconds` each; a crash or a
