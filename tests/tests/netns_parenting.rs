@@ -2,8 +2,10 @@
 //!
 //! (a) Two "pods" each serve 127.0.0.1:8080 in their own namespace and
 //! curl it from inside, in lockstep and from the same client ports, so the
-//! two namespaces' connections have identical 4-tuples at the same time:
-//! every server span is its own pod's curl's child, never the other's.
+//! two namespaces' connections have identical 4-tuples at the same time.
+//! The servers read each request a moment after accepting it (a slow
+//! backend), so both pods' requests are sent before either is read: every
+//! server span is its own pod's curl's child, never the other's.
 //!
 //! (b) A client pod calls a virtual address (a Service's cluster IP) that
 //! a kube-proxy-style nftables rule in the host netns DNATs to a server
@@ -30,6 +32,9 @@ use selfops_tests::{
 
 const REQUESTS: usize = 20;
 const SERVER_PORT: u16 = 8080;
+/// Long beside curl's start-up jitter: both pods' requests are on the way
+/// before either server reads.
+const READ_DELAY: Duration = Duration::from_millis(300);
 
 /// A process killed on drop.
 struct Running(Child);
@@ -89,6 +94,53 @@ fn http_server(ns: &Namespace, bind: Ipv4Addr, probe: Ipv4Addr, dir: &std::path:
     assert!(
         up,
         "http.server in {} not listening on {bind}:{SERVER_PORT}",
+        ns.name
+    );
+    server
+}
+
+const SLOW_SERVER: &str = r"
+import socket, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', PORT))
+s.listen(64)
+while True:
+    c, _ = s.accept()
+    time.sleep(DELAY)
+    try:
+        if c.recv(65536):
+            c.sendall(b'HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok')
+    except OSError:
+        pass
+    c.close()
+";
+
+/// A slow HTTP/1.0 server on 127.0.0.1:8080 inside `ns`: it reads each
+/// request `READ_DELAY` after accepting it, one connection at a time.
+fn slow_loopback_server(ns: &Namespace) -> Running {
+    let script = SLOW_SERVER
+        .replace("PORT", &SERVER_PORT.to_string())
+        .replace("DELAY", &READ_DELAY.as_secs_f64().to_string());
+    let child = ns
+        .command("python3")
+        .args(["-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("python3 server");
+    let server = Running(child);
+    let up = spawn_in(&ns.name, || {
+        wait_for(Duration::from_secs(10), || {
+            TcpStream::connect((Ipv4Addr::LOCALHOST, SERVER_PORT)).ok()
+        })
+        .is_some()
+    })
+    .join()
+    .expect("probe thread");
+    assert!(
+        up,
+        "server in {} not listening on 127.0.0.1:{SERVER_PORT}",
         ns.name
     );
     server
@@ -177,16 +229,12 @@ fn loopback_servers_of_two_namespaces_are_never_cross_linked() {
         return;
     }
     let _turn = one_agent_at_a_time();
-    let dir = scratch_dir("netns-loopback");
     let agent = Agent::start("netns-loopback-agent", "export:\n  batch_timeout: 200ms\n");
     let pods = [
         Namespace::new("pod-a").expect("namespace"),
         Namespace::new("pod-b").expect("namespace"),
     ];
-    let servers: Vec<Running> = pods
-        .iter()
-        .map(|ns| http_server(ns, Ipv4Addr::LOCALHOST, Ipv4Addr::LOCALHOST, &dir))
-        .collect();
+    let servers: Vec<Running> = pods.iter().map(slow_loopback_server).collect();
     // The i-th request of both pods at once, from the same client port:
     // the same 4-tuple is live in both namespaces.
     let barrier = Arc::new(Barrier::new(2));
