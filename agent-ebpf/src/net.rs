@@ -26,6 +26,12 @@ pub struct SocketOffsets {
     pub sock_v6_rcv_saddr: u32,
     pub sock_protocol: u32,
     pub sock_type: u32,
+    /// `sock_common.skc_net`: a `possible_net_t`, whose only member is the
+    /// `struct net *`.
+    pub sock_net: u32,
+    /// `net.ns.inum`: the namespace's inode number, as `ip netns` and
+    /// /proc/PID/ns/net show it.
+    pub net_ns_inum: u32,
     pub _pad: u32,
 }
 
@@ -95,6 +101,10 @@ pub struct SockTuple {
     /// AF_INET (2) or AF_INET6 (10).
     pub family: u16,
     pub _pad: u16,
+    /// Inode number of the socket's network namespace: two pods' loopback
+    /// connections can have the same addresses and ports.
+    pub netns: u32,
+    pub _pad2: u32,
 }
 
 /// Header of every socket event.
@@ -136,7 +146,7 @@ mod pod {
     unsafe impl aya::Pod for super::NetSettings {}
 }
 
-const _: () = assert!(core::mem::size_of::<SockTuple>() == 40);
-const _: () = assert!(core::mem::size_of::<NetEventHeader>() == 4 + 4 * 3 + 8 * 4 + 40);
-const _: () = assert!(core::mem::size_of::<NetEvent>() == 88 + 8 + PAYLOAD_MAX);
-const _: () = assert!(core::mem::size_of::<SocketOffsets>() == 18 * 4);
+const _: () = assert!(core::mem::size_of::<SockTuple>() == 48);
+const _: () = assert!(core::mem::size_of::<NetEventHeader>() == 4 + 4 * 3 + 8 * 4 + 48);
+const _: () = assert!(core::mem::size_of::<NetEvent>() == 96 + 8 + PAYLOAD_MAX);
+const _: () = assert!(core::mem::size_of::<SocketOffsets>() == 20 * 4);

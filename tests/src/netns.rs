@@ -177,3 +177,171 @@ pub fn spawn_in<T: Send + 'static>(
         f()
     })
 }
+
+/// One network namespace of its own (a "pod"), loopback up, removed on
+/// drop.
+pub struct Namespace {
+    pub name: String,
+}
+
+impl Namespace {
+    pub fn new(tag: &str) -> Result<Self, String> {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = format!("selfops-{tag}-{:x}-{n:x}", std::process::id());
+        ip(&["netns", "add", &name])?;
+        let ns = Self { name };
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// `program ARGS` to run inside the namespace (`ip netns exec` execs
+    /// it: the child's pid is the program's).
+    pub fn command(&self, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name, program]);
+        command
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        if let Err(e) = ip(&["netns", "del", &self.name]) {
+            eprintln!("cleanup: {e}");
+        }
+    }
+}
+
+/// A namespace wired to the host netns like a pod to its node: a veth
+/// pair on a /30 (host end `host_v4`, namespace end `pod_v4`), the
+/// namespace's default route via the host, and forwarding on for the host
+/// end only (per interface, so the host's own forwarding setting is left
+/// alone).
+pub struct Pod {
+    pub ns: Namespace,
+    pub host_if: String,
+    pub host_v4: Ipv4Addr,
+    pub pod_v4: Ipv4Addr,
+}
+
+impl Pod {
+    /// `subnet` and `index` pick 10.214.SUBNET.(4*INDEX)/30.
+    pub fn new(tag: &str, subnet: u8, index: u8) -> Result<Self, String> {
+        let ns = Namespace::new(tag)?;
+        let base = index.checked_mul(4).ok_or("pod index too large")?;
+        let host_if = format!(
+            "sop{:x}{index}",
+            (std::process::id() % 0x10000) ^ u32::from(subnet)
+        );
+        let pod = Self {
+            host_v4: Ipv4Addr::new(10, 214, subnet, base + 1),
+            pod_v4: Ipv4Addr::new(10, 214, subnet, base + 2),
+            host_if,
+            ns,
+        };
+        ip(&[
+            "link",
+            "add",
+            &pod.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &pod.ns.name,
+        ])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/30", pod.host_v4),
+            "dev",
+            &pod.host_if,
+        ])?;
+        ip(&["link", "set", &pod.host_if, "up"])?;
+        let n = pod.ns.name.as_str();
+        ip(&[
+            "-n",
+            n,
+            "addr",
+            "add",
+            &format!("{}/30", pod.pod_v4),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", n, "link", "set", "eth0", "up"])?;
+        ip(&[
+            "-n",
+            n,
+            "route",
+            "add",
+            "default",
+            "via",
+            &pod.host_v4.to_string(),
+        ])?;
+        let key = format!("net.ipv4.conf.{}.forwarding", pod.host_if);
+        std::fs::write(format!("/proc/sys/{}", key.replace('.', "/")), "1")
+            .map_err(|e| format!("setting {key}: {e}"))?;
+        Ok(pod)
+    }
+}
+
+/// A kube-proxy-style Service rule in the host netns: TCP to `virtual_ip`
+/// :`port` is DNATed to `target`, in an nftables table of its own that is
+/// deleted on drop.
+pub struct ServiceDnat {
+    table: String,
+}
+
+impl ServiceDnat {
+    pub fn new(
+        virtual_ip: Ipv4Addr,
+        port: u16,
+        target: std::net::SocketAddrV4,
+    ) -> Result<Self, String> {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let table = format!("selfops_svc_{}_{n}", std::process::id());
+        let rules = format!(
+            "table ip {table} {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat;\n    \
+             ip daddr {virtual_ip} tcp dport {port} dnat to {target}\n  }}\n}}\n"
+        );
+        nft(&["-f", "-"], Some(&rules))?;
+        Ok(Self { table })
+    }
+}
+
+impl Drop for ServiceDnat {
+    fn drop(&mut self) {
+        if let Err(e) = nft(&["delete", "table", "ip", &self.table], None) {
+            eprintln!("cleanup: {e}");
+        }
+    }
+}
+
+/// Runs `nft ARGS` (nftables) with `input` on its stdin.
+pub fn nft(args: &[&str], input: Option<&str>) -> Result<(), String> {
+    use std::io::Write;
+    let mut child = Command::new("nft")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running nft (nftables): {e}"))?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin
+            .write_all(text.as_bytes())
+            .map_err(|e| format!("writing to nft: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("waiting for nft: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "nft {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}

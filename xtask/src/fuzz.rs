@@ -27,6 +27,12 @@ const TARGETS: &[Target] = &[
         model_seeds: &[],
     },
     Target {
+        name: "conntrack_reply",
+        dictionary: None,
+        seeds: &[],
+        model_seeds: &[],
+    },
+    Target {
         name: "unwind_table",
         dictionary: None,
         // Real ELF files with CFI: the fuzzer mutates from valid tables.

@@ -18,6 +18,8 @@ const PACKAGES: &[&str] = &[
     "linux-perf",
     "bpftool",
     "iproute2",
+    // Service (DNAT) rules in the network-namespace tracing test.
+    "nftables",
     "python3",
     // `python3 -m venv` for the tests' ONNX packages.
     "python3-venv",

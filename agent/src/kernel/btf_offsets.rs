@@ -96,6 +96,14 @@ pub fn socket_offsets() -> Result<SocketOffsets, BtfOffsetError> {
         sock_v6_rcv_saddr: off("sock_common", "skc_v6_rcv_saddr")?,
         sock_protocol: off("sock", "sk_protocol")?,
         sock_type: off("sock", "sk_type")?,
+        sock_net: off("sock_common", "skc_net")?,
+        // `ns` is a `struct ns_common` embedded in `struct net`.
+        net_ns_inum: off("net", "ns")?
+            .checked_add(off("ns_common", "inum")?)
+            .ok_or_else(|| BtfOffsetError::NoMember {
+                strukt: "net".to_owned(),
+                member: "ns.inum".to_owned(),
+            })?,
         _pad: 0,
     })
 }
@@ -116,6 +124,9 @@ mod tests {
         assert_eq!(o.sock_rcv_saddr, 4);
         assert!(o.sock_dport >= 8 && o.sock_num == o.sock_dport + 2, "{o:?}");
         assert!(o.sock_protocol > o.sock_v6_rcv_saddr);
+        // skc_net follows the address pair, ports and family in sock_common.
+        assert!(o.sock_net > o.sock_dport, "{o:?}");
+        assert!(o.net_ns_inum > 0, "{o:?}");
         let btf = Btf::from_file(VMLINUX).unwrap();
         assert!(member_offset(&btf, "sock", "no_such_member").is_err());
         assert!(member_offset(&btf, "no_such_struct", "x").is_err());

@@ -7,7 +7,7 @@ use selfops_ebpf::NetEventKind;
 
 use super::{
     context::{SpanContext, SpanId, TraceId},
-    event::{Endpoints, SocketEvent},
+    event::{Endpoints, LinkKey, SocketEvent},
     http1::{Detected, Http1Parser, Message, Request, Role},
 };
 
@@ -44,6 +44,9 @@ const MAX_UNKNOWN_EVENTS: u32 = 8;
 
 pub struct Connection {
     pub endpoints: Endpoints,
+    /// What the rendezvous and the client registry know it by: a client's
+    /// view translated through NAT to what its server sees.
+    pub link: LinkKey,
     pub side: Option<Side>,
     requests: Http1Parser,
     responses: Http1Parser,
@@ -83,9 +86,10 @@ fn starts_request(payload: &[u8]) -> bool {
 }
 
 impl Connection {
-    pub fn new(endpoints: Endpoints, side: Option<Side>) -> Self {
+    pub fn new(endpoints: Endpoints, link: LinkKey, side: Option<Side>) -> Self {
         Self {
             endpoints,
+            link,
             side,
             requests: Http1Parser::keeping_only(Role::Request, REQUEST_HEADERS),
             responses: Http1Parser::keeping_only(Role::Response, &[]),

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{FastMap, event::Endpoints};
+use super::{FastMap, event::LinkKey};
 
 pub type TraceId = [u8; 16];
 pub type SpanId = [u8; 8];
@@ -72,7 +72,7 @@ fn hex_bytes<const N: usize>(text: &str) -> Option<[u8; N]> {
 /// send order per connection (requests on one TCP connection are ordered,
 /// so the server's n-th unclaimed request is the client's n-th).
 pub struct Rendezvous {
-    by_connection: FastMap<Endpoints, VecDeque<(Instant, SpanContext)>>,
+    by_connection: FastMap<LinkKey, VecDeque<(Instant, SpanContext)>>,
     max_connections: usize,
     max_per_connection: usize,
     ttl: Duration,
@@ -91,7 +91,7 @@ impl Rendezvous {
     /// A client sent a request on `client` (its own view of the endpoints).
     /// Returns false if the registry is full (the server side then starts
     /// its own trace).
-    pub fn offer(&mut self, client: Endpoints, context: SpanContext, now: Instant) -> bool {
+    pub fn offer(&mut self, client: LinkKey, context: SpanContext, now: Instant) -> bool {
         if !self.by_connection.contains_key(&client)
             && self.by_connection.len() >= self.max_connections
         {
@@ -110,7 +110,7 @@ impl Rendezvous {
 
     /// The server received a request on `server` (its own view): the
     /// client's context for it, if the client side was seen.
-    pub fn claim(&mut self, server: Endpoints, now: Instant) -> Option<SpanContext> {
+    pub fn claim(&mut self, server: LinkKey, now: Instant) -> Option<SpanContext> {
         let client = server.reversed();
         let queue = self.by_connection.get_mut(&client)?;
         let mut found = None;
@@ -127,7 +127,7 @@ impl Rendezvous {
     }
 
     /// The client end closed: forget what no server claimed.
-    pub fn forget(&mut self, client: Endpoints) {
+    pub fn forget(&mut self, client: LinkKey) {
         self.by_connection.remove(&client);
     }
 
@@ -147,6 +147,17 @@ impl Rendezvous {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::trace::event::Endpoints;
+
+    fn key(local: &str, remote: &str) -> LinkKey {
+        LinkKey::new(
+            Endpoints {
+                local: local.parse().unwrap(),
+                remote: remote.parse().unwrap(),
+            },
+            4026531840,
+        )
+    }
 
     fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -182,10 +193,7 @@ mod tests {
     fn rendezvous_in_order_per_connection() {
         let mut r = Rendezvous::new(4);
         let now = Instant::now();
-        let client = Endpoints {
-            local: "127.0.0.1:40000".parse().unwrap(),
-            remote: "127.0.0.1:80".parse().unwrap(),
-        };
+        let client = key("127.0.0.1:40000", "127.0.0.1:80");
         let a = SpanContext {
             trace_id: new_trace_id(),
             span_id: new_span_id(),
@@ -200,6 +208,15 @@ mod tests {
         assert_eq!(r.claim(client.reversed(), now), Some(b));
         assert_eq!(r.claim(client.reversed(), now), None);
         assert!(r.is_empty());
+        // The same loopback addresses in another namespace are another
+        // connection.
+        assert!(r.offer(client, a, now));
+        let other_ns = LinkKey {
+            netns: client.netns + 1,
+            ..client
+        };
+        assert_eq!(r.claim(other_ns.reversed(), now), None);
+        assert_eq!(r.claim(client.reversed(), now), Some(a));
     }
 
     #[test]
@@ -210,14 +227,8 @@ mod tests {
             trace_id: new_trace_id(),
             span_id: new_span_id(),
         };
-        let c1 = Endpoints {
-            local: "10.0.0.1:1".parse().unwrap(),
-            remote: "10.0.0.2:80".parse().unwrap(),
-        };
-        let c2 = Endpoints {
-            local: "10.0.0.1:2".parse().unwrap(),
-            remote: "10.0.0.2:80".parse().unwrap(),
-        };
+        let c1 = key("10.0.0.1:1", "10.0.0.2:80");
+        let c2 = key("10.0.0.1:2", "10.0.0.2:80");
         assert!(r.offer(c1, ctx, now));
         assert!(!r.offer(c2, ctx, now));
         let later = now + Duration::from_secs(31);

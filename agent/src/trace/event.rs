@@ -24,6 +24,39 @@ impl Endpoints {
     }
 }
 
+/// A connection as the rendezvous matches its two ends: one end's view of
+/// the addresses, with the network namespace when the addresses alone do
+/// not tell one namespace's connection from another's (loopback, or a
+/// namespace talking to its own address: every pod has its own
+/// 127.0.0.1), else 0, so ends in different namespaces still meet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LinkKey {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub netns: u32,
+}
+
+impl LinkKey {
+    pub fn new(endpoints: Endpoints, netns: u32) -> Self {
+        let (local, remote) = (endpoints.local.ip(), endpoints.remote.ip());
+        let within = local.is_loopback() || remote.is_loopback() || local == remote;
+        Self {
+            local: endpoints.local,
+            remote: endpoints.remote,
+            netns: if within { netns } else { 0 },
+        }
+    }
+
+    /// The same connection as the other end sees it.
+    pub fn reversed(self) -> Self {
+        Self {
+            local: self.remote,
+            remote: self.local,
+            netns: self.netns,
+        }
+    }
+}
+
 /// A socket event, borrowing its payload from the ring buffer record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SocketEvent<'a> {
@@ -36,6 +69,8 @@ pub struct SocketEvent<'a> {
     pub start_boot_ns: u64,
     pub end_boot_ns: u64,
     pub endpoints: Endpoints,
+    /// Inode number of the socket's network namespace.
+    pub netns: u32,
     /// Bytes the syscall moved.
     pub total_len: u64,
     /// The first of those bytes.
@@ -104,6 +139,7 @@ pub fn decode(bytes: &[u8]) -> Result<SocketEvent<'_>, DecodeError> {
         start_boot_ns: header.start_ns,
         end_boot_ns: header.end_ns,
         endpoints: endpoints(&header.tuple)?,
+        netns: header.tuple.netns,
         total_len: header.total_len,
         payload,
         tls: matches!(header.syscall, SYSCALL_SSL_READ | SYSCALL_SSL_WRITE),
@@ -122,6 +158,8 @@ mod tests {
             remote_port: 40000,
             family,
             _pad: 0,
+            netns: 4026531840,
+            _pad2: 0,
         };
         tuple.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
         tuple.remote_addr[..4].copy_from_slice(&[127, 0, 0, 2]);
@@ -159,6 +197,7 @@ mod tests {
         assert_eq!(decoded.payload, b"GET /");
         assert_eq!(decoded.endpoints.local, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(decoded.endpoints.remote, "127.0.0.2:40000".parse().unwrap());
+        assert_eq!(decoded.netns, 4026531840);
         let bytes = bytes_of(&header(NetEventKind::Close, 2));
         let control = decode(&bytes).unwrap();
         assert_eq!(control.kind, NetEventKind::Close);
@@ -182,6 +221,27 @@ mod tests {
             payload: [0; PAYLOAD_MAX],
         };
         assert_eq!(decode(&bytes_of(&event)), Err(DecodeError::Captured(9999)));
+    }
+
+    #[test]
+    fn link_key_scopes_only_local_addresses_by_namespace() {
+        let e = |l: &str, r: &str| Endpoints {
+            local: l.parse().unwrap(),
+            remote: r.parse().unwrap(),
+        };
+        assert_eq!(LinkKey::new(e("127.0.0.1:1", "127.0.0.1:8080"), 7).netns, 7);
+        assert_eq!(LinkKey::new(e("[::1]:1", "[::1]:8080"), 7).netns, 7);
+        assert_eq!(LinkKey::new(e("10.0.0.5:1", "10.0.0.5:8080"), 7).netns, 7);
+        let pods = LinkKey::new(e("10.0.0.5:1", "10.0.0.6:8080"), 7);
+        assert_eq!(pods.netns, 0);
+        assert_eq!(
+            pods.reversed(),
+            LinkKey::new(e("10.0.0.6:8080", "10.0.0.5:1"), 8)
+        );
+        assert_ne!(
+            LinkKey::new(e("127.0.0.1:1", "127.0.0.1:8080"), 7),
+            LinkKey::new(e("127.0.0.1:8080", "127.0.0.1:1"), 8).reversed()
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Zero-instrumentation tracing: connections, protocol parsers, spans.
 
 pub mod connection;
+pub mod conntrack;
 pub mod context;
 pub mod event;
 pub mod filter;

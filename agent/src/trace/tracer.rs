@@ -19,10 +19,11 @@ use tokio::sync::watch;
 use super::{
     FastMap,
     connection::{Connection, InFlight, Parsed, Side},
+    conntrack::NatTranslator,
     context::{
         Rendezvous, SpanContext, SpanId, TraceId, new_span_id, new_trace_id, parse_traceparent,
     },
-    event::{Endpoints, SocketEvent, decode},
+    event::{Endpoints, LinkKey, SocketEvent, decode},
     filter::TraceFilter,
     http1::Response,
     red::{Observation, RedMetrics},
@@ -40,7 +41,10 @@ use crate::{
     },
 };
 
-/// A connection: the process and the kernel's socket.
+/// A connection: the process and the kernel's socket. Both are unique
+/// across network namespaces (the pid is the root namespace's, the socket
+/// a kernel address); what is keyed by addresses carries the namespace
+/// (see [`LinkKey`]).
 type ConnKey = (u32, u64);
 
 const MAX_RECORDS_PER_WAKEUP: usize = 4096;
@@ -80,6 +84,7 @@ struct Parked {
     since: Instant,
     pid: u32,
     endpoints: Endpoints,
+    link: LinkKey,
     entry: InFlight,
     response: Response,
     tls: bool,
@@ -90,19 +95,11 @@ struct Parked {
 
 /// Fixes `entry`'s trace from the client end (if its event was processed)
 /// or the request's traceparent; with `decide`, else a new trace.
-fn resolve_entry(
-    rendezvous: &mut Rendezvous,
-    endpoints: Endpoints,
-    entry: &mut InFlight,
-    decide: bool,
-) {
+fn resolve_entry(rendezvous: &mut Rendezvous, link: LinkKey, entry: &mut InFlight, decide: bool) {
     if entry.trace_id.is_some() {
         return;
     }
-    let (trace_id, parent) = match (
-        rendezvous.claim(endpoints, Instant::now()),
-        entry.traceparent,
-    ) {
+    let (trace_id, parent) = match (rendezvous.claim(link, Instant::now()), entry.traceparent) {
         (Some(client), _) => (client.trace_id, Some(client.span_id)),
         (None, _) if !decide => return,
         (None, Some(tp)) => (tp.trace_id, Some(tp.span_id)),
@@ -125,6 +122,8 @@ pub struct TraceMetrics {
     pub resource_unconfirmed: Counter,
     /// Things the tracer could not use, by reason.
     pub untraced: Family<ReasonLabel, Counter>,
+    /// Conntrack lookups of client connections, by outcome.
+    pub nat_lookups: Family<ReasonLabel, Counter>,
 }
 
 impl TraceMetrics {
@@ -143,7 +142,15 @@ impl TraceMetrics {
             red_series_overflowed: Counter::default(),
             resource_unconfirmed: Counter::default(),
             untraced: Family::default(),
+            nat_lookups: Family::default(),
         };
+        registry.register(
+            "trace_nat_lookups",
+            "Conntrack lookups of client connections to non-local addresses, by outcome \
+             (translated, not_translated, not_found, failed, unavailable, \
+             skipped_known_untranslated, untranslated_cache_cleared)",
+            m.nat_lookups.clone(),
+        );
         registry.register(
             "trace_spans_resource_unconfirmed",
             "Spans sent with the process resource known so far, the process table not \
@@ -214,10 +221,12 @@ pub struct Tracer {
     serving: FastMap<u32, u32>,
     /// Server spans in flight that were given a trace before their client's
     /// event was seen, by the server's endpoints.
-    orphans: FastMap<Endpoints, (ConnKey, SpanId)>,
+    orphans: FastMap<LinkKey, (ConnKey, SpanId)>,
     /// Client-side connections by their endpoints, so a server span can
     /// tell whether its client is a connection the agent traces.
-    clients: FastMap<Endpoints, ConnKey>,
+    clients: FastMap<LinkKey, ConnKey>,
+    /// Translates clients' views of NATed connections.
+    nat: NatTranslator,
     /// Pids whose /proc entry was missing at the last upkeep.
     dead_last_time: super::FastSet<u32>,
     table: SharedTable,
@@ -315,6 +324,7 @@ impl Tracer {
             dead_last_time: super::FastSet::default(),
             orphans: FastMap::default(),
             clients: FastMap::default(),
+            nat: NatTranslator::kernel(&trace_metrics.nat_lookups),
             table,
             resources,
             resource_cache: FastMap::default(),
@@ -384,15 +394,21 @@ impl Tracer {
             return false;
         }
         let process = self.table.read().get(event.pid);
-        let mut conn = Connection::new(event.endpoints, side);
+        let link = if side == Some(Side::Client) {
+            self.nat
+                .client_link(event.endpoints, event.netns, Instant::now())
+        } else {
+            LinkKey::new(event.endpoints, event.netns)
+        };
+        let mut conn = Connection::new(event.endpoints, link, side);
         // Filtered-out connections stay in the table, ignored, so the
         // decision is made once per connection.
         conn.excluded = !self.filter.allows(process.as_deref(), &event.endpoints);
         if side == Some(Side::Client) {
             // A new connection on a 4-tuple: contexts its predecessor left
             // unclaimed are not for this one's server.
-            self.rendezvous.forget(event.endpoints);
-            self.clients.insert(event.endpoints, key);
+            self.rendezvous.forget(link);
+            self.clients.insert(link, key);
         }
         self.connections.insert(key, conn);
         true
@@ -433,8 +449,8 @@ impl Tracer {
             // syscall and the probe's return. A later connection on the
             // same 4-tuple forgets it.
             Some(Side::Client) => {
-                if self.clients.get(&conn.endpoints) == Some(&key) {
-                    self.clients.remove(&conn.endpoints);
+                if self.clients.get(&conn.link) == Some(&key) {
+                    self.clients.remove(&conn.link);
                 }
                 // Its events are all in: server spans waiting for it go.
                 if !self.parked.is_empty() {
@@ -447,16 +463,16 @@ impl Tracer {
 
     /// Whether the client of a server connection with `endpoints` is a
     /// connection the agent traces, so its request event is still to come.
-    fn client_pending(&self, endpoints: Endpoints) -> bool {
+    fn client_pending(&self, link: LinkKey) -> bool {
         self.clients
-            .get(&endpoints.reversed())
+            .get(&link.reversed())
             .and_then(|key| self.connections.get(key))
             .is_some_and(|c| !c.excluded && !c.silent)
     }
 
     /// The client of `endpoints` never showed the request its server read.
-    fn mark_client_silent(&mut self, endpoints: Endpoints) {
-        if let Some(key) = self.clients.get(&endpoints.reversed())
+    fn mark_client_silent(&mut self, link: LinkKey) {
+        if let Some(key) = self.clients.get(&link.reversed())
             && let Some(conn) = self.connections.get_mut(key)
         {
             conn.silent = true;
@@ -512,7 +528,7 @@ impl Tracer {
         };
         // The client's write is usually processed already; if not, the
         // context is resolved again when it is first needed.
-        resolve_entry(&mut self.rendezvous, conn.endpoints, &mut entry, false);
+        resolve_entry(&mut self.rendezvous, conn.link, &mut entry, false);
         self.active_server.insert(tid, (key, span_id));
         *self.serving.entry(tid).or_insert(0) += 1;
         self.push_in_flight(key, entry);
@@ -529,10 +545,10 @@ impl Tracer {
         decide: bool,
     ) -> Option<SpanContext> {
         let conn = self.connections.get_mut(&key)?;
-        let endpoints = conn.endpoints;
+        let link = conn.link;
         let entry = conn.in_flight.iter_mut().find(|e| e.span_id == span_id)?;
         let undecided = entry.trace_id.is_none();
-        resolve_entry(&mut self.rendezvous, endpoints, entry, decide);
+        resolve_entry(&mut self.rendezvous, link, entry, decide);
         if undecided && entry.parent.is_none() {
             // Decided without its client: if the client's event turns up
             // while this span is in flight, the client joins this trace.
@@ -545,7 +561,7 @@ impl Tracer {
                     .inc_by(self.orphans.len() as u64);
                 self.orphans.clear();
             }
-            self.orphans.insert(endpoints, (key, span_id));
+            self.orphans.insert(link, (key, span_id));
         }
         Some(SpanContext {
             trace_id: entry.trace_id?,
@@ -556,7 +572,7 @@ impl Tracer {
     /// A client request whose server span was already given a trace of its
     /// own (the client's event came late): the client span joins that trace
     /// and becomes the server span's parent. Returns the client's context.
-    fn adopt_late_client(&mut self, client: Endpoints) -> Option<SpanContext> {
+    fn adopt_late_client(&mut self, client: LinkKey) -> Option<SpanContext> {
         let (server_key, server_span) = self.orphans.remove(&client.reversed())?;
         // In flight, or answered and parked waiting for this client.
         let in_flight = self
@@ -625,12 +641,12 @@ impl Tracer {
                 (None, Some((server, _))) => (server.trace_id, new_span_id(), Some(server.span_id)),
                 (None, None) => (new_trace_id(), new_span_id(), None),
             };
-        let Some(endpoints) = self.connections.get(&key).map(|c| c.endpoints) else {
+        let Some(link) = self.connections.get(&key).map(|c| c.link) else {
             return;
         };
         let now = Instant::now();
         let late = if traceparent.is_none() && parent.is_none() && !self.orphans.is_empty() {
-            self.adopt_late_client(endpoints)
+            self.adopt_late_client(link)
         } else {
             None
         };
@@ -639,7 +655,7 @@ impl Tracer {
             None => {
                 if !self
                     .rendezvous
-                    .offer(endpoints, SpanContext { trace_id, span_id }, now)
+                    .offer(link, SpanContext { trace_id, span_id }, now)
                 {
                     self.trace_metrics.dropped("rendezvous_full");
                 }
@@ -682,6 +698,7 @@ impl Tracer {
             return;
         };
         let endpoints = conn.endpoints;
+        let link = conn.link;
         let tls = conn.tls;
         if side == Side::Server {
             if self
@@ -692,26 +709,27 @@ impl Tracer {
                 self.active_server.remove(&entry.tid);
             }
             self.finish_serving(entry.tid);
-            resolve_entry(&mut self.rendezvous, endpoints, &mut entry, false);
+            resolve_entry(&mut self.rendezvous, link, &mut entry, false);
             let undecided = entry.trace_id.is_none();
             let orphan = !undecided
                 && entry.parent.is_none()
                 && self
                     .orphans
-                    .get(&endpoints)
+                    .get(&link)
                     .is_some_and(|(_, span)| *span == entry.span_id);
             // The server answered before the agent saw the client send (it
             // read the request before the client's call returned): wait for
             // the client's event.
-            if undecided || (orphan && self.client_pending(endpoints)) {
+            if undecided || (orphan && self.client_pending(link)) {
                 if self.parked.len() >= MAX_PARKED {
                     self.trace_metrics.dropped("parked_full_decided_early");
-                    resolve_entry(&mut self.rendezvous, endpoints, &mut entry, true);
+                    resolve_entry(&mut self.rendezvous, link, &mut entry, true);
                 } else {
                     self.parked.push_back(Parked {
                         since: Instant::now(),
                         pid: key.0,
                         endpoints,
+                        link,
                         entry,
                         response,
                         tls,
@@ -730,29 +748,29 @@ impl Tracer {
         let mut waiting = VecDeque::with_capacity(self.parked.len());
         while let Some(mut parked) = self.parked.pop_front() {
             let waited = now.saturating_duration_since(parked.since);
-            let pending = self.client_pending(parked.endpoints);
+            let pending = self.client_pending(parked.link);
             let expired = waited >= if pending { CLIENT_WAIT_MAX } else { PARK_FOR };
             let ready = if parked.awaiting_parent {
                 parked.entry.parent.is_some() || expired
             } else {
                 resolve_entry(
                     &mut self.rendezvous,
-                    parked.endpoints,
+                    parked.link,
                     &mut parked.entry,
                     expired,
                 );
                 parked.entry.trace_id.is_some()
             };
             if expired && pending && parked.entry.parent.is_none() {
-                self.mark_client_silent(parked.endpoints);
+                self.mark_client_silent(parked.link);
             }
             if ready {
                 if self
                     .orphans
-                    .get(&parked.endpoints)
+                    .get(&parked.link)
                     .is_some_and(|(_, span)| *span == parked.entry.span_id)
                 {
-                    self.orphans.remove(&parked.endpoints);
+                    self.orphans.remove(&parked.link);
                 }
                 self.emit(
                     parked.pid,

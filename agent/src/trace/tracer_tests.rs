@@ -44,6 +44,8 @@ struct Harness {
     spans: Arc<Mutex<Vec<Span>>>,
     clock_ns: u64,
     table: SharedTable,
+    /// Network namespace of the events fed.
+    netns: u32,
 }
 
 /// The client process as the table holds it: `executable` its image.
@@ -94,26 +96,40 @@ impl Harness {
             spans,
             clock_ns: 1_000_000,
             table,
+            netns: 4026531840,
         }
     }
 
     /// One event on the client's (`server == false`) or the server's end
     /// of the connection whose client port is `client_port`.
     fn event(&mut self, server: bool, kind: NetEventKind, client_port: u16, payload: &[u8]) {
-        self.clock_ns += 1_000;
+        // Sockets of different namespaces are different kernel objects.
+        let ns_bits = u64::from(self.netns) << 24;
         let (pid, sock, endpoints) = if server {
             (
                 SERVER_PID,
-                0xb000 + u64::from(client_port),
+                ns_bits + 0xb000 + u64::from(client_port),
                 client_view(client_port).reversed(),
             )
         } else {
             (
                 CLIENT_PID,
-                0xa000 + u64::from(client_port),
+                ns_bits + 0xa000 + u64::from(client_port),
                 client_view(client_port),
             )
         };
+        self.raw(pid, sock, kind, endpoints, payload);
+    }
+
+    fn raw(
+        &mut self,
+        pid: u32,
+        sock: u64,
+        kind: NetEventKind,
+        endpoints: Endpoints,
+        payload: &[u8],
+    ) {
+        self.clock_ns += 1_000;
         self.tracer.handle(SocketEvent {
             kind,
             pid,
@@ -123,6 +139,7 @@ impl Harness {
             start_boot_ns: self.clock_ns - 500,
             end_boot_ns: self.clock_ns,
             endpoints,
+            netns: self.netns,
             total_len: payload.len() as u64,
             payload,
             tls: !payload.is_empty(),
@@ -274,4 +291,68 @@ fn spans_do_not_wait_for_the_table_beyond_a_second() {
         .release_awaiting_table(std::time::Instant::now() + Duration::from_millis(1_001));
     assert_one_trace(&h.spans());
     assert_eq!(h.tracer.trace_metrics.resource_unconfirmed.get(), 2);
+}
+
+/// Two pods' loopback connections with the same addresses and ports: each
+/// server span is its own client's child, never the other pod's.
+#[test]
+fn loopback_connections_of_two_namespaces_are_never_linked() {
+    let mut h = Harness::new();
+    let (pod_a, pod_b) = (4_026_532_001, 4_026_532_002);
+    h.netns = pod_a;
+    h.run(40_010, &[CLIENT_CONNECTS, CLIENT_SENDS]);
+    h.netns = pod_b;
+    h.run(40_010, &USUAL_ORDER);
+    h.netns = pod_a;
+    h.run(40_010, &USUAL_ORDER[2..]);
+    let spans = h.spans();
+    assert_eq!(spans.len(), 4, "{spans:#?}");
+    let mut traces: std::collections::BTreeMap<_, Vec<Span>> = Default::default();
+    for s in spans {
+        traces.entry(s.trace_id).or_default().push(s);
+    }
+    assert_eq!(traces.len(), 2, "{traces:#?}");
+    for pair in traces.values() {
+        assert_one_trace(pair);
+    }
+}
+
+/// Conntrack says what the server of a connection to a virtual address
+/// sees: the server span is the client's child.
+#[test]
+fn a_client_of_a_nated_address_is_its_servers_parent() {
+    use crate::trace::conntrack::{ConntrackError, NatTable, NatTranslator};
+    struct Dnat;
+    impl NatTable for Dnat {
+        fn server_view(&mut self, client: Endpoints) -> Result<Option<Endpoints>, ConntrackError> {
+            Ok(
+                (client.remote == "10.96.0.10:80".parse().unwrap()).then(|| Endpoints {
+                    local: "10.2.0.2:8080".parse().unwrap(),
+                    remote: client.local,
+                }),
+            )
+        }
+    }
+    let mut h = Harness::new();
+    let family = prometheus_client::metrics::family::Family::default();
+    h.tracer.nat = NatTranslator::new(Some(Box::new(Dnat)), &family);
+    let client = Endpoints {
+        local: "10.1.0.2:40000".parse().unwrap(),
+        remote: "10.96.0.10:80".parse().unwrap(),
+    };
+    let server = Endpoints {
+        local: "10.2.0.2:8080".parse().unwrap(),
+        remote: "10.1.0.2:40000".parse().unwrap(),
+    };
+    h.netns = 4_026_532_010;
+    h.raw(CLIENT_PID, 1, Connect, client, b"");
+    h.raw(CLIENT_PID, 1, Egress, client, REQUEST);
+    h.netns = 4_026_532_020;
+    h.raw(SERVER_PID, 2, Accept, server, b"");
+    h.raw(SERVER_PID, 2, Ingress, server, REQUEST);
+    h.raw(SERVER_PID, 2, Egress, server, RESPONSE);
+    h.netns = 4_026_532_010;
+    h.raw(CLIENT_PID, 1, Ingress, client, RESPONSE);
+    h.raw(CLIENT_PID, 1, Close, client, b"");
+    assert_one_trace(&h.spans());
 }

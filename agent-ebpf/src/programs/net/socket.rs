@@ -23,6 +23,8 @@ static SOCKET_OFFSETS: SocketOffsets = SocketOffsets {
     sock_v6_rcv_saddr: 0,
     sock_protocol: 0,
     sock_type: 0,
+    sock_net: 0,
+    net_ns_inum: 0,
     _pad: 0,
 };
 
@@ -101,6 +103,10 @@ pub fn tuple_of(sk: u64, tuple: *mut SockTuple) -> Result<(), i64> {
         (*tuple).local_port = read(sk, o.sock_num)?;
         (*tuple).remote_port = u16::from_be(read(sk, o.sock_dport)?);
         (*tuple)._pad = 0;
+        (*tuple)._pad2 = 0;
+        // Two reads: the namespace pointer, then its inode number.
+        let net: u64 = read(sk, o.sock_net)?;
+        (*tuple).netns = read(net, o.net_ns_inum)?;
         if family == AF_INET6 {
             (*tuple).local_addr = read(sk, o.sock_v6_rcv_saddr)?;
             (*tuple).remote_addr = read(sk, o.sock_v6_daddr)?;
