@@ -232,6 +232,8 @@ impl ExportPipeline {
             metrics.clone(),
             channels.deadline.clone(),
         )?;
+        let mut handle = channels.handle;
+        handle.otlp_exporters = sinks.otlp_running();
         let batcher = queue::Batcher {
             signals: channels.signals,
             audit: channels.audit,
@@ -252,6 +254,6 @@ impl ExportPipeline {
             batcher.run().await;
             let _ = done.send(true);
         };
-        Ok((channels.handle, pipeline))
+        Ok((handle, pipeline))
     }
 }

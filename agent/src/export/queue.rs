@@ -11,7 +11,13 @@
 //! small queue of their own into the batcher, which runs them through the
 //! profiles pipeline to the OTLP exporters like any other batch.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use tokio::{
     sync::{
@@ -55,6 +61,8 @@ pub struct ExportHandle {
     signals: mpsc::Sender<Signal>,
     audit: mpsc::Sender<Signal>,
     profiles: mpsc::Sender<OtlpBatch>,
+    /// Whether an OTLP exporter runs (kept by the sinks, which change live).
+    pub(super) otlp_exporters: Arc<AtomicBool>,
     /// Set once, by `shutdown`: when the pipeline must be done.
     deadline: Arc<watch::Sender<Option<Instant>>>,
     done: watch::Receiver<bool>,
@@ -101,6 +109,12 @@ impl ExportHandle {
                     .drop_signals(signal_name(&signal), DropReason::Shutdown, 1);
             }
         }
+    }
+
+    /// Whether profiles handed over now would be sent anywhere: the profiler
+    /// builds an OTLP request only then.
+    pub fn takes_profiles(&self) -> bool {
+        self.otlp_exporters.load(Ordering::Relaxed)
     }
 
     /// Queues one interval's profiles without waiting; dropped and counted
@@ -185,6 +199,7 @@ pub fn channels(capacity: [usize; 3], metrics: ExportMetrics) -> Channels {
             signals: signals_tx,
             audit: audit_tx,
             profiles: profiles_tx,
+            otlp_exporters: Arc::default(),
             deadline: Arc::new(deadline_tx),
             done: done_rx,
             metrics,

@@ -5,7 +5,14 @@
 //! sink that is switched off has its queue closed, drains it and ends; a
 //! sink switched on starts with an empty queue.
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
 use tokio::{sync::watch, task::JoinSet};
 
@@ -71,6 +78,8 @@ pub struct SinkSet {
     /// Checked at construction, started by `start` inside the runtime.
     initial: Option<ExportConfig>,
     tasks: JoinSet<()>,
+    /// Set while an OTLP exporter runs.
+    otlp_running: Arc<AtomicBool>,
 }
 
 impl SinkSet {
@@ -101,6 +110,9 @@ impl SinkSet {
             }),
             initial: Some(config.clone()),
             tasks: JoinSet::new(),
+            // True from the start when OTLP exporters will run, so nothing
+            // handed over before `start` is built in vain or skipped.
+            otlp_running: Arc::new(AtomicBool::new(config.otlp.is_some() || !named.is_empty())),
         })
     }
 
@@ -115,6 +127,7 @@ impl SinkSet {
             builder: None,
             initial: None,
             tasks: JoinSet::new(),
+            otlp_running: Arc::default(),
         }
     }
 
@@ -134,8 +147,19 @@ impl SinkSet {
             .chain(&self.fixed)
     }
 
+    /// True while an OTLP exporter runs, kept up to date by `apply`.
+    pub fn otlp_running(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.otlp_running)
+    }
+
     /// Rebuilds what `config` changes; see the module docs.
     pub fn apply(&mut self, config: &ExportConfig) {
+        self.rebuild(config);
+        self.otlp_running
+            .store(!self.otlp.is_empty(), Ordering::Relaxed);
+    }
+
+    fn rebuild(&mut self, config: &ExportConfig) {
         let Some(builder) = &self.builder else {
             return;
         };

@@ -202,6 +202,7 @@ fn write_interval(
     profile: &IntervalProfile,
     retention: Retention,
     clock: fn() -> SystemTime,
+    want_otlp: bool,
 ) -> Written {
     let stem = files::free_stem(dir, profile.start);
     let pprof = pprof::encode_gzip(profile)
@@ -214,7 +215,7 @@ fn write_interval(
     let svg = flamegraph::render_svg(profile, &title).and_then(|bytes| {
         files::write_atomic(dir, &format!("{stem}{SVG_SUFFIX}"), &bytes).map_err(Into::into)
     });
-    let otlp = (!profile.stacks.is_empty()).then(|| otlp::build_request(profile));
+    let otlp = (want_otlp && !profile.stacks.is_empty()).then(|| otlp::build_request(profile));
     let pruned = files::prune(dir, retention, clock());
     Written {
         processes: process_count(profile),
@@ -252,9 +253,11 @@ async fn run_files(
             },
         };
         let job_dir = dir.clone();
+        // No OTLP exporter: the request would go nowhere.
+        let want_otlp = export.takes_profiles();
         let n = process_count(&profile);
         let written = tokio::task::spawn_blocking(move || {
-            write_interval(&job_dir, &profile, retention, clock)
+            write_interval(&job_dir, &profile, retention, clock, want_otlp)
         })
         .await;
         let written = match written {
