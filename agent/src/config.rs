@@ -187,6 +187,10 @@ pub struct KubernetesConfig {
     /// How long one watch request lasts before it is renewed.
     #[serde(with = "humantime_serde")]
     pub watch_timeout: Duration,
+    /// How long a deleted pod's metadata stays, for the late signals of
+    /// its last moments.
+    #[serde(with = "humantime_serde")]
+    pub deleted_pod_grace: Duration,
 }
 
 impl Default for KubernetesConfig {
@@ -201,6 +205,7 @@ impl Default for KubernetesConfig {
             page_size: 100,
             max_backoff: Duration::from_secs(30),
             watch_timeout: Duration::from_secs(300),
+            deleted_pod_grace: crate::k8s::DEFAULT_DELETED_GRACE,
         }
     }
 }

@@ -24,6 +24,9 @@ use selfops_tests::{
     wait_for,
 };
 
+/// A dry-run playbook on the web pod's service, so an audit record names it.
+const AUDITED_PLAYBOOK: &str = "actuation:\n  interval: 200ms\n  mode: dry-run\n  playbooks:\n    - name: storefront-busy\n      when: { signal: service.request.rate, service: storefront, above: 0.1 }\n      do: { throttle: { port: 9, per_second: 100 } }\n      ttl: 30s\n      cooldown: 600s\n";
+
 const NODE: &str = "node-test-1";
 const CGROUP_V2: &str = "/sys/fs/cgroup/unified";
 const CGROUP_V1: &str = "/sys/fs/cgroup/pids";
@@ -378,7 +381,7 @@ fn spans_carry_pod_metadata_through_restart_expiry_and_outage() {
     let agent = Agent::start(
         "kubernetes-meta",
         &format!(
-            "profile:\n  interval: 2s\nkubernetes:\n  kubeconfig: {}\n  node_name: {NODE}\n  cluster_name: test-cluster\n  max_backoff: 1s\n  page_size: 1\n",
+            "profile:\n  interval: 2s\nkubernetes:\n  kubeconfig: {}\n  node_name: {NODE}\n  cluster_name: test-cluster\n  max_backoff: 1s\n  page_size: 1\n{AUDITED_PLAYBOOK}",
             kubeconfig(&api, &dir).display()
         ),
     );
@@ -401,6 +404,28 @@ fn spans_carry_pod_metadata_through_restart_expiry_and_outage() {
     let pid = span.resource.get("process.pid");
     let pid = pid.and_then(|v| v.as_i64().or_else(|| v.as_str()?.parse().ok()));
     assert_eq!(pid, Some(i64::from(web.pid())));
+
+    // Audit records: the agent is their resource (the actor); the workload
+    // whose series the playbook read rides on the record.
+    let audited = selfops_tests::audit::wait_for_record(
+        &agent,
+        "selfops.action.applied",
+        Duration::from_secs(30),
+        |a| a.get("k8s.pod.name").and_then(|v| v.as_str()) == Some("web-6b8f9d7c4-x7k2p"),
+    );
+    for (key, value) in [
+        ("k8s.namespace.name", "shop"),
+        ("k8s.pod.uid", web_uid.as_str()),
+        ("k8s.deployment.name", "web"),
+        ("k8s.cluster.name", "test-cluster"),
+        ("selfops.playbook", "storefront-busy"),
+    ] {
+        assert_eq!(
+            audited.get(key).and_then(|v| v.as_str()),
+            Some(value),
+            "{key} on the audit record: {audited:?}"
+        );
+    }
 
     let span = span_where(&agent, &db, "db", |s| {
         s.resource.contains_key("k8s.pod.name")
@@ -470,6 +495,14 @@ fn spans_carry_pod_metadata_through_restart_expiry_and_outage() {
     });
     assert_eq!(res(&span, "container.id"), s(&web_id));
     assert_eq!(res(&span, "k8s.pod.name"), s("web-6b8f9d7c4-x7k2p"));
+    // The deleted pod's metadata stays for its grace period (the late
+    // signals of its last moments), and is shown as held.
+    assert_eq!(
+        agent.metric("selfops_k8s_deleted_pods", &[]),
+        1.0,
+        "{}",
+        k8s_metrics(&agent)
+    );
 
     // Watch expiry: the agent lists again and keeps the metadata meanwhile;
     // a change after the re-list arrives through the new watch.
@@ -555,7 +588,13 @@ fn spans_carry_pod_metadata_through_restart_expiry_and_outage() {
         ) >= 1.0,
         "{metrics}"
     );
-    assert_eq!(agent.metric("selfops_k8s_pods", &[]), 2.0, "{metrics}");
+    // Web and db run; the pod deleted at the restart may still be held
+    // for its grace period.
+    assert_eq!(
+        agent.metric("selfops_k8s_pods", &[]) - agent.metric("selfops_k8s_deleted_pods", &[]),
+        2.0,
+        "{metrics}"
+    );
     assert!(
         agent.metric("selfops_k8s_metadata_bytes", &[]) > 0.0,
         "{metrics}"

@@ -25,7 +25,7 @@ use crate::{
     control::next_update,
     process::SharedTable,
     series::{Sampler, ServiceStats},
-    signal::{AttrValue, Resource, Signal},
+    signal::{Resource, Signal},
 };
 
 /// Why an enforcing action fails while no limiter is loaded.
@@ -103,17 +103,12 @@ impl ActuationLoop {
             return Ok(None);
         }
         let engine = Engine::new(config, Instant::now()).context("actuation.playbooks")?;
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        let resource = Arc::new(Resource {
-            attributes: vec![
-                ("service.name", AttrValue::from("selfops")),
-                (
-                    "service.version",
-                    AttrValue::from(env!("CARGO_PKG_VERSION")),
-                ),
-                ("host.name", AttrValue::from(host.trim())),
-            ],
-        });
+        // The cluster's name is known once the pod watch is installed,
+        // which happens before the loop starts.
+        let cluster = crate::k8s::installed();
+        let resource = Arc::new(crate::process::resource::own_resource(
+            cluster.as_deref().and_then(|d| d.cluster_name()),
+        ));
         let sampler = Sampler::new(&engine.series(), hook.stats.clone(), table.clone());
         hook.set(engine.reads_services());
         let mut this = Self {
@@ -268,7 +263,14 @@ impl ActuationLoop {
 
     fn audit(&self, decisions: &[super::engine::Decision]) {
         for decision in decisions {
-            let record = audit::record(decision, &self.metrics, &self.resource);
+            let mut record = audit::record(decision, &self.metrics, &self.resource);
+            // The record's resource is the agent, the actor; the workload
+            // whose series it read rides on the record.
+            if let (Some("service"), Some(service)) =
+                (decision.series.name.subject(), &decision.series.subject)
+            {
+                record.attributes.extend(self.hook.stats.workload(service));
+            }
             tracing::info!(playbook = %decision.playbook, outcome = decision.outcome.label(), "{}", record.body);
             (self.sink)(Signal::Log(record));
         }

@@ -37,7 +37,6 @@ use crate::{
     act::ActuationConfig,
     config::{Config, ExportConfig, ProfileConfig, ServiceConfig, TraceConfig},
     export::ExportMetrics,
-    signal::{AttrValue, Resource},
     supervise::Health,
 };
 
@@ -161,23 +160,9 @@ pub fn start(
         )
     })?;
     let description = description(&config.control);
-    let resource = Arc::new(Resource {
-        attributes: description
-            .identifying_attributes
-            .iter()
-            .chain(&description.non_identifying_attributes)
-            .filter_map(|kv| {
-                match kv.key.as_str() {
-                    "service.name" => Some("service.name"),
-                    "service.version" => Some("service.version"),
-                    "host.name" => Some("host.name"),
-                    _ => None,
-                }
-                .zip(string_value(kv))
-            })
-            .map(|(k, v)| (k, AttrValue::from(v)))
-            .collect(),
-    });
+    let resource = Arc::new(crate::process::resource::own_resource(
+        config.kubernetes.cluster_name.as_deref(),
+    ));
     let state = state::ClientState::new(uid, description);
     tracing::info!(endpoint = %opamp.endpoint, %uid, "OpAMP client starting");
     let client = client::Client::new(
@@ -195,13 +180,6 @@ pub fn start(
     Ok(Some(ControlHandle { stop, task }))
 }
 
-fn string_value(kv: &selfops_proto::opamp::KeyValue) -> Option<String> {
-    match kv.value.as_ref()?.value.as_ref()? {
-        selfops_proto::opamp::any_value::Value::StringValue(s) => Some(s.clone()),
-        _ => None,
-    }
-}
-
 /// service.* identify the agent; host.*, os.type and the configured labels
 /// describe where it runs.
 pub fn description(control: &ControlConfig) -> AgentDescription {
@@ -216,9 +194,7 @@ pub fn description(control: &ControlConfig) -> AgentDescription {
         ),
         ("os.type", "linux".to_owned()),
     ];
-    if let Ok(node) = std::env::var("KUBERNETES_NODE_NAME") {
-        non_identifying.push(("k8s.node.name", node));
-    }
+    non_identifying.extend(crate::k8s::own_pod::attributes(None));
     let mut non_identifying = state::attributes(&non_identifying);
     non_identifying.extend(
         control

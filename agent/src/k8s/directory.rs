@@ -1,6 +1,9 @@
 //! The pods of this node, by uid and by container id: bounded, with a
 //! generation that changes whenever what a container resolves to changes,
-//! so caches of built resources know to go.
+//! so caches of built resources know to go. A deleted pod's metadata stays
+//! for a grace period: spans of its last requests, its exited processes and
+//! the profile interval that sampled them are resolved after the API server
+//! has already said the pod is gone.
 
 use std::{
     collections::HashMap,
@@ -8,6 +11,7 @@ use std::{
         Arc, RwLock,
         atomic::{AtomicU64, Ordering},
     },
+    time::{Duration, Instant},
 };
 
 use super::{
@@ -46,15 +50,21 @@ pub enum Upserted {
     Full,
 }
 
+/// How long a deleted pod's metadata is kept unless configured.
+pub const DEFAULT_DELETED_GRACE: Duration = Duration::from_secs(60);
+
 #[derive(Default)]
 struct State {
     pods: HashMap<Box<str>, Arc<PodMeta>>,
     containers: HashMap<ContainerId, PodContainer>,
+    /// Deleted pods still held, by uid: until when.
+    deleted: HashMap<Box<str>, Instant>,
     bytes: usize,
 }
 
 impl State {
     fn add(&mut self, pod: Arc<PodMeta>) {
+        self.deleted.remove(&pod.uid);
         self.bytes += pod.heap_bytes() + ENTRY_OVERHEAD * (1 + pod.containers.len());
         for (index, (id, _)) in pod.containers.iter().enumerate() {
             self.containers.insert(
@@ -69,6 +79,7 @@ impl State {
     }
 
     fn take(&mut self, uid: &str) -> Option<Arc<PodMeta>> {
+        self.deleted.remove(uid);
         let pod = self.pods.remove(uid)?;
         self.bytes = self
             .bytes
@@ -86,12 +97,35 @@ impl State {
         }
         Some(pod)
     }
+
+    /// Drops the deleted pods whose grace ended; whether any went.
+    fn sweep(&mut self, now: Instant) -> bool {
+        let due: Vec<Box<str>> = self
+            .deleted
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in &due {
+            self.take(uid);
+        }
+        !due.is_empty()
+    }
+
+    /// Whether `pod` was deleted and its grace has ended (it is dropped at
+    /// the next change; until then lookups treat it as gone).
+    fn expired(&self, pod: &PodMeta, now: Instant) -> bool {
+        self.deleted
+            .get(&pod.uid)
+            .is_some_and(|until| *until <= now)
+    }
 }
 
 pub struct PodDirectory {
     state: RwLock<State>,
     generation: AtomicU64,
     max_pods: usize,
+    deleted_grace: Duration,
     node_name: Box<str>,
     cluster_name: Option<Box<str>>,
     metrics: KubeMetrics,
@@ -108,10 +142,17 @@ impl PodDirectory {
             state: RwLock::default(),
             generation: AtomicU64::new(0),
             max_pods,
+            deleted_grace: DEFAULT_DELETED_GRACE,
             node_name: node_name.into(),
             cluster_name: cluster_name.map(Into::into),
             metrics,
         }
+    }
+
+    /// How long a deleted pod's metadata stays (zero: it goes at once).
+    pub fn with_deleted_grace(mut self, grace: Duration) -> Self {
+        self.deleted_grace = grace;
+        self
     }
 
     pub fn node_name(&self) -> &str {
@@ -130,7 +171,9 @@ impl PodDirectory {
     /// The pod of the container with this (64 hex digit) id.
     pub fn container(&self, container_id: &str) -> Option<PodContainer> {
         let id = ContainerId::parse(container_id)?;
-        self.read().containers.get(&id).cloned()
+        let state = self.read();
+        let found = state.containers.get(&id)?;
+        (!state.expired(&found.pod, Instant::now())).then(|| found.clone())
     }
 
     pub fn len(&self) -> usize {
@@ -144,7 +187,8 @@ impl PodDirectory {
     pub fn upsert(&self, pod: PodMeta) -> Upserted {
         let outcome = {
             let mut state = self.write();
-            match state.pods.get(&pod.uid) {
+            let swept = state.sweep(Instant::now());
+            let outcome = match state.pods.get(&pod.uid) {
                 Some(old) if **old == pod => Upserted::Same,
                 Some(_) => {
                     state.take(&pod.uid);
@@ -156,22 +200,48 @@ impl PodDirectory {
                     state.add(Arc::new(pod));
                     Upserted::New
                 }
-            }
+            };
+            (outcome, swept)
         };
         match outcome {
-            Upserted::New | Upserted::Changed => self.changed(),
-            Upserted::Full => self.metrics.reject("max_pods"),
-            Upserted::Same => {}
+            (Upserted::New | Upserted::Changed, _) | (_, true) => self.changed(),
+            _ => {}
         }
-        outcome
+        if outcome.0 == Upserted::Full {
+            self.metrics.reject("max_pods");
+        }
+        outcome.0
     }
 
+    /// A pod the API server deleted: held for the grace period, then gone.
+    /// Whether it was held.
     pub fn remove(&self, uid: &str) -> bool {
-        let removed = self.write().take(uid).is_some();
-        if removed {
+        let now = Instant::now();
+        let held = {
+            let mut state = self.write();
+            state.sweep(now);
+            let held = state.pods.contains_key(uid);
+            if held && !state.deleted.contains_key(uid) {
+                match now.checked_add(self.deleted_grace) {
+                    Some(until) if !self.deleted_grace.is_zero() => {
+                        state.deleted.insert(uid.into(), until);
+                    }
+                    _ => {
+                        state.take(uid);
+                    }
+                }
+            }
+            held
+        };
+        self.changed();
+        held
+    }
+
+    /// Drops deleted pods whose grace has ended.
+    pub fn sweep(&self) {
+        if self.write().sweep(Instant::now()) {
             self.changed();
         }
-        removed
     }
 
     /// The entry already held for `pod` if it is unchanged, else a new
@@ -187,12 +257,14 @@ impl PodDirectory {
     }
 
     /// What a full list found replaces everything at once: pods still
-    /// running never disappear in between, pods absent from it go.
+    /// running never disappear in between; pods absent from it were
+    /// deleted meanwhile and are held for the rest of their grace.
     pub fn replace_all(&self, pods: Vec<Arc<PodMeta>>) {
         let room = pods.len().min(self.max_pods);
         let mut fresh = State {
             pods: HashMap::with_capacity(room),
             containers: HashMap::with_capacity(room.saturating_mul(2)),
+            deleted: HashMap::new(),
             bytes: 0,
         };
         for pod in pods {
@@ -205,7 +277,27 @@ impl PodDirectory {
             }
             fresh.add(pod);
         }
-        *self.write() = fresh;
+        let now = Instant::now();
+        {
+            let mut state = self.write();
+            state.sweep(now);
+            let until = now.checked_add(self.deleted_grace);
+            for (uid, pod) in &state.pods {
+                let held_until = state.deleted.get(uid).copied().or(until);
+                let Some(held_until) = held_until else {
+                    continue;
+                };
+                if self.deleted_grace.is_zero()
+                    || fresh.pods.contains_key(uid)
+                    || fresh.pods.len() >= self.max_pods
+                {
+                    continue;
+                }
+                fresh.add(pod.clone());
+                fresh.deleted.insert(uid.clone(), held_until);
+            }
+            *state = fresh;
+        }
         self.changed();
     }
 
@@ -213,6 +305,7 @@ impl PodDirectory {
         self.generation.fetch_add(1, Ordering::Release);
         let state = self.read();
         self.metrics.pods.set(gauge(state.pods.len()));
+        self.metrics.deleted_pods.set(gauge(state.deleted.len()));
         self.metrics.containers.set(gauge(state.containers.len()));
         self.metrics.bytes.set(gauge(state.bytes));
     }
@@ -257,7 +350,8 @@ mod tests {
 
     #[test]
     fn restart_moves_the_container_and_bumps_the_generation() {
-        let dir = PodDirectory::new("n", None, 10, KubeMetrics::default());
+        let dir = PodDirectory::new("n", None, 10, KubeMetrics::default())
+            .with_deleted_grace(Duration::ZERO);
         assert_eq!(dir.upsert(pod("u1", "web", "c1")), Upserted::New);
         let g = dir.generation();
         assert_eq!(dir.upsert(pod("u1", "web", "c1")), Upserted::Same);
@@ -276,7 +370,8 @@ mod tests {
     #[test]
     fn bounded_and_replaced_whole() {
         let metrics = KubeMetrics::default();
-        let dir = PodDirectory::new("n", None, 2, metrics.clone());
+        let dir =
+            PodDirectory::new("n", None, 2, metrics.clone()).with_deleted_grace(Duration::ZERO);
         dir.upsert(pod("u1", "a", "c1"));
         dir.upsert(pod("u2", "b", "c2"));
         assert_eq!(dir.upsert(pod("u3", "c", "c3")), Upserted::Full);
@@ -299,5 +394,37 @@ mod tests {
             2
         );
         assert!(metrics.bytes.get() > 0);
+    }
+
+    #[test]
+    fn deleted_pods_stay_for_their_grace_then_go() {
+        let metrics = KubeMetrics::default();
+        let dir = PodDirectory::new("n", None, 3, metrics.clone())
+            .with_deleted_grace(Duration::from_secs(3600));
+        dir.upsert(pod("u1", "a", "c1"));
+        dir.upsert(pod("u2", "b", "c2"));
+        assert!(dir.remove("u1"));
+        assert!(!dir.remove("u9"), "never held");
+        assert_eq!(&*dir.container(&id('1')).unwrap().pod.name, "a");
+        assert_eq!(metrics.deleted_pods.get(), 1);
+        assert_eq!(metrics.pods.get(), 2, "held pods count against max_pods");
+        // A re-list without u2 (deleted during a watch gap) holds it too;
+        // u1 keeps its mark.
+        dir.replace_all(vec![dir.reuse(pod("u3", "c", "c3"))]);
+        assert_eq!(dir.len(), 3);
+        assert_eq!(metrics.deleted_pods.get(), 2);
+        assert!(dir.container(&id('2')).is_some());
+        // The cap still holds with held pods.
+        assert_eq!(dir.upsert(pod("u4", "d", "c4")), Upserted::Full);
+
+        let short = PodDirectory::new("n", None, 3, metrics.clone())
+            .with_deleted_grace(Duration::from_millis(1));
+        short.upsert(pod("u1", "a", "c1"));
+        short.remove("u1");
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(short.container(&id('1')).is_none(), "grace over");
+        short.sweep();
+        assert_eq!(short.len(), 0);
+        assert_eq!(metrics.bytes.get(), 0);
     }
 }

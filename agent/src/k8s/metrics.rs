@@ -39,6 +39,8 @@ pub struct KubeMetrics {
     /// Labels, containers or values left out of a pod for their size.
     pub fields_dropped: Counter,
     pub pods: Gauge,
+    /// Of those, pods deleted and held for their grace period.
+    pub deleted_pods: Gauge,
     pub containers: Gauge,
     /// Estimated heap bytes of the pod metadata held.
     pub bytes: Gauge,
@@ -79,6 +81,11 @@ impl KubeMetrics {
             m.fields_dropped.clone(),
         );
         r.register("pods", "Pods of this node held", m.pods.clone());
+        r.register(
+            "deleted_pods",
+            "Pods deleted from the API server whose metadata is still held for the grace period",
+            m.deleted_pods.clone(),
+        );
         r.register(
             "containers",
             "Container ids mapped to pods",

@@ -6,6 +6,7 @@
 pub mod client;
 pub mod directory;
 pub mod metrics;
+pub mod own_pod;
 pub mod owner;
 pub mod pod;
 pub mod selector;
@@ -15,7 +16,7 @@ pub mod watch;
 
 use std::sync::{Arc, OnceLock};
 
-pub use directory::{PodContainer, PodDirectory};
+pub use directory::{DEFAULT_DELETED_GRACE, PodContainer, PodDirectory};
 
 /// The directory of this agent process, for the trace and profile
 /// selectors, which their owners build in several places from config alone.

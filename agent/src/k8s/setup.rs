@@ -59,12 +59,15 @@ pub fn prepare(
     };
     tracing::info!(?source, %node, "pod metadata from the Kubernetes API server");
     let metrics = KubeMetrics::register(registry);
-    let directory = Arc::new(PodDirectory::new(
-        &node,
-        config.cluster_name.as_deref(),
-        config.max_pods,
-        metrics.clone(),
-    ));
+    let directory = Arc::new(
+        PodDirectory::new(
+            &node,
+            config.cluster_name.as_deref(),
+            config.max_pods,
+            metrics.clone(),
+        )
+        .with_deleted_grace(config.deleted_pod_grace),
+    );
     let page_bytes = config
         .max_object_bytes
         .saturating_mul(usize::try_from(config.page_size).unwrap_or(usize::MAX))

@@ -217,6 +217,25 @@ impl ResourceBuilder {
     }
 }
 
+/// The resource of what the agent emits as itself (audit records): the
+/// agent as a service, its host and, in a pod, that pod.
+pub fn own_resource(cluster_name: Option<&str>) -> Resource {
+    let mut attributes = vec![
+        ("service.name", AttrValue::from("selfops")),
+        (
+            "service.version",
+            AttrValue::from(env!("CARGO_PKG_VERSION")),
+        ),
+        ("host.name", AttrValue::Str(host_name())),
+    ];
+    attributes.extend(
+        crate::k8s::own_pod::attributes(cluster_name)
+            .into_iter()
+            .map(|(k, v)| (k, AttrValue::Str(v))),
+    );
+    Resource { attributes }
+}
+
 /// The k8s.* resource attributes of the OpenTelemetry semantic conventions.
 fn k8s_attributes(attrs: &mut Attributes, container: &PodContainer, pods: &PodDirectory) {
     let pod = &container.pod;

@@ -3,10 +3,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Mutex, PoisonError},
+    sync::{Arc, Mutex, PoisonError},
 };
 
-use crate::signal::{Signal, SpanKind, SpanStatus};
+use crate::signal::{Attributes, Resource, Signal, SpanKind, SpanStatus};
 
 /// Latency buckets: geometric from 10 µs by 1.25, the last open-ended
 /// (about 98 s). A p99 is reported as its bucket's upper bound, within 25%.
@@ -23,6 +23,12 @@ struct Window {
     requests: u64,
     errors: u64,
     latency: [u32; BUCKETS],
+    /// The `k8s.*` attributes every span of the window shared (`None`
+    /// before the first span).
+    k8s: Option<Attributes>,
+    /// The resource last merged into `k8s`: spans of one process share
+    /// theirs, so most spans cost a pointer comparison.
+    last_resource: Option<Arc<Resource>>,
 }
 
 impl Default for Window {
@@ -31,7 +37,35 @@ impl Default for Window {
             requests: 0,
             errors: 0,
             latency: [0; BUCKETS],
+            k8s: None,
+            last_resource: None,
         }
+    }
+}
+
+impl Window {
+    fn note_resource(&mut self, resource: &Arc<Resource>) {
+        if self
+            .last_resource
+            .as_ref()
+            .is_some_and(|last| Arc::ptr_eq(last, resource))
+        {
+            return;
+        }
+        match &mut self.k8s {
+            None => {
+                self.k8s = Some(
+                    resource
+                        .attributes
+                        .iter()
+                        .filter(|(key, _)| key.starts_with("k8s."))
+                        .cloned()
+                        .collect(),
+                )
+            }
+            Some(common) => common.retain(|(key, value)| resource.get(key) == Some(value)),
+        }
+        self.last_resource = Some(resource.clone());
     }
 }
 
@@ -59,6 +93,9 @@ pub struct ServiceWindow {
 #[derive(Default)]
 pub struct ServiceStats {
     windows: Mutex<HashMap<String, Window>>,
+    /// Per service, the `k8s.*` attributes its spans shared in its last
+    /// window with requests: whose series a decision read.
+    workloads: Mutex<HashMap<String, Attributes>>,
     overflow: std::sync::atomic::AtomicU64,
 }
 
@@ -86,8 +123,22 @@ impl ServiceStats {
         };
         window.requests += 1;
         window.errors += u64::from(failed);
+        window.note_resource(&span.resource);
         let bucket = &mut window.latency[bucket_of(seconds)];
         *bucket = bucket.saturating_add(1);
+    }
+
+    /// The `k8s.*` attributes all of `service`'s spans shared in its last
+    /// window with requests: namespace and owner when its pods on this
+    /// node agree on them, the pod when there is one. Empty outside
+    /// Kubernetes.
+    pub fn workload(&self, service: &str) -> Attributes {
+        self.workloads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(service)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Spans not counted because `MAX_SERVICES` were already tracked.
@@ -105,6 +156,12 @@ impl ServiceStats {
             .get_mut(service)
             .map(std::mem::take)
             .unwrap_or_default();
+        if let Some(k8s) = window.k8s {
+            self.workloads
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(service.to_owned(), k8s);
+        }
         let requests = window.requests as f64;
         let latency_p99 = (window.requests > 0).then(|| {
             let rank = (requests * 0.99).ceil() as u64;
@@ -185,6 +242,52 @@ mod tests {
         let empty = stats.take("web", 0.5);
         assert_eq!(empty.request_rate, 0.0);
         assert_eq!(empty.latency_p99, None);
+    }
+
+    #[test]
+    fn workload_is_what_the_window_s_spans_shared() {
+        let pod = |name: &str| {
+            Arc::new(Resource {
+                attributes: vec![
+                    ("service.name", AttrValue::from("web")),
+                    ("process.pid", AttrValue::Int(7)),
+                    ("k8s.namespace.name", AttrValue::from("shop")),
+                    ("k8s.deployment.name", AttrValue::from("web")),
+                    ("k8s.pod.name", AttrValue::from(name)),
+                ],
+            })
+        };
+        let with = |resource: &Arc<Resource>| {
+            let Signal::Span(mut s) = span("web", SpanKind::Server, 1, false) else {
+                unreachable!()
+            };
+            s.resource = resource.clone();
+            Signal::Span(s)
+        };
+        let stats = ServiceStats::default();
+        assert!(stats.workload("web").is_empty());
+        let (a, b) = (pod("web-a"), pod("web-b"));
+        stats.observe(&with(&a));
+        stats.observe(&with(&a));
+        stats.take("web", 1.0);
+        let one = stats.workload("web");
+        assert_eq!(one.len(), 3, "{one:?}");
+        assert!(one.contains(&("k8s.pod.name", AttrValue::from("web-a"))));
+        // Two pods: what they share stays, the pod goes.
+        stats.observe(&with(&a));
+        stats.observe(&with(&b));
+        stats.take("web", 1.0);
+        let two = stats.workload("web");
+        assert_eq!(
+            two,
+            vec![
+                ("k8s.namespace.name", AttrValue::from("shop")),
+                ("k8s.deployment.name", AttrValue::from("web")),
+            ]
+        );
+        // A window without requests keeps the last known workload.
+        stats.take("web", 1.0);
+        assert_eq!(stats.workload("web"), two);
     }
 
     #[test]
