@@ -32,9 +32,9 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         args: Vec<String>,
     },
-    /// Set up if needed, then fmt check, clippy, unit and privileged tests;
-    /// with `--kernel` or `--kernels`, only the checks in VMs booting
-    /// Debian kernels.
+    /// Set up if needed, then fmt check, clippy, unit and privileged tests,
+    /// fuzzing and the checks in VMs booting the default Debian kernels;
+    /// with `--kernel` or `--kernels`, only the VM checks.
     Test {
         /// Only run tests whose name contains this filter.
         filter: Option<String>,
@@ -99,7 +99,15 @@ fn main() -> anyhow::Result<()> {
             } else if !kernel.is_empty() {
                 vm::run(&kernel, accel)
             } else {
-                test::run(filter.as_deref())
+                test::run(filter.as_deref())?;
+                // The whole suite also boots the default kernels: the agent
+                // must hold on the kernels users run, not only this one.
+                if filter.is_none() {
+                    let names: Vec<String> =
+                        vm::DEFAULT_KERNELS.iter().map(|k| k.to_string()).collect();
+                    vm::run(&names, accel)?;
+                }
+                Ok(())
             }
         }
         Command::Fuzz { seconds, target } => {
