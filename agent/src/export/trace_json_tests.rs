@@ -50,7 +50,11 @@ fn proto_span(n: u8) -> Span {
         trace_id: (0..16).map(|i| i * 17 + n).collect(),
         span_id: vec![0xab, 0, 1, 0xff, 2, 3, 4, n],
         trace_state: "vendor=a,other=\"b\"".to_owned(),
-        parent_span_id: if n % 2 == 0 { Vec::new() } else { vec![9; 8] },
+        parent_span_id: if n.is_multiple_of(2) {
+            Vec::new()
+        } else {
+            vec![9; 8]
+        },
         flags: 0x301,
         name: format!("GET /x?{n}\u{0}"),
         kind: span::SpanKind::Client as i32,
@@ -169,7 +173,8 @@ fn direct_writer_matches_serde_for_the_agents_spans() {
 
 #[test]
 fn uncovered_fields_fall_back_to_serde() {
-    let uncovered: Vec<Box<dyn Fn(&mut ExportTraceServiceRequest)>> = vec![
+    type Change = Box<dyn Fn(&mut ExportTraceServiceRequest)>;
+    let uncovered: Vec<Change> = vec![
         Box::new(|r| r.resource_spans[0].scope_spans[0].spans[0].events = vec![Default::default()]),
         Box::new(|r| r.resource_spans[0].scope_spans[0].spans[0].links = vec![Default::default()]),
         Box::new(|r| {
