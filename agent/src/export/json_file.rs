@@ -17,9 +17,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use serde::Serialize;
 
-use super::convert::OtlpBatch;
+use super::{convert::OtlpBatch, trace_json};
 
 /// Default size at which a `.jsonl` file is rotated.
 pub const DEFAULT_ROTATE_BYTES: u64 = 256 * 1024 * 1024;
@@ -98,6 +99,8 @@ pub struct BatchOutcome {
 #[derive(Debug)]
 pub struct FileSink {
     traces: JsonlFile,
+    /// The trace line being written, kept between batches.
+    trace_line: Vec<u8>,
     metrics: JsonlFile,
     logs: JsonlFile,
 }
@@ -106,6 +109,7 @@ impl FileSink {
     pub fn new(dir: &Path, rotate_bytes: u64) -> Self {
         Self {
             traces: JsonlFile::new(dir.join(TRACES_FILE), rotate_bytes),
+            trace_line: Vec::new(),
             metrics: JsonlFile::new(dir.join(METRICS_FILE), rotate_bytes),
             logs: JsonlFile::new(dir.join(LOGS_FILE), rotate_bytes),
         }
@@ -113,11 +117,62 @@ impl FileSink {
 
     pub fn write_batch(&mut self, batch: &OtlpBatch) -> BatchOutcome {
         BatchOutcome {
-            traces: write_line(&mut self.traces, batch.traces.as_ref()),
+            traces: write_trace_line(
+                &mut self.traces,
+                batch.traces.as_ref(),
+                &mut self.trace_line,
+            ),
             metrics: write_line(&mut self.metrics, batch.metrics.as_ref()),
             logs: write_line(&mut self.logs, batch.logs.as_ref()),
         }
     }
+}
+
+/// Serializes a trace request as an OTLP/JSON line (with its `\n`):
+/// written directly where [`trace_json`] covers it, else through serde.
+pub fn encode_trace_line(
+    request: &ExportTraceServiceRequest,
+) -> Result<Vec<u8>, serde_json::Error> {
+    let mut line = Vec::new();
+    encode_trace_line_into(request, &mut line)?;
+    Ok(line)
+}
+
+/// [`encode_trace_line`] into `line` (cleared first), so one buffer serves
+/// every batch.
+fn encode_trace_line_into(
+    request: &ExportTraceServiceRequest,
+    line: &mut Vec<u8>,
+) -> Result<(), serde_json::Error> {
+    line.clear();
+    if !trace_json::write_trace_line(request, line) {
+        *line = encode_json_line(request)?;
+    }
+    Ok(())
+}
+
+/// A reused line buffer grown past this is released after its batch.
+const KEEP_LINE_BUFFER: usize = 8 * 1024 * 1024;
+
+fn write_trace_line(
+    file: &mut JsonlFile,
+    request: Option<&ExportTraceServiceRequest>,
+    line: &mut Vec<u8>,
+) -> LineOutcome {
+    let Some(request) = request else {
+        return LineOutcome::Empty;
+    };
+    let outcome = match encode_trace_line_into(request, line) {
+        Err(err) => LineOutcome::EncodeFailed(err),
+        Ok(()) => match file.append(line) {
+            Ok(()) => LineOutcome::Written,
+            Err(err) => LineOutcome::WriteFailed(err),
+        },
+    };
+    if line.capacity() > KEEP_LINE_BUFFER {
+        *line = Vec::new();
+    }
+    outcome
 }
 
 fn write_line<T: Serialize>(file: &mut JsonlFile, message: Option<&T>) -> LineOutcome {

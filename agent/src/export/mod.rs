@@ -52,6 +52,9 @@ pub(crate) mod test_support;
 mod tests;
 #[cfg(test)]
 mod tls_tests;
+mod trace_json;
+#[cfg(test)]
+mod trace_json_tests;
 
 use std::{future::Future, path::Path, time::Duration};
 
@@ -59,7 +62,9 @@ use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
 
 pub use convert::{OtlpBatch, SCOPE_NAME, SCOPE_VERSION, convert, resource_to_proto};
-pub use json_file::{DEFAULT_ROTATE_BYTES, LOGS_FILE, METRICS_FILE, TRACES_FILE, encode_json_line};
+pub use json_file::{
+    DEFAULT_ROTATE_BYTES, LOGS_FILE, METRICS_FILE, TRACES_FILE, encode_json_line, encode_trace_line,
+};
 pub use metrics::{DropReason, ExportMetrics, sink_name};
 pub use queue::ExportHandle;
 

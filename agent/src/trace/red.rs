@@ -3,7 +3,7 @@
 //! route template and status class, with the number of routes per service
 //! capped so one noisy service cannot grow memory without bound.
 
-use std::sync::Arc;
+use std::{borrow::Cow, sync::Arc};
 
 use super::{FastMap, FastSet};
 use crate::signal::{AttrValue, HistogramPoint, Resource, SpanKind};
@@ -16,12 +16,14 @@ pub const DURATION_BOUNDS: &[f64] = &[
 /// The route every path beyond a service's cap is counted under.
 pub const OVERFLOW_ROUTE: &str = "{overflow}";
 
+/// Built per request from shared parts, so recording allocates nothing
+/// once a series exists.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct SeriesKey {
     kind: SpanKindKey,
     service: Arc<str>,
-    method: String,
-    route: String,
+    method: &'static str,
+    route: Arc<str>,
     status_class: &'static str,
 }
 
@@ -75,7 +77,8 @@ pub struct Observation<'a> {
 
 pub struct RedMetrics {
     series: FastMap<SeriesKey, Series>,
-    routes: FastMap<Arc<str>, FastSet<String>>,
+    /// Each service's routes, interned: series keys share them.
+    routes: FastMap<Arc<str>, FastSet<Arc<str>>>,
     max_routes_per_service: usize,
     /// Series the agent keeps in all; beyond it new series fold into one
     /// overflow series per kind and status class.
@@ -90,7 +93,11 @@ pub struct RedMetrics {
 /// `/users/42/orders/9f8e…` → `/users/{id}/orders/{id}`: segments that look
 /// like identifiers (numbers, UUIDs, long hex) become `{id}`, since the real
 /// route of an unknown framework cannot be known.
-pub fn route_template(path: &str) -> String {
+pub fn route_template(path: &str) -> Cow<'_, str> {
+    // Most paths have no identifier: the path is its own template.
+    if !path.split('/').any(looks_like_id) {
+        return Cow::Borrowed(path);
+    }
     let mut out = String::with_capacity(path.len());
     for (i, segment) in path.split('/').enumerate() {
         if i > 0 {
@@ -102,7 +109,7 @@ pub fn route_template(path: &str) -> String {
             out.push_str(segment);
         }
     }
-    out
+    Cow::Owned(out)
 }
 
 fn looks_like_id(segment: &str) -> bool {
@@ -112,6 +119,20 @@ fn looks_like_id(segment: &str) -> bool {
     let digits = segment.bytes().all(|b| b.is_ascii_digit());
     let hexish = segment.len() >= 16 && segment.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
     digits || hexish
+}
+
+const OTHER_METHOD: &str = "_OTHER";
+
+/// The method as a static name: one of the standard ones, or `_OTHER`.
+fn standard_method(method: &str) -> &'static str {
+    const STANDARD: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    STANDARD
+        .iter()
+        .find(|m| **m == method)
+        .copied()
+        .unwrap_or(OTHER_METHOD)
 }
 
 fn status_class(status: u16) -> &'static str {
@@ -149,21 +170,20 @@ impl RedMetrics {
         };
         let template = route_template(o.path);
         let routes = self.routes.entry(service.clone()).or_default();
-        let route = if routes.contains(&template) {
-            template
-        } else if routes.len() < self.max_routes_per_service {
-            routes.insert(template.clone());
-            template
-        } else {
-            self.overflowed += 1;
-            OVERFLOW_ROUTE.to_owned()
+        let route: Arc<str> = match routes.get(template.as_ref()) {
+            Some(known) => known.clone(),
+            None if routes.len() < self.max_routes_per_service => {
+                let route: Arc<str> = Arc::from(template.as_ref());
+                routes.insert(route.clone());
+                route
+            }
+            None => {
+                self.overflowed += 1;
+                Arc::from(OVERFLOW_ROUTE)
+            }
         };
         // Methods outside the standard set collapse, as semconv advises.
-        let method = match o.method {
-            "GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "CONNECT" | "OPTIONS" | "TRACE"
-            | "PATCH" => o.method.to_owned(),
-            _ => "_OTHER".to_owned(),
-        };
+        let method = standard_method(o.method);
         let key = SeriesKey {
             kind: match o.kind {
                 SpanKind::Server => SpanKindKey::Server,
@@ -174,7 +194,10 @@ impl RedMetrics {
             route,
             status_class: status_class(o.status),
         };
-        if !self.series.contains_key(&key) && self.series.len() >= self.max_series {
+        if let Some(series) = self.series.get_mut(&key) {
+            return series.record(o.seconds);
+        }
+        if self.series.len() >= self.max_series {
             return self.record_overflow(&o);
         }
         self.series
@@ -193,8 +216,8 @@ impl RedMetrics {
                 SpanKind::Client => SpanKindKey::Client,
             },
             service: Arc::from(OVERFLOW_ROUTE),
-            method: "_OTHER".to_owned(),
-            route: OVERFLOW_ROUTE.to_owned(),
+            method: OTHER_METHOD,
+            route: Arc::from(OVERFLOW_ROUTE),
             status_class: status_class(o.status),
         };
         self.series
@@ -227,8 +250,8 @@ impl RedMetrics {
                     description,
                     unit: "s",
                     attributes: vec![
-                        ("http.request.method", AttrValue::Str(key.method.clone())),
-                        ("http.route", AttrValue::Str(key.route.clone())),
+                        ("http.request.method", key.method.into()),
+                        ("http.route", AttrValue::Str(key.route.to_string())),
                         ("http.response.status_class", key.status_class.into()),
                     ],
                     start_unix_nano: self.start_unix_nano,

@@ -35,8 +35,8 @@ fn protocol_version(minor: u8) -> &'static str {
     if minor == 0 { "1.0" } else { "1.1" }
 }
 
-fn peer(attrs: &mut Attributes, remote: SocketAddr) {
-    attrs.push(("network.peer.address", remote.ip().to_string().into()));
+fn peer(attrs: &mut Attributes, remote_ip: String, remote: SocketAddr) {
+    attrs.push(("network.peer.address", remote_ip.into()));
     attrs.push(("network.peer.port", i64::from(remote.port()).into()));
 }
 
@@ -80,6 +80,8 @@ pub fn build(exchange: Exchange<'_>) -> Span {
     ]);
     let host = request.header("host").map(host_name);
     let path = url_path(&request.target);
+    // Formatted once: two attributes name it.
+    let remote_ip = endpoints.remote.ip().to_string();
     let (kind, error) = match side {
         Side::Server => {
             attrs.push(("url.path", path.into()));
@@ -90,11 +92,11 @@ pub fn build(exchange: Exchange<'_>) -> Span {
                     .into(),
             ));
             attrs.push(("server.port", i64::from(endpoints.local.port()).into()));
-            attrs.push(("client.address", endpoints.remote.ip().to_string().into()));
+            attrs.push(("client.address", remote_ip.clone().into()));
             (SpanKind::Server, status >= 500)
         }
         Side::Client => {
-            let server = host.map_or_else(|| endpoints.remote.ip().to_string(), str::to_owned);
+            let server = host.map_or_else(|| remote_ip.clone(), str::to_owned);
             let authority = match request.header("host") {
                 Some(h) => h.to_owned(),
                 None => endpoints.remote.to_string(),
@@ -106,7 +108,7 @@ pub fn build(exchange: Exchange<'_>) -> Span {
             (SpanKind::Client, status >= 400)
         }
     };
-    peer(&mut attrs, endpoints.remote);
+    peer(&mut attrs, remote_ip, endpoints.remote);
     if let Some(agent) = request.header("user-agent") {
         attrs.push(("user_agent.original", agent.into()));
     }

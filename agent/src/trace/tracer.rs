@@ -84,7 +84,6 @@ struct Parked {
     since: Instant,
     pid: u32,
     endpoints: Endpoints,
-    link: LinkKey,
     entry: InFlight,
     response: Response,
     tls: bool,
@@ -96,10 +95,21 @@ struct Parked {
 /// Fixes `entry`'s trace from the client end (if its event was processed)
 /// or the request's traceparent; with `decide`, else a new trace.
 fn resolve_entry(rendezvous: &mut Rendezvous, link: LinkKey, entry: &mut InFlight, decide: bool) {
+    resolve_entry_at(rendezvous, link, entry, decide, Instant::now());
+}
+
+/// [`resolve_entry`] at `now` (read once for many entries).
+fn resolve_entry_at(
+    rendezvous: &mut Rendezvous,
+    link: LinkKey,
+    entry: &mut InFlight,
+    decide: bool,
+    now: Instant,
+) {
     if entry.trace_id.is_some() {
         return;
     }
-    let (trace_id, parent) = match (rendezvous.claim(link, Instant::now()), entry.traceparent) {
+    let (trace_id, parent) = match (rendezvous.claim(link, now), entry.traceparent) {
         (Some(client), _) => (client.trace_id, Some(client.span_id)),
         (None, _) if !decide => return,
         (None, Some(tp)) => (tp.trace_id, Some(tp.span_id)),
@@ -246,7 +256,11 @@ pub struct Tracer {
     counters: HotCounters,
     red: RedMetrics,
     red_interval: Duration,
-    parked: VecDeque<Parked>,
+    /// Parked server spans by their link: a client event or close
+    /// concerns one link's spans only, so only those are looked at then.
+    parked: FastMap<LinkKey, VecDeque<Parked>>,
+    /// Server spans parked in all.
+    parked_len: usize,
     filter: TraceFilter,
     /// Remote config: a new `trace` section (include/exclude applied to
     /// connections from then on; the sensor stays attached).
@@ -313,7 +327,8 @@ impl Tracer {
                 unix_now_ns(),
             ),
             red_interval: config.metrics_interval,
-            parked: VecDeque::new(),
+            parked: FastMap::default(),
+            parked_len: 0,
             filter,
             updates: None,
             connections: FastMap::default(),
@@ -453,9 +468,7 @@ impl Tracer {
                     self.clients.remove(&conn.link);
                 }
                 // Its events are all in: server spans waiting for it go.
-                if !self.parked.is_empty() {
-                    self.release_parked(Instant::now());
-                }
+                self.release_parked_link(conn.link.reversed(), Instant::now());
             }
             None => {}
         }
@@ -588,6 +601,7 @@ impl Tracer {
         } else {
             &mut self
                 .parked
+                .get_mut(&client.reversed())?
                 .iter_mut()
                 .find(|p| p.entry.span_id == server_span)?
                 .entry
@@ -673,9 +687,7 @@ impl Tracer {
                 traceparent,
             },
         );
-        if !self.parked.is_empty() {
-            self.release_parked(now);
-        }
+        self.release_parked_link(link.reversed(), now);
     }
 
     fn finish_serving(&mut self, tid: u32) {
@@ -721,15 +733,15 @@ impl Tracer {
             // read the request before the client's call returned): wait for
             // the client's event.
             if undecided || (orphan && self.client_pending(link)) {
-                if self.parked.len() >= MAX_PARKED {
+                if self.parked_len >= MAX_PARKED {
                     self.trace_metrics.dropped("parked_full_decided_early");
                     resolve_entry(&mut self.rendezvous, link, &mut entry, true);
                 } else {
-                    self.parked.push_back(Parked {
+                    self.parked_len += 1;
+                    self.parked.entry(link).or_default().push_back(Parked {
                         since: Instant::now(),
                         pid: key.0,
                         endpoints,
-                        link,
                         entry,
                         response,
                         tls,
@@ -745,32 +757,47 @@ impl Tracer {
     /// Parked server spans whose client end has now been seen, or whose
     /// wait is over, are emitted.
     fn release_parked(&mut self, now: Instant) {
-        let mut waiting = VecDeque::with_capacity(self.parked.len());
-        while let Some(mut parked) = self.parked.pop_front() {
-            let waited = now.saturating_duration_since(parked.since);
-            let pending = self.client_pending(parked.link);
-            let expired = waited >= if pending { CLIENT_WAIT_MAX } else { PARK_FOR };
-            let ready = if parked.awaiting_parent {
+        let links: Vec<LinkKey> = self.parked.keys().copied().collect();
+        for link in links {
+            self.release_parked_link(link, now);
+        }
+    }
+
+    /// As [`Tracer::release_parked`], for the server spans of one link.
+    /// They share the link, so whether its client is pending is asked
+    /// once; entries stay where they are unless some are released (a
+    /// parked span is large, and most wait).
+    fn release_parked_link(&mut self, link: LinkKey, now: Instant) {
+        let Some(mut queue) = self.parked.remove(&link) else {
+            return;
+        };
+        let pending = self.client_pending(link);
+        let wait_max = if pending { CLIENT_WAIT_MAX } else { PARK_FOR };
+        let mut any_ready = false;
+        let mut ready = Vec::with_capacity(queue.len());
+        for parked in queue.iter_mut() {
+            let expired = now.saturating_duration_since(parked.since) >= wait_max;
+            let is_ready = if parked.awaiting_parent {
                 parked.entry.parent.is_some() || expired
             } else {
-                resolve_entry(
-                    &mut self.rendezvous,
-                    parked.link,
-                    &mut parked.entry,
-                    expired,
-                );
+                resolve_entry_at(&mut self.rendezvous, link, &mut parked.entry, expired, now);
                 parked.entry.trace_id.is_some()
             };
             if expired && pending && parked.entry.parent.is_none() {
-                self.mark_client_silent(parked.link);
+                self.mark_client_silent(link);
             }
-            if ready {
+            any_ready |= is_ready;
+            ready.push(is_ready);
+        }
+        if any_ready {
+            let before = queue.len();
+            for (parked, _) in queue.iter().zip(&ready).filter(|(_, r)| **r) {
                 if self
                     .orphans
-                    .get(&parked.link)
+                    .get(&link)
                     .is_some_and(|(_, span)| *span == parked.entry.span_id)
                 {
-                    self.orphans.remove(&parked.link);
+                    self.orphans.remove(&link);
                 }
                 self.emit(
                     parked.pid,
@@ -780,11 +807,20 @@ impl Tracer {
                     &parked.response,
                     parked.tls,
                 );
-            } else {
-                waiting.push_back(parked);
             }
+            // Released spans are mostly the oldest: popped off the front;
+            // the others are kept in place.
+            let front = ready.iter().take_while(|r| **r).count();
+            queue.drain(..front);
+            if ready[front..].iter().any(|r| *r) {
+                let mut flags = ready[front..].iter();
+                queue.retain(|_| !flags.next().copied().unwrap_or(false));
+            }
+            self.parked_len = self.parked_len.saturating_sub(before - queue.len());
         }
-        self.parked = waiting;
+        if !queue.is_empty() {
+            self.parked.insert(link, queue);
+        }
     }
 
     fn emit(
@@ -933,11 +969,13 @@ impl Tracer {
         self.dead_last_time = dead;
         let connections = &self.connections;
         let parked = &self.parked;
-        self.orphans.retain(|_, (key, span)| {
+        self.orphans.retain(|link, (key, span)| {
             connections
                 .get(key)
                 .is_some_and(|c| c.in_flight.iter().any(|e| e.span_id == *span))
-                || parked.iter().any(|p| p.entry.span_id == *span)
+                || parked
+                    .get(link)
+                    .is_some_and(|q| q.iter().any(|p| p.entry.span_id == *span))
         });
         self.trace_metrics
             .connections
