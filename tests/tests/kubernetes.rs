@@ -282,6 +282,44 @@ fn span_where(
     })
 }
 
+/// The string resource attributes of every `http.server.request.duration`
+/// series in the agent's metrics.jsonl.
+fn red_resources(agent: &Agent) -> Vec<BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(agent.dir.join("data/metrics.jsonl")).unwrap_or_default();
+    let mut found = Vec::new();
+    for line in text.lines() {
+        let Ok(request) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        for rm in request["resourceMetrics"].as_array().into_iter().flatten() {
+            let red = rm["scopeMetrics"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|sm| sm["metrics"].as_array().into_iter().flatten())
+                .any(|m| m["name"] == "http.server.request.duration");
+            if !red {
+                continue;
+            }
+            let attributes = rm["resource"]["attributes"]
+                .as_array()
+                .into_iter()
+                .flatten();
+            found.push(
+                attributes
+                    .filter_map(|kv| {
+                        Some((
+                            kv["key"].as_str()?.to_owned(),
+                            kv["value"]["stringValue"].as_str()?.to_owned(),
+                        ))
+                    })
+                    .collect(),
+            );
+        }
+    }
+    found
+}
+
 fn k8s_metrics(agent: &Agent) -> String {
     agent
         .get("/metrics")
@@ -381,7 +419,7 @@ fn spans_carry_pod_metadata_through_restart_expiry_and_outage() {
     let agent = Agent::start(
         "kubernetes-meta",
         &format!(
-            "profile:\n  interval: 2s\nkubernetes:\n  kubeconfig: {}\n  node_name: {NODE}\n  cluster_name: test-cluster\n  max_backoff: 1s\n  page_size: 1\n{AUDITED_PLAYBOOK}",
+            "profile:\n  interval: 2s\nkubernetes:\n  kubeconfig: {}\n  node_name: {NODE}\n  cluster_name: test-cluster\n  max_backoff: 1s\n  page_size: 1\ntrace:\n  metrics_interval: 1s\n{AUDITED_PLAYBOOK}",
             kubeconfig(&api, &dir).display()
         ),
     );
@@ -404,6 +442,29 @@ fn spans_carry_pod_metadata_through_restart_expiry_and_outage() {
     let pid = span.resource.get("process.pid");
     let pid = pid.and_then(|v| v.as_i64().or_else(|| v.as_str()?.parse().ok()));
     assert_eq!(pid, Some(i64::from(web.pid())));
+
+    // RED metrics: a series per pod container, its resource naming the pod.
+    let red = wait_for(Duration::from_secs(30), || {
+        red_resources(&agent)
+            .into_iter()
+            .find(|r| r.get("k8s.pod.name").map(String::as_str) == Some("web-6b8f9d7c4-x7k2p"))
+    });
+    let red =
+        red.unwrap_or_else(|| panic!("no RED series of the web pod: {:?}", red_resources(&agent)));
+    for (key, value) in [
+        ("service.name", "storefront"),
+        ("k8s.namespace.name", "shop"),
+        ("k8s.pod.uid", web_uid.as_str()),
+        ("k8s.container.name", "web"),
+        ("k8s.deployment.name", "web"),
+        ("k8s.cluster.name", "test-cluster"),
+    ] {
+        assert_eq!(
+            red.get(key).map(String::as_str),
+            Some(value),
+            "{key}: {red:?}"
+        );
+    }
 
     // Audit records: the agent is their resource (the actor); the workload
     // whose series the playbook read rides on the record.

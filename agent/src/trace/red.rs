@@ -1,7 +1,9 @@
 //! RED metrics from spans: `http.server.request.duration` and
 //! `http.client.request.duration` histograms (seconds) by service, method,
-//! route template and status class, with the number of routes per service
-//! capped so one noisy service cannot grow memory without bound.
+//! route template and status class — and on Kubernetes by pod and
+//! container, whose `k8s.*` attributes the series' resource carries — with
+//! the number of routes per service capped so one noisy service cannot
+//! grow memory without bound.
 
 use std::{borrow::Cow, sync::Arc};
 
@@ -22,9 +24,41 @@ pub const OVERFLOW_ROUTE: &str = "{overflow}";
 struct SeriesKey {
     kind: SpanKindKey,
     service: Arc<str>,
+    workload: Option<Arc<Workload>>,
     method: &'static str,
     route: Arc<str>,
     status_class: &'static str,
+}
+
+/// The pod container a series' requests ran in: its `k8s.*` resource
+/// attributes, interned so series keys share one copy.
+#[derive(Debug)]
+pub struct Workload {
+    uid: Box<str>,
+    container: Box<str>,
+    pub attributes: Vec<(&'static str, AttrValue)>,
+}
+
+impl PartialEq for Workload {
+    fn eq(&self, other: &Self) -> bool {
+        self.uid == other.uid && self.container == other.container
+    }
+}
+
+impl Eq for Workload {}
+
+impl std::hash::Hash for Workload {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.uid.hash(state);
+        self.container.hash(state);
+    }
+}
+
+fn text<'r>(resource: &'r Resource, key: &str) -> Option<&'r str> {
+    match resource.get(key) {
+        Some(AttrValue::Str(s)) => Some(s),
+        _ => None,
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -68,7 +102,8 @@ impl Series {
 /// One observed request, as RED needs it.
 pub struct Observation<'a> {
     pub kind: SpanKind,
-    pub service: &'a str,
+    /// The span's resource: its service and, in a pod, the pod.
+    pub resource: &'a Resource,
     pub method: &'a str,
     pub path: &'a str,
     pub status: u16,
@@ -79,6 +114,9 @@ pub struct RedMetrics {
     series: FastMap<SeriesKey, Series>,
     /// Each service's routes, interned: series keys share them.
     routes: FastMap<Arc<str>, FastSet<Arc<str>>>,
+    /// Pod containers seen, by pod uid (each made with a series, so bounded
+    /// by `max_series`).
+    workloads: FastMap<Box<str>, Vec<Arc<Workload>>>,
     max_routes_per_service: usize,
     /// Series the agent keeps in all; beyond it new series fold into one
     /// overflow series per kind and status class.
@@ -151,6 +189,7 @@ impl RedMetrics {
         Self {
             series: FastMap::default(),
             routes: FastMap::default(),
+            workloads: FastMap::default(),
             max_routes_per_service,
             max_series,
             start_unix_nano,
@@ -160,13 +199,18 @@ impl RedMetrics {
     }
 
     pub fn record(&mut self, o: Observation<'_>) {
-        let service: Arc<str> = match self.routes.get_key_value(o.service) {
+        let service_name = o.resource.service_name();
+        let service: Arc<str> = match self.routes.get_key_value(service_name) {
             Some((name, _)) => name.clone(),
             // A new service's routes would add series beyond the cap.
             None if self.series.len() >= self.max_series => {
                 return self.record_overflow(&o);
             }
-            None => Arc::from(o.service),
+            None => Arc::from(service_name),
+        };
+        let workload = match self.workload_of(o.resource) {
+            Ok(workload) => workload,
+            Err(()) => return self.record_overflow(&o),
         };
         let template = route_template(o.path);
         let routes = self.routes.entry(service.clone()).or_default();
@@ -190,6 +234,7 @@ impl RedMetrics {
                 SpanKind::Client => SpanKindKey::Client,
             },
             service,
+            workload,
             method,
             route,
             status_class: status_class(o.status),
@@ -216,6 +261,7 @@ impl RedMetrics {
                 SpanKind::Client => SpanKindKey::Client,
             },
             service: Arc::from(OVERFLOW_ROUTE),
+            workload: None,
             method: OTHER_METHOD,
             route: Arc::from(OVERFLOW_ROUTE),
             status_class: status_class(o.status),
@@ -226,11 +272,46 @@ impl RedMetrics {
             .record(o.seconds);
     }
 
-    /// Cumulative points for every series, each with its service's resource.
+    /// The interned pod container of `resource` (`None` outside a pod);
+    /// `Err` when a new one would exceed the series cap.
+    fn workload_of(&mut self, resource: &Resource) -> Result<Option<Arc<Workload>>, ()> {
+        let Some(uid) = text(resource, "k8s.pod.uid") else {
+            return Ok(None);
+        };
+        let container = text(resource, "k8s.container.name").unwrap_or("");
+        if let Some(known) = self
+            .workloads
+            .get(uid)
+            .and_then(|w| w.iter().find(|w| &*w.container == container))
+        {
+            return Ok(Some(known.clone()));
+        }
+        if self.series.len() >= self.max_series {
+            return Err(());
+        }
+        let workload = Arc::new(Workload {
+            uid: uid.into(),
+            container: container.into(),
+            attributes: resource
+                .attributes
+                .iter()
+                .filter(|(key, _)| key.starts_with("k8s."))
+                .cloned()
+                .collect(),
+        });
+        self.workloads
+            .entry(uid.into())
+            .or_default()
+            .push(workload.clone());
+        Ok(Some(workload))
+    }
+
+    /// Cumulative points for every series, each with its service's (and
+    /// pod's) resource.
     pub fn collect(
         &self,
         now_unix_nano: u64,
-        resource_of: &mut dyn FnMut(&str) -> Arc<Resource>,
+        resource_of: &mut dyn FnMut(&str, Option<&Arc<Workload>>) -> Arc<Resource>,
     ) -> Vec<HistogramPoint> {
         self.series
             .iter()
@@ -262,7 +343,7 @@ impl RedMetrics {
                     max: s.max,
                     bounds: DURATION_BOUNDS,
                     bucket_counts: s.buckets.clone(),
-                    resource: resource_of(&key.service),
+                    resource: resource_of(&key.service, key.workload.as_ref()),
                 }
             })
             .collect()
@@ -277,10 +358,16 @@ impl RedMetrics {
 mod tests {
     use super::*;
 
+    fn service(name: &str) -> Resource {
+        Resource {
+            attributes: vec![("service.name", AttrValue::from(name))],
+        }
+    }
+
     fn observe(red: &mut RedMetrics, path: &str, status: u16, seconds: f64) {
         red.record(Observation {
             kind: SpanKind::Server,
-            service: "web",
+            resource: &service("web"),
             method: "GET",
             path,
             status,
@@ -309,7 +396,7 @@ mod tests {
         observe(&mut red, "/d", 200, 0.01);
         assert_eq!(red.overflowed, 2, "third and fourth routes overflow");
         let resource = Arc::new(Resource { attributes: vec![] });
-        let points = red.collect(2, &mut |_| resource.clone());
+        let points = red.collect(2, &mut |_, _| resource.clone());
         let route = |p: &HistogramPoint| match &p.attributes[1].1 {
             AttrValue::Str(s) => s.clone(),
             _ => String::new(),
@@ -328,10 +415,10 @@ mod tests {
     #[test]
     fn series_are_capped_per_agent() {
         let mut red = RedMetrics::new(100, 3, 1);
-        for service in ["a", "b", "c", "d", "e"] {
+        for name in ["a", "b", "c", "d", "e"] {
             red.record(Observation {
                 kind: SpanKind::Server,
-                service,
+                resource: &service(name),
                 method: "GET",
                 path: "/",
                 status: 200,
@@ -345,7 +432,71 @@ mod tests {
             "three series and one overflow series"
         );
         let resource = Arc::new(Resource { attributes: vec![] });
-        let points = red.collect(2, &mut |_| resource.clone());
+        let points = red.collect(2, &mut |_, _| resource.clone());
         assert_eq!(points.iter().map(|p| p.count).sum::<u64>(), 5);
+    }
+
+    #[test]
+    fn series_are_kept_per_pod_container_with_its_k8s_attributes() {
+        let pod = |uid: &str, name: &str, container: &str| Resource {
+            attributes: vec![
+                ("service.name", AttrValue::from("web")),
+                ("process.pid", AttrValue::Int(1)),
+                ("k8s.namespace.name", AttrValue::from("shop")),
+                ("k8s.pod.name", AttrValue::from(name)),
+                ("k8s.pod.uid", AttrValue::from(uid)),
+                ("k8s.container.name", AttrValue::from(container)),
+            ],
+        };
+        let mut red = RedMetrics::new(100, 100, 1);
+        let mut request = |resource: &Resource| {
+            red.record(Observation {
+                kind: SpanKind::Server,
+                resource,
+                method: "GET",
+                path: "/",
+                status: 200,
+                seconds: 0.01,
+            })
+        };
+        request(&pod("u1", "web-a", "app"));
+        request(&pod("u1", "web-a", "app"));
+        request(&pod("u1", "web-a", "sidecar"));
+        request(&pod("u2", "web-b", "app"));
+        request(&service("web"));
+        assert_eq!(red.series_count(), 4);
+        let points = red.collect(2, &mut |service, workload| {
+            let mut resource = super::tests::service(service);
+            if let Some(w) = workload {
+                resource.attributes.extend(w.attributes.iter().cloned());
+            }
+            Arc::new(resource)
+        });
+        let of = |pod: &str, container: &str| {
+            points
+                .iter()
+                .find(|p| {
+                    p.resource.get("k8s.pod.name") == Some(&AttrValue::from(pod))
+                        && p.resource.get("k8s.container.name") == Some(&AttrValue::from(container))
+                })
+                .map(|p| p.count)
+        };
+        assert_eq!(of("web-a", "app"), Some(2));
+        assert_eq!(of("web-a", "sidecar"), Some(1));
+        assert_eq!(of("web-b", "app"), Some(1));
+        let outside = points
+            .iter()
+            .find(|p| p.resource.get("k8s.pod.uid").is_none());
+        assert_eq!(
+            outside.map(|p| p.count),
+            Some(1),
+            "no pod: the service alone"
+        );
+        assert!(
+            points
+                .iter()
+                .filter_map(|p| p.resource.get("k8s.namespace.name"))
+                .all(|ns| *ns == AttrValue::from("shop"))
+        );
     }
 }

@@ -904,7 +904,7 @@ impl Tracer {
         let seconds = span.end_unix_nano.saturating_sub(span.start_unix_nano) as f64 / 1e9;
         self.red.record(Observation {
             kind: span.kind,
-            service: span.resource.service_name(),
+            resource: &span.resource,
             method,
             path,
             status,
@@ -985,11 +985,21 @@ impl Tracer {
     /// Hands the RED histograms to the sink.
     pub fn export_red(&mut self) {
         let resources = self.resources.clone();
-        let mut cache: FastMap<String, Arc<Resource>> = FastMap::default();
-        let points = self.red.collect(unix_now_ns(), &mut |service| {
+        // One resource per service and pod container, shared by its series.
+        let mut cache: FastMap<(String, usize), Arc<Resource>> = FastMap::default();
+        let points = self.red.collect(unix_now_ns(), &mut |service, workload| {
+            let identity = workload.map_or(0, |w| Arc::as_ptr(w) as usize);
             cache
-                .entry(service.to_owned())
-                .or_insert_with(|| Arc::new(resources.service_resource(service)))
+                .entry((service.to_owned(), identity))
+                .or_insert_with(|| {
+                    let mut resource = resources.service_resource(service);
+                    if let Some(workload) = workload {
+                        resource
+                            .attributes
+                            .extend(workload.attributes.iter().cloned());
+                    }
+                    Arc::new(resource)
+                })
                 .clone()
         });
         self.trace_metrics
