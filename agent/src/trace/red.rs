@@ -30,6 +30,9 @@ struct SeriesKey {
     status_class: &'static str,
 }
 
+/// Builds a series' resource from its service and pod container.
+pub type ResourceOf<'a> = dyn FnMut(&str, Option<&Arc<Workload>>) -> Arc<Resource> + 'a;
+
 /// The pod container a series' requests ran in: its `k8s.*` resource
 /// attributes, interned so series keys share one copy.
 #[derive(Debug)]
@@ -311,7 +314,7 @@ impl RedMetrics {
     pub fn collect(
         &self,
         now_unix_nano: u64,
-        resource_of: &mut dyn FnMut(&str, Option<&Arc<Workload>>) -> Arc<Resource>,
+        resource_of: &mut ResourceOf<'_>,
     ) -> Vec<HistogramPoint> {
         self.series
             .iter()
