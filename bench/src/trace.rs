@@ -193,13 +193,20 @@ fn traced_run(
         agent_ns / baseline_ns
     );
     println!(
-        "  kernel programs ({}): {:.0} runs, {:.2} runs per request, {:.0} ns per run, {:.2} µs per request",
-        programs.names.join(" "),
+        "  kernel programs ({} of them): {:.0} runs, {:.2} runs per request, {:.0} ns per run, {:.2} µs per request",
+        programs.names.len(),
         programs.run_cnt,
         programs.run_cnt as f64 / requests,
         programs.run_time_ns as f64 / (programs.run_cnt.max(1) as f64),
         kernel_ns / 1000.0
     );
+    for (name, (cnt, ns)) in programs.by_program.iter().filter(|(_, (cnt, _))| *cnt > 0) {
+        println!(
+            "    {name:<20} {:>6.2} runs per request {:>6.0} ns per run",
+            *cnt as f64 / requests,
+            *ns as f64 / (*cnt).max(1) as f64
+        );
+    }
     println!(
         "  kernel programs' CPU per request as a share of baseline: {:.3}",
         kernel_ns / baseline_ns

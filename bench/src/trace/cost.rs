@@ -85,6 +85,8 @@ pub struct ProgramStats {
     pub names: Vec<String>,
     pub run_cnt: u64,
     pub run_time_ns: u64,
+    /// (run count, run time) by program name.
+    pub by_program: std::collections::BTreeMap<String, (u64, u64)>,
 }
 
 /// Name prefixes of the socket sensor's programs (syscall tracepoints and
@@ -107,9 +109,14 @@ impl ProgramStats {
             if !ids.contains(&id) || !SOCKET_SENSOR_PREFIXES.iter().any(|p| name.starts_with(p)) {
                 continue;
             }
+            let cnt = program["run_cnt"].as_u64().unwrap_or(0);
+            let ns = program["run_time_ns"].as_u64().unwrap_or(0);
             stats.names.push(name.to_owned());
-            stats.run_cnt += program["run_cnt"].as_u64().unwrap_or(0);
-            stats.run_time_ns += program["run_time_ns"].as_u64().unwrap_or(0);
+            stats.run_cnt += cnt;
+            stats.run_time_ns += ns;
+            let entry = stats.by_program.entry(name.to_owned()).or_default();
+            entry.0 += cnt;
+            entry.1 += ns;
         }
         stats.names.sort();
         anyhow::ensure!(
@@ -122,10 +129,19 @@ impl ProgramStats {
 
     /// What ran between `earlier` and this reading.
     pub fn since(self, earlier: &Self) -> Self {
+        let by_program = self
+            .by_program
+            .into_iter()
+            .map(|(name, (cnt, ns))| {
+                let (cnt0, ns0) = earlier.by_program.get(&name).copied().unwrap_or_default();
+                (name, (cnt.saturating_sub(cnt0), ns.saturating_sub(ns0)))
+            })
+            .collect();
         Self {
             names: self.names,
             run_cnt: self.run_cnt.saturating_sub(earlier.run_cnt),
             run_time_ns: self.run_time_ns.saturating_sub(earlier.run_time_ns),
+            by_program,
         }
     }
 }
