@@ -2,9 +2,8 @@
 
 use std::{process::Command, time::Duration};
 
-
 use anyhow::{Context as _, bail};
-use selfops_tests::{Agent, selfops_bin, scratch_dir, services::nginx};
+use selfops_tests::{Agent, scratch_dir, selfops_bin, services::nginx};
 
 mod cost;
 
@@ -94,10 +93,9 @@ fn duration_ms(text: &str) -> anyhow::Result<f64> {
 /// or one chosen through `SELFOPS_SOCKET_HOOK` (the bench compares them).
 fn hooks_to_compare() -> Vec<Option<String>> {
     match std::env::var("SELFOPS_BENCH_SOCKET_HOOKS") {
-        Ok(list) if !list.trim().is_empty() => list
-            .split(',')
-            .map(|h| Some(h.trim().to_owned()))
-            .collect(),
+        Ok(list) if !list.trim().is_empty() => {
+            list.split(',').map(|h| Some(h.trim().to_owned())).collect()
+        }
         _ => vec![None],
     }
 }
@@ -173,7 +171,10 @@ fn traced_run(
     let baseline_ns = baseline.cpu_ns_per_request().max(1.0);
     let agent_ns = cpu.as_nanos() as f64 / requests;
     let kernel_ns = programs.run_time_ns as f64 / requests;
-    println!("  socket sensor hook: {}", hook.unwrap_or("the agent's default"));
+    println!(
+        "  socket sensor hook: {}",
+        hook.unwrap_or("the agent's default")
+    );
     println!(
         "  with selfops  {:>10.0} req/s   p99 {:>7.2} ms   nginx+wrk CPU {:.1} µs/request",
         traced.rps,

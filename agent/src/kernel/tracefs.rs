@@ -114,7 +114,11 @@ pub fn tracepoint_exists(category: &str, name: &str) -> bool {
     std::path::Path::new(&format!("{TRACEFS}/events/{category}/{name}/format")).exists()
 }
 
-fn expect_offset(format: &TracepointFormat, field: &str, expected: u32) -> Result<(), TracefsError> {
+fn expect_offset(
+    format: &TracepointFormat,
+    field: &str,
+    expected: u32,
+) -> Result<(), TracefsError> {
     let found = format.offset(field)?;
     if found == expected {
         Ok(())
@@ -240,12 +244,20 @@ format:
         let enter = TracepointFormat::parse("syscalls:sys_enter_read", &moved);
         assert!(matches!(
             check_per_syscall(&enter),
-            Err(TracefsError::Layout { expected: 24, found: 28, .. })
+            Err(TracefsError::Layout {
+                expected: 24,
+                found: 28,
+                ..
+            })
         ));
         let exit = "\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;\n\tfield:long ret;\toffset:16;\tsize:8;\tsigned:1;\n";
-        assert!(check_per_syscall(&TracepointFormat::parse("syscalls:sys_exit_read", exit)).is_ok());
+        assert!(
+            check_per_syscall(&TracepointFormat::parse("syscalls:sys_exit_read", exit)).is_ok()
+        );
         let exit = exit.replace("offset:16", "offset:12");
-        assert!(check_per_syscall(&TracepointFormat::parse("syscalls:sys_exit_read", &exit)).is_err());
+        assert!(
+            check_per_syscall(&TracepointFormat::parse("syscalls:sys_exit_read", &exit)).is_err()
+        );
     }
 
     #[test]

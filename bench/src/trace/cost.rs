@@ -41,7 +41,11 @@ pub fn children_cpu() -> anyhow::Result<Duration> {
 pub fn nginx_cpu(master: u32) -> anyhow::Result<Duration> {
     let mut total = cpu_of(master)?;
     for entry in std::fs::read_dir("/proc")?.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         // A process that exits meanwhile is skipped.
