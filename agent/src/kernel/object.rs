@@ -47,38 +47,44 @@ const PROCESS_TRACEPOINTS: [(&str, &str, &str); 3] = [
 ];
 
 /// How the socket sensor follows syscalls.
+///
+/// raw_syscalls is the default, for the agent's exit deadline: detaching
+/// a perf tracepoint waits for RCU grace periods under the kernel's
+/// event_mutex, so the detaches of 23 per-syscall tracepoints run one
+/// after another whatever threads drop them — here they made SIGTERM to
+/// exit 1.87–2.06 s against 1.04–1.13 s with raw_syscalls, at the edge of
+/// the 2 s within which a failed agent must be gone. At run time the
+/// per-syscall programs ran 9 times per HTTP request instead of 23
+/// (bpf_stats: about the same total program time, since the skipped runs
+/// were cheap), and the benchmark's figures for each are in README.md.
+/// `SELFOPS_SOCKET_HOOK=syscalls` chooses them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SyscallHook {
     /// One tracepoint per followed syscall (`syscalls:sys_enter_read`, …):
-    /// the programs run only on those syscalls. Preferred: on a loaded
-    /// host raw_syscalls ran the sensor 12.5 times per HTTP request
-    /// (epoll_wait, futex, … included), at 250–600 ns a run. Its price is
-    /// at detach, where every tracepoint waits for RCU grace periods: 23 of
-    /// them detached one after another took about a second, so `detach`
-    /// drops the links from parallel threads and their waits overlap.
+    /// the programs run only on those syscalls.
     PerSyscall,
     /// raw_syscalls:sys_enter and sys_exit, run on every syscall of every
-    /// process and dispatching on its number: the fallback where the
-    /// per-syscall tracepoints are missing.
+    /// process and dispatching on its number.
     RawSyscalls,
 }
 
-/// Overrides the choice of [`SyscallHook`] (`syscalls` or `raw_syscalls`),
-/// so the benchmark can compare both on one kernel.
+/// Overrides the choice of [`SyscallHook`] (`syscalls` or `raw_syscalls`).
 pub const SYSCALL_HOOK_ENV: &str = "SELFOPS_SOCKET_HOOK";
 
 impl SyscallHook {
-    /// Per-syscall tracepoints when this kernel has every one the sensor
-    /// needs, else raw_syscalls; [`SYSCALL_HOOK_ENV`] overrides.
+    /// raw_syscalls unless [`SYSCALL_HOOK_ENV`] asks for per-syscall
+    /// tracepoints and this kernel has every one the sensor needs.
     pub fn chosen() -> Self {
         match std::env::var(SYSCALL_HOOK_ENV).as_deref() {
-            Ok("syscalls") => return Self::PerSyscall,
-            Ok("raw_syscalls") => return Self::RawSyscalls,
-            Ok(other) => tracing::warn!(
-                value = other,
-                "{SYSCALL_HOOK_ENV} is neither `syscalls` nor `raw_syscalls`; ignored"
-            ),
-            Err(_) => {}
+            Ok("syscalls") => {}
+            Ok("raw_syscalls") | Err(_) => return Self::RawSyscalls,
+            Ok(other) => {
+                tracing::warn!(
+                    value = other,
+                    "{SYSCALL_HOOK_ENV} is neither `syscalls` nor `raw_syscalls`; ignored"
+                );
+                return Self::RawSyscalls;
+            }
         }
         let present = PER_SYSCALL_TRACEPOINTS.iter().all(|(_, tracepoint)| {
             super::tracefs::tracepoint_exists(PER_SYSCALL_CATEGORY, tracepoint)
@@ -86,6 +92,7 @@ impl SyscallHook {
         if present {
             Self::PerSyscall
         } else {
+            tracing::warn!("per-syscall tracepoints missing; the socket sensor uses raw_syscalls");
             Self::RawSyscalls
         }
     }

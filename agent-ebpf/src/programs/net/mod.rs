@@ -1,7 +1,6 @@
 //! The socket sensor (tracepoint tier): syscall tracepoints following
-//! accept, connect, the read and write families, sendfile and close — one
-//! tracepoint per syscall (`per_syscall`), or raw_syscalls where those are
-//! missing — and uprobes on OpenSSL for TLS plaintext. Only TCP sockets are
+//! accept, connect, the read and write families, sendfile and close —
+//! raw_syscalls, or one tracepoint per syscall (`per_syscall`) — and uprobes on OpenSSL for TLS plaintext. Only TCP sockets are
 //! reported; the connection's 4-tuple is read from its `struct sock` with
 //! offsets the agent resolved from BTF.
 

@@ -1,8 +1,9 @@
 //! The socket sensor on one tracepoint per followed syscall
 //! (`syscalls:sys_enter_read`, `sys_exit_read`, …): the kernel runs these
 //! programs only on those syscalls, where raw_syscalls would run one on
-//! every syscall of every process (epoll_wait, futex, …). Each program is a
-//! thin wrapper over the shared entry or exit function.
+//! every syscall of every process (epoll_wait, futex, …). Chosen with
+//! `SELFOPS_SOCKET_HOOK=syscalls`. Each program is a thin wrapper over the
+//! shared entry or exit function.
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use selfops_ebpf::NetEventKind;

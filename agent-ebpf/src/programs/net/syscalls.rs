@@ -18,7 +18,7 @@ use crate::programs::counters::count_drop;
 
 use super::{
     emit::{Call, emit_control, emit_data, settings},
-    socket::tcp_sock_of_fd,
+    socket::{forget_fd, tcp_sock_of_fd},
     tls::{claim_for_ssl, forget_ssl_call},
 };
 
@@ -162,7 +162,9 @@ pub fn try_exit_accept(ctx: &TracePointContext, syscall: u8) -> Result<(), i64> 
 pub fn try_enter_close(ctx: &TracePointContext) -> Result<(), i64> {
     // SAFETY: offset of the first argument.
     let fd: u64 = unsafe { ctx.read_at(ARG0) }.map_err(i64::from)?;
-    emit_for_fd(NetEventKind::Close, fd, SYS_CLOSE)
+    let result = emit_for_fd(NetEventKind::Close, fd, SYS_CLOSE);
+    forget_fd(fd);
+    result
 }
 
 /// A control event (accept, close) for `fd` if it is a traced TCP socket.
@@ -200,4 +202,3 @@ pub const SYS_ACCEPT: u8 = 10;
 pub const SYS_ACCEPT4: u8 = 11;
 pub const SYS_CONNECT: u8 = 12;
 pub const SYS_CLOSE: u8 = 13;
-
