@@ -1,9 +1,13 @@
 //! `cargo xtask bench trace`: wrk against nginx with and without the agent.
 
-use std::time::Duration;
+use std::{process::Command, time::Duration};
 
 use anyhow::{Context as _, bail};
-use selfops_tests::{Agent, scratch_dir, services::nginx};
+use selfops_tests::{Agent, scratch_dir, selfops_bin, services::nginx};
+
+mod cost;
+
+use cost::{BpfStatsSwitch, ProgramStats, children_cpu, nginx_cpu};
 
 /// User + system CPU time of process `pid` so far.
 pub fn cpu_of(pid: u32) -> anyhow::Result<Duration> {
@@ -21,19 +25,35 @@ pub fn clock_ticks() -> u64 {
         .unwrap_or(100)
 }
 
-/// Throughput (requests/s) and p99 latency (ms) of one wrk run.
+/// Throughput (requests/s) and p99 latency (ms) of one wrk run, and the CPU
+/// the load generator and the server spent on it.
 struct Load {
     requests: f64,
     rps: f64,
     p99_ms: f64,
+    /// wrk's and nginx's (master and workers) user + system CPU.
+    cpu: Duration,
 }
 
-fn wrk(url: &str, seconds: u32) -> anyhow::Result<Load> {
+impl Load {
+    fn cpu_ns_per_request(&self) -> f64 {
+        self.cpu.as_nanos() as f64 / self.requests.max(1.0)
+    }
+}
+
+/// wrk for `seconds` against `url`, served by the nginx master `nginx_pid`.
+fn wrk(url: &str, seconds: u32, nginx_pid: u32) -> anyhow::Result<Load> {
+    let nginx_before = nginx_cpu(nginx_pid)?;
+    // wrk's own CPU: the waited-for children's times of this process grow
+    // by exactly wrk's when it is reaped (nothing else is reaped meanwhile).
+    let children_before = children_cpu()?;
     let out = selfops_tests::command_output(
         "wrk",
         &["-t2", "-c32", &format!("-d{seconds}s"), "--latency", url],
     )
     .context("wrk (installed by `cargo xtask setup`)")?;
+    let wrk_cpu = children_cpu()?.saturating_sub(children_before);
+    let nginx = nginx_cpu(nginx_pid)?.saturating_sub(nginx_before);
     let number = |prefix: &str| -> Option<&str> {
         out.lines()
             .find_map(|l| l.trim().strip_prefix(prefix))
@@ -52,6 +72,7 @@ fn wrk(url: &str, seconds: u32) -> anyhow::Result<Load> {
         requests,
         rps,
         p99_ms: duration_ms(p99)?,
+        cpu: wrk_cpu + nginx,
     })
 }
 
@@ -68,28 +89,75 @@ fn duration_ms(text: &str) -> anyhow::Result<f64> {
     Ok(value.parse::<f64>()? * scale)
 }
 
+/// Which socket-sensor attachment a traced run uses: the agent's default,
+/// or one chosen through `SELFOPS_SOCKET_HOOK` (the bench compares them).
+fn hooks_to_compare() -> Vec<Option<String>> {
+    match std::env::var("SELFOPS_BENCH_SOCKET_HOOKS") {
+        Ok(list) if !list.trim().is_empty() => {
+            list.split(',').map(|h| Some(h.trim().to_owned())).collect()
+        }
+        _ => vec![None],
+    }
+}
+
 pub fn run() -> anyhow::Result<()> {
     let dir = scratch_dir("bench-trace");
     let server = nginx(&dir);
     let url = format!("http://127.0.0.1:{}/index.html", server.port);
     let seconds = 10;
 
-    wrk(&url, 2)?; // warm-up
-    let baseline = wrk(&url, seconds)?;
+    wrk(&url, 2, server.pid())?; // warm-up
+    let baseline = wrk(&url, seconds, server.pid())?;
 
-    let agent = Agent::start("bench-trace-agent", "");
+    println!(
+        "bench trace: wrk -t2 -c32 -d{seconds}s against nginx on loopback, same machine, same run"
+    );
+    println!(
+        "  baseline      {:>10.0} req/s   p99 {:>7.2} ms   nginx+wrk CPU {:.1} µs/request",
+        baseline.rps,
+        baseline.p99_ms,
+        baseline.cpu_ns_per_request() / 1000.0
+    );
+    for hook in hooks_to_compare() {
+        traced_run(&url, seconds, &server, &baseline, hook.as_deref())?;
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// One run with the agent tracing nginx, printed beside the baseline.
+fn traced_run(
+    url: &str,
+    seconds: u32,
+    server: &selfops_tests::services::Service,
+    baseline: &Load,
+    hook: Option<&str>,
+) -> anyhow::Result<()> {
+    let agent = Agent::start_command("bench-trace-agent", "", |config| {
+        let mut command = Command::new(selfops_bin());
+        command.args(["run", "--config"]).arg(config);
+        if let Some(hook) = hook {
+            command.env("SELFOPS_SOCKET_HOOK", hook);
+        }
+        command
+    });
     let lost = || agent.metric("selfops_sensor_events_lost_total", &["socket"]);
+    let stats_switch = BpfStatsSwitch::enable()?;
+    let programs_before = ProgramStats::socket_sensor_of(agent.pid())?;
     let cpu_before = cpu_of(agent.pid())?;
     let lost_before = lost();
-    let traced = wrk(&url, seconds)?;
+    let traced = wrk(url, seconds, server.pid())?;
     let cpu = cpu_of(agent.pid())?.saturating_sub(cpu_before);
+    let programs = ProgramStats::socket_sensor_of(agent.pid())?.since(&programs_before);
+    drop(stats_switch);
     let lost_saturated = lost() - lost_before;
     let spans = agent.metric("selfops_trace_spans_total", &[]);
     let rss = agent.metric("selfops_agent_resident_memory_bytes", &[]);
 
     // A fixed 10,000 requests/s (hey: 20 workers × 500/s) for the loss check.
     let lost_before_rate = lost();
-    let hey = selfops_tests::command_output("hey", &["-z", "10s", "-c", "20", "-q", "500", &url])
+    let hey = selfops_tests::command_output("hey", &["-z", "10s", "-c", "20", "-q", "500", url])
         .context("hey (installed by `cargo xtask setup`)")?;
     let hey_rps = hey
         .lines()
@@ -97,20 +165,21 @@ pub fn run() -> anyhow::Result<()> {
         .and_then(|v| v.trim().parse::<f64>().ok())
         .unwrap_or(0.0);
     let lost_at_rate = lost() - lost_before_rate;
-    drop(agent);
-    drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
+    let exit_took = stop_timed(agent);
 
+    let requests = traced.requests.max(1.0);
+    let baseline_ns = baseline.cpu_ns_per_request().max(1.0);
+    let agent_ns = cpu.as_nanos() as f64 / requests;
+    let kernel_ns = programs.run_time_ns as f64 / requests;
     println!(
-        "bench trace: wrk -t2 -c32 -d{seconds}s against nginx on loopback, same machine, same run"
+        "  socket sensor hook: {}",
+        hook.unwrap_or("the agent's default")
     );
     println!(
-        "  baseline      {:>10.0} req/s   p99 {:>7.2} ms",
-        baseline.rps, baseline.p99_ms
-    );
-    println!(
-        "  with selfops  {:>10.0} req/s   p99 {:>7.2} ms",
-        traced.rps, traced.p99_ms
+        "  with selfops  {:>10.0} req/s   p99 {:>7.2} ms   nginx+wrk CPU {:.1} µs/request",
+        traced.rps,
+        traced.p99_ms,
+        traced.cpu_ns_per_request() / 1000.0
     );
     println!("  throughput ratio {:.3}", traced.rps / baseline.rps);
     println!("  p99 latency ratio {:.3}", traced.p99_ms / baseline.p99_ms);
@@ -118,12 +187,49 @@ pub fn run() -> anyhow::Result<()> {
         "  agent CPU {:.0} ms for {:.0} requests: {:.2} ms per 1,000 requests",
         cpu.as_secs_f64() * 1000.0,
         traced.requests,
-        cpu.as_secs_f64() * 1000.0 / (traced.requests / 1000.0)
+        agent_ns / 1000.0
+    );
+    println!(
+        "  agent CPU per request as a share of baseline: {:.3}",
+        agent_ns / baseline_ns
+    );
+    println!(
+        "  kernel programs ({} of them): {:.0} runs, {:.2} runs per request, {:.0} ns per run, {:.2} µs per request",
+        programs.names.len(),
+        programs.run_cnt,
+        programs.run_cnt as f64 / requests,
+        programs.run_time_ns as f64 / (programs.run_cnt.max(1) as f64),
+        kernel_ns / 1000.0
+    );
+    for (name, (cnt, ns)) in programs.by_program.iter().filter(|(_, (cnt, _))| *cnt > 0) {
+        println!(
+            "    {name:<20} {:>6.2} runs per request {:>6.0} ns per run",
+            *cnt as f64 / requests,
+            *ns as f64 / (*cnt).max(1) as f64
+        );
+    }
+    println!(
+        "  kernel programs' CPU per request as a share of baseline: {:.3}",
+        kernel_ns / baseline_ns
     );
     println!(
         "  spans produced {spans:.0}; socket events lost {lost_saturated:.0}; agent RSS {:.1} MiB",
         rss / 1048576.0
     );
     println!("  at {hey_rps:.0} req/s (hey -q): socket events lost {lost_at_rate:.0}");
+    println!(
+        "  SIGTERM to exit: {:.2} s (mostly detaching the programs)",
+        exit_took.as_secs_f64()
+    );
     Ok(())
+}
+
+/// Stops the agent with SIGTERM and times its exit, which is dominated by
+/// detaching the programs.
+fn stop_timed(agent: Agent) -> Duration {
+    let (status, took) = agent.stop(libc::SIGTERM);
+    if !status.success() {
+        eprintln!("  the agent exited with {status} on SIGTERM");
+    }
+    took
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use selfops_ebpf::{FIELD_ABSENT, TracepointLayout};
 
-use super::mounts::TRACEFS;
+use super::{mounts::TRACEFS, object::SyscallHook};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TracefsError {
@@ -109,28 +109,77 @@ pub fn tracepoint_layout() -> Result<TracepointLayout, TracefsError> {
     })
 }
 
-/// The socket sensor reads the syscall number at 8, arguments at 16 + 8·i
-/// and the return value at 16 of the raw_syscalls records; checks that this
-/// kernel agrees before anything is attached.
-pub fn check_syscall_layout() -> Result<(), TracefsError> {
-    let expect = |name: &str, field: &str, expected: u32| {
-        let format = TracepointFormat::read("raw_syscalls", name)?;
-        let found = format.offset(field)?;
-        if found == expected {
-            Ok(())
-        } else {
-            Err(TracefsError::Layout {
-                tracepoint: format.tracepoint,
-                field: field.to_owned(),
-                expected,
-                found,
-            })
+/// Whether tracefs has the tracepoint `category:name`.
+pub fn tracepoint_exists(category: &str, name: &str) -> bool {
+    std::path::Path::new(&format!("{TRACEFS}/events/{category}/{name}/format")).exists()
+}
+
+fn expect_offset(
+    format: &TracepointFormat,
+    field: &str,
+    expected: u32,
+) -> Result<(), TracefsError> {
+    let found = format.offset(field)?;
+    if found == expected {
+        Ok(())
+    } else {
+        Err(TracefsError::Layout {
+            tracepoint: format.tracepoint.clone(),
+            field: field.to_owned(),
+            expected,
+            found,
+        })
+    }
+}
+
+/// The socket sensor reads the arguments at 16 + 8·i and the return value
+/// at 16 of syscall records (raw_syscalls: the syscall number at 8 and an
+/// `args` array; per-syscall: `__syscall_nr` at 8 and one 8-byte field per
+/// argument); checks that this kernel agrees before anything is attached.
+pub fn check_syscall_layout() -> Result<SyscallHook, TracefsError> {
+    let hook = SyscallHook::chosen();
+    let (category, tracepoints) = hook.tracepoints();
+    match hook {
+        SyscallHook::RawSyscalls => {
+            let enter = TracepointFormat::read(category, "sys_enter")?;
+            expect_offset(&enter, "id", 8)?;
+            expect_offset(&enter, "args", 16)?;
+            let exit = TracepointFormat::read(category, "sys_exit")?;
+            expect_offset(&exit, "id", 8)?;
+            expect_offset(&exit, "ret", 16)?;
         }
-    };
-    expect("sys_enter", "id", 8)?;
-    expect("sys_enter", "args", 16)?;
-    expect("sys_exit", "id", 8)?;
-    expect("sys_exit", "ret", 16)
+        SyscallHook::PerSyscall => {
+            for (_, tracepoint) in tracepoints {
+                check_per_syscall(&TracepointFormat::read(category, tracepoint)?)?;
+            }
+        }
+    }
+    Ok(hook)
+}
+
+/// One `syscalls:sys_enter_*` or `sys_exit_*` record.
+fn check_per_syscall(format: &TracepointFormat) -> Result<(), TracefsError> {
+    expect_offset(format, "__syscall_nr", 8)?;
+    if format.field("ret").is_some() {
+        return expect_offset(format, "ret", 16);
+    }
+    let nr = format.offset("__syscall_nr")?;
+    let args = format
+        .fields
+        .iter()
+        .filter(|f| !f.name.starts_with("common_") && f.offset > nr);
+    for (i, field) in (0u32..).zip(args) {
+        let expected = 16 + 8 * i;
+        if field.offset != expected || field.size != 8 {
+            return Err(TracefsError::Layout {
+                tracepoint: format.tracepoint.clone(),
+                field: field.name.clone(),
+                expected,
+                found: field.offset,
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -171,6 +220,44 @@ print fmt: \"comm=%s pid=%d\", REC->comm, REC->pid
         let text = "\tfield:__data_loc char[] filename;\toffset:8;\tsize:4;\tsigned:0;\n";
         let format = TracepointFormat::parse("x", text);
         assert_eq!(format.offset("filename").unwrap(), 8);
+    }
+
+    const ENTER_READ_6_18: &str = "name: sys_enter_read
+ID: 800
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
+\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;
+\tfield:unsigned int fd;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:char * buf;\toffset:24;\tsize:8;\tsigned:0;
+\tfield:size_t count;\toffset:32;\tsize:8;\tsigned:0;
+";
+
+    #[test]
+    fn per_syscall_layout_checked() {
+        let enter = TracepointFormat::parse("syscalls:sys_enter_read", ENTER_READ_6_18);
+        assert!(check_per_syscall(&enter).is_ok());
+        let moved = ENTER_READ_6_18.replace("offset:24", "offset:28");
+        let enter = TracepointFormat::parse("syscalls:sys_enter_read", &moved);
+        assert!(matches!(
+            check_per_syscall(&enter),
+            Err(TracefsError::Layout {
+                expected: 24,
+                found: 28,
+                ..
+            })
+        ));
+        let exit = "\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;\n\tfield:long ret;\toffset:16;\tsize:8;\tsigned:1;\n";
+        assert!(
+            check_per_syscall(&TracepointFormat::parse("syscalls:sys_exit_read", exit)).is_ok()
+        );
+        let exit = exit.replace("offset:16", "offset:12");
+        assert!(
+            check_per_syscall(&TracepointFormat::parse("syscalls:sys_exit_read", &exit)).is_err()
+        );
     }
 
     #[test]

@@ -1,7 +1,56 @@
-//! From a file descriptor of the current task to its TCP `struct sock`.
+//! From a file descriptor of the current task to its TCP `struct sock`,
+//! with a cache of the descriptors found to be TCP sockets.
 
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel},
+    macros::map,
+    maps::LruHashMap,
+};
 use selfops_ebpf::{SockTuple, SocketOffsets};
+
+/// A descriptor of a process.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FdKey {
+    pub tgid: u32,
+    pub fd: u32,
+}
+
+/// A descriptor found to be a TCP socket: the open file it held then, and
+/// that file's `struct sock`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TcpFd {
+    pub file: u64,
+    pub sk: u64,
+}
+
+/// Descriptors known to be TCP sockets. A hit still reads the descriptor's
+/// `struct file` and its socket's `sk` and must find both unchanged, so an
+/// entry can never outlive what it describes: dup2/dup3 onto the fd,
+/// close_range, close-on-exec, a reused pid all install another file or
+/// another sock. What a hit saves is the inode's mode and the sock's
+/// family, protocol and type. Only TCP sockets are cached: for a file or a
+/// pipe the walk ends at the inode's mode, no dearer than checking an
+/// entry, and an unchecked entry would go stale at the first exec that
+/// closes an fd and opens a socket at the same number. An LRU, since an
+/// evicted entry only costs a walk; close removes its entry at once.
+#[map]
+static TCP_FDS: LruHashMap<FdKey, TcpFd> = LruHashMap::with_max_entries(65_536, 0);
+
+#[inline(always)]
+fn fd_key(fd: u64) -> FdKey {
+    FdKey {
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        fd: fd as u32,
+    }
+}
+
+/// The process closes `fd`: its entry goes.
+#[inline(always)]
+pub fn forget_fd(fd: u64) {
+    let _ = TCP_FDS.remove(&fd_key(fd));
+}
 
 /// Offsets of kernel structs, written by the agent at load.
 #[unsafe(no_mangle)]
@@ -68,6 +117,16 @@ pub fn tcp_sock_of_fd(fd: u64) -> Result<u64, i64> {
         if file == 0 {
             return Err(0);
         }
+        let key = fd_key(fd);
+        if let Some(known) = TCP_FDS.get(&key).copied()
+            && known.file == file
+        {
+            let socket: u64 = read(file, o.file_private_data)?;
+            let sk: u64 = read(socket, o.socket_sk)?;
+            if sk == known.sk {
+                return Ok(sk);
+            }
+        }
         let inode: u64 = read(file, o.file_inode)?;
         let mode: u16 = read(inode, o.inode_mode)?;
         if mode & S_IFMT != S_IFSOCK {
@@ -87,6 +146,8 @@ pub fn tcp_sock_of_fd(fd: u64) -> Result<u64, i64> {
         {
             return Err(0);
         }
+        // A failed insert only means the next call walks again.
+        let _ = TCP_FDS.insert(&key, &TcpFd { file, sk }, 0);
         Ok(sk)
     }
 }

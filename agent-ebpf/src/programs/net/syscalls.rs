@@ -1,14 +1,14 @@
-//! Syscall tracepoints of the socket sensor: raw_syscalls:sys_enter and
-//! sys_exit, each a thin wrapper that dispatches on the syscall number to
-//! one `try_…` function; entry records the call for its exit.
+//! What the socket sensor does at a syscall's entry and exit, shared by
+//! both attachments (`per_syscall`: one tracepoint per followed syscall;
+//! `raw_syscalls`: one tracepoint for every syscall, dispatching on its
+//! number). Entry records the call for its exit.
 //!
-//! The records put the syscall number at offset 8, the arguments at
-//! 16 + 8·i and the return value at 16; the agent checks this against
-//! tracefs before attaching.
+//! Both kinds of record put the arguments at 16 + 8·i and the return
+//! value at 16; the agent checks this against tracefs before attaching.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, bpf_probe_read_user},
-    macros::{map, tracepoint},
+    macros::map,
     maps::HashMap,
     programs::TracePointContext,
 };
@@ -18,7 +18,7 @@ use crate::programs::counters::count_drop;
 
 use super::{
     emit::{Call, emit_control, emit_data, settings},
-    socket::tcp_sock_of_fd,
+    socket::{forget_fd, tcp_sock_of_fd},
     tls::{claim_for_ssl, forget_ssl_call},
 };
 
@@ -28,10 +28,10 @@ const RET: usize = 16;
 const EINPROGRESS: i64 = 115;
 
 /// Where a syscall's payload is.
-const BUF_PLAIN: u8 = 0;
-const BUF_IOVEC: u8 = 1;
-const BUF_MSGHDR: u8 = 2;
-const BUF_NONE: u8 = 3;
+pub const BUF_PLAIN: u8 = 0;
+pub const BUF_IOVEC: u8 = 1;
+pub const BUF_MSGHDR: u8 = 2;
+pub const BUF_NONE: u8 = 3;
 
 /// In-flight calls on TCP sockets, by thread. A plain hash, not an LRU: a
 /// full map refuses the insert, which is counted, where an LRU would evict
@@ -60,7 +60,7 @@ fn traced(pid_tgid: u64) -> bool {
 }
 
 /// Entry of a call on a file descriptor: remembered if it is a TCP socket.
-fn try_enter(ctx: &TracePointContext, syscall: u8, buf_kind: u8) -> Result<(), i64> {
+pub fn try_enter(ctx: &TracePointContext, syscall: u8, buf_kind: u8) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     if !traced(pid_tgid) {
         return Ok(());
@@ -109,7 +109,7 @@ fn first_iovec(iov: u64) -> Result<(u64, u64), i64> {
 }
 
 /// Exit of a data call: emits what moved.
-fn try_exit_io(ctx: &TracePointContext, kind: NetEventKind) -> Result<(), i64> {
+pub fn try_exit_io(ctx: &TracePointContext, kind: NetEventKind) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(call) = take_call(pid_tgid) else {
         return Ok(());
@@ -137,7 +137,7 @@ fn try_exit_io(ctx: &TracePointContext, kind: NetEventKind) -> Result<(), i64> {
     Ok(())
 }
 
-fn try_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
+pub fn try_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(call) = take_call(pid_tgid) else {
         return Ok(());
@@ -150,7 +150,7 @@ fn try_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
     Ok(())
 }
 
-fn try_exit_accept(ctx: &TracePointContext, syscall: u8) -> Result<(), i64> {
+pub fn try_exit_accept(ctx: &TracePointContext, syscall: u8) -> Result<(), i64> {
     // SAFETY: offset of `ret` in sys_exit records.
     let ret: i64 = unsafe { ctx.read_at(RET) }.map_err(i64::from)?;
     if ret >= 0 {
@@ -159,10 +159,12 @@ fn try_exit_accept(ctx: &TracePointContext, syscall: u8) -> Result<(), i64> {
     Ok(())
 }
 
-fn try_enter_close(ctx: &TracePointContext) -> Result<(), i64> {
+pub fn try_enter_close(ctx: &TracePointContext) -> Result<(), i64> {
     // SAFETY: offset of the first argument.
     let fd: u64 = unsafe { ctx.read_at(ARG0) }.map_err(i64::from)?;
-    emit_for_fd(NetEventKind::Close, fd, SYS_CLOSE)
+    let result = emit_for_fd(NetEventKind::Close, fd, SYS_CLOSE);
+    forget_fd(fd);
+    result
 }
 
 /// A control event (accept, close) for `fd` if it is a traced TCP socket.
@@ -187,119 +189,16 @@ fn emit_for_fd(kind: NetEventKind, fd: u64, syscall: u8) -> Result<(), i64> {
 }
 
 // Syscall numbers of this table (not the kernel's), carried in events.
-const SYS_READ: u8 = 1;
-const SYS_READV: u8 = 2;
-const SYS_RECVFROM: u8 = 3;
-const SYS_RECVMSG: u8 = 4;
-const SYS_WRITE: u8 = 5;
-const SYS_WRITEV: u8 = 6;
-const SYS_SENDTO: u8 = 7;
-const SYS_SENDMSG: u8 = 8;
-const SYS_SENDFILE: u8 = 9;
-const SYS_ACCEPT: u8 = 10;
-const SYS_ACCEPT4: u8 = 11;
-const SYS_CONNECT: u8 = 12;
-const SYS_CLOSE: u8 = 13;
-
-/// Kernel syscall numbers of the calls the sensor follows.
-#[cfg(bpf_target_arch = "x86_64")]
-mod nr {
-    pub const READ: i64 = 0;
-    pub const WRITE: i64 = 1;
-    pub const CLOSE: i64 = 3;
-    pub const READV: i64 = 19;
-    pub const WRITEV: i64 = 20;
-    pub const SENDFILE: i64 = 40;
-    pub const CONNECT: i64 = 42;
-    pub const ACCEPT: i64 = 43;
-    pub const SENDTO: i64 = 44;
-    pub const RECVFROM: i64 = 45;
-    pub const SENDMSG: i64 = 46;
-    pub const RECVMSG: i64 = 47;
-    pub const ACCEPT4: i64 = 288;
-}
-
-/// The generic syscall table.
-#[cfg(any(
-    bpf_target_arch = "aarch64",
-    bpf_target_arch = "riscv64",
-    bpf_target_arch = "loongarch64"
-))]
-mod nr {
-    pub const READ: i64 = 63;
-    pub const WRITE: i64 = 64;
-    pub const CLOSE: i64 = 57;
-    pub const READV: i64 = 65;
-    pub const WRITEV: i64 = 66;
-    pub const SENDFILE: i64 = 71;
-    pub const CONNECT: i64 = 203;
-    pub const ACCEPT: i64 = 202;
-    pub const SENDTO: i64 = 206;
-    pub const RECVFROM: i64 = 207;
-    pub const SENDMSG: i64 = 211;
-    pub const RECVMSG: i64 = 212;
-    pub const ACCEPT4: i64 = 242;
-}
-
-#[cfg(not(any(
-    bpf_target_arch = "x86_64",
-    bpf_target_arch = "aarch64",
-    bpf_target_arch = "riscv64",
-    bpf_target_arch = "loongarch64"
-)))]
-compile_error!("the socket sensor has no syscall table for this architecture");
-
-/// Offset of the syscall number in raw_syscalls records.
-const ID: usize = 8;
-
-/// raw_syscalls:sys_enter — one attachment for every call the sensor
-/// follows. (One tracepoint per syscall would cost a kernel-wide
-/// synchronisation each when the agent detaches: a second per 26.)
-#[tracepoint]
-pub fn net_sys_enter(ctx: TracePointContext) -> u32 {
-    let _ = try_sys_enter(&ctx);
-    0
-}
-
-fn try_sys_enter(ctx: &TracePointContext) -> Result<(), i64> {
-    // SAFETY: offset of `id` in raw_syscalls:sys_enter (checked at start-up).
-    let id: i64 = unsafe { ctx.read_at(ID) }.map_err(i64::from)?;
-    match id {
-        nr::READ => try_enter(ctx, SYS_READ, BUF_PLAIN),
-        nr::READV => try_enter(ctx, SYS_READV, BUF_IOVEC),
-        nr::RECVFROM => try_enter(ctx, SYS_RECVFROM, BUF_PLAIN),
-        nr::RECVMSG => try_enter(ctx, SYS_RECVMSG, BUF_MSGHDR),
-        nr::WRITE => try_enter(ctx, SYS_WRITE, BUF_PLAIN),
-        nr::WRITEV => try_enter(ctx, SYS_WRITEV, BUF_IOVEC),
-        nr::SENDTO => try_enter(ctx, SYS_SENDTO, BUF_PLAIN),
-        nr::SENDMSG => try_enter(ctx, SYS_SENDMSG, BUF_MSGHDR),
-        nr::SENDFILE => try_enter(ctx, SYS_SENDFILE, BUF_NONE),
-        nr::CONNECT => try_enter(ctx, SYS_CONNECT, BUF_NONE),
-        nr::CLOSE => try_enter_close(ctx),
-        _ => Ok(()),
-    }
-}
-
-/// raw_syscalls:sys_exit.
-#[tracepoint]
-pub fn net_sys_exit(ctx: TracePointContext) -> u32 {
-    let _ = try_sys_exit(&ctx);
-    0
-}
-
-fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i64> {
-    // SAFETY: offset of `id` in raw_syscalls:sys_exit (checked at start-up).
-    let id: i64 = unsafe { ctx.read_at(ID) }.map_err(i64::from)?;
-    match id {
-        nr::READ | nr::READV | nr::RECVFROM | nr::RECVMSG => {
-            try_exit_io(ctx, NetEventKind::Ingress)
-        }
-        nr::WRITE | nr::WRITEV | nr::SENDTO | nr::SENDMSG | nr::SENDFILE => {
-            try_exit_io(ctx, NetEventKind::Egress)
-        }
-        nr::CONNECT => try_exit_connect(ctx),
-        nr::ACCEPT => try_exit_accept(ctx, SYS_ACCEPT),
-        nr::ACCEPT4 => try_exit_accept(ctx, SYS_ACCEPT4),
-        _ => Ok(()),
-    }
-}
+pub const SYS_READ: u8 = 1;
+pub const SYS_READV: u8 = 2;
+pub const SYS_RECVFROM: u8 = 3;
+pub const SYS_RECVMSG: u8 = 4;
+pub const SYS_WRITE: u8 = 5;
+pub const SYS_WRITEV: u8 = 6;
+pub const SYS_SENDTO: u8 = 7;
+pub const SYS_SENDMSG: u8 = 8;
+pub const SYS_SENDFILE: u8 = 9;
+pub const SYS_ACCEPT: u8 = 10;
+pub const SYS_ACCEPT4: u8 = 11;
+pub const SYS_CONNECT: u8 = 12;
+pub const SYS_CLOSE: u8 = 13;
