@@ -49,7 +49,7 @@ fn fd_key(fd: u64) -> FdKey {
 /// The process closes `fd`: its entry goes.
 #[inline(always)]
 pub fn forget_fd(fd: u64) {
-    let _ = TCP_FDS.remove(&fd_key(fd));
+    let _ = TCP_FDS.remove(fd_key(fd));
 }
 
 /// Offsets of kernel structs, written by the agent at load.
@@ -118,7 +118,7 @@ pub fn tcp_sock_of_fd(fd: u64) -> Result<u64, i64> {
             return Err(0);
         }
         let key = fd_key(fd);
-        if let Some(known) = TCP_FDS.get(&key).copied()
+        if let Some(known) = TCP_FDS.get(key).copied()
             && known.file == file
         {
             let socket: u64 = read(file, o.file_private_data)?;
@@ -147,7 +147,7 @@ pub fn tcp_sock_of_fd(fd: u64) -> Result<u64, i64> {
             return Err(0);
         }
         // A failed insert only means the next call walks again.
-        let _ = TCP_FDS.insert(&key, &TcpFd { file, sk }, 0);
+        let _ = TCP_FDS.insert(key, TcpFd { file, sk }, 0);
         Ok(sk)
     }
 }
