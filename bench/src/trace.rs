@@ -153,6 +153,8 @@ fn traced_run(
     drop(stats_switch);
     let lost_saturated = lost() - lost_before;
     let spans = agent.metric("selfops_trace_spans_total", &[]);
+    // Spans made but not written: the export queue full, or any other drop.
+    let export_dropped = agent.metric("selfops_export_dropped_total", &["signal=\"traces\""]);
     let rss = agent.metric("selfops_agent_resident_memory_bytes", &[]);
 
     // A fixed 10,000 requests/s (hey: 20 workers × 500/s) for the loss check.
@@ -215,6 +217,10 @@ fn traced_run(
     println!(
         "  spans produced {spans:.0}; socket events lost {lost_saturated:.0}; agent RSS {:.1} MiB",
         rss / 1048576.0
+    );
+    println!(
+        "  spans dropped on the export path at saturation: {export_dropped:.0} ({:.1} %)",
+        100.0 * export_dropped / spans.max(1.0)
     );
     println!("  at {hey_rps:.0} req/s (hey -q): socket events lost {lost_at_rate:.0}");
     println!(
