@@ -281,7 +281,7 @@ pub fn parse_reply(datagram: &[u8], seq: u32) -> Result<Reply, ConntrackError> {
                 let errno = u32_at(body, 0).ok_or(malformed("error message cut"))? as i32;
                 return match errno {
                     0 => Ok(Reply::NotFound),
-                    e if -e == libc::ENOENT => Ok(Reply::NotFound),
+                    e if e == libc::ENOENT.wrapping_neg() => Ok(Reply::NotFound),
                     e => Err(ConntrackError::Kernel(e.saturating_neg())),
                 };
             }
@@ -565,7 +565,7 @@ mod tests {
         msg.extend_from_slice(&0u16.to_ne_bytes());
         msg.extend_from_slice(&seq.to_ne_bytes());
         msg.extend_from_slice(&0u32.to_ne_bytes());
-        msg.extend_from_slice(&(-errno).to_ne_bytes());
+        msg.extend_from_slice(&errno.wrapping_neg().to_ne_bytes());
         msg.extend_from_slice(&[0; 16]);
         msg
     }
@@ -595,6 +595,11 @@ mod tests {
         assert!(matches!(
             parse_reply(&error(3, libc::EPERM), 3),
             Err(ConntrackError::Kernel(libc::EPERM))
+        ));
+        // An errno no negation can hold (found by the fuzz target).
+        assert!(matches!(
+            parse_reply(&error(3, i32::MIN), 3),
+            Err(ConntrackError::Kernel(_))
         ));
         let v6 = entry(
             1,
