@@ -29,7 +29,7 @@ use crate::{
         self, FaultPlan, Health, Supervisor, Task, TaskMetrics,
         signals::{self, StopRequest},
     },
-    telemetry::{KernelCounters, Metrics, server},
+    telemetry::{KernelCounters, Metrics, program_stats::ProgramStats, server},
     trace::{
         tls_libraries,
         tracer::{TraceMetrics, Tracer},
@@ -228,6 +228,7 @@ async fn start(
         crate::profile::run::Prepared::new(config, metrics.registry_mut(), running.export.clone())?;
     let audit_metrics = AuditMetrics::register(metrics.registry_mut());
     let kubernetes = crate::k8s::setup::prepare(&config.kubernetes, metrics.registry_mut())?;
+    let program_stats = Arc::new(ProgramStats::register(metrics.registry_mut()));
     let metrics = Arc::new(metrics);
     for sensor in selfops_ebpf::Sensor::ALL {
         // Zero-valued series from the start, so a scrape shows every sensor.
@@ -252,7 +253,6 @@ async fn start(
     }
     let layout = tracefs::tracepoint_layout().context("reading tracepoint formats")?;
     let socket_offsets = if config.trace.enabled {
-        tracefs::check_syscall_layout().context("socket sensor")?;
         btf_offsets::socket_offsets().context("socket sensor")?
     } else {
         SocketOffsets::default()
@@ -276,15 +276,9 @@ async fn start(
         return Ok(false);
     }
     if config.trace.enabled {
-        // Only the tracepoint tier is written so far; choose() logs what
-        // cheaper tiers this kernel would offer.
-        choose("socket", &features, &[HookTier::Tracepoint])
-            .context("the socket sensor needs syscall tracepoints")?;
-        let count = object.attach_socket_sensor()?;
-        tracing::info!(
-            tracepoints = count,
-            "socket sensor attached (syscall tracepoints)"
-        );
+        let (hook, programs) =
+            crate::kernel::socket_hooks::attach(object, &features).context("socket sensor")?;
+        tracing::info!(?hook, programs, "socket sensor attached");
         if !go_on() {
             return Ok(false);
         }
@@ -400,7 +394,8 @@ async fn start(
     }
     // The service rules live with the process model they name.
     let rules = resources.clone().follow(live.service.subscribe());
-    let kernel = KernelCounters::new(object.take_lost_counters()?, &metrics);
+    program_stats.follow(object.program_ids());
+    let kernel = KernelCounters::new(object.take_lost_counters()?, program_stats, &metrics);
     running.kernel = Some(kernel.clone());
     let state = Arc::new(server::TelemetryState {
         metrics,

@@ -5,6 +5,7 @@ mod setup;
 mod shell;
 mod test;
 mod vm;
+mod vm_tiers;
 
 use clap::{Parser, Subcommand};
 

@@ -16,7 +16,10 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-use crate::shell;
+use crate::{
+    shell,
+    vm_tiers::{self, TierRun},
+};
 
 /// A Debian kernel the matrix can boot.
 struct Kernel {
@@ -30,6 +33,8 @@ struct Kernel {
     agent_config: &'static str,
     /// Lines the agent must log there (a capability switched off, say).
     agent_log: &'static [&'static str],
+    /// The hook the socket sensor must run on by default.
+    socket_hook: &'static str,
 }
 
 /// The cloud flavour: a small kernel whose virtio and 9p are modules, so an
@@ -48,6 +53,7 @@ const KERNELS: &[Kernel] = &[
         ],
         agent_config: "",
         agent_log: &[],
+        socket_hook: "Fentry",
     },
     Kernel {
         name: "6.12",
@@ -63,6 +69,7 @@ const KERNELS: &[Kernel] = &[
         ],
         agent_config: "",
         agent_log: &[],
+        socket_hook: "Fentry",
     },
     // Bullseye's 5.10 LTS, the oldest line the archive still serves.
     Kernel {
@@ -80,6 +87,7 @@ const KERNELS: &[Kernel] = &[
         // The profiler's program calls bpf_get_current_task_btf (5.11) and
         // bpf_task_pt_regs (5.15), which the verifier refuses here.
         agent_log: &["CPU profiler off: the kernel lacks a BPF helper it needs"],
+        socket_hook: "Fentry",
     },
 ];
 
@@ -297,9 +305,12 @@ fn run_kernel(kernel: &Kernel, accel: Accel, work: &Path) -> anyhow::Result<Repo
     let (probe, table) = check_probe(&output, kernel.expect);
     report.checks.push(probe);
     report.probe_table = table;
-    report.checks.push(check_agent(&output, kernel.agent_log));
+    report
+        .checks
+        .push(check_agent(&output, kernel.agent_log, kernel.socket_hook));
     report.checks.push(check_spans(&output));
     report.checks.push(check_tls_spans(&output));
+    report.checks.push(check_hooks(&output));
     let finished = output.done && boot.exited;
     report.checks.push(Check::new(
         "finished",
@@ -816,6 +827,7 @@ struct Output {
     exits: BTreeMap<String, i32>,
     pids: BTreeMap<String, i64>,
     files: BTreeMap<String, String>,
+    tiers: Vec<TierRun>,
     done: bool,
 }
 
@@ -859,6 +871,9 @@ impl Output {
                     }
                 }
                 (Some("begin"), Some(name), _) => file = Some((name.to_owned(), String::new())),
+                (Some("tier"), Some(hook), Some(rest)) => {
+                    out.tiers.extend(TierRun::parse(hook, rest));
+                }
                 (Some("done"), _, _) => out.done = true,
                 _ => {}
             }
@@ -960,9 +975,10 @@ fn check_probe(output: &Output, expect: &[&str]) -> (Check, Vec<String>) {
 
 /// The agent served, logged the hook each sensor runs on (and what this
 /// kernel must make it log), and stopped cleanly on SIGTERM.
-fn check_agent(output: &Output, expect_log: &[&str]) -> Check {
+fn check_agent(output: &Output, expect_log: &[&str], socket_hook: &str) -> Check {
     let log = output.file("agent.log");
     let hooks = chosen_hooks(log);
+    let attached = attached_socket_hook(log);
     let choice = hooks
         .iter()
         .map(|(sensor, hook)| format!("{sensor}={hook}"))
@@ -976,16 +992,18 @@ fn check_agent(output: &Output, expect_log: &[&str]) -> Check {
     let pass = output.succeeded("agent-ready")
         && output.succeeded("agent")
         && !hooks.is_empty()
+        && attached == Some(socket_hook)
         && unlogged.is_empty();
     let mut detail = format!(
-        "served: {}; after SIGTERM: {}; hooks chosen: {}",
+        "served: {}; after SIGTERM: {}; hooks chosen: {}; socket sensor attached on {} (want {socket_hook})",
         output.exit("agent-ready"),
         output.exit("agent"),
         if choice.is_empty() {
             "none logged"
         } else {
             &choice
-        }
+        },
+        attached.unwrap_or("nothing logged"),
     );
     let errors: Vec<&str> = log
         .lines()
@@ -1028,6 +1046,62 @@ fn log_excerpt(log: &str) -> String {
             .map(|l| short(l)),
     );
     out.join("\n")
+}
+
+/// The hook of the agent's `socket sensor attached` line: the one it runs
+/// on, after any fallback.
+fn attached_socket_hook(log: &str) -> Option<&str> {
+    log.lines()
+        .find(|l| l.contains("socket sensor attached"))?
+        .split(" hook=")
+        .nth(1)?
+        .split_whitespace()
+        .next()
+}
+
+/// Every socket-sensor hook ran on this kernel: the agent served, traced
+/// the requests and stopped cleanly on each; their cost side by side.
+fn check_hooks(output: &Output) -> Check {
+    const HOOKS: [&str; 4] = ["fentry", "kprobe", "syscalls", "raw_syscalls"];
+    let mut failed = Vec::new();
+    let mut rows = Vec::new();
+    for hook in HOOKS {
+        let steps = ["ready", "spans", "stop"].map(|step| format!("tier-{hook}-{step}"));
+        for step in &steps {
+            if !output.succeeded(step) {
+                failed.push(format!("{step}: {}", output.exit(step)));
+            }
+        }
+        let attached = attached_socket_hook(output.file(&format!("tier-{hook}.log")));
+        let want = match hook {
+            "fentry" => "Fentry",
+            "kprobe" => "Kprobe",
+            "syscalls" => "PerSyscall",
+            _ => "RawSyscalls",
+        };
+        if attached != Some(want) {
+            failed.push(format!("{hook}: attached on {attached:?}, want {want}"));
+        }
+        match output.tiers.iter().find(|t| t.hook == hook) {
+            Some(run) => {
+                let cost =
+                    vm_tiers::socket_program_cost(output.file(&format!("tier-{hook}.metrics")));
+                if cost.runs == 0.0 {
+                    failed.push(format!("{hook}: no program runs counted"));
+                }
+                rows.push(vm_tiers::figures(run, cost));
+            }
+            None => failed.push(format!("{hook}: no tier line")),
+        }
+    }
+    let mut detail = format!(
+        "the socket sensor on each hook, bpf_stats per request (emulated: compare, do not quote):\n{}",
+        vm_tiers::table(&rows)
+    );
+    if !failed.is_empty() {
+        detail.push_str(&format!("  failed: {}", failed.join("; ")));
+    }
+    Check::new("hooks", failed.is_empty(), detail)
 }
 
 /// `(sensor, hook)` from the agent's `hook chosen` log lines.

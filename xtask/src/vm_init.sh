@@ -128,5 +128,40 @@ echo "KMATRIX exit agent $?"
 send agent.log /tmp/agent/agent.log
 send traces.jsonl /tmp/agent/data/traces.jsonl
 
+# Check 3: the socket sensor on each hook, one agent at a time, with the
+# kernel's program statistics on: the same requests through each, its
+# spans, what its programs cost (from its /metrics) and its stop time.
+# KMATRIX tier HOOK STOP_START STOP_END REQUESTS
+if [ "$ready" = 0 ]; then
+    echo 1 >/proc/sys/kernel/bpf_stats_enabled
+    for hook in fentry kprobe syscalls raw_syscalls; do
+        sed "s#/tmp/agent/data#/tmp/tier-$hook#" /tmp/agent/selfops.yaml >/tmp/tier-$hook.yaml
+        SELFOPS_SOCKET_HOOK=$hook /bin/selfops run --config /tmp/tier-$hook.yaml \
+            2>/tmp/tier-$hook.log &
+        agent=$!
+        wait_until 240 serving && kill -0 "$agent" 2>/dev/null
+        echo "KMATRIX exit tier-$hook-ready $?"
+        requests=40
+        n=0
+        while [ "$n" -lt "$requests" ]; do
+            wget -q -O /dev/null http://127.0.0.1:8080/kmatrix.html
+            n=$((n + 1))
+        done
+        wait_until 60 grep -q kmatrix.html "/tmp/tier-$hook/traces.jsonl"
+        echo "KMATRIX exit tier-$hook-spans $?"
+        wget -q -O "/tmp/tier-$hook.metrics" http://127.0.0.1:9464/metrics
+        start=$(cut -d' ' -f1 /proc/uptime)
+        kill -TERM "$agent"
+        wait "$agent"
+        status=$?
+        echo "KMATRIX tier $hook $start $(cut -d' ' -f1 /proc/uptime) $requests"
+        echo "KMATRIX exit tier-$hook-stop $status"
+        send "tier-$hook.metrics" "/tmp/tier-$hook.metrics"
+        grep -E " (WARN|ERROR) |hook" "/tmp/tier-$hook.log" >"/tmp/tier-$hook.notes"
+        send "tier-$hook.log" "/tmp/tier-$hook.notes"
+    done
+    echo 0 >/proc/sys/kernel/bpf_stats_enabled
+fi
+
 echo "KMATRIX done"
 poweroff -f

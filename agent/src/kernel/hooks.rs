@@ -5,10 +5,6 @@ use super::features::{Feature, Features};
 
 /// Kinds of kernel hook a sensor may be built on, cheapest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-// Every sensor so far offers only the tracepoint tier (the kernels this is
-// built on have neither kprobes nor fentry); the cheaper tiers are named
-// so the choice is logged against them.
-#[allow(dead_code)]
 pub enum HookTier {
     Fentry,
     Kprobe,

@@ -8,6 +8,7 @@ pub mod hooks;
 pub mod mounts;
 pub mod object;
 pub mod ring_reader;
+pub mod socket_hooks;
 pub mod tracefs;
 
 // The eBPF objects built by agent/build.rs from agent-ebpf, one per concern,

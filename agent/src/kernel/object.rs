@@ -3,12 +3,12 @@
 //! Dropping it detaches every program.
 
 use aya::{
-    Ebpf, EbpfError, EbpfLoader,
+    Btf, Ebpf, EbpfError, EbpfLoader,
     maps::{MapData, MapError, PerCpuArray, RingBuf},
     programs::{
-        ProgramError, TracePoint, UProbe,
-        trace_point::TracePointLinkId,
-        uprobe::{UProbeLinkId, UProbeScope},
+        FEntry, FExit, KProbe, ProgramError, TracePoint, UProbe, fentry::FEntryLink,
+        fexit::FExitLink, kprobe::KProbeLink, trace_point::TracePointLink, uprobe::UProbeLink,
+        uprobe::UProbeScope,
     },
 };
 use selfops_ebpf::{
@@ -16,7 +16,7 @@ use selfops_ebpf::{
     TracepointLayout,
 };
 
-use super::EBPF_OBJECT;
+use super::{EBPF_OBJECT, socket_hooks::SocketHook};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ObjectError {
@@ -46,100 +46,6 @@ const PROCESS_TRACEPOINTS: [(&str, &str, &str); 3] = [
     ("process_exit", "sched", "sched_process_exit"),
 ];
 
-/// How the socket sensor follows syscalls.
-///
-/// raw_syscalls is the default, for the agent's exit deadline: detaching
-/// a perf tracepoint waits for RCU grace periods under the kernel's
-/// event_mutex, so the detaches of 23 per-syscall tracepoints run one
-/// after another whatever threads drop them — here they made SIGTERM to
-/// exit 1.87–2.06 s against 1.04–1.13 s with raw_syscalls, at the edge of
-/// the 2 s within which a failed agent must be gone. At run time the
-/// per-syscall programs ran 9 times per HTTP request instead of 23
-/// (bpf_stats: about the same total program time, since the skipped runs
-/// were cheap), and the benchmark's figures for each are in README.md.
-/// `SELFOPS_SOCKET_HOOK=syscalls` chooses them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SyscallHook {
-    /// One tracepoint per followed syscall (`syscalls:sys_enter_read`, …):
-    /// the programs run only on those syscalls.
-    PerSyscall,
-    /// raw_syscalls:sys_enter and sys_exit, run on every syscall of every
-    /// process and dispatching on its number.
-    RawSyscalls,
-}
-
-/// Overrides the choice of [`SyscallHook`] (`syscalls` or `raw_syscalls`).
-pub const SYSCALL_HOOK_ENV: &str = "SELFOPS_SOCKET_HOOK";
-
-impl SyscallHook {
-    /// raw_syscalls unless [`SYSCALL_HOOK_ENV`] asks for per-syscall
-    /// tracepoints and this kernel has every one the sensor needs.
-    pub fn chosen() -> Self {
-        match std::env::var(SYSCALL_HOOK_ENV).as_deref() {
-            Ok("syscalls") => {}
-            Ok("raw_syscalls") | Err(_) => return Self::RawSyscalls,
-            Ok(other) => {
-                tracing::warn!(
-                    value = other,
-                    "{SYSCALL_HOOK_ENV} is neither `syscalls` nor `raw_syscalls`; ignored"
-                );
-                return Self::RawSyscalls;
-            }
-        }
-        let present = PER_SYSCALL_TRACEPOINTS.iter().all(|(_, tracepoint)| {
-            super::tracefs::tracepoint_exists(PER_SYSCALL_CATEGORY, tracepoint)
-        });
-        if present {
-            Self::PerSyscall
-        } else {
-            tracing::warn!("per-syscall tracepoints missing; the socket sensor uses raw_syscalls");
-            Self::RawSyscalls
-        }
-    }
-
-    /// The tracefs category and (program, tracepoint) pairs of this hook.
-    pub fn tracepoints(self) -> (&'static str, &'static [(&'static str, &'static str)]) {
-        match self {
-            Self::PerSyscall => (PER_SYSCALL_CATEGORY, &PER_SYSCALL_TRACEPOINTS),
-            Self::RawSyscalls => ("raw_syscalls", &RAW_SYSCALL_TRACEPOINTS),
-        }
-    }
-}
-
-const RAW_SYSCALL_TRACEPOINTS: [(&str, &str); 2] =
-    [("net_sys_enter", "sys_enter"), ("net_sys_exit", "sys_exit")];
-
-pub const PER_SYSCALL_CATEGORY: &str = "syscalls";
-
-/// (program, tracepoint in `syscalls`). Close needs only its entry, accept
-/// only its exit. sendfile's tracepoint is named for the 64-bit call on
-/// every 64-bit architecture.
-pub const PER_SYSCALL_TRACEPOINTS: [(&str, &str); 23] = [
-    ("net_enter_read", "sys_enter_read"),
-    ("net_enter_readv", "sys_enter_readv"),
-    ("net_enter_recvfrom", "sys_enter_recvfrom"),
-    ("net_enter_recvmsg", "sys_enter_recvmsg"),
-    ("net_enter_write", "sys_enter_write"),
-    ("net_enter_writev", "sys_enter_writev"),
-    ("net_enter_sendto", "sys_enter_sendto"),
-    ("net_enter_sendmsg", "sys_enter_sendmsg"),
-    ("net_enter_sendfile", "sys_enter_sendfile64"),
-    ("net_enter_connect", "sys_enter_connect"),
-    ("net_enter_close", "sys_enter_close"),
-    ("net_exit_read", "sys_exit_read"),
-    ("net_exit_readv", "sys_exit_readv"),
-    ("net_exit_recvfrom", "sys_exit_recvfrom"),
-    ("net_exit_recvmsg", "sys_exit_recvmsg"),
-    ("net_exit_write", "sys_exit_write"),
-    ("net_exit_writev", "sys_exit_writev"),
-    ("net_exit_sendto", "sys_exit_sendto"),
-    ("net_exit_sendmsg", "sys_exit_sendmsg"),
-    ("net_exit_sendfile", "sys_exit_sendfile64"),
-    ("net_exit_connect", "sys_exit_connect"),
-    ("net_exit_accept", "sys_exit_accept"),
-    ("net_exit_accept4", "sys_exit_accept4"),
-];
-
 /// TLS uprobes: (program, OpenSSL symbol). uprobe and uretprobe programs
 /// are told apart by their section, so each symbol appears twice.
 /// SSL_connect and SSL_accept run SSL_do_handshake, so probing it covers
@@ -166,10 +72,22 @@ pub struct LoadOptions {
     pub socket_ring_bytes: u32,
 }
 
+/// An attachment owned by the object; dropping it detaches the program.
+#[expect(
+    dead_code,
+    reason = "each link is held only for its Drop, which detaches"
+)]
+enum Link {
+    TracePoint(TracePointLink),
+    FEntry(FEntryLink),
+    FExit(FExitLink),
+    KProbe(KProbeLink),
+    UProbe(UProbeLink),
+}
+
 pub struct SensorObject {
     ebpf: Ebpf,
-    links: Vec<(&'static str, TracePointLinkId)>,
-    uprobe_links: Vec<(&'static str, UProbeLinkId)>,
+    links: Vec<Link>,
 }
 
 impl SensorObject {
@@ -184,7 +102,6 @@ impl SensorObject {
         Ok(Self {
             ebpf,
             links: Vec::new(),
-            uprobe_links: Vec::new(),
         })
     }
 
@@ -193,33 +110,34 @@ impl SensorObject {
     /// detaching from parallel threads lets those waits overlap instead of
     /// adding up.
     pub fn detach(mut self) {
-        let mut tracepoints = Vec::new();
-        for (name, id) in std::mem::take(&mut self.links) {
-            if let Ok(program) = self.program::<TracePoint>(name)
-                && let Ok(link) = program.take_link(id)
-            {
-                tracepoints.push(link);
-            }
-        }
-        let mut uprobes = Vec::new();
-        for (name, id) in std::mem::take(&mut self.uprobe_links) {
-            if let Ok(program) = self.program::<UProbe>(name)
-                && let Ok(link) = program.take_link(id)
-            {
-                uprobes.push(link);
-            }
-        }
+        let links = std::mem::take(&mut self.links);
         let start = std::time::Instant::now();
         std::thread::scope(|scope| {
-            for link in tracepoints {
-                scope.spawn(move || drop(link));
-            }
-            for link in uprobes {
+            for link in links {
                 scope.spawn(move || drop(link));
             }
         });
         tracing::debug!(took = ?start.elapsed(), "programs detached");
         // Programs and maps go with the object.
+    }
+
+    /// The loaded programs' names and kernel ids, for their statistics.
+    pub fn program_ids(&self) -> Vec<(String, u32)> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, program)| Some((name.to_owned(), program.info().ok()?.id())))
+            .collect()
+    }
+
+    /// How many attachments the object holds, to undo those made after.
+    pub fn link_count(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Detaches what was attached since `link_count` returned `mark`.
+    pub fn detach_since(&mut self, mark: usize) {
+        let later = self.links.split_off(mark.min(self.links.len()));
+        drop(later);
     }
 
     /// A program of the object, as its kind.
@@ -249,21 +167,68 @@ impl SensorObject {
             .map_err(|source| ObjectError::Program { name, source })?;
         let link = program
             .attach(category, tracepoint)
+            .and_then(|id| program.take_link(id))
             .map_err(|source| ObjectError::Program { name, source })?;
-        self.links.push((name, link));
+        self.links.push(Link::TracePoint(link));
         Ok(())
     }
 
     /// Loads and attaches the socket sensor on the syscall tracepoints of
-    /// [`SyscallHook::chosen`].
-    pub fn attach_socket_sensor(&mut self) -> Result<usize, ObjectError> {
-        let hook = SyscallHook::chosen();
+    /// `hook` (whose record layout the caller has checked).
+    pub fn attach_syscall_tracepoints(&mut self, hook: SocketHook) -> Result<usize, ObjectError> {
         let (category, tracepoints) = hook.tracepoints();
         for &(name, tracepoint) in tracepoints {
             self.attach_tracepoint(name, category, tracepoint)?;
         }
-        tracing::info!(?hook, "socket sensor syscall hook");
         Ok(tracepoints.len())
+    }
+
+    /// Loads program `name` for kernel function `function` and attaches
+    /// it at the function's entry.
+    pub fn attach_fentry(
+        &mut self,
+        name: &'static str,
+        function: &str,
+        btf: &Btf,
+    ) -> Result<(), ObjectError> {
+        let program: &mut FEntry = self.program(name)?;
+        let link = program
+            .load(function, btf)
+            .and_then(|()| program.attach())
+            .and_then(|id| program.take_link(id))
+            .map_err(|source| ObjectError::Program { name, source })?;
+        self.links.push(Link::FEntry(link));
+        Ok(())
+    }
+
+    /// As [`Self::attach_fentry`], at the function's return.
+    pub fn attach_fexit(
+        &mut self,
+        name: &'static str,
+        function: &str,
+        btf: &Btf,
+    ) -> Result<(), ObjectError> {
+        let program: &mut FExit = self.program(name)?;
+        let link = program
+            .load(function, btf)
+            .and_then(|()| program.attach())
+            .and_then(|id| program.take_link(id))
+            .map_err(|source| ObjectError::Program { name, source })?;
+        self.links.push(Link::FExit(link));
+        Ok(())
+    }
+
+    /// Loads kprobe or kretprobe `name` (its section says which) and
+    /// attaches it to kernel function `function`.
+    pub fn attach_kprobe(&mut self, name: &'static str, function: &str) -> Result<(), ObjectError> {
+        let program: &mut KProbe = self.program(name)?;
+        let link = program
+            .load()
+            .and_then(|()| program.attach(function, 0))
+            .and_then(|id| program.take_link(id))
+            .map_err(|source| ObjectError::Program { name, source })?;
+        self.links.push(Link::KProbe(link));
+        Ok(())
     }
 
     /// Attaches the TLS uprobes (OpenSSL 3 SSL_read/SSL_write and their _ex
@@ -277,8 +242,9 @@ impl SensorObject {
             }
             let link = program
                 .attach(symbol, library, UProbeScope::AllProcesses)
+                .and_then(|id| program.take_link(id))
                 .map_err(|source| ObjectError::Program { name, source })?;
-            self.uprobe_links.push((name, link));
+            self.links.push(Link::UProbe(link));
         }
         Ok(())
     }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use selfops_ebpf::{FIELD_ABSENT, TracepointLayout};
 
-use super::{mounts::TRACEFS, object::SyscallHook};
+use super::{mounts::TRACEFS, socket_hooks::SocketHook};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TracefsError {
@@ -136,11 +136,10 @@ fn expect_offset(
 /// at 16 of syscall records (raw_syscalls: the syscall number at 8 and an
 /// `args` array; per-syscall: `__syscall_nr` at 8 and one 8-byte field per
 /// argument); checks that this kernel agrees before anything is attached.
-pub fn check_syscall_layout() -> Result<SyscallHook, TracefsError> {
-    let hook = SyscallHook::chosen();
+pub fn check_syscall_layout(hook: SocketHook) -> Result<(), TracefsError> {
     let (category, tracepoints) = hook.tracepoints();
     match hook {
-        SyscallHook::RawSyscalls => {
+        SocketHook::RawSyscalls => {
             let enter = TracepointFormat::read(category, "sys_enter")?;
             expect_offset(&enter, "id", 8)?;
             expect_offset(&enter, "args", 16)?;
@@ -148,13 +147,14 @@ pub fn check_syscall_layout() -> Result<SyscallHook, TracefsError> {
             expect_offset(&exit, "id", 8)?;
             expect_offset(&exit, "ret", 16)?;
         }
-        SyscallHook::PerSyscall => {
+        SocketHook::PerSyscall => {
             for (_, tracepoint) in tracepoints {
                 check_per_syscall(&TracepointFormat::read(category, tracepoint)?)?;
             }
         }
+        SocketHook::Fentry | SocketHook::Kprobe => {}
     }
-    Ok(hook)
+    Ok(())
 }
 
 /// One `syscalls:sys_enter_*` or `sys_exit_*` record.

@@ -10,6 +10,7 @@ use prometheus_client::metrics::{counter::Counter, family::Family};
 use super::{
     Metrics,
     metrics::{ReasonLabel, SensorLabel},
+    program_stats::ProgramStats,
 };
 use crate::kernel::object::LostCounters;
 
@@ -18,14 +19,16 @@ use crate::kernel::object::LostCounters;
 pub struct KernelCounters {
     /// None when nothing was loaded: the series alone count.
     kernel: Option<Arc<Mutex<LostCounters>>>,
+    programs: Option<Arc<ProgramStats>>,
     lost: Family<SensorLabel, Counter>,
     drops: Family<ReasonLabel, Counter>,
 }
 
 impl KernelCounters {
-    pub fn new(kernel: LostCounters, metrics: &Metrics) -> Self {
+    pub fn new(kernel: LostCounters, programs: Arc<ProgramStats>, metrics: &Metrics) -> Self {
         Self {
             kernel: Some(Arc::new(Mutex::new(kernel))),
+            programs: Some(programs),
             ..Self::series(metrics)
         }
     }
@@ -34,6 +37,7 @@ impl KernelCounters {
     pub fn series(metrics: &Metrics) -> Self {
         Self {
             kernel: None,
+            programs: None,
             lost: metrics.events_lost.clone(),
             drops: metrics.kernel_drops.clone(),
         }
@@ -41,6 +45,9 @@ impl KernelCounters {
 
     /// Raises the series to the kernel's totals.
     pub fn refresh(&self) {
+        if let Some(programs) = &self.programs {
+            programs.refresh();
+        }
         let Some(kernel) = &self.kernel else {
             return;
         };

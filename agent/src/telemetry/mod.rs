@@ -3,6 +3,7 @@
 
 pub mod kernel_counters;
 pub mod metrics;
+pub mod program_stats;
 pub mod server;
 
 pub use kernel_counters::KernelCounters;

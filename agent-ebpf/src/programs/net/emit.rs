@@ -27,6 +27,9 @@ pub fn settings() -> NetSettings {
     unsafe { core::ptr::read_volatile(&NET_SETTINGS) }
 }
 
+// The capture size is bounded with a mask (see `emit_data`).
+const _: () = assert!(PAYLOAD_MAX.is_power_of_two());
+
 /// Unread bytes in the ring above which the agent is woken at once. Below
 /// it the agent drains on its own timer: a wake-up per event would cost
 /// the traced host a context switch per syscall.
@@ -123,7 +126,14 @@ pub fn emit_data(
     let wanted = if avail < limit { avail } else { limit };
     let mut captured: u32 = 0;
     if src != 0 && wanted > 0 && wanted <= PAYLOAD_MAX as u64 {
-        let n = wanted as u32;
+        // Older verifiers (6.1) lose the check above when the compiler
+        // reloads `wanted` from a stack slot spilled before it was
+        // bounded. So the size is bounded again by arithmetic just before
+        // the call (the same value for 1..=PAYLOAD_MAX), behind a volatile
+        // read so that the optimiser, knowing the range, cannot drop it.
+        // SAFETY: a read of a local.
+        let n = unsafe { core::ptr::read_volatile(&wanted) };
+        let n = ((n.wrapping_sub(1) & (PAYLOAD_MAX as u64 - 1)) + 1) as u32;
         // SAFETY: n is within the payload array; user memory is read
         // through the helper, which fails cleanly on bad addresses.
         let rc = unsafe {

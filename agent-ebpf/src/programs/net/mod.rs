@@ -1,13 +1,18 @@
-//! The socket sensor (tracepoint tier): syscall tracepoints following
-//! accept, connect, the read and write families, sendfile and close —
-//! raw_syscalls, or one tracepoint per syscall (`per_syscall`) — and uprobes on OpenSSL for TLS plaintext. Only TCP sockets are
-//! reported; the connection's 4-tuple is read from its `struct sock` with
-//! offsets the agent resolved from BTF.
+//! The socket sensor: accept, connect, the read and write families,
+//! sendfile and close, followed on the syscall functions (fentry/fexit or
+//! kprobes, `syscall_functions`) or on syscall tracepoints (raw_syscalls,
+//! or one tracepoint per syscall, `per_syscall`), and uprobes on OpenSSL
+//! for TLS plaintext. Only TCP sockets are reported; the connection's
+//! 4-tuple is read from its `struct sock` with offsets the agent resolved
+//! from BTF.
 
 mod emit;
 mod per_syscall;
 mod raw_syscalls;
 mod socket;
+// The wrappers' `pt_regs` layout is known for these architectures.
+#[cfg(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64"))]
+mod syscall_functions;
 mod syscalls;
 
 pub use syscalls::forget_thread;

@@ -15,7 +15,7 @@ macro_rules! enter {
     ($name:ident, $syscall:expr, $buf:expr) => {
         #[tracepoint]
         pub fn $name(ctx: TracePointContext) -> u32 {
-            let _ = try_enter(&ctx, $syscall, $buf);
+            let _ = tracepoint_args(&ctx).and_then(|(fd, buf)| try_enter($syscall, $buf, fd, buf));
             0
         }
     };
@@ -26,7 +26,7 @@ macro_rules! exit_io {
     ($name:ident, $kind:expr) => {
         #[tracepoint]
         pub fn $name(ctx: TracePointContext) -> u32 {
-            let _ = try_exit_io(&ctx, $kind);
+            let _ = tracepoint_ret(&ctx).and_then(|ret| try_exit_io($kind, ret));
             0
         }
     };
@@ -55,24 +55,24 @@ exit_io!(net_exit_sendfile, NetEventKind::Egress);
 
 #[tracepoint]
 pub fn net_enter_close(ctx: TracePointContext) -> u32 {
-    let _ = try_enter_close(&ctx);
+    let _ = tracepoint_args(&ctx).and_then(|(fd, _)| try_enter_close(fd));
     0
 }
 
 #[tracepoint]
 pub fn net_exit_connect(ctx: TracePointContext) -> u32 {
-    let _ = try_exit_connect(&ctx);
+    let _ = tracepoint_ret(&ctx).and_then(try_exit_connect);
     0
 }
 
 #[tracepoint]
 pub fn net_exit_accept(ctx: TracePointContext) -> u32 {
-    let _ = try_exit_accept(&ctx, SYS_ACCEPT);
+    let _ = tracepoint_ret(&ctx).and_then(|ret| try_exit_accept(SYS_ACCEPT, ret));
     0
 }
 
 #[tracepoint]
 pub fn net_exit_accept4(ctx: TracePointContext) -> u32 {
-    let _ = try_exit_accept(&ctx, SYS_ACCEPT4);
+    let _ = tracepoint_ret(&ctx).and_then(|ret| try_exit_accept(SYS_ACCEPT4, ret));
     0
 }

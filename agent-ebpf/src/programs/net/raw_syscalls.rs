@@ -69,20 +69,22 @@ pub fn net_sys_enter(ctx: TracePointContext) -> u32 {
 fn try_sys_enter(ctx: &TracePointContext) -> Result<(), i64> {
     // SAFETY: offset of `id` in raw_syscalls:sys_enter (checked at start-up).
     let id: i64 = unsafe { ctx.read_at(ID) }.map_err(i64::from)?;
-    match id {
-        nr::READ => try_enter(ctx, SYS_READ, BUF_PLAIN),
-        nr::READV => try_enter(ctx, SYS_READV, BUF_IOVEC),
-        nr::RECVFROM => try_enter(ctx, SYS_RECVFROM, BUF_PLAIN),
-        nr::RECVMSG => try_enter(ctx, SYS_RECVMSG, BUF_MSGHDR),
-        nr::WRITE => try_enter(ctx, SYS_WRITE, BUF_PLAIN),
-        nr::WRITEV => try_enter(ctx, SYS_WRITEV, BUF_IOVEC),
-        nr::SENDTO => try_enter(ctx, SYS_SENDTO, BUF_PLAIN),
-        nr::SENDMSG => try_enter(ctx, SYS_SENDMSG, BUF_MSGHDR),
-        nr::SENDFILE => try_enter(ctx, SYS_SENDFILE, BUF_NONE),
-        nr::CONNECT => try_enter(ctx, SYS_CONNECT, BUF_NONE),
-        nr::CLOSE => try_enter_close(ctx),
-        _ => Ok(()),
-    }
+    let (syscall, buf_kind) = match id {
+        nr::READ => (SYS_READ, BUF_PLAIN),
+        nr::READV => (SYS_READV, BUF_IOVEC),
+        nr::RECVFROM => (SYS_RECVFROM, BUF_PLAIN),
+        nr::RECVMSG => (SYS_RECVMSG, BUF_MSGHDR),
+        nr::WRITE => (SYS_WRITE, BUF_PLAIN),
+        nr::WRITEV => (SYS_WRITEV, BUF_IOVEC),
+        nr::SENDTO => (SYS_SENDTO, BUF_PLAIN),
+        nr::SENDMSG => (SYS_SENDMSG, BUF_MSGHDR),
+        nr::SENDFILE => (SYS_SENDFILE, BUF_NONE),
+        nr::CONNECT => (SYS_CONNECT, BUF_NONE),
+        nr::CLOSE => return try_enter_close(tracepoint_args(ctx)?.0),
+        _ => return Ok(()),
+    };
+    let (fd, buf) = tracepoint_args(ctx)?;
+    try_enter(syscall, buf_kind, fd, buf)
 }
 
 /// raw_syscalls:sys_exit.
@@ -97,14 +99,14 @@ fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let id: i64 = unsafe { ctx.read_at(ID) }.map_err(i64::from)?;
     match id {
         nr::READ | nr::READV | nr::RECVFROM | nr::RECVMSG => {
-            try_exit_io(ctx, NetEventKind::Ingress)
+            try_exit_io(NetEventKind::Ingress, tracepoint_ret(ctx)?)
         }
         nr::WRITE | nr::WRITEV | nr::SENDTO | nr::SENDMSG | nr::SENDFILE => {
-            try_exit_io(ctx, NetEventKind::Egress)
+            try_exit_io(NetEventKind::Egress, tracepoint_ret(ctx)?)
         }
-        nr::CONNECT => try_exit_connect(ctx),
-        nr::ACCEPT => try_exit_accept(ctx, SYS_ACCEPT),
-        nr::ACCEPT4 => try_exit_accept(ctx, SYS_ACCEPT4),
+        nr::CONNECT => try_exit_connect(tracepoint_ret(ctx)?),
+        nr::ACCEPT => try_exit_accept(SYS_ACCEPT, tracepoint_ret(ctx)?),
+        nr::ACCEPT4 => try_exit_accept(SYS_ACCEPT4, tracepoint_ret(ctx)?),
         _ => Ok(()),
     }
 }

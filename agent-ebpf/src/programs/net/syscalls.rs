@@ -1,10 +1,9 @@
 //! What the socket sensor does at a syscall's entry and exit, shared by
-//! both attachments (`per_syscall`: one tracepoint per followed syscall;
-//! `raw_syscalls`: one tracepoint for every syscall, dispatching on its
-//! number). Entry records the call for its exit.
-//!
-//! Both kinds of record put the arguments at 16 + 8·i and the return
-//! value at 16; the agent checks this against tracefs before attaching.
+//! every attachment: tracepoints (`per_syscall`: one per followed syscall;
+//! `raw_syscalls`: one for every syscall, dispatching on its number) and
+//! the syscall functions themselves (`syscall_functions`: fentry/fexit or
+//! kprobes). Each attachment reads the arguments and return value its own
+//! way and hands them here. Entry records the call for its exit.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, bpf_probe_read_user},
@@ -22,6 +21,9 @@ use super::{
     tls::{claim_for_ssl, forget_ssl_call},
 };
 
+// Both kinds of syscall tracepoint record put the arguments at 16 + 8·i
+// and the return value at 16; the agent checks this against tracefs
+// before attaching.
 const ARG0: usize = 16;
 const ARG1: usize = 24;
 const RET: usize = 16;
@@ -59,34 +61,63 @@ fn traced(pid_tgid: u64) -> bool {
     (pid_tgid >> 32) as u32 != settings().agent_tgid
 }
 
-/// Entry of a call on a file descriptor: remembered if it is a TCP socket.
-pub fn try_enter(ctx: &TracePointContext, syscall: u8, buf_kind: u8) -> Result<(), i64> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !traced(pid_tgid) {
-        return Ok(());
-    }
+/// The first two arguments of a syscall tracepoint record.
+#[inline(always)]
+pub fn tracepoint_args(ctx: &TracePointContext) -> Result<(u64, u64), i64> {
     // SAFETY: offsets of the syscall tracepoint record (checked at start-up).
     let fd: u64 = unsafe { ctx.read_at(ARG0) }.map_err(i64::from)?;
     let buf: u64 = unsafe { ctx.read_at(ARG1) }.map_err(i64::from)?;
+    Ok((fd, buf))
+}
+
+/// The return value of a syscall exit record.
+#[inline(always)]
+pub fn tracepoint_ret(ctx: &TracePointContext) -> Result<i64, i64> {
+    // SAFETY: offset of `ret` in sys_exit records.
+    unsafe { ctx.read_at(RET) }.map_err(i64::from)
+}
+
+/// Entry of a call on a file descriptor: remembered if it is a TCP socket.
+pub fn try_enter(syscall: u8, buf_kind: u8, fd: u64, buf: u64) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(call) = socket_call(pid_tgid, syscall, buf_kind, fd, buf)? else {
+        return Ok(());
+    };
+    CALLS.insert(pid_tgid, call, 0).map_err(|e| {
+        count_drop(KernelDrop::SocketCallInsert);
+        i64::from(e)
+    })
+}
+
+/// The call on `fd`, starting now, if it is a traced TCP socket whose
+/// bytes the TLS uprobes do not report instead.
+#[inline(always)]
+fn socket_call(
+    pid_tgid: u64,
+    syscall: u8,
+    buf_kind: u8,
+    fd: u64,
+    buf: u64,
+) -> Result<Option<Call>, i64> {
+    if !traced(pid_tgid) {
+        return Ok(None);
+    }
     let sock = tcp_sock_of_fd(fd)?;
+    let at = now();
     // Inside SSL_read/SSL_write the bytes are ciphertext: the uprobes
     // report the plaintext instead.
-    if syscall != SYS_CONNECT && claim_for_ssl(pid_tgid, sock, fd as u32, now()) {
-        return Ok(());
+    if syscall != SYS_CONNECT && claim_for_ssl(pid_tgid, sock, fd as u32, at) {
+        return Ok(None);
     }
-    let call = Call {
-        start_ns: now(),
+    Ok(Some(Call {
+        start_ns: at,
         sock,
         buf,
         fd: fd as u32,
         syscall,
         buf_kind,
         _pad: 0,
-    };
-    CALLS.insert(pid_tgid, call, 0).map_err(|e| {
-        count_drop(KernelDrop::SocketCallInsert);
-        i64::from(e)
-    })
+    }))
 }
 
 #[inline(always)]
@@ -109,13 +140,39 @@ fn first_iovec(iov: u64) -> Result<(u64, u64), i64> {
 }
 
 /// Exit of a data call: emits what moved.
-pub fn try_exit_io(ctx: &TracePointContext, kind: NetEventKind) -> Result<(), i64> {
+pub fn try_exit_io(kind: NetEventKind, ret: i64) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(call) = take_call(pid_tgid) else {
         return Ok(());
     };
-    // SAFETY: offset of `ret` in sys_exit records.
-    let ret: i64 = unsafe { ctx.read_at(RET) }.map_err(i64::from)?;
+    emit_io(kind, &call, pid_tgid, ret)
+}
+
+/// A data call seen only at its return (fexit, which has the arguments
+/// too): no entry to remember, so one program run per call and no map
+/// update. The call's start is its return, which for a blocking read is
+/// when the bytes came rather than when the thread began to wait.
+/// Inlined: six arguments are more than a BPF call can pass.
+#[inline(always)]
+pub fn try_returned_io(
+    kind: NetEventKind,
+    syscall: u8,
+    buf_kind: u8,
+    fd: u64,
+    buf: u64,
+    ret: i64,
+) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // Failed calls (EAGAIN) still teach an SSL object its socket.
+    let Some(call) = socket_call(pid_tgid, syscall, buf_kind, fd, buf)? else {
+        return Ok(());
+    };
+    emit_io(kind, &call, pid_tgid, ret)
+}
+
+/// Emits what a data call that returned `ret` moved.
+#[inline(always)]
+fn emit_io(kind: NetEventKind, call: &Call, pid_tgid: u64, ret: i64) -> Result<(), i64> {
     if ret <= 0 {
         return Ok(());
     }
@@ -133,35 +190,43 @@ pub fn try_exit_io(ctx: &TracePointContext, kind: NetEventKind) -> Result<(), i6
         _ => (0, 0),
     };
     let avail = if avail < total { avail } else { total };
-    emit_data(kind, &call, pid_tgid, now(), total, src, avail);
+    emit_data(kind, call, pid_tgid, now(), total, src, avail);
     Ok(())
 }
 
-pub fn try_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
+pub fn try_exit_connect(ret: i64) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(call) = take_call(pid_tgid) else {
         return Ok(());
     };
-    // SAFETY: offset of `ret` in sys_exit records.
-    let ret: i64 = unsafe { ctx.read_at(RET) }.map_err(i64::from)?;
-    if ret == 0 || ret == -EINPROGRESS {
-        emit_control(NetEventKind::Connect, &call, pid_tgid, now());
+    emit_connect(&call, pid_tgid, ret);
+    Ok(())
+}
+
+/// A connect seen only at its return (fexit).
+pub fn try_returned_connect(fd: u64, ret: i64) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if let Some(call) = socket_call(pid_tgid, SYS_CONNECT, BUF_NONE, fd, 0)? {
+        emit_connect(&call, pid_tgid, ret);
     }
     Ok(())
 }
 
-pub fn try_exit_accept(ctx: &TracePointContext, syscall: u8) -> Result<(), i64> {
-    // SAFETY: offset of `ret` in sys_exit records.
-    let ret: i64 = unsafe { ctx.read_at(RET) }.map_err(i64::from)?;
+#[inline(always)]
+fn emit_connect(call: &Call, pid_tgid: u64, ret: i64) {
+    if ret == 0 || ret == -EINPROGRESS {
+        emit_control(NetEventKind::Connect, call, pid_tgid, now());
+    }
+}
+
+pub fn try_exit_accept(syscall: u8, ret: i64) -> Result<(), i64> {
     if ret >= 0 {
         emit_for_fd(NetEventKind::Accept, ret as u64, syscall)?;
     }
     Ok(())
 }
 
-pub fn try_enter_close(ctx: &TracePointContext) -> Result<(), i64> {
-    // SAFETY: offset of the first argument.
-    let fd: u64 = unsafe { ctx.read_at(ARG0) }.map_err(i64::from)?;
+pub fn try_enter_close(fd: u64) -> Result<(), i64> {
     let result = emit_for_fd(NetEventKind::Close, fd, SYS_CLOSE);
     forget_fd(fd);
     result
