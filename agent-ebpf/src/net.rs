@@ -139,6 +139,62 @@ pub struct NetEvent {
     pub payload: [u8; PAYLOAD_MAX],
 }
 
+/// Leading bytes of a connection the kernel needs to tell HTTP/1 from
+/// other protocols: the longest start token ("CONNECT ", "OPTIONS ").
+pub const HTTP_SNIFF_BYTES: usize = 8;
+
+/// How a stream can begin if it carries HTTP/1: a request method the agent
+/// parses followed by a space, or a status line's version. Kept to what the
+/// agent's parser accepts, so that nothing it would parse is turned away.
+const HTTP_STARTS: [&[u8]; 10] = [
+    b"GET ",
+    b"HEAD ",
+    b"POST ",
+    b"PUT ",
+    b"DELETE ",
+    b"CONNECT ",
+    b"OPTIONS ",
+    b"TRACE ",
+    b"PATCH ",
+    b"HTTP/1.",
+];
+
+/// What the first bytes of a stream say about it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpPrefix {
+    /// A whole HTTP/1 start token.
+    Http,
+    /// No HTTP/1 start token begins this way.
+    NotHttp,
+    /// Too few bytes: they begin some start token.
+    NeedMore,
+}
+
+/// Classifies the first `len` bytes of a stream (`prefix[..len]`). Written
+/// with fixed bounds and no indexing, as eBPF programs call it too.
+#[inline(always)]
+pub fn classify_http_prefix(prefix: &[u8; HTTP_SNIFF_BYTES], len: usize) -> HttpPrefix {
+    let mut need_more = false;
+    for token in HTTP_STARTS {
+        let same = prefix
+            .iter()
+            .zip(token.iter())
+            .take(len)
+            .all(|(a, b)| a == b);
+        if same {
+            if len >= token.len() {
+                return HttpPrefix::Http;
+            }
+            need_more = true;
+        }
+    }
+    if need_more {
+        HttpPrefix::NeedMore
+    } else {
+        HttpPrefix::NotHttp
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain-old-data structs of integers and byte arrays, no padding.

@@ -56,7 +56,7 @@ fn now() -> u64 {
 
 #[inline(always)]
 fn traced(pid_tgid: u64) -> bool {
-    (pid_tgid >> 32) as u32 != settings().agent_tgid
+    super::process_filter::traced(pid_tgid, settings().agent_tgid)
 }
 
 /// Entry of a call on a file descriptor: remembered if it is a TCP socket.
