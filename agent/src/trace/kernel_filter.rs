@@ -228,10 +228,11 @@ mod tests {
 
     /// The kernel's verdict from a stream's first `n` bytes.
     fn verdict(stream: &[u8], n: usize) -> selfops_ebpf::HttpPrefix {
-        let mut prefix = [0; selfops_ebpf::HTTP_SNIFF_BYTES];
+        let mut prefix = [0xff; selfops_ebpf::HTTP_SNIFF_BYTES];
         let n = n.min(prefix.len()).min(stream.len());
         prefix[..n].copy_from_slice(&stream[..n]);
-        selfops_ebpf::classify_http_prefix(&prefix, n)
+        // Bytes past `n` (here 0xff) must not count.
+        selfops_ebpf::classify_http_prefix(u64::from_le_bytes(prefix), n)
     }
 
     /// Messages the agent's parser finds in `stream` fed whole.

@@ -9,6 +9,7 @@
 use aya_ebpf::{macros::map, maps::LruHashMap};
 use selfops_ebpf::{
     HTTP_SNIFF_BYTES, HttpPrefix, KernelFilter, PAYLOAD_MAX, SockTuple, classify_http_prefix,
+    low_bytes,
 };
 
 use super::socket::tuple_of;
@@ -34,8 +35,8 @@ pub struct Verdict {
     pub remote_addr: [u8; 16],
     pub local_port: u16,
     pub remote_port: u16,
-    /// The stream's first bytes, as far as seen.
-    pub prefix: [u8; HTTP_SNIFF_BYTES],
+    /// The stream's first bytes as far as seen (`len`), little-endian.
+    pub prefix: u64,
     pub verdict: u8,
     /// The `NetEventKind` of the first data (0 until then): only that
     /// direction's bytes are the stream start being classified.
@@ -71,7 +72,7 @@ pub fn opened(sock: u64, tuple: &SockTuple) {
         remote_addr: tuple.remote_addr,
         local_port: tuple.local_port,
         remote_port: tuple.remote_port,
-        prefix: [0; HTTP_SNIFF_BYTES],
+        prefix: 0,
         verdict: UNKNOWN,
         direction: 0,
         len: 0,
@@ -150,19 +151,24 @@ pub fn observe(
     } else if v.direction != kind {
         return false;
     }
-    let mut have = v.len as usize;
-    for (i, &byte) in payload.iter().take(HTTP_SNIFF_BYTES).enumerate() {
-        if i >= captured as usize {
-            break;
-        }
-        let Some(slot) = v.prefix.get_mut(have) else {
-            break;
-        };
-        *slot = byte;
-        have += 1;
+    // Straight-line merging of the new bytes after those already held.
+    let have = v.len as usize;
+    let room = HTTP_SNIFF_BYTES.saturating_sub(have);
+    let take = if (captured as usize) < room {
+        captured as usize
+    } else {
+        room
+    };
+    if take > 0 {
+        let head = payload
+            .first_chunk::<HTTP_SNIFF_BYTES>()
+            .map_or(0, |b| u64::from_le_bytes(*b));
+        // take > 0 means have < 8: the shift stays below 64.
+        v.prefix |= (head & low_bytes(take)) << (8 * (have & 7));
     }
+    let have = have + take;
     v.len = have as u8;
-    match classify_http_prefix(&v.prefix, have) {
+    match classify_http_prefix(v.prefix, have) {
         HttpPrefix::Http => v.verdict = HTTP,
         HttpPrefix::NotHttp => {
             v.verdict = OTHER;
