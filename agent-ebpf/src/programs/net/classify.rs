@@ -12,7 +12,6 @@ use selfops_ebpf::{
     low_bytes,
 };
 
-use super::socket::tuple_of;
 use crate::programs::counters::count_filtered;
 
 /// Collecting the first bytes.
@@ -88,32 +87,20 @@ pub fn closed(sock: u64) {
     let _ = VERDICTS.remove(sock);
 }
 
-/// Whether a data event on `sock` is withheld (counted): the connection
-/// was found not to be HTTP/1 and is still the one judged.
+/// Whether a data event on `sock`, whose connection now has `tuple`, is
+/// withheld (counted): the connection was found not to be HTTP/1 and is
+/// still the one judged.
 #[inline(always)]
-pub fn withheld(sock: u64) -> bool {
+pub fn withheld(sock: u64, tuple: &SockTuple) -> bool {
     let Some(known) = VERDICTS.get_ptr(sock) else {
         return false;
     };
-    // SAFETY: map value pointer, copied out at once.
-    let known = unsafe { *known };
+    // SAFETY: map value pointer, read at once.
+    let known = unsafe { &*known };
     if known.verdict != OTHER {
         return false;
     }
-    let mut now = SockTuple {
-        local_addr: [0; 16],
-        remote_addr: [0; 16],
-        local_port: 0,
-        remote_port: 0,
-        family: 0,
-        _pad: 0,
-        netns: 0,
-        _pad2: 0,
-    };
-    if tuple_of(sock, &mut now).is_err() {
-        return false;
-    }
-    if !same_connection(&known, &now) {
+    if !same_connection(known, tuple) {
         let _ = VERDICTS.remove(sock);
         return false;
     }

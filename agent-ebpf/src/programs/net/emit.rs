@@ -119,9 +119,6 @@ pub fn emit_data(
     // Syscall bytes are judged; TLS plaintext from the OpenSSL probes is
     // not, whatever its socket's handshake looked like.
     let judged = call.syscall < SYSCALL_SSL_READ;
-    if judged && classify::withheld(call.sock) {
-        return;
-    }
     let Some(mut entry) = NET_EVENTS.reserve::<NetEvent>(0) else {
         count_lost(Sensor::Socket);
         return;
@@ -131,6 +128,13 @@ pub fn emit_data(
     let header = unsafe { core::ptr::addr_of_mut!((*event).header) };
     if fill_header(header, kind, call, pid_tgid, end_ns, total_len).is_err() {
         count_drop(KernelDrop::SocketHeader);
+        entry.discard(0);
+        return;
+    }
+    // Judged on the 4-tuple just read into the header, before the payload
+    // is copied.
+    // SAFETY: the header was just filled in reserved memory.
+    if judged && classify::withheld(call.sock, unsafe { &(*header).tuple }) {
         entry.discard(0);
         return;
     }
