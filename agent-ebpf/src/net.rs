@@ -139,6 +139,81 @@ pub struct NetEvent {
     pub payload: [u8; PAYLOAD_MAX],
 }
 
+/// Leading bytes of a connection the kernel needs to tell HTTP/1 from
+/// other protocols: the longest start token ("CONNECT ", "OPTIONS ").
+pub const HTTP_SNIFF_BYTES: usize = 8;
+
+/// A start token as a little-endian word and its length.
+const fn token(bytes: &[u8]) -> (u64, usize) {
+    let mut word = [0u8; HTTP_SNIFF_BYTES];
+    let mut i = 0;
+    while i < bytes.len() {
+        word[i] = bytes[i];
+        i += 1;
+    }
+    (u64::from_le_bytes(word), bytes.len())
+}
+
+/// How a stream can begin if it carries HTTP/1: a request method the agent
+/// parses followed by a space, or a status line's version. Kept to what the
+/// agent's parser accepts, so that nothing it would parse is turned away.
+const HTTP_STARTS: [(u64, usize); 10] = [
+    token(b"GET "),
+    token(b"HEAD "),
+    token(b"POST "),
+    token(b"PUT "),
+    token(b"DELETE "),
+    token(b"CONNECT "),
+    token(b"OPTIONS "),
+    token(b"TRACE "),
+    token(b"PATCH "),
+    token(b"HTTP/1."),
+];
+
+/// What the first bytes of a stream say about it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpPrefix {
+    /// A whole HTTP/1 start token.
+    Http,
+    /// No HTTP/1 start token begins this way.
+    NotHttp,
+    /// Too few bytes: they begin some start token.
+    NeedMore,
+}
+
+/// A mask of the low `n` bytes of a word.
+#[inline(always)]
+pub const fn low_bytes(n: usize) -> u64 {
+    if n >= HTTP_SNIFF_BYTES {
+        u64::MAX
+    } else {
+        (1u64 << (8 * n)) - 1
+    }
+}
+
+/// Classifies the first `len` bytes of a stream, held little-endian in
+/// `prefix` (bytes beyond `len` are ignored). Word compares without
+/// branches per token: eBPF programs call it, and every branch there is
+/// a path the verifier walks at load.
+#[inline(always)]
+pub fn classify_http_prefix(prefix: u64, len: usize) -> HttpPrefix {
+    let mut http = false;
+    let mut need_more = false;
+    for (word, token_len) in HTTP_STARTS {
+        let n = if len < token_len { len } else { token_len };
+        let same = (prefix ^ word) & low_bytes(n) == 0;
+        http |= same & (len >= token_len);
+        need_more |= same & (len < token_len);
+    }
+    if http {
+        HttpPrefix::Http
+    } else if need_more {
+        HttpPrefix::NeedMore
+    } else {
+        HttpPrefix::NotHttp
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain-old-data structs of integers and byte arrays, no padding.

@@ -84,3 +84,33 @@ impl KernelDrop {
 
 /// Number of entries in the `KERNEL_DROPS` per-CPU array.
 pub const KERNEL_DROP_COUNT: u32 = 6;
+
+/// Socket-sensor work the kernel skipped on purpose, so the agent never
+/// saw it: the index of each reason in the per-CPU `KERNEL_FILTERED`
+/// counter array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelFilter {
+    /// A data event on a connection whose first bytes were not HTTP/1.
+    NotHttp = 0,
+    /// A followed syscall (on any descriptor) of a process the agent put
+    /// in the kernel's exclusion map (`trace.include` / `trace.exclude`).
+    ExcludedProcess = 1,
+}
+
+impl KernelFilter {
+    /// Every reason, in index order.
+    pub const ALL: [KernelFilter; KERNEL_FILTER_COUNT as usize] =
+        [KernelFilter::NotHttp, KernelFilter::ExcludedProcess];
+
+    /// The reason's label in metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            KernelFilter::NotHttp => "not_http",
+            KernelFilter::ExcludedProcess => "excluded_process",
+        }
+    }
+}
+
+/// Number of entries in the `KERNEL_FILTERED` per-CPU array.
+pub const KERNEL_FILTER_COUNT: u32 = 2;

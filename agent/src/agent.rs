@@ -364,7 +364,8 @@ async fn start(
                 sink.send(signal)
             }),
         )?
-        .with_updates(live.trace.subscribe());
+        .with_updates(live.trace.subscribe())
+        .with_kernel_exclusions(Box::new(object.take_excluded_tgids()?));
         let ring =
             RingReader::new(object.take_socket_ring()?).context("polling the socket ring")?;
         supervisor.local(Task::Tracer, tracer.run(ring));

@@ -62,6 +62,7 @@ pub fn process_exec(ctx: TracePointContext) -> u32 {
 
 fn try_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
+    super::net::forget_excluded_process((pid_tgid >> 32) as u32);
     let Some(mut entry) = PROCESS_EVENTS.reserve::<ExecEvent>(0) else {
         count_lost(Sensor::ProcessExec);
         return Err(0);
@@ -106,6 +107,7 @@ fn try_process_fork(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let child: i32 = unsafe { ctx.read_at(layout.newtask_pid as usize) }?;
+    super::net::forget_excluded_process(child as u32);
     // The tracepoint runs in the parent, so the current task is the parent.
     let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
     let event = ForkEvent {

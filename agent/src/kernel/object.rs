@@ -4,7 +4,7 @@
 
 use aya::{
     Btf, Ebpf, EbpfError, EbpfLoader,
-    maps::{MapData, MapError, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
         FEntry, FExit, KProbe, ProgramError, TracePoint, UProbe, fentry::FEntryLink,
         fexit::FExitLink, kprobe::KProbeLink, trace_point::TracePointLink, uprobe::UProbeLink,
@@ -12,8 +12,8 @@ use aya::{
     },
 };
 use selfops_ebpf::{
-    KERNEL_DROP_COUNT, KernelDrop, NetSettings, SENSOR_COUNT, Sensor, SocketOffsets,
-    TracepointLayout,
+    KERNEL_DROP_COUNT, KERNEL_FILTER_COUNT, KernelDrop, KernelFilter, NetSettings, SENSOR_COUNT,
+    Sensor, SocketOffsets, TracepointLayout,
 };
 
 use super::{EBPF_OBJECT, socket_hooks::SocketHook};
@@ -281,7 +281,18 @@ impl SensorObject {
         Ok(LostCounters {
             map: self.take_per_cpu_array("LOST_EVENTS")?,
             drops: self.take_per_cpu_array("KERNEL_DROPS")?,
+            filtered: self.take_per_cpu_array("KERNEL_FILTERED")?,
         })
+    }
+
+    /// The socket sensor's map of tgids whose syscalls it skips.
+    pub fn take_excluded_tgids(&mut self) -> Result<HashMap<MapData, u32, u8>, ObjectError> {
+        let name = "EXCLUDED_TGIDS";
+        let map = self
+            .ebpf
+            .take_map(name)
+            .ok_or(ObjectError::Missing { kind: "map", name })?;
+        HashMap::try_from(map).map_err(|source| ObjectError::Map { name, source })
     }
 
     fn take_per_cpu_array(
@@ -301,6 +312,7 @@ impl SensorObject {
 pub struct LostCounters {
     map: PerCpuArray<MapData, u64>,
     drops: PerCpuArray<MapData, u64>,
+    filtered: PerCpuArray<MapData, u64>,
 }
 
 impl LostCounters {
@@ -309,6 +321,18 @@ impl LostCounters {
         let mut totals = Sensor::ALL.map(|s| (s, 0));
         for (sensor, total) in &mut totals {
             let per_cpu = self.map.get(&(*sensor as u32), 0)?;
+            *total = per_cpu.iter().sum();
+        }
+        Ok(totals)
+    }
+
+    /// Totals over all CPUs of what the socket sensor skipped on purpose.
+    pub fn read_filtered(
+        &self,
+    ) -> Result<[(KernelFilter, u64); KERNEL_FILTER_COUNT as usize], MapError> {
+        let mut totals = KernelFilter::ALL.map(|r| (r, 0));
+        for (reason, total) in &mut totals {
+            let per_cpu = self.filtered.get(&(*reason as u32), 0)?;
             *total = per_cpu.iter().sum();
         }
         Ok(totals)

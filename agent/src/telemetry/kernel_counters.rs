@@ -1,5 +1,6 @@
 //! The kernel's per-CPU loss and drop counters, read on demand into the
-//! `selfops_sensor_events_lost_total` and `selfops_sensor_kernel_drops_total`
+//! `selfops_sensor_events_lost_total`, `selfops_sensor_kernel_drops_total`
+//! and `selfops_socket_events_filtered_total`
 //! series: by a scrape, and by the health gate, which judges a remote
 //! config by the ring losses it brings.
 
@@ -22,6 +23,7 @@ pub struct KernelCounters {
     programs: Option<Arc<ProgramStats>>,
     lost: Family<SensorLabel, Counter>,
     drops: Family<ReasonLabel, Counter>,
+    filtered: Family<ReasonLabel, Counter>,
 }
 
 impl KernelCounters {
@@ -40,6 +42,7 @@ impl KernelCounters {
             programs: None,
             lost: metrics.events_lost.clone(),
             drops: metrics.kernel_drops.clone(),
+            filtered: metrics.socket_events_filtered.clone(),
         }
     }
 
@@ -54,7 +57,19 @@ impl KernelCounters {
         let counters = kernel.lock().unwrap_or_else(|e| e.into_inner());
         let drops = counters.read_drops();
         let lost = counters.read();
+        let filtered = counters.read_filtered();
         drop(counters);
+        match filtered {
+            Ok(totals) => {
+                for (reason, total) in totals {
+                    let counter = self.filtered.get_or_create(&ReasonLabel {
+                        reason: reason.name(),
+                    });
+                    Metrics::raise_to(&counter, total);
+                }
+            }
+            Err(err) => tracing::warn!(%err, "reading the kernel's filter counters"),
+        }
         match drops {
             Ok(totals) => {
                 for (reason, total) in totals {

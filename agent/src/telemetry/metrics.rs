@@ -31,6 +31,9 @@ pub struct Metrics {
     /// Events the kernel programs had and dropped for another reason (read
     /// from the kernel's per-CPU counters at scrape time).
     pub kernel_drops: Family<ReasonLabel, Counter>,
+    /// Socket-sensor work the kernel skipped on purpose (read from the
+    /// kernel's per-CPU counters at scrape time).
+    pub socket_events_filtered: Family<ReasonLabel, Counter>,
     /// Records that failed to decode.
     pub events_malformed: Family<SensorLabel, Counter>,
     pub process_table_size: Gauge,
@@ -54,6 +57,7 @@ impl Metrics {
             events_received: Family::default(),
             events_lost: Family::default(),
             kernel_drops: Family::default(),
+            socket_events_filtered: Family::default(),
             events_malformed: Family::default(),
             process_table_size: Gauge::default(),
             process_table_exited: Gauge::default(),
@@ -79,6 +83,13 @@ impl Metrics {
             "sensor_kernel_drops",
             "Events the kernel programs dropped other than for a full ring, by reason",
             metrics.kernel_drops.clone(),
+        );
+        registry.register(
+            "socket_events_filtered",
+            "Socket-sensor work the kernel skipped on purpose, by reason: data events of \
+             connections whose first bytes are not HTTP/1 (not_http), syscalls of processes \
+             trace.include/exclude leave out (excluded_process)",
+            metrics.socket_events_filtered.clone(),
         );
         registry.register(
             "sensor_events_malformed",

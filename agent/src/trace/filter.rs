@@ -42,6 +42,21 @@ impl Rule {
         pods: Option<&PodDirectory>,
     ) -> bool {
         match self {
+            // A listening port (server side) or a destination port (client side).
+            Rule::Port(port) => endpoints.local.port() == *port || endpoints.remote.port() == *port,
+            _ => self.matches_process(process, pods).unwrap_or(false),
+        }
+    }
+
+    /// Whether the rule picks `process`, or None for a rule that picks
+    /// connections (a port).
+    fn matches_process(
+        &self,
+        process: Option<&Process>,
+        pods: Option<&PodDirectory>,
+    ) -> Option<bool> {
+        Some(match self {
+            Rule::Port(_) => return None,
             Rule::Pod(selector) => selector.matches(process, pods),
             Rule::Executable(m) => process.is_some_and(|p| {
                 m.is_match(p.executable_name())
@@ -52,9 +67,7 @@ impl Rule {
             Rule::Cgroup(m) => {
                 process.is_some_and(|p| p.cgroup.as_deref().is_some_and(|c| m.is_match(c)))
             }
-            // A listening port (server side) or a destination port (client side).
-            Rule::Port(port) => endpoints.local.port() == *port || endpoints.remote.port() == *port,
-        }
+        })
     }
 }
 
@@ -92,6 +105,34 @@ impl TraceFilter {
                 .exclude
                 .iter()
                 .any(|r| r.matches(process, endpoints, pods))
+    }
+}
+
+impl TraceFilter {
+    /// Whether every connection of `process` is left out, whatever its
+    /// ports: then the kernel may skip the process altogether. A pod rule
+    /// in `include` whose pod is not known yet keeps the process in, as
+    /// the pod may match once learned.
+    pub fn excludes_process(&self, process: &Process) -> bool {
+        let pods = self.pods.as_deref();
+        let by_process = |rules: &[Rule]| {
+            rules
+                .iter()
+                .any(|r| r.matches_process(Some(process), pods) == Some(true))
+        };
+        if by_process(&self.exclude) {
+            return true;
+        }
+        if self.include.is_empty() || by_process(&self.include) {
+            return false;
+        }
+        let port_rule = self.include.iter().any(|r| matches!(r, Rule::Port(_)));
+        let pod_unknown = self.include.iter().any(|r| matches!(r, Rule::Pod(_)))
+            && process
+                .container_id
+                .as_deref()
+                .is_some_and(|id| pods.is_none_or(|p| p.container(id).is_none()));
+        !port_rule && !pod_unknown
     }
 }
 
@@ -150,6 +191,76 @@ mod tests {
         assert!(f.allows(Some(&curl), &endpoints(5000, 8080)), "port rule");
         let noisy = process("nginx", "/system.slice/noisy.service");
         assert!(!f.allows(Some(&noisy), &endpoints(80, 5000)));
+    }
+
+    #[test]
+    fn process_exclusion_agrees_with_allows() {
+        let executable = |glob: &str| Selector {
+            executable: Some(glob.into()),
+            ..Selector::default()
+        };
+        let cgroup = Selector {
+            cgroup: Some("/system.slice/noisy*".into()),
+            ..Selector::default()
+        };
+        let port = Selector {
+            port: Some(8080),
+            ..Selector::default()
+        };
+        let nginx = process("nginx", "/system.slice/nginx.service");
+        let noisy = process("nginx", "/system.slice/noisy.service");
+        let curl = process("curl", "/user.slice");
+        let cases = [
+            (vec![], vec![], [false, false, false]),
+            (vec![], vec![cgroup.clone()], [false, true, false]),
+            (vec![executable("nginx")], vec![], [false, false, true]),
+            (vec![executable("nginx")], vec![cgroup], [false, true, true]),
+            // curl may connect to 8080: only userspace can tell.
+            (
+                vec![executable("nginx"), port.clone()],
+                vec![],
+                [false, false, false],
+            ),
+            // A port exclusion leaves the process's other ports traced.
+            (vec![], vec![port], [false, false, false]),
+        ];
+        for (include, exclude, expected) in cases {
+            let f = TraceFilter::new(&include, &exclude).unwrap();
+            for (p, excluded) in [&nginx, &noisy, &curl].into_iter().zip(expected) {
+                assert_eq!(
+                    f.excludes_process(p),
+                    excluded,
+                    "{include:?} {exclude:?} {}",
+                    p.comm
+                );
+                // Excluded in the kernel means no connection is allowed.
+                if excluded {
+                    for e in [
+                        endpoints(80, 5000),
+                        endpoints(5000, 8080),
+                        endpoints(8080, 1),
+                    ] {
+                        assert!(!f.allows(Some(p), &e));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_pod_is_not_excluded_by_include() {
+        use crate::k8s::metrics::KubeMetrics;
+        let pods = Arc::new(PodDirectory::new("n", None, 8, KubeMetrics::default()));
+        let selector = Selector {
+            namespace: Some("shop".into()),
+            ..Selector::default()
+        };
+        let f = TraceFilter::new(&[selector], &[]).unwrap().with_pods(pods);
+        let mut p = process("nginx", "/kubepods.slice/x");
+        p.container_id = Some(Arc::from(C1));
+        assert!(!f.excludes_process(&p), "its pod may not be known yet");
+        p.container_id = None;
+        assert!(f.excludes_process(&p), "outside any pod");
     }
 
     #[test]

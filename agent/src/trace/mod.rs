@@ -6,6 +6,7 @@ pub mod context;
 pub mod event;
 pub mod filter;
 pub mod http1;
+pub mod kernel_filter;
 pub mod red;
 pub mod spans;
 pub mod tls_libraries;

@@ -26,6 +26,7 @@ use super::{
     event::{Endpoints, LinkKey, SocketEvent, decode},
     filter::TraceFilter,
     http1::Response,
+    kernel_filter::{KernelExclusions, KernelFilterMetrics},
     red::{Observation, RedMetrics},
     spans::{Exchange, build},
 };
@@ -59,6 +60,9 @@ const PARK_FOR: Duration = Duration::from_millis(250);
 /// comes or the connection closes; this bound only caps memory and the
 /// delay for clients whose requests cannot be seen.
 const CLIENT_WAIT_MAX: Duration = Duration::from_secs(5);
+/// How often the kernel's map of excluded processes is brought in line
+/// with the process table (new processes, execs, exits).
+const KERNEL_EXCLUSIONS_EVERY: Duration = Duration::from_secs(1);
 /// Server spans waiting at most; beyond it they are decided at once.
 const MAX_PARKED: usize = 4096;
 /// Spans waiting for the process table at most, and for how long: beyond
@@ -134,6 +138,7 @@ pub struct TraceMetrics {
     pub untraced: Family<ReasonLabel, Counter>,
     /// Conntrack lookups of client connections, by outcome.
     pub nat_lookups: Family<ReasonLabel, Counter>,
+    pub kernel_filter: KernelFilterMetrics,
 }
 
 impl TraceMetrics {
@@ -153,6 +158,7 @@ impl TraceMetrics {
             resource_unconfirmed: Counter::default(),
             untraced: Family::default(),
             nat_lookups: Family::default(),
+            kernel_filter: KernelFilterMetrics::register(registry),
         };
         registry.register(
             "trace_nat_lookups",
@@ -265,6 +271,8 @@ pub struct Tracer {
     /// Remote config: a new `trace` section (include/exclude applied to
     /// connections from then on; the sensor stays attached).
     updates: Option<watch::Receiver<TraceConfig>>,
+    /// The processes `filter` leaves out, handed to the kernel.
+    kernel_exclusions: Option<KernelExclusions>,
 }
 
 impl Tracer {
@@ -273,10 +281,38 @@ impl Tracer {
         self
     }
 
+    /// Excluded processes are also skipped by the kernel, through `map`.
+    pub fn with_kernel_exclusions(mut self, map: Box<dyn super::kernel_filter::TgidMap>) -> Self {
+        let metrics = self.trace_metrics.kernel_filter.clone();
+        self.kernel_exclusions = Some(KernelExclusions::new(map, metrics));
+        self
+    }
+
+    /// Writes the processes the filter leaves out into the kernel's map;
+    /// their connections the tracer still holds go, as the kernel will not
+    /// report their close.
+    fn sync_kernel_exclusions(&mut self) {
+        let Some(exclusions) = &mut self.kernel_exclusions else {
+            return;
+        };
+        let processes = self.table.read().snapshot();
+        exclusions.sync(&processes, &self.filter);
+        let gone: Vec<ConnKey> = self
+            .connections
+            .iter()
+            .filter(|((pid, _), conn)| conn.excluded && exclusions.contains(*pid))
+            .map(|(key, _)| *key)
+            .collect();
+        for key in gone {
+            self.discard(key);
+        }
+    }
+
     fn reconfigure(&mut self, config: &TraceConfig) {
         match TraceFilter::new(&config.include, &config.exclude) {
             Ok(filter) => {
                 self.filter = filter;
+                self.sync_kernel_exclusions();
                 tracing::info!("trace include/exclude reconfigured");
             }
             // Validated with the config before it got here.
@@ -331,6 +367,7 @@ impl Tracer {
             parked_len: 0,
             filter,
             updates: None,
+            kernel_exclusions: None,
             connections: FastMap::default(),
             max_connections,
             rendezvous: Rendezvous::new(max_connections),
@@ -1024,6 +1061,7 @@ impl Tracer {
         let mut refresh = tokio::time::interval(Duration::from_secs(5));
         let mut red = tokio::time::interval(self.red_interval);
         let mut parked = tokio::time::interval(PARK_FOR / 2);
+        let mut exclusions = tokio::time::interval(KERNEL_EXCLUSIONS_EVERY);
         // The socket sensor wakes the agent only when its ring fills;
         // otherwise the ring is drained on this tick.
         let mut drain = tokio::time::interval(DRAIN_EVERY);
@@ -1057,6 +1095,7 @@ impl Tracer {
                     }
                 }
                 _ = refresh.tick() => self.maintain(),
+                _ = exclusions.tick() => self.sync_kernel_exclusions(),
                 _ = red.tick() => self.export_red(),
                 Some(config) = next_update(&mut self.updates) => self.reconfigure(&config),
             }

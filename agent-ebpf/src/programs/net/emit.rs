@@ -7,10 +7,11 @@ use aya_ebpf::{
     maps::RingBuf,
 };
 use selfops_ebpf::{
-    KernelDrop, NetEvent, NetEventHeader, NetEventKind, NetSettings, PAYLOAD_MAX, Sensor,
+    KernelDrop, NetEvent, NetEventHeader, NetEventKind, NetSettings, PAYLOAD_MAX, SYSCALL_SSL_READ,
+    Sensor,
 };
 
-use super::socket::tuple_of;
+use super::{classify, socket::tuple_of};
 use crate::programs::counters::{count_drop, count_lost};
 
 /// Socket events for the agent; its size is set by the agent at load time.
@@ -86,11 +87,19 @@ fn fill_header(
 /// Accept, connect or close: the header alone.
 #[inline(always)]
 pub fn emit_control(kind: NetEventKind, call: &Call, pid_tgid: u64, end_ns: u64) {
+    if kind == NetEventKind::Close {
+        classify::closed(call.sock);
+    }
     let Some(mut entry) = NET_EVENTS.reserve::<NetEventHeader>(0) else {
         count_lost(Sensor::Socket);
         return;
     };
-    if fill_header(entry.as_mut_ptr(), kind, call, pid_tgid, end_ns, 0).is_ok() {
+    let header = entry.as_mut_ptr();
+    if fill_header(header, kind, call, pid_tgid, end_ns, 0).is_ok() {
+        if matches!(kind, NetEventKind::Accept | NetEventKind::Connect) {
+            // SAFETY: the header was just filled in reserved memory.
+            classify::opened(call.sock, unsafe { &(*header).tuple });
+        }
         entry.submit(submit_flags());
     } else {
         count_drop(KernelDrop::SocketHeader);
@@ -110,6 +119,9 @@ pub fn emit_data(
     src: u64,
     avail: u64,
 ) {
+    // Syscall bytes are judged; TLS plaintext from the OpenSSL probes is
+    // not, whatever its socket's handshake looked like.
+    let judged = call.syscall < SYSCALL_SSL_READ;
     let Some(mut entry) = NET_EVENTS.reserve::<NetEvent>(0) else {
         count_lost(Sensor::Socket);
         return;
@@ -119,6 +131,13 @@ pub fn emit_data(
     let header = unsafe { core::ptr::addr_of_mut!((*event).header) };
     if fill_header(header, kind, call, pid_tgid, end_ns, total_len).is_err() {
         count_drop(KernelDrop::SocketHeader);
+        entry.discard(0);
+        return;
+    }
+    // Judged on the 4-tuple just read into the header, before the payload
+    // is copied.
+    // SAFETY: the header was just filled in reserved memory.
+    if judged && classify::withheld(call.sock, unsafe { &(*header).tuple }) {
         entry.discard(0);
         return;
     }
@@ -151,6 +170,22 @@ pub fn emit_data(
     unsafe {
         (*event).captured_len = captured;
         (*event)._pad = 0;
+    }
+    // SAFETY: header and payload were written above, in reserved memory.
+    let not_http = judged
+        && unsafe {
+            classify::observe(
+                call.sock,
+                kind as u8,
+                &(*header).tuple,
+                &(*event).payload,
+                captured,
+                total_len,
+            )
+        };
+    if not_http {
+        entry.discard(0);
+        return;
     }
     entry.submit(submit_flags());
 }

@@ -6,8 +6,10 @@
 //! 4-tuple is read from its `struct sock` with offsets the agent resolved
 //! from BTF.
 
+mod classify;
 mod emit;
 mod per_syscall;
+mod process_filter;
 mod raw_syscalls;
 mod socket;
 // The wrappers' `pt_regs` layout is known for these architectures.
@@ -15,5 +17,6 @@ mod socket;
 mod syscall_functions;
 mod syscalls;
 
+pub use process_filter::forget as forget_excluded_process;
 pub use syscalls::forget_thread;
 mod tls;

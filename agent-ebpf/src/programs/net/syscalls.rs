@@ -58,7 +58,7 @@ fn now() -> u64 {
 
 #[inline(always)]
 fn traced(pid_tgid: u64) -> bool {
-    (pid_tgid >> 32) as u32 != settings().agent_tgid
+    super::process_filter::traced(pid_tgid, settings().agent_tgid)
 }
 
 /// The first two arguments of a syscall tracepoint record.
