@@ -154,7 +154,8 @@ fn traced_run(
     let lost_saturated = lost() - lost_before;
     let spans = agent.metric("selfops_trace_spans_total", &[]);
     // Spans made but not written: the export queue full, or any other drop.
-    let export_dropped = agent.metric("selfops_export_dropped_total", &["signal=\"traces\""]);
+    // `+ 0.0`: a sum over no line is -0.0, printed "-0".
+    let export_dropped = agent.metric("selfops_export_dropped_total", &["signal=\"traces\""]) + 0.0;
     let dropped_by_reason: Vec<(&str, f64)> = ["queue_full", "export_failed", "encode_failed"]
         .into_iter()
         .map(|reason| {
@@ -163,7 +164,7 @@ fn traced_run(
                 "selfops_export_dropped_total",
                 &["signal=\"traces\"", &label],
             );
-            (reason, n)
+            (reason, n + 0.0)
         })
         .collect();
     let rss = agent.metric("selfops_agent_resident_memory_bytes", &[]);
