@@ -5,6 +5,16 @@ use std::process::ExitCode;
 use clap::Parser;
 use selfops_agent::{agent, cli, config, control, fleet, kernel, limits, supervise::signals};
 
+// mimalloc, not glibc malloc: spans are made on the tracer's thread and
+// freed on the exporter's, which glibc pays for in arena locking and
+// consolidation. In alternating `bench trace` runs allocation fell from 30 %
+// to 18 % of the agent's CPU samples and the agent's CPU per request by
+// about 14 %; RSS at saturation stayed bounded (140–173 MiB against
+// 94–150 MiB), so the trade is taken.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for a refused configuration (nothing was attached).
 const EXIT_CONFIG: u8 = 2;
 

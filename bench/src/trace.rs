@@ -154,7 +154,19 @@ fn traced_run(
     let lost_saturated = lost() - lost_before;
     let spans = agent.metric("selfops_trace_spans_total", &[]);
     // Spans made but not written: the export queue full, or any other drop.
-    let export_dropped = agent.metric("selfops_export_dropped_total", &["signal=\"traces\""]);
+    // `+ 0.0`: a sum over no line is -0.0, printed "-0".
+    let export_dropped = agent.metric("selfops_export_dropped_total", &["signal=\"traces\""]) + 0.0;
+    let dropped_by_reason: Vec<(&str, f64)> = ["queue_full", "export_failed", "encode_failed"]
+        .into_iter()
+        .map(|reason| {
+            let label = format!("reason=\"{reason}\"");
+            let n = agent.metric(
+                "selfops_export_dropped_total",
+                &["signal=\"traces\"", &label],
+            );
+            (reason, n + 0.0)
+        })
+        .collect();
     let rss = agent.metric("selfops_agent_resident_memory_bytes", &[]);
 
     // A fixed 10,000 requests/s (hey: 20 workers × 500/s) for the loss check.
@@ -222,6 +234,9 @@ fn traced_run(
         "  spans dropped on the export path at saturation: {export_dropped:.0} ({:.1} %)",
         100.0 * export_dropped / spans.max(1.0)
     );
+    for (reason, n) in dropped_by_reason.iter().filter(|(_, n)| *n > 0.0) {
+        println!("    reason {reason}: {n:.0}");
+    }
     println!("  at {hey_rps:.0} req/s (hey -q): socket events lost {lost_at_rate:.0}");
     println!(
         "  SIGTERM to exit: {:.2} s (mostly detaching the programs)",

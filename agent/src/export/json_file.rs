@@ -9,7 +9,8 @@
 //!
 //! Growth is bounded: when a line would take a file past its cap the file is
 //! renamed to `<name>.1` (replacing the previous one) and a new file started,
-//! so each signal uses at most twice the cap on disk.
+//! so each signal uses at most twice the cap on disk, plus, for a moment,
+//! the replaced `.1` while a thread of its own deletes it.
 
 use std::{
     fs::{File, OpenOptions},
@@ -197,6 +198,17 @@ struct JsonlFile {
     file: Option<File>,
     /// Bytes in the file, all whole lines.
     size: u64,
+    /// Deletes the `.1` the last rotation replaced. Freeing a file of the
+    /// cap's size takes the file system tens of milliseconds (60–120 ms for
+    /// 256 MiB here), long enough for the sink's queue to overflow at full
+    /// load; one deletion at a time keeps the disk bound.
+    deleter: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for JsonlFile {
+    fn drop(&mut self) {
+        self.finish_deleting();
+    }
 }
 
 impl JsonlFile {
@@ -206,6 +218,7 @@ impl JsonlFile {
             rotate_bytes,
             file: None,
             size: 0,
+            deleter: None,
         }
     }
 
@@ -224,10 +237,40 @@ impl JsonlFile {
 
     fn rotate(&mut self) -> io::Result<()> {
         self.file = None;
-        let mut rotated = self.path.clone().into_os_string();
-        rotated.push(".1");
-        std::fs::rename(&self.path, rotated)?;
+        let rotated = suffixed(&self.path, ".1");
+        let replaced = suffixed(&self.path, ".1.old");
+        self.finish_deleting();
+        // Renames are cheap; only the deletion frees the old `.1`'s blocks.
+        let set_aside = match std::fs::rename(&rotated, &replaced) {
+            Ok(()) => true,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => false,
+            Err(err) => return Err(err),
+        };
+        std::fs::rename(&self.path, &rotated)?;
+        if set_aside {
+            self.delete_later(replaced);
+        }
         self.open()
+    }
+
+    fn delete_later(&mut self, path: PathBuf) {
+        let spawned = std::thread::Builder::new()
+            .name("selfops-rotate".into())
+            .spawn({
+                let path = path.clone();
+                move || remove_replaced(&path)
+            });
+        match spawned {
+            Ok(deleter) => self.deleter = Some(deleter),
+            // No thread to be had: deleted here, at the old cost.
+            Err(_) => remove_replaced(&path),
+        }
+    }
+
+    fn finish_deleting(&mut self) {
+        if let Some(deleter) = self.deleter.take() {
+            let _ = deleter.join();
+        }
     }
 
     fn append(&mut self, line: &[u8]) -> io::Result<()> {
@@ -258,6 +301,18 @@ impl JsonlFile {
                 Err(err)
             }
         }
+    }
+}
+
+fn suffixed(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+fn remove_replaced(path: &Path) {
+    if let Err(err) = std::fs::remove_file(path) {
+        tracing::warn!(path = %path.display(), error = %err, "cannot delete a rotated-out export file");
     }
 }
 
@@ -460,6 +515,11 @@ mod tests {
         assert_eq!(lines("traces.jsonl"), 1);
         assert_eq!(lines("traces.jsonl.1"), 2);
         assert!(!dir.join("traces.jsonl.2").exists());
+        drop(sink);
+        assert!(
+            !dir.join("traces.jsonl.1.old").exists(),
+            "the replaced .1 is deleted"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

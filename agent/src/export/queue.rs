@@ -226,6 +226,14 @@ pub struct SinkInput {
 }
 
 impl SinkInput {
+    /// A batch already waiting, audit first, without waiting.
+    pub fn try_recv(&mut self) -> Option<Arc<OtlpBatch>> {
+        self.audit
+            .try_recv()
+            .or_else(|_| self.batches.try_recv())
+            .ok()
+    }
+
     /// The next batch, audit first; `None` once both queues are closed and
     /// empty.
     pub async fn recv(&mut self) -> Option<Arc<OtlpBatch>> {
@@ -327,10 +335,14 @@ impl Batcher {
                             oldest = Some(Instant::now());
                         }
                         batch.push(signal);
-                        if !shutting_down {
-                            // Producers send in bursts (a ring drain): let
-                            // the burst land, then take it whole, instead of
-                            // waking once per signal.
+                        // Producers send in bursts (a ring drain): let the
+                        // burst land, then take it whole, instead of waking
+                        // once per signal. A backlog of a batch or more
+                        // needs no wait: sleeping then only lets the queue
+                        // fill (at saturation, to overflowing).
+                        let backlog =
+                            self.signals.len() >= self.batch_size.saturating_sub(batch.len());
+                        if !shutting_down && !backlog {
                             tokio::time::sleep(COALESCE).await;
                         }
                         while batch.len() < self.batch_size {

@@ -1,7 +1,7 @@
 //! The sinks' loops. Each sink has its own small queue of converted batches,
 //! so a collector that is down (and being retried) never stalls the file.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use tokio::sync::watch;
 
@@ -71,9 +71,17 @@ impl PartialSuccess for ExportProfilesServiceResponse {
     }
 }
 
+/// Batches written in one trip to the blocking pool at most.
+const FILE_GROUP_MAX: usize = 16;
+
 /// Writes each batch to the `.jsonl` files on the blocking pool. Profiles
 /// never reach it: their pprof and SVG files are written as the profiler
 /// hands an interval over (see `profile::outputs`).
+///
+/// Batches that queued while the last ones were written go together in one
+/// trip to the blocking pool. Each trip waits twice for a thread to be
+/// scheduled; on a saturated machine those waits, paid once per batch,
+/// were what let the sink's queue overflow, not the writing itself.
 pub async fn run_file_sink(
     dir: PathBuf,
     rotate_bytes: u64,
@@ -82,55 +90,48 @@ pub async fn run_file_sink(
 ) {
     let mut warn = WarnLimiter::new(WARN_EVERY);
     let mut sink = Some(FileSink::new(&dir, rotate_bytes));
-    while let Some(batch) = batches.recv().await {
+    while let Some(first) = batches.recv().await {
+        let mut group = vec![first];
+        while group.len() < FILE_GROUP_MAX {
+            match batches.try_recv() {
+                Some(batch) => group.push(batch),
+                None => break,
+            }
+        }
+        let counts: Vec<[u64; 3]> = group
+            .iter()
+            .map(|b| [b.span_count, b.point_count, b.log_count])
+            .collect();
         // After a panic in a write the old state is gone; start afresh.
         let mut state = sink
             .take()
             .unwrap_or_else(|| FileSink::new(&dir, rotate_bytes));
-        let shared = Arc::clone(&batch);
         let written = tokio::task::spawn_blocking(move || {
-            let outcome = state.write_batch(&shared);
-            (state, outcome)
+            // The batches are released here too, off the runtime's threads.
+            let outcomes: Vec<_> = group
+                .into_iter()
+                .map(|batch| state.write_batch(&batch))
+                .collect();
+            (state, outcomes)
         })
         .await;
         match written {
-            Ok((state, outcome)) => {
+            Ok((state, outcomes)) => {
                 sink = Some(state);
-                record_file(
-                    &metrics,
-                    &mut warn,
-                    &dir,
-                    TRACES,
-                    batch.span_count,
-                    outcome.traces,
-                );
-                record_file(
-                    &metrics,
-                    &mut warn,
-                    &dir,
-                    METRICS,
-                    batch.point_count,
-                    outcome.metrics,
-                );
-                record_file(
-                    &metrics,
-                    &mut warn,
-                    &dir,
-                    LOGS,
-                    batch.log_count,
-                    outcome.logs,
-                );
+                for ([spans, points, logs], outcome) in counts.into_iter().zip(outcomes) {
+                    record_file(&metrics, &mut warn, &dir, TRACES, spans, outcome.traces);
+                    record_file(&metrics, &mut warn, &dir, METRICS, points, outcome.metrics);
+                    record_file(&metrics, &mut warn, &dir, LOGS, logs, outcome.logs);
+                }
             }
             Err(err) => {
                 tracing::warn!(error = %err, "export file write task failed");
-                for (signal, n) in [
-                    (TRACES, batch.span_count),
-                    (METRICS, batch.point_count),
-                    (LOGS, batch.log_count),
-                ] {
-                    if n > 0 {
-                        metrics.failure(SINK_FILE);
-                        metrics.drop_signals(signal, DropReason::ExportFailed, n);
+                for [spans, points, logs] in counts {
+                    for (signal, n) in [(TRACES, spans), (METRICS, points), (LOGS, logs)] {
+                        if n > 0 {
+                            metrics.failure(SINK_FILE);
+                            metrics.drop_signals(signal, DropReason::ExportFailed, n);
+                        }
                     }
                 }
             }

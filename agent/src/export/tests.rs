@@ -380,3 +380,35 @@ fn bad_otlp_settings_are_refused() {
         assert!(matches!(err, ExportError::InvalidEndpoint { .. }), "{err}");
     }
 }
+
+#[tokio::test]
+async fn file_sink_writes_every_waiting_batch_in_order() {
+    let dir = temp_dir("file-groups");
+    let metrics = super::metrics::ExportMetrics::default();
+    // More batches wait than one trip to the blocking pool takes.
+    let waiting = 20;
+    let (queue, input) = super::queue::sink_queue(SINK_FILE, waiting, 1);
+    let res = resource("svc", 1);
+    for n in 0..waiting {
+        let spans = (0..=n % 3)
+            .map(|i| Signal::Span(span(&res, (n * 3 + i) as u8, None)))
+            .collect();
+        let batch = super::convert::convert(spans);
+        queue.batches.try_send(std::sync::Arc::new(batch)).unwrap();
+    }
+    let audit = super::convert::convert(vec![Signal::Log(log_record(&res, 7))]);
+    queue.audit.try_send(std::sync::Arc::new(audit)).unwrap();
+    drop(queue);
+    super::sink::run_file_sink(dir.clone(), u64::MAX, input, metrics.clone()).await;
+
+    let written = lines(&dir.join("traces.jsonl"));
+    assert_eq!(written.len(), waiting, "one line per batch");
+    let sizes: Vec<usize> = written.iter().map(spans_in).collect();
+    let expected: Vec<usize> = (0..waiting).map(|n| n % 3 + 1).collect();
+    assert_eq!(sizes, expected, "in queue order");
+    let total: usize = expected.iter().sum();
+    assert_eq!(metrics.exported_count(TRACES, SINK_FILE), total as u64);
+    assert_eq!(lines(&dir.join("logs.jsonl")).len(), 1);
+    assert_eq!(metrics.exported_count(LOGS, SINK_FILE), 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

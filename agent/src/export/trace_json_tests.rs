@@ -33,6 +33,10 @@ fn every_scalar() -> Vec<KeyValue> {
             Value::StringValue("q\"b\\s/\n\r\t\u{1}\u{7f}é✓😀".to_owned()),
         ),
         kv("empty", Value::StringValue(String::new())),
+        // Either side of the escaping boundary, each alone.
+        kv("below space", Value::StringValue("\u{1f}".to_owned())),
+        kv("space and up", Value::StringValue(" ~\u{7f}é".to_owned())),
+        kv("quote", Value::StringValue("\"".to_owned())),
         kv("t", Value::BoolValue(true)),
         kv("f", Value::BoolValue(false)),
         kv("i", Value::IntValue(200)),

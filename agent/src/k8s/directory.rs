@@ -214,26 +214,32 @@ impl PodDirectory {
     }
 
     /// A pod the API server deleted: held for the grace period, then gone.
-    /// Whether it was held.
+    /// Whether it was held. Marking a pod deleted changes no metadata, so
+    /// only a pod that really goes (now, or by the sweep) bumps the
+    /// generation; an unknown uid changes nothing.
     pub fn remove(&self, uid: &str) -> bool {
         let now = Instant::now();
-        let held = {
+        let (held, marked, gone) = {
             let mut state = self.write();
-            state.sweep(now);
+            let mut gone = state.sweep(now);
             let held = state.pods.contains_key(uid);
+            let mut marked = false;
             if held && !state.deleted.contains_key(uid) {
                 match now.checked_add(self.deleted_grace) {
                     Some(until) if !self.deleted_grace.is_zero() => {
                         state.deleted.insert(uid.into(), until);
+                        marked = true;
                     }
-                    _ => {
-                        state.take(uid);
-                    }
+                    _ => gone |= state.take(uid).is_some(),
                 }
             }
-            held
+            (held, marked, gone)
         };
-        self.changed();
+        if gone {
+            self.changed();
+        } else if marked {
+            self.update_gauges();
+        }
         held
     }
 
@@ -303,6 +309,10 @@ impl PodDirectory {
 
     fn changed(&self) {
         self.generation.fetch_add(1, Ordering::Release);
+        self.update_gauges();
+    }
+
+    fn update_gauges(&self) {
         let state = self.read();
         self.metrics.pods.set(gauge(state.pods.len()));
         self.metrics.deleted_pods.set(gauge(state.deleted.len()));
@@ -426,5 +436,32 @@ mod tests {
         short.sweep();
         assert_eq!(short.len(), 0);
         assert_eq!(metrics.bytes.get(), 0);
+    }
+
+    #[test]
+    fn only_metadata_that_goes_bumps_the_generation() {
+        let metrics = KubeMetrics::default();
+        let held = PodDirectory::new("n", None, 3, metrics.clone())
+            .with_deleted_grace(Duration::from_secs(3600));
+        held.upsert(pod("u1", "a", "c1"));
+        let g = held.generation();
+        assert!(!held.remove("u9"), "never held");
+        assert_eq!(held.generation(), g, "an unknown uid changes nothing");
+        assert!(held.remove("u1"));
+        assert_eq!(held.generation(), g, "marked deleted, still resolved");
+        assert_eq!(metrics.deleted_pods.get(), 1, "the mark is counted");
+        assert!(held.container(&id('1')).is_some());
+        assert!(held.remove("u1"), "a second delete");
+        assert_eq!(held.generation(), g);
+
+        let at_once = PodDirectory::new("n", None, 3, KubeMetrics::default())
+            .with_deleted_grace(Duration::ZERO);
+        at_once.upsert(pod("u1", "a", "c1"));
+        let g = at_once.generation();
+        assert!(at_once.remove("u1"));
+        assert_ne!(at_once.generation(), g, "no grace: the metadata goes");
+        let g = at_once.generation();
+        assert!(!at_once.remove("u1"));
+        assert_eq!(at_once.generation(), g, "already gone");
     }
 }

@@ -105,12 +105,25 @@ impl Series {
 /// One observed request, as RED needs it.
 pub struct Observation<'a> {
     pub kind: SpanKind,
-    /// The span's resource: its service and, in a pod, the pod.
-    pub resource: &'a Resource,
+    /// The span's resource: its service and, in a pod, the pod. Shared by
+    /// the spans of one process, so what it resolves to is cached by pointer.
+    pub resource: &'a Arc<Resource>,
     pub method: &'a str,
     pub path: &'a str,
     pub status: u16,
     pub seconds: f64,
+}
+
+/// Resources whose resolution is kept; beyond it the cache starts over, so
+/// the resources it holds alive stay few.
+const RESOLVED_MAX: usize = 256;
+
+/// A resource's interned service and pod container. The resource is held so
+/// its address cannot be reused by another while the entry lives.
+struct Resolved {
+    _resource: Arc<Resource>,
+    service: Arc<str>,
+    workload: Option<Arc<Workload>>,
 }
 
 pub struct RedMetrics {
@@ -120,6 +133,9 @@ pub struct RedMetrics {
     /// Pod containers seen, by pod uid (each made with a series, so bounded
     /// by `max_series`).
     workloads: FastMap<Box<str>, Vec<Arc<Workload>>>,
+    /// What recent resources resolved to, by address: most spans then cost
+    /// a hash of a pointer instead of a scan of their attributes.
+    resolved: FastMap<usize, Resolved>,
     max_routes_per_service: usize,
     /// Series the agent keeps in all; beyond it new series fold into one
     /// overflow series per kind and status class.
@@ -193,6 +209,7 @@ impl RedMetrics {
             series: FastMap::default(),
             routes: FastMap::default(),
             workloads: FastMap::default(),
+            resolved: FastMap::default(),
             max_routes_per_service,
             max_series,
             start_unix_nano,
@@ -202,18 +219,8 @@ impl RedMetrics {
     }
 
     pub fn record(&mut self, o: Observation<'_>) {
-        let service_name = o.resource.service_name();
-        let service: Arc<str> = match self.routes.get_key_value(service_name) {
-            Some((name, _)) => name.clone(),
-            // A new service's routes would add series beyond the cap.
-            None if self.series.len() >= self.max_series => {
-                return self.record_overflow(&o);
-            }
-            None => Arc::from(service_name),
-        };
-        let workload = match self.workload_of(o.resource) {
-            Ok(workload) => workload,
-            Err(()) => return self.record_overflow(&o),
+        let Some((service, workload)) = self.resolve(o.resource) else {
+            return self.record_overflow(&o);
         };
         let template = route_template(o.path);
         let routes = self.routes.entry(service.clone()).or_default();
@@ -273,6 +280,37 @@ impl RedMetrics {
             .entry(key)
             .or_insert_with(Series::new)
             .record(o.seconds);
+    }
+
+    /// The interned service and pod container of `resource`, from the cache
+    /// when it was seen; `None` when a new one would exceed the series cap.
+    fn resolve(&mut self, resource: &Arc<Resource>) -> Option<(Arc<str>, Option<Arc<Workload>>)> {
+        let address = Arc::as_ptr(resource) as usize;
+        if let Some(known) = self.resolved.get(&address) {
+            return Some((known.service.clone(), known.workload.clone()));
+        }
+        let service_name = resource.service_name();
+        let service: Arc<str> = match self.routes.get_key_value(service_name) {
+            Some((name, _)) => name.clone(),
+            // A new service's routes would add series beyond the cap.
+            None if self.series.len() >= self.max_series => return None,
+            None => Arc::from(service_name),
+        };
+        let workload = self.workload_of(resource).ok()?;
+        // Interned now, so the cached name is the one series keys share.
+        self.routes.entry(service.clone()).or_default();
+        if self.resolved.len() >= RESOLVED_MAX {
+            self.resolved.clear();
+        }
+        self.resolved.insert(
+            address,
+            Resolved {
+                _resource: resource.clone(),
+                service: service.clone(),
+                workload: workload.clone(),
+            },
+        );
+        Some((service, workload))
     }
 
     /// The interned pod container of `resource` (`None` outside a pod);
@@ -370,7 +408,7 @@ mod tests {
     fn observe(red: &mut RedMetrics, path: &str, status: u16, seconds: f64) {
         red.record(Observation {
             kind: SpanKind::Server,
-            resource: &service("web"),
+            resource: &Arc::new(service("web")),
             method: "GET",
             path,
             status,
@@ -421,7 +459,7 @@ mod tests {
         for name in ["a", "b", "c", "d", "e"] {
             red.record(Observation {
                 kind: SpanKind::Server,
-                resource: &service(name),
+                resource: &Arc::new(service(name)),
                 method: "GET",
                 path: "/",
                 status: 200,
@@ -441,18 +479,20 @@ mod tests {
 
     #[test]
     fn series_are_kept_per_pod_container_with_its_k8s_attributes() {
-        let pod = |uid: &str, name: &str, container: &str| Resource {
-            attributes: vec![
-                ("service.name", AttrValue::from("web")),
-                ("process.pid", AttrValue::Int(1)),
-                ("k8s.namespace.name", AttrValue::from("shop")),
-                ("k8s.pod.name", AttrValue::from(name)),
-                ("k8s.pod.uid", AttrValue::from(uid)),
-                ("k8s.container.name", AttrValue::from(container)),
-            ],
+        let pod = |uid: &str, name: &str, container: &str| {
+            Arc::new(Resource {
+                attributes: vec![
+                    ("service.name", AttrValue::from("web")),
+                    ("process.pid", AttrValue::Int(1)),
+                    ("k8s.namespace.name", AttrValue::from("shop")),
+                    ("k8s.pod.name", AttrValue::from(name)),
+                    ("k8s.pod.uid", AttrValue::from(uid)),
+                    ("k8s.container.name", AttrValue::from(container)),
+                ],
+            })
         };
         let mut red = RedMetrics::new(100, 100, 1);
-        let mut request = |resource: &Resource| {
+        let mut request = |resource: &Arc<Resource>| {
             red.record(Observation {
                 kind: SpanKind::Server,
                 resource,
@@ -466,7 +506,7 @@ mod tests {
         request(&pod("u1", "web-a", "app"));
         request(&pod("u1", "web-a", "sidecar"));
         request(&pod("u2", "web-b", "app"));
-        request(&service("web"));
+        request(&Arc::new(service("web")));
         assert_eq!(red.series_count(), 4);
         let points = red.collect(2, &mut |service, workload| {
             let mut resource = super::tests::service(service);
@@ -500,6 +540,53 @@ mod tests {
                 .iter()
                 .filter_map(|p| p.resource.get("k8s.namespace.name"))
                 .all(|ns| *ns == AttrValue::from("shop"))
+        );
+    }
+
+    #[test]
+    fn a_resource_seen_again_resolves_from_the_cache_to_the_same_series() {
+        let mut red = RedMetrics::new(100, 100, 1);
+        let in_pod = Arc::new(Resource {
+            attributes: vec![
+                ("service.name", AttrValue::from("web")),
+                ("k8s.pod.uid", AttrValue::from("u1")),
+                ("k8s.container.name", AttrValue::from("app")),
+            ],
+        });
+        // An equal resource of another process: its own cache entry, the
+        // same interned workload and series.
+        let twin = Arc::new((*in_pod).clone());
+        for resource in [&in_pod, &in_pod, &twin] {
+            red.record(Observation {
+                kind: SpanKind::Server,
+                resource,
+                method: "GET",
+                path: "/",
+                status: 200,
+                seconds: 0.01,
+            });
+        }
+        assert_eq!(red.resolved.len(), 2, "one entry per resource");
+        assert_eq!(red.series_count(), 1);
+        assert_eq!(red.workloads.get("u1").map(Vec::len), Some(1));
+        // The cache starts over when full, and still resolves correctly.
+        for i in 0..RESOLVED_MAX + 10 {
+            red.record(Observation {
+                kind: SpanKind::Server,
+                resource: &Arc::new(service(if i % 2 == 0 { "web" } else { "api" })),
+                method: "GET",
+                path: "/",
+                status: 200,
+                seconds: 0.01,
+            });
+        }
+        assert!(red.resolved.len() <= RESOLVED_MAX);
+        assert_eq!(red.series_count(), 3, "web in the pod, web and api outside");
+        let resource = Arc::new(Resource { attributes: vec![] });
+        let points = red.collect(2, &mut |_, _| resource.clone());
+        assert_eq!(
+            points.iter().map(|p| p.count).sum::<u64>(),
+            3 + RESOLVED_MAX as u64 + 10
         );
     }
 }

@@ -6,7 +6,7 @@ use std::{collections::BTreeSet, time::Duration};
 
 use anyhow::Context as _;
 
-use super::{clock_ticks, cpu_of};
+use super::clock_ticks;
 
 const BPF_STATS_ENABLED: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
@@ -37,9 +37,14 @@ pub fn children_cpu() -> anyhow::Result<Duration> {
     Ok(ticks_to_duration(ticks(&fields, 13)? + ticks(&fields, 14)?))
 }
 
-/// User + system CPU of the nginx master `master` and its workers.
+/// User + system CPU of the nginx master `master` and its workers, each
+/// from one read of its stat line.
 pub fn nginx_cpu(master: u32) -> anyhow::Result<Duration> {
-    let mut total = cpu_of(master)?;
+    // stat fields 14 and 15 (utime, stime), counted from 3 at index 0.
+    let cpu = |fields: &[u64]| -> anyhow::Result<Duration> {
+        Ok(ticks_to_duration(ticks(fields, 11)? + ticks(fields, 12)?))
+    };
+    let mut total = cpu(&stat_fields(&format!("/proc/{master}/stat"))?)?;
     for entry in std::fs::read_dir("/proc")?.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -53,7 +58,7 @@ pub fn nginx_cpu(master: u32) -> anyhow::Result<Duration> {
             continue;
         };
         if fields.get(1).copied() == Some(u64::from(master)) {
-            total += cpu_of(pid).unwrap_or_default();
+            total += cpu(&fields).unwrap_or_default();
         }
     }
     Ok(total)
