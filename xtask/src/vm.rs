@@ -52,7 +52,7 @@ const KERNELS: &[Kernel] = &[
             "fentry",
         ],
         agent_config: "",
-        agent_log: &[],
+        agent_log: &["limiter loaded hooked=1"],
         socket_hook: "Fentry",
     },
     Kernel {
@@ -68,7 +68,7 @@ const KERNELS: &[Kernel] = &[
             "tc_tcx",
         ],
         agent_config: "",
-        agent_log: &[],
+        agent_log: &["limiter loaded hooked=1"],
         socket_hook: "Fentry",
     },
     // Bullseye's 5.10 LTS, the oldest line the archive still serves.
@@ -86,7 +86,11 @@ const KERNELS: &[Kernel] = &[
         agent_config: "",
         // The profiler's program calls bpf_get_current_task_btf (5.11) and
         // bpf_task_pt_regs (5.15), which the verifier refuses here.
-        agent_log: &["CPU profiler off: the kernel lacks a BPF helper it needs"],
+        // The limiter's meter needs BPF compare-and-exchange (5.12).
+        agent_log: &[
+            "CPU profiler off: the kernel lacks a BPF helper it needs",
+            "limiter off: the kernel's verifier refuses the BPF compare-and-exchange",
+        ],
         socket_hook: "Fentry",
     },
 ];

@@ -72,6 +72,17 @@ telemetry:
   listen: 127.0.0.1:9464
 export:
   batch_timeout: 200ms
+# The limiter loaded and hooked to lo by a playbook that never fires (a CPU
+# above 1000 %): its programs must pass this kernel's verifier, or be
+# switched off with one warning where the kernel cannot carry them.
+actuation:
+  interfaces: [lo]
+  mode: enforce
+  playbooks:
+    - name: kmatrix-limiter-load
+      when: { signal: host.cpu.utilization, above: "1000%", for: 1s }
+      do: { throttle: { port: 9, per_second: 1 } }
+      ttl: 1s
 EOF
 # What this kernel's entry in the matrix adds (capabilities it cannot carry).
 cat /etc/kmatrix-agent.yaml >>/tmp/agent/selfops.yaml 2>/dev/null

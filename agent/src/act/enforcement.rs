@@ -104,6 +104,9 @@ pub fn install(
         allow: config.allowlist.rules(),
     })
     .context("loading the limiter")?;
+    if let Err(e) = limiter.check_kernel_support() {
+        return Ok(switched_off(config, &e, resource));
+    }
     if config.persist {
         let keep: Vec<String> = config
             .interfaces
@@ -139,6 +142,11 @@ pub fn install(
         resource,
         &mut records,
     );
+    tracing::info!(
+        hooked,
+        interfaces = config.interfaces.len(),
+        "limiter loaded"
+    );
     let enforcer: Box<dyn Enforcer + Send> = if hooked == 0 {
         tracing::error!(
             "the limiter is hooked to no interface: enforcing actions will fail (audited)"
@@ -152,6 +160,33 @@ pub fn install(
         decisions,
         records,
     })
+}
+
+/// The kernel cannot carry the limiter: one warning, no hook, and every
+/// enforcing action fails, audited (dry-run playbooks go on as before).
+fn switched_off(
+    config: &ActuationConfig,
+    error: &LimiterError,
+    resource: &Arc<Resource>,
+) -> Installed {
+    const WHY: &str = "limiter off: the kernel's verifier refuses the BPF compare-and-exchange it needs (Linux 5.12)";
+    // The verifier's log follows the reason: only its first line here.
+    let detail = error.to_string();
+    let detail = detail.lines().next().unwrap_or_default();
+    tracing::warn!(
+        error = detail,
+        "{WHY}; enforcing actions will fail (audited)"
+    );
+    let records = config
+        .interfaces
+        .iter()
+        .map(|interface| hook_record(interface, &HookOutcome::Failed(WHY.to_owned()), resource))
+        .collect();
+    Installed {
+        enforcer: Box::new(NoLimiter(WHY)),
+        decisions: Vec::new(),
+        records,
+    }
 }
 
 fn hook(limiter: &mut Limiter, interface: &str, hook: Hook) -> HookOutcome {

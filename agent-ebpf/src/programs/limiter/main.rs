@@ -34,6 +34,15 @@ static LICENSE: [u8; 4] = *b"GPL\0";
 /// Ethernet, two VLAN tags, IPv6 with a few extension headers, TCP.
 const TC_HEADER_BYTES: u32 = 160;
 
+/// Loaded, never attached: whether this kernel's verifier takes the
+/// compare-and-exchange the meter is built on (BPF_CMPXCHG, Linux 5.12).
+/// Without it the limiter is switched off as a whole, with one warning.
+#[xdp]
+pub fn limiter_probe_cmpxchg(_ctx: XdpContext) -> u32 {
+    meter::probe_cmpxchg();
+    xdp_action::XDP_PASS
+}
+
 #[xdp]
 pub fn limiter_xdp(ctx: XdpContext) -> u32 {
     match try_limit(ctx.data(), ctx.data_end()) {

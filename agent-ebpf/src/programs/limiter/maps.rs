@@ -31,6 +31,12 @@ pub static LIMITER_ALLOW_SOURCES: LpmTrie<[u8; 16], u8> =
 #[map]
 static LIMITER_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 
+/// A stats slot of this CPU.
+#[inline(always)]
+pub fn stats_slot(stat: u32) -> Option<*mut u64> {
+    LIMITER_STATS.get_ptr_mut(stat)
+}
+
 #[inline(always)]
 pub fn count(stat: u32) {
     if let Some(count) = LIMITER_STATS.get_ptr_mut(stat) {

@@ -26,7 +26,7 @@ use selfops_ebpf::limiter::{
 
 use crate::{
     allow::allowed,
-    maps::{LIMITER_BUCKETS, count},
+    maps::{LIMITER_BUCKETS, count, stats_slot},
     parse::Packet,
 };
 
@@ -97,6 +97,16 @@ fn meter_key(key: &LimiterKey, syn: bool) -> Option<Verdict> {
         atomic_xadd::<u64, u64, { Relaxed }>(counter, 1);
     }
     Some(verdict)
+}
+
+/// One compare-and-exchange on a stats slot that changes nothing (its
+/// expected value is never there), for the probe program.
+#[inline(always)]
+pub fn probe_cmpxchg() {
+    if let Some(slot) = stats_slot(STAT_CONTENDED) {
+        // SAFETY: aligned u64 of a live map value.
+        let _ = unsafe { atomic_cxchg::<u64, { Relaxed }, { Relaxed }>(slot, u64::MAX, u64::MAX) };
+    }
 }
 
 /// GCRA: admit when the theoretical arrival time is at most `burst_ns`

@@ -24,6 +24,7 @@ use super::{Limiter, LimiterError};
 use crate::kernel::errno;
 
 const XDP_PROGRAM: &str = "limiter_xdp";
+const CMPXCHG_PROBE: &str = "limiter_probe_cmpxchg";
 pub(super) const TC_PROGRAM: &str = "limiter_tc";
 
 /// How the XDP program was hooked.
@@ -250,6 +251,22 @@ impl Limiter {
             .map_err(|source| LimiterError::Pin { path, source })?;
         self.pinned_links.push(pinned);
         Ok(())
+    }
+
+    /// Whether this kernel's verifier takes the BPF compare-and-exchange the
+    /// meter needs (Linux 5.12): a tiny program using it is loaded, never
+    /// attached. Err holds the verifier's answer.
+    pub fn check_kernel_support(&mut self) -> Result<(), LimiterError> {
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(CMPXCHG_PROBE)
+            .ok_or(LimiterError::Missing(CMPXCHG_PROBE))?
+            .try_into()
+            .map_err(|source| LimiterError::Program {
+                name: CMPXCHG_PROBE,
+                source,
+            })?;
+        load_once(program.load(), CMPXCHG_PROBE)
     }
 
     fn xdp_program(&mut self) -> Result<&mut Xdp, LimiterError> {
