@@ -113,6 +113,12 @@ impl TraceFilter {
     /// ports: then the kernel may skip the process altogether. A pod rule
     /// in `include` whose pod is not known yet keeps the process in, as
     /// the pod may match once learned.
+    /// Whether any rule could leave a process out (without rules, every
+    /// process is traced and there is nothing to hand the kernel).
+    pub fn has_rules(&self) -> bool {
+        !self.include.is_empty() || !self.exclude.is_empty()
+    }
+
     pub fn excludes_process(&self, process: &Process) -> bool {
         let pods = self.pods.as_deref();
         let by_process = |rules: &[Rule]| {

@@ -107,6 +107,11 @@ impl KernelExclusions {
         }
     }
 
+    /// Whether the map holds no process.
+    pub fn is_empty(&self) -> bool {
+        self.present.is_empty()
+    }
+
     /// Whether the kernel skips `pid`'s syscalls.
     pub fn contains(&self, pid: u32) -> bool {
         self.present.contains_key(&pid)

@@ -295,6 +295,10 @@ impl Tracer {
         let Some(exclusions) = &mut self.kernel_exclusions else {
             return;
         };
+        // Without rules (the default) the table is not walked every second.
+        if !self.filter.has_rules() && exclusions.is_empty() {
+            return;
+        }
         let processes = self.table.read().snapshot();
         exclusions.sync(&processes, &self.filter);
         let gone: Vec<ConnKey> = self
