@@ -27,6 +27,12 @@ const TARGETS: &[Target] = &[
         model_seeds: &[],
     },
     Target {
+        name: "http_prefix",
+        dictionary: Some("http1.dict"),
+        seeds: &[],
+        model_seeds: &[],
+    },
+    Target {
         name: "conntrack_reply",
         dictionary: None,
         seeds: &[],
