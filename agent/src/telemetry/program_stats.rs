@@ -24,7 +24,6 @@ pub struct ProgramLabel {
 pub struct ProgramStats {
     programs: Mutex<HashMap<u32, ProgramLabel>>,
     runs: Family<ProgramLabel, Counter>,
-    run_nanos: Family<ProgramLabel, Counter>,
     run_seconds: Family<ProgramLabel, Counter<f64>>,
 }
 
@@ -33,7 +32,6 @@ impl ProgramStats {
         let stats = Self {
             programs: Mutex::new(HashMap::new()),
             runs: Family::default(),
-            run_nanos: Family::default(),
             run_seconds: Family::default(),
         };
         registry.register(
@@ -76,14 +74,11 @@ impl ProgramStats {
                 continue;
             };
             Metrics::raise_to(&self.runs.get_or_create(label), info.run_count());
-            let nanos = u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX);
-            let counted = self.run_nanos.get_or_create(label);
-            let before = counted.get();
-            if nanos > before {
-                Metrics::raise_to(&counted, nanos);
-                self.run_seconds
-                    .get_or_create(label)
-                    .inc_by((nanos - before) as f64 / 1e9);
+            let seconds = info.run_time().as_secs_f64();
+            let counted = self.run_seconds.get_or_create(label);
+            let behind = seconds - counted.get();
+            if behind > 0.0 {
+                counted.inc_by(behind);
             }
         }
     }
