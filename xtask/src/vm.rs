@@ -1066,7 +1066,7 @@ fn attached_socket_hook(log: &str) -> Option<&str> {
 /// Every socket-sensor hook ran on this kernel: the agent served, traced
 /// the requests and stopped cleanly on each; their cost side by side.
 fn check_hooks(output: &Output) -> Check {
-    const HOOKS: [&str; 4] = ["fentry", "kprobe", "syscalls", "raw_syscalls"];
+    const HOOKS: [&str; 5] = ["fentry", "kprobe", "syscalls", "raw_syscalls", "raw_exit"];
     let mut failed = Vec::new();
     let mut rows = Vec::new();
     for hook in HOOKS {
@@ -1081,6 +1081,7 @@ fn check_hooks(output: &Output) -> Check {
             "fentry" => "Fentry",
             "kprobe" => "Kprobe",
             "syscalls" => "PerSyscall",
+            "raw_exit" => "RawExit",
             _ => "RawSyscalls",
         };
         if attached != Some(want) {

@@ -145,7 +145,7 @@ send traces.jsonl /tmp/agent/data/traces.jsonl
 # KMATRIX tier HOOK STOP_START STOP_END REQUESTS
 if [ "$ready" = 0 ]; then
     echo 1 >/proc/sys/kernel/bpf_stats_enabled
-    for hook in fentry kprobe syscalls raw_syscalls; do
+    for hook in fentry kprobe syscalls raw_syscalls raw_exit; do
         sed "s#/tmp/agent/data#/tmp/tier-$hook#" /tmp/agent/selfops.yaml >/tmp/tier-$hook.yaml
         SELFOPS_SOCKET_HOOK=$hook /bin/selfops run --config /tmp/tier-$hook.yaml \
             2>/tmp/tier-$hook.log &

@@ -6,9 +6,9 @@ use aya::{
     Btf, Ebpf, EbpfError, EbpfLoader,
     maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
-        FEntry, FExit, KProbe, ProgramError, TracePoint, UProbe, fentry::FEntryLink,
-        fexit::FExitLink, kprobe::KProbeLink, trace_point::TracePointLink, uprobe::UProbeLink,
-        uprobe::UProbeScope,
+        FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint, UProbe, fentry::FEntryLink,
+        fexit::FExitLink, kprobe::KProbeLink, raw_trace_point::RawTracePointLink,
+        trace_point::TracePointLink, uprobe::UProbeLink, uprobe::UProbeScope,
     },
 };
 use selfops_ebpf::{
@@ -79,6 +79,7 @@ pub struct LoadOptions {
 )]
 enum Link {
     TracePoint(TracePointLink),
+    RawTracePoint(RawTracePointLink),
     FEntry(FEntryLink),
     FExit(FExitLink),
     KProbe(KProbeLink),
@@ -162,9 +163,11 @@ impl SensorObject {
         tracepoint: &str,
     ) -> Result<(), ObjectError> {
         let program: &mut TracePoint = self.program(name)?;
-        program
-            .load()
-            .map_err(|source| ObjectError::Program { name, source })?;
+        // One program may serve several tracepoints.
+        match program.load() {
+            Ok(()) | Err(ProgramError::AlreadyLoaded) => {}
+            Err(source) => return Err(ObjectError::Program { name, source }),
+        }
         let link = program
             .attach(category, tracepoint)
             .and_then(|id| program.take_link(id))
@@ -180,7 +183,26 @@ impl SensorObject {
         for &(name, tracepoint) in tracepoints {
             self.attach_tracepoint(name, category, tracepoint)?;
         }
-        Ok(tracepoints.len())
+        let raw = hook.raw_tracepoints();
+        for &(name, tracepoint) in raw {
+            self.attach_raw_tracepoint(name, tracepoint)?;
+        }
+        Ok(tracepoints.len() + raw.len())
+    }
+
+    fn attach_raw_tracepoint(
+        &mut self,
+        name: &'static str,
+        tracepoint: &str,
+    ) -> Result<(), ObjectError> {
+        let program: &mut RawTracePoint = self.program(name)?;
+        let link = program
+            .load()
+            .and_then(|()| program.attach(tracepoint))
+            .and_then(|id| program.take_link(id))
+            .map_err(|source| ObjectError::Program { name, source })?;
+        self.links.push(Link::RawTracePoint(link));
+        Ok(())
     }
 
     /// Loads program `name` for kernel function `function` and attaches

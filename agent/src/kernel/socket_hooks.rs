@@ -30,28 +30,45 @@ pub enum SocketHook {
     /// raw_syscalls:sys_enter and sys_exit, run on every syscall of every
     /// process and dispatching on its number.
     RawSyscalls,
+    /// A raw tracepoint on sys_exit, reading the syscall's number and
+    /// arguments from the user's saved registers, so a read costs one run
+    /// and no map update; close, and the write family's start, on their
+    /// own entry tracepoints.
+    RawExit,
 }
 
 /// Overrides the choice: `fentry`, `kprobe`, `syscalls` or `raw_syscalls`.
 pub const SOCKET_HOOK_ENV: &str = "SELFOPS_SOCKET_HOOK";
 
-/// Tracepoints, when the sensor runs on them, default to raw_syscalls for
-/// the agent's exit deadline: detaching a perf tracepoint waits for RCU
-/// grace periods under the kernel's event_mutex, so the detaches of 23
-/// per-syscall tracepoints run one after another whatever threads drop
-/// them — here they made SIGTERM to exit 1.87–2.06 s against 1.04–1.13 s
-/// with raw_syscalls, at the edge of the 2 s within which a failed agent
-/// must be gone. At run time the per-syscall programs ran 9 times per HTTP
-/// request instead of 23 (bpf_stats: about the same total program time,
-/// since the skipped runs were cheap).
-const TRACEPOINT_DEFAULT: SocketHook = SocketHook::RawSyscalls;
+/// Tracepoints, when the sensor runs on them, default to the raw sys_exit
+/// hook where the user registers' layout is known, else to raw_syscalls.
+/// Both keep the agent's exit deadline: detaching a perf tracepoint waits
+/// for RCU grace periods under the kernel's event_mutex, so the detaches
+/// of 23 per-syscall tracepoints run one after another whatever threads
+/// drop them — here they made SIGTERM to exit 1.87–2.06 s against
+/// 1.04–1.13 s with raw_syscalls, at the edge of the 2 s within which a
+/// failed agent must be gone. The raw sys_exit hook holds six perf
+/// tracepoints (close and the write family's entries) and one raw one.
+fn tracepoint_default() -> SocketHook {
+    if regs_layout_known() && raw_exit_tracepoints_present() {
+        SocketHook::RawExit
+    } else {
+        SocketHook::RawSyscalls
+    }
+}
+
+/// Whether the eBPF programs know where this architecture keeps a
+/// syscall's number and arguments in `pt_regs`.
+fn regs_layout_known() -> bool {
+    matches!(std::env::consts::ARCH, "x86_64" | "aarch64")
+}
 
 impl SocketHook {
     pub const fn tier(self) -> HookTier {
         match self {
             Self::Fentry => HookTier::Fentry,
             Self::Kprobe => HookTier::Kprobe,
-            Self::PerSyscall | Self::RawSyscalls => HookTier::Tracepoint,
+            Self::PerSyscall | Self::RawSyscalls | Self::RawExit => HookTier::Tracepoint,
         }
     }
 
@@ -63,10 +80,11 @@ impl SocketHook {
             "kprobe" => Some(Self::Kprobe),
             "syscalls" => Some(Self::PerSyscall),
             "raw_syscalls" => Some(Self::RawSyscalls),
+            "raw_exit" => Some(Self::RawExit),
             other => {
                 tracing::warn!(
                     value = other,
-                    "{SOCKET_HOOK_ENV} is none of fentry, kprobe, syscalls, raw_syscalls; ignored"
+                    "{SOCKET_HOOK_ENV} is none of fentry, kprobe, syscalls, raw_syscalls, raw_exit; ignored"
                 );
                 None
             }
@@ -87,7 +105,7 @@ impl SocketHook {
             &[HookTier::Fentry, HookTier::Tracepoint],
         ) {
             Some(HookTier::Fentry) => Self::Fentry,
-            _ => TRACEPOINT_DEFAULT,
+            _ => tracepoint_default(),
         }
     }
 
@@ -97,9 +115,38 @@ impl SocketHook {
         match self {
             Self::PerSyscall => (PER_SYSCALL_CATEGORY, &PER_SYSCALL_TRACEPOINTS),
             Self::RawSyscalls => ("raw_syscalls", &RAW_SYSCALL_TRACEPOINTS),
+            Self::RawExit => (PER_SYSCALL_CATEGORY, &RAW_EXIT_TRACEPOINTS),
             Self::Fentry | Self::Kprobe => ("", &[]),
         }
     }
+
+    /// (program, raw tracepoint) pairs of a hook; none for the others.
+    pub fn raw_tracepoints(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Self::RawExit => &[("net_raw_sys_exit", "sys_exit")],
+            _ => &[],
+        }
+    }
+}
+
+/// Close at its entry, while the descriptor still names the socket.
+const CLOSE_TRACEPOINT: (&str, &str) = ("net_enter_close", "sys_enter_close");
+
+/// The raw sys_exit hook's entry tracepoints: close, and the write family
+/// stamped for its start (one program on each).
+const RAW_EXIT_TRACEPOINTS: [(&str, &str); 6] = [
+    CLOSE_TRACEPOINT,
+    ("net_stamp_write", "sys_enter_write"),
+    ("net_stamp_write", "sys_enter_writev"),
+    ("net_stamp_write", "sys_enter_sendto"),
+    ("net_stamp_write", "sys_enter_sendmsg"),
+    ("net_stamp_write", "sys_enter_sendfile64"),
+];
+
+fn raw_exit_tracepoints_present() -> bool {
+    RAW_EXIT_TRACEPOINTS
+        .iter()
+        .all(|(_, tracepoint)| tracefs::tracepoint_exists(PER_SYSCALL_CATEGORY, tracepoint))
 }
 
 fn per_syscall_tracepoints_present() -> bool {
@@ -127,7 +174,7 @@ pub const PER_SYSCALL_TRACEPOINTS: [(&str, &str); 23] = [
     ("net_enter_sendmsg", "sys_enter_sendmsg"),
     ("net_enter_sendfile", "sys_enter_sendfile64"),
     ("net_enter_connect", "sys_enter_connect"),
-    ("net_enter_close", "sys_enter_close"),
+    CLOSE_TRACEPOINT,
     ("net_exit_read", "sys_exit_read"),
     ("net_exit_readv", "sys_exit_readv"),
     ("net_exit_recvfrom", "sys_exit_recvfrom"),
@@ -150,20 +197,39 @@ enum Trampoline {
 }
 
 /// A followed syscall: its function's name after the architecture's
-/// wrapper prefix, its program on the fentry tier, and its programs on the
-/// kprobe tier (kprobe or kretprobe, as each program's section says).
+/// wrapper prefix, its programs on the fentry tier, and its programs on
+/// the kprobe tier (kprobe or kretprobe, as each program's section says).
 struct SyscallFunction {
     name: &'static str,
-    trampoline: (&'static str, Trampoline),
+    trampolines: &'static [(&'static str, Trampoline)],
     kprobes: &'static [&'static str],
 }
 
-/// A data call or connect: fexit alone, or a kprobe and a kretprobe.
+/// A read-family call or connect: fexit alone, or a kprobe and a
+/// kretprobe.
 macro_rules! call {
     ($function:literal, $program:literal) => {
         SyscallFunction {
             name: $function,
-            trampoline: (concat!("net_fexit_", $program), Trampoline::Exit),
+            trampolines: &[(concat!("net_fexit_", $program), Trampoline::Exit)],
+            kprobes: &[
+                concat!("net_kprobe_", $program),
+                concat!("net_kretprobe_", $program),
+            ],
+        }
+    };
+}
+
+/// A write-family call: as [`call!`], with its entry stamped on the fentry
+/// tier, since bytes leave when a write starts.
+macro_rules! write_call {
+    ($function:literal, $program:literal) => {
+        SyscallFunction {
+            name: $function,
+            trampolines: &[
+                (concat!("net_fentry_", $program), Trampoline::Entry),
+                (concat!("net_fexit_", $program), Trampoline::Exit),
+            ],
             kprobes: &[
                 concat!("net_kprobe_", $program),
                 concat!("net_kretprobe_", $program),
@@ -177,28 +243,28 @@ const SYSCALL_FUNCTIONS: [SyscallFunction; 13] = [
     call!("readv", "readv"),
     call!("recvfrom", "recvfrom"),
     call!("recvmsg", "recvmsg"),
-    call!("write", "write"),
-    call!("writev", "writev"),
-    call!("sendto", "sendto"),
-    call!("sendmsg", "sendmsg"),
+    write_call!("write", "write"),
+    write_call!("writev", "writev"),
+    write_call!("sendto", "sendto"),
+    write_call!("sendmsg", "sendmsg"),
     // Named for the 64-bit call on 64-bit architectures.
-    call!("sendfile64", "sendfile"),
+    write_call!("sendfile64", "sendfile"),
     call!("connect", "connect"),
     // Close at its entry, while the descriptor still names the socket;
     // accept at its return, which is the new descriptor.
     SyscallFunction {
         name: "close",
-        trampoline: ("net_fentry_close", Trampoline::Entry),
+        trampolines: &[("net_fentry_close", Trampoline::Entry)],
         kprobes: &["net_kprobe_close"],
     },
     SyscallFunction {
         name: "accept",
-        trampoline: ("net_fexit_accept", Trampoline::Exit),
+        trampolines: &[("net_fexit_accept", Trampoline::Exit)],
         kprobes: &["net_kretprobe_accept"],
     },
     SyscallFunction {
         name: "accept4",
-        trampoline: ("net_fexit_accept4", Trampoline::Exit),
+        trampolines: &[("net_fexit_accept4", Trampoline::Exit)],
         kprobes: &["net_kretprobe_accept4"],
     },
 ];
@@ -250,11 +316,32 @@ pub fn attach(
             tracing::warn!("per-syscall tracepoints missing; the socket sensor uses raw_syscalls");
             SocketHook::RawSyscalls
         }
-        _ => TRACEPOINT_DEFAULT,
+        SocketHook::RawSyscalls => SocketHook::RawSyscalls,
+        SocketHook::RawExit | SocketHook::Fentry | SocketHook::Kprobe => tracepoint_default(),
     };
-    tracefs::check_syscall_layout(hook)?;
-    let count = object.attach_syscall_tracepoints(hook)?;
+    if hook == SocketHook::RawExit {
+        let mark = object.link_count();
+        match attach_tracepoints(object, hook) {
+            Ok(count) => return Ok((hook, count)),
+            Err(e) => {
+                object.detach_since(mark);
+                tracing::warn!(error = %e, "raw sys_exit hook refused; the socket sensor uses raw_syscalls");
+            }
+        }
+        let count = attach_tracepoints(object, SocketHook::RawSyscalls)?;
+        return Ok((SocketHook::RawSyscalls, count));
+    }
+    let count = attach_tracepoints(object, hook)?;
     Ok((hook, count))
+}
+
+/// The tracepoints of `hook`, once their records' layout is checked.
+fn attach_tracepoints(
+    object: &mut SensorObject,
+    hook: SocketHook,
+) -> Result<usize, SocketHookError> {
+    tracefs::check_syscall_layout(hook)?;
+    Ok(object.attach_syscall_tracepoints(hook)?)
 }
 
 fn attach_functions(object: &mut SensorObject, hook: SocketHook) -> Result<usize, SocketHookError> {
@@ -267,16 +354,17 @@ fn attach_functions(object: &mut SensorObject, hook: SocketHook) -> Result<usize
     let mut count = 0;
     for function in &SYSCALL_FUNCTIONS {
         let target = format!("{prefix}{}", function.name);
-        match (&btf, function.trampoline) {
-            (Some(btf), (program, Trampoline::Entry)) => {
-                object.attach_fentry(program, &target, btf)?;
-                count += 1;
+        match &btf {
+            Some(btf) => {
+                for &(program, trampoline) in function.trampolines {
+                    match trampoline {
+                        Trampoline::Entry => object.attach_fentry(program, &target, btf)?,
+                        Trampoline::Exit => object.attach_fexit(program, &target, btf)?,
+                    }
+                    count += 1;
+                }
             }
-            (Some(btf), (program, Trampoline::Exit)) => {
-                object.attach_fexit(program, &target, btf)?;
-                count += 1;
-            }
-            (None, _) => {
+            None => {
                 for program in function.kprobes {
                     object.attach_kprobe(program, &target)?;
                     count += 1;

@@ -147,7 +147,7 @@ pub fn check_syscall_layout(hook: SocketHook) -> Result<(), TracefsError> {
             expect_offset(&exit, "id", 8)?;
             expect_offset(&exit, "ret", 16)?;
         }
-        SocketHook::PerSyscall => {
+        SocketHook::PerSyscall | SocketHook::RawExit => {
             for (_, tracepoint) in tracepoints {
                 check_per_syscall(&TracepointFormat::read(category, tracepoint)?)?;
             }

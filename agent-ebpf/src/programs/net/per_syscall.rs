@@ -53,6 +53,14 @@ exit_io!(net_exit_sendto, NetEventKind::Egress);
 exit_io!(net_exit_sendmsg, NetEventKind::Egress);
 exit_io!(net_exit_sendfile, NetEventKind::Egress);
 
+/// The entry of a write-family call, stamped for its return on the raw
+/// sys_exit hook; attached to each write-family entry tracepoint.
+#[tracepoint]
+pub fn net_stamp_write(_ctx: TracePointContext) -> u32 {
+    let _ = try_stamp_write();
+    0
+}
+
 #[tracepoint]
 pub fn net_enter_close(ctx: TracePointContext) -> u32 {
     let _ = tracepoint_args(&ctx).and_then(|(fd, _)| try_enter_close(fd));

@@ -3,9 +3,10 @@
 //! kretprobes otherwise. Unlike syscall tracepoints, these run only on the
 //! followed syscalls and leave every other syscall of every task on its
 //! fast path (an enabled syscall tracepoint sends all of them through the
-//! slow path). fexit sees the arguments with the return value, so a call
-//! costs one program run and no map update; only close is taken at its
-//! entry, while its descriptor still names the socket. The agent attaches
+//! slow path). fexit sees the arguments with the return value, so a read
+//! costs one program run and no map update; a write's entry is stamped
+//! (fentry) for its start; close is taken at its entry, while its
+//! descriptor still names the socket. The agent attaches
 //! each program to the architecture's wrapper of its syscall; each program
 //! is a thin wrapper over the shared entry or exit function.
 //!
@@ -20,24 +21,7 @@ use aya_ebpf::{
 };
 use selfops_ebpf::NetEventKind;
 
-use super::syscalls::*;
-
-/// Offsets in `struct pt_regs` of the first two syscall arguments.
-#[cfg(bpf_target_arch = "x86_64")]
-const REGS_ARGS: [u64; 2] = [112, 104]; // di, si
-#[cfg(bpf_target_arch = "aarch64")]
-const REGS_ARGS: [u64; 2] = [0, 8]; // regs[0], regs[1]
-
-/// The first two syscall arguments in the user's registers at `regs`.
-#[inline(always)]
-fn user_args(regs: u64) -> Result<(u64, u64), i64> {
-    // SAFETY: kernel memory read through the helper, which fails cleanly.
-    let fd: u64 =
-        unsafe { bpf_probe_read_kernel((regs + REGS_ARGS[0]) as *const u64) }.map_err(i64::from)?;
-    let buf: u64 =
-        unsafe { bpf_probe_read_kernel((regs + REGS_ARGS[1]) as *const u64) }.map_err(i64::from)?;
-    Ok((fd, buf))
-}
+use super::{syscalls::*, user_regs::user_args};
 
 /// The trampoline's saved words: the wrapper's `pt_regs` pointer, then
 /// (fexit) its return value. Read through the helper rather than the typed
@@ -54,6 +38,23 @@ fn trampoline_words<const N: usize>(ctx: &impl EbpfContext) -> Result<[u64; N], 
 fn kprobe_regs(ctx: &ProbeContext) -> Result<u64, i64> {
     ctx.arg::<u64>(0).ok_or(-1)
 }
+
+/// A write-family call's entry, stamped for its fexit.
+macro_rules! stamp_write {
+    ($fentry:ident) => {
+        #[fentry]
+        pub fn $fentry(_ctx: FEntryContext) -> u32 {
+            let _ = try_stamp_write();
+            0
+        }
+    };
+}
+
+stamp_write!(net_fentry_write);
+stamp_write!(net_fentry_writev);
+stamp_write!(net_fentry_sendto);
+stamp_write!(net_fentry_sendmsg);
+stamp_write!(net_fentry_sendfile);
 
 /// A data call: fexit alone, or a kprobe and a kretprobe.
 macro_rules! data_call {

@@ -18,7 +18,7 @@ use crate::programs::counters::count_drop;
 use super::{
     emit::{Call, emit_control, emit_data, settings},
     socket::{forget_fd, tcp_sock_of_fd},
-    tls::{claim_for_ssl, forget_ssl_call},
+    tls::{claim_for_ssl, forget_ssl_call, in_ssl_call},
 };
 
 // Both kinds of syscall tracepoint record put the arguments at 16 + 8·i
@@ -42,12 +42,44 @@ pub const BUF_NONE: u8 = 3;
 #[map]
 static CALLS: HashMap<u64, Call> = HashMap::with_max_entries(65_536, 0);
 
+/// When each thread's write-family call began, for the hooks that see a
+/// call only at its return (fexit, the raw sys_exit). Bytes leave when
+/// their write starts: a local reader can return with them before the
+/// writer's call returns, so a write stamped at its return could start
+/// after the read it caused. Only the start is kept, with no walk from
+/// descriptor to socket: that is done once, at the return. A plain hash
+/// for the reason given at `CALLS`; the return removes the entry.
+#[map]
+static WRITE_STARTS: HashMap<u64, u64> = HashMap::with_max_entries(65_536, 0);
+
 /// Called when a thread exits: whatever call it left behind goes with it,
 /// so entries never outlive their threads.
 #[inline(always)]
 pub fn forget_thread(pid_tgid: u64) {
     let _ = CALLS.remove(pid_tgid);
+    let _ = WRITE_STARTS.remove(pid_tgid);
     forget_ssl_call(pid_tgid);
+}
+
+/// Entry of a write-family call on a hook that emits at the return.
+pub fn try_stamp_write() -> Result<(), i64> {
+    WRITE_STARTS
+        .insert(bpf_get_current_pid_tgid(), now(), 0)
+        .map_err(|e| {
+            count_drop(KernelDrop::SocketCallInsert);
+            i64::from(e)
+        })
+}
+
+/// The start stamped for this thread's write, if any (removed).
+#[inline(always)]
+fn take_write_start(pid_tgid: u64) -> Option<u64> {
+    // SAFETY: the value is copied out before the entry is removed.
+    let start = unsafe { WRITE_STARTS.get(pid_tgid) }.copied();
+    if start.is_some() {
+        let _ = WRITE_STARTS.remove(pid_tgid);
+    }
+    start
 }
 
 #[inline(always)]
@@ -148,10 +180,11 @@ pub fn try_exit_io(kind: NetEventKind, ret: i64) -> Result<(), i64> {
     emit_io(kind, &call, pid_tgid, ret)
 }
 
-/// A data call seen only at its return (fexit, which has the arguments
-/// too): no entry to remember, so one program run per call and no map
-/// update. The call's start is its return, which for a blocking read is
-/// when the bytes came rather than when the thread began to wait.
+/// A data call seen only at its return (fexit, the raw sys_exit: both
+/// have the arguments too): no entry to remember, so one program run per
+/// read and no map update. A read's start is its return, which for a
+/// blocking read is when the bytes came rather than when the thread began
+/// to wait; a write's is the stamp its entry left (`try_stamp_write`).
 /// Inlined: six arguments are more than a BPF call can pass.
 #[inline(always)]
 pub fn try_returned_io(
@@ -163,10 +196,22 @@ pub fn try_returned_io(
     ret: i64,
 ) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // Failed calls (EAGAIN) still teach an SSL object its socket.
-    let Some(call) = socket_call(pid_tgid, syscall, buf_kind, fd, buf)? else {
+    let write_start = match kind {
+        NetEventKind::Egress => take_write_start(pid_tgid),
+        _ => None,
+    };
+    // A failed call (EAGAIN) moved nothing, but inside SSL_read/SSL_write
+    // it still teaches the SSL object its socket; elsewhere the walk from
+    // descriptor to socket is skipped.
+    if ret <= 0 && !in_ssl_call(pid_tgid) {
+        return Ok(());
+    }
+    let Some(mut call) = socket_call(pid_tgid, syscall, buf_kind, fd, buf)? else {
         return Ok(());
     };
+    if let Some(start) = write_start {
+        call.start_ns = start;
+    }
     emit_io(kind, &call, pid_tgid, ret)
 }
 
@@ -227,18 +272,33 @@ pub fn try_exit_accept(syscall: u8, ret: i64) -> Result<(), i64> {
 }
 
 pub fn try_enter_close(fd: u64) -> Result<(), i64> {
-    let result = emit_for_fd(NetEventKind::Close, fd, SYS_CLOSE);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !traced(pid_tgid) {
+        forget_fd(fd);
+        return Ok(());
+    }
+    // Only a descriptor found to be a TCP socket has an entry to remove
+    // (one left by a socket since replaced is checked on every hit, and
+    // ages out), so closing a file costs no map update.
+    let sock = tcp_sock_of_fd(fd)?;
     forget_fd(fd);
-    result
+    emit_sock(NetEventKind::Close, pid_tgid, sock, fd, SYS_CLOSE);
+    Ok(())
 }
 
-/// A control event (accept, close) for `fd` if it is a traced TCP socket.
+/// A control event (accept) for `fd` if it is a traced TCP socket.
 fn emit_for_fd(kind: NetEventKind, fd: u64, syscall: u8) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     if !traced(pid_tgid) {
         return Ok(());
     }
     let sock = tcp_sock_of_fd(fd)?;
+    emit_sock(kind, pid_tgid, sock, fd, syscall);
+    Ok(())
+}
+
+#[inline(always)]
+fn emit_sock(kind: NetEventKind, pid_tgid: u64, sock: u64, fd: u64, syscall: u8) {
     let at = now();
     let call = Call {
         start_ns: at,
@@ -250,7 +310,6 @@ fn emit_for_fd(kind: NetEventKind, fd: u64, syscall: u8) -> Result<(), i64> {
         _pad: 0,
     };
     emit_control(kind, &call, pid_tgid, at);
-    Ok(())
 }
 
 // Syscall numbers of this table (not the kernel's), carried in events.

@@ -68,6 +68,13 @@ const STALE_NS: u64 = 10_000_000_000;
 #[map]
 static SSL_SOCKETS: LruHashMap<SslKey, SslSocket> = LruHashMap::with_max_entries(65_536, 0);
 
+/// Whether this thread is inside an SSL call, so that a failed syscall
+/// might still teach the SSL object its socket.
+#[inline(always)]
+pub fn in_ssl_call(pid_tgid: u64) -> bool {
+    SSL_CALLS.get_ptr(pid_tgid).is_some()
+}
+
 /// Called by the syscall hooks for a TCP socket: if this thread is inside
 /// SSL_read/SSL_write, the socket belongs to that SSL object and the raw
 /// (encrypted) bytes are not reported. Returns true when so.
