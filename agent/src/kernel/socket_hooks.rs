@@ -374,3 +374,42 @@ fn attach_functions(object: &mut SensorObject, hook: SocketHook) -> Result<usize
     }
     Ok(count)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The raw sys_exit hook's entry tracepoints are among the per-syscall
+    /// ones, whose names and record layouts every matrix kernel checks.
+    #[test]
+    fn raw_exit_entries_are_per_syscall_tracepoints() {
+        for (_, tracepoint) in RAW_EXIT_TRACEPOINTS {
+            assert!(
+                PER_SYSCALL_TRACEPOINTS
+                    .iter()
+                    .any(|(_, t)| *t == tracepoint),
+                "{tracepoint}"
+            );
+        }
+    }
+
+    /// Every write-family function whose exit the fentry tier follows has
+    /// its entry stamped too, and nothing else is stamped.
+    #[test]
+    fn write_family_entries_are_stamped() {
+        let writes = ["write", "writev", "sendto", "sendmsg", "sendfile64"];
+        for function in &SYSCALL_FUNCTIONS {
+            let stamped = function.trampolines.iter().any(|(program, t)| {
+                matches!(t, Trampoline::Entry)
+                    && program.starts_with("net_fentry_")
+                    && *program != "net_fentry_close"
+            });
+            assert_eq!(
+                stamped,
+                writes.contains(&function.name),
+                "{}",
+                function.name
+            );
+        }
+    }
+}
