@@ -87,12 +87,19 @@ pub fn closed(sock: u64) {
     let _ = VERDICTS.remove(sock);
 }
 
+/// The verdict of a data event's connection, if the sensor saw it open:
+/// looked up once per event, for [`withheld`] and then [`observe`].
+#[inline(always)]
+pub fn verdict_of(sock: u64) -> Option<*mut Verdict> {
+    VERDICTS.get_ptr_mut(sock)
+}
+
 /// Whether a data event on `sock`, whose connection now has `tuple`, is
 /// withheld (counted): the connection was found not to be HTTP/1 and is
 /// still the one judged.
 #[inline(always)]
-pub fn withheld(sock: u64, tuple: &SockTuple) -> bool {
-    let Some(known) = VERDICTS.get_ptr(sock) else {
+pub fn withheld(verdict: Option<*mut Verdict>, sock: u64, tuple: &SockTuple) -> bool {
+    let Some(known) = verdict else {
         return false;
     };
     // SAFETY: map value pointer, read at once.
@@ -113,6 +120,7 @@ pub fn withheld(sock: u64, tuple: &SockTuple) -> bool {
 /// connection is not HTTP/1, so this event is withheld too (counted).
 #[inline(always)]
 pub fn observe(
+    verdict: Option<*mut Verdict>,
     sock: u64,
     kind: u8,
     tuple: &SockTuple,
@@ -120,7 +128,7 @@ pub fn observe(
     captured: u32,
     total: u64,
 ) -> bool {
-    let Some(v) = VERDICTS.get_ptr_mut(sock) else {
+    let Some(v) = verdict else {
         return false;
     };
     // SAFETY: map value pointer; a connection's events come from the

@@ -136,8 +136,13 @@ pub fn emit_data(
     }
     // Judged on the 4-tuple just read into the header, before the payload
     // is copied.
+    let verdict = if judged {
+        classify::verdict_of(call.sock)
+    } else {
+        None
+    };
     // SAFETY: the header was just filled in reserved memory.
-    if judged && classify::withheld(call.sock, unsafe { &(*header).tuple }) {
+    if classify::withheld(verdict, call.sock, unsafe { &(*header).tuple }) {
         entry.discard(0);
         return;
     }
@@ -175,6 +180,7 @@ pub fn emit_data(
     let not_http = judged
         && unsafe {
             classify::observe(
+                verdict,
                 call.sock,
                 kind as u8,
                 &(*header).tuple,
