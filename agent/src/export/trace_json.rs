@@ -209,7 +209,7 @@ fn any_value(out: &mut Vec<u8>, value: Option<&AnyValue>) {
 }
 
 /// A JSON string, escaped exactly as serde_json escapes it.
-fn string(out: &mut Vec<u8>, value: &str) {
+pub(super) fn string(out: &mut Vec<u8>, value: &str) {
     // Most values (names, paths, addresses) hold nothing to escape: copied
     // whole after one scan, instead of serde_json's escaping writer, which
     // cost more than the rest of the line at saturation.
@@ -231,19 +231,19 @@ fn needs_escape(b: u8) -> bool {
 }
 
 /// A number as serde_json writes it (itoa, ryu): never fails into a Vec.
-fn number(out: &mut Vec<u8>, value: impl serde::Serialize) {
+pub(super) fn number(out: &mut Vec<u8>, value: impl serde::Serialize) {
     let _ = serde_json::to_writer(&mut *out, &value);
 }
 
 /// 64-bit integers are decimal strings in OTLP/JSON.
-fn quoted_number(out: &mut Vec<u8>, value: impl serde::Serialize) {
+pub(super) fn quoted_number(out: &mut Vec<u8>, value: impl serde::Serialize) {
     out.push(b'"');
     number(out, value);
     out.push(b'"');
 }
 
 /// Ids as lowercase hex (the OTLP/JSON deviation from proto3's base64).
-fn hex(out: &mut Vec<u8>, bytes: &[u8]) {
+pub(super) fn hex(out: &mut Vec<u8>, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     out.reserve(bytes.len() * 2 + 2);
     out.push(b'"');

@@ -166,7 +166,7 @@ fn direct_writer_matches_serde_for_the_agents_spans() {
         Signal::Span(error),
         Signal::Span(span(&other, 2, None)),
     ]);
-    let traces = batch.traces.unwrap();
+    let traces = batch.traces_request().unwrap().into_owned();
     let line = direct(&traces).expect("the agent's spans are covered");
     assert_eq!(line, serde_line(&traces));
     assert_eq!(
