@@ -242,3 +242,23 @@ fn uncovered_fields_fall_back_to_serde() {
         );
     }
 }
+
+#[test]
+fn escapes_are_found_wherever_they_sit() {
+    // Strings scanned in chunks: an escape in the first chunk, a later
+    // one, or the tail after the last whole chunk.
+    for len in 0..40 {
+        for at in 0..=len {
+            for escaped in ['"', '\\', '\n', '\u{1f}'] {
+                let mut value: String = "a".repeat(len);
+                if at < len {
+                    value.replace_range(at..=at, &escaped.to_string());
+                }
+                let mut request = request();
+                request.resource_spans[0].scope_spans[0].spans[0].name = value.clone();
+                let line = direct(&request).expect("covered");
+                assert_eq!(line, serde_line(&request), "{value:?}");
+            }
+        }
+    }
+}
