@@ -18,10 +18,29 @@ use crate::signal::{AttrValue, Attributes, Resource, Span, SpanKind, SpanStatus}
 pub fn url_path(target: &str) -> &str {
     let without_query = target.split(['?', '#']).next().unwrap_or(target);
     // Absolute form (proxies): http://host/path.
-    match without_query.split_once("://") {
-        Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
+    match scheme_end(without_query).and_then(|at| without_query.get(at + 3..)) {
+        Some(rest) => rest.find('/').map_or("/", |i| &rest[i..]),
         None => without_query,
     }
+}
+
+/// Where the first `://` in `text` begins. Colons are rare in paths, so
+/// they are looked for first, rather than building a substring searcher
+/// for every span.
+fn scheme_end(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut from = 0;
+    while let Some(i) = bytes
+        .get(from..)
+        .and_then(|rest| memchr::memchr(b':', rest))
+    {
+        let at = from + i;
+        if bytes.get(at..).is_some_and(|rest| rest.starts_with(b"://")) {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
 }
 
 /// Host header without its port.
@@ -171,6 +190,10 @@ mod tests {
         assert_eq!(url_path("http://h:8080/x?y"), "/x");
         assert_eq!(url_path("http://h"), "/");
         assert_eq!(url_path("*"), "*");
+        assert_eq!(url_path("/a:b/c://d/e"), "/e");
+        assert_eq!(url_path("/a:/b"), "/a:/b");
+        assert_eq!(url_path("/x:"), "/x:");
+        assert_eq!(url_path("h:/:://"), "/");
     }
 
     #[test]

@@ -99,6 +99,10 @@ struct Parked {
 /// Fixes `entry`'s trace from the client end (if its event was processed)
 /// or the request's traceparent; with `decide`, else a new trace.
 fn resolve_entry(rendezvous: &mut Rendezvous, link: LinkKey, entry: &mut InFlight, decide: bool) {
+    // Resolved already (the usual response): no clock read.
+    if entry.trace_id.is_some() {
+        return;
+    }
     resolve_entry_at(rendezvous, link, entry, decide, Instant::now());
 }
 
