@@ -234,7 +234,10 @@ fn has_escapes(bytes: &[u8]) -> bool {
             return true;
         }
     }
-    chunks.remainder().iter().any(|&b| needs_escape(b))
+    chunks
+        .remainder()
+        .iter()
+        .fold(false, |any, &b| any | needs_escape(b))
 }
 
 /// The bytes serde_json escapes in a string: quote, backslash and the
