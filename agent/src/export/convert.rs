@@ -1,9 +1,9 @@
-//! Internal signals to OTLP protobuf messages: spans grouped by resource into
-//! `ResourceSpans`, histogram points grouped by resource and instrument into
-//! `ResourceMetrics`, log records grouped by resource into `ResourceLogs`,
-//! under one instrumentation scope.
+//! Internal signals to what the sinks take: spans grouped by resource (left
+//! as the agent made them, see `agent_spans`), histogram points grouped by
+//! resource and instrument into `ResourceMetrics`, log records grouped by
+//! resource into `ResourceLogs`, under one instrumentation scope.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{borrow::Cow, collections::HashMap, sync::Arc};
 
 use opentelemetry_proto::tonic::{
     collector::{
@@ -18,6 +18,7 @@ use opentelemetry_proto::tonic::{
     trace::v1 as pt,
 };
 
+use super::agent_spans::AgentSpans;
 use crate::signal::{
     AttrValue, HistogramPoint, LogRecord, Resource, Severity, Signal, Span, SpanKind, SpanStatus,
 };
@@ -29,8 +30,13 @@ pub const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// One batch, converted. Shared (behind an `Arc`) by every sink.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct OtlpBatch {
-    /// `None` when the batch has no span.
+    /// Spans as OTLP messages (received, or converted for a processor);
+    /// `None` when there are none.
     pub traces: Option<ExportTraceServiceRequest>,
+    /// The agent's own spans, not converted (see `agent_spans`); `None`
+    /// when there are none.
+    pub agent_spans: Option<AgentSpans>,
+    /// Spans in `traces` and `agent_spans` together.
     pub span_count: u64,
     /// `None` when the batch has no histogram point.
     pub metrics: Option<ExportMetricsServiceRequest>,
@@ -56,6 +62,23 @@ impl OtlpBatch {
             && self.profile_count == 0
     }
 
+    /// Every span of the batch as one OTLP request: borrowed when they are
+    /// messages already, else converted (copied: sinks share the batch).
+    pub fn traces_request(&self) -> Option<Cow<'_, ExportTraceServiceRequest>> {
+        match (&self.traces, &self.agent_spans) {
+            (None, None) => None,
+            (Some(request), None) => Some(Cow::Borrowed(request)),
+            (None, Some(spans)) => Some(Cow::Owned(spans.to_request())),
+            (Some(request), Some(spans)) => {
+                let mut request = request.clone();
+                request
+                    .resource_spans
+                    .extend(spans.to_request().resource_spans);
+                Some(Cow::Owned(request))
+            }
+        }
+    }
+
     /// A batch of one profiles request, its `Profile` messages counted.
     pub fn profiles(request: ExportProfilesServiceRequest) -> Self {
         let profile_count = request
@@ -73,8 +96,8 @@ impl OtlpBatch {
 }
 
 /// Converts a batch. Signals are grouped by resource: first by `Arc` pointer,
-/// then by value, so two `Arc`s of equal resources share one
-/// `ResourceSpans`/`ResourceMetrics`/`ResourceLogs`.
+/// then by value, so two `Arc`s of equal resources share one span group
+/// (one `ResourceSpans`), `ResourceMetrics` or `ResourceLogs`.
 pub fn convert(signals: Vec<Signal>) -> OtlpBatch {
     let mut span_groups = ResourceGroups::default();
     let mut metric_groups = ResourceGroups::default();
@@ -91,14 +114,14 @@ pub fn convert(signals: Vec<Signal>) -> OtlpBatch {
         })
         .collect();
 
-    let mut spans: Vec<Vec<pt::Span>> = vec![Vec::new(); span_groups.len()];
+    let mut spans: Vec<Vec<Span>> = vec![Vec::new(); span_groups.len()];
     let mut metrics: Vec<Vec<pm::Metric>> = vec![Vec::new(); metric_groups.len()];
     let mut logs: Vec<Vec<pl::LogRecord>> = vec![Vec::new(); log_groups.len()];
     let mut batch = OtlpBatch::default();
     for (signal, index) in signals.into_iter().zip(indices) {
         match signal {
             Signal::Span(span) => {
-                spans[index].push(span_to_proto(span));
+                spans[index].push(span);
                 batch.span_count += 1;
             }
             Signal::Histogram(point) => match histogram_point_to_proto(&point) {
@@ -116,22 +139,13 @@ pub fn convert(signals: Vec<Signal>) -> OtlpBatch {
     }
 
     if batch.span_count > 0 {
-        let resource_spans = span_groups
+        let groups = span_groups
             .resources
-            .iter()
+            .into_iter()
             .zip(spans)
             .filter(|(_, spans)| !spans.is_empty())
-            .map(|(resource, spans)| pt::ResourceSpans {
-                resource: Some(resource_to_proto(resource)),
-                scope_spans: vec![pt::ScopeSpans {
-                    scope: Some(scope()),
-                    spans,
-                    schema_url: String::new(),
-                }],
-                schema_url: String::new(),
-            })
             .collect();
-        batch.traces = Some(ExportTraceServiceRequest { resource_spans });
+        batch.agent_spans = Some(AgentSpans { groups });
     }
     if batch.point_count > 0 {
         let resource_metrics = metric_groups
@@ -203,7 +217,7 @@ impl ResourceGroups {
     }
 }
 
-fn scope() -> InstrumentationScope {
+pub(super) fn scope() -> InstrumentationScope {
     InstrumentationScope {
         name: SCOPE_NAME.to_owned(),
         version: SCOPE_VERSION.to_owned(),
@@ -288,6 +302,11 @@ pub fn span_to_proto(span: Span) -> pt::Span {
         status: Some(status),
         ..Default::default()
     }
+}
+
+/// [`span_to_proto`] of a span that stays where it is.
+pub fn span_ref_to_proto(span: &Span) -> pt::Span {
+    span_to_proto(span.clone())
 }
 
 pub fn log_record_to_proto(record: LogRecord) -> pl::LogRecord {
@@ -457,7 +476,11 @@ mod tests {
         assert_eq!(batch.point_count, 3);
         assert_eq!(batch.malformed_points, 1);
 
-        let traces = batch.traces.unwrap();
+        assert!(
+            batch.traces.is_none(),
+            "the agent's spans are kept as they are"
+        );
+        let traces = batch.traces_request().unwrap().into_owned();
         assert_eq!(traces.resource_spans.len(), 2);
         let first = &traces.resource_spans[0];
         assert_eq!(first.resource, Some(resource_to_proto(&a)));
@@ -554,5 +577,6 @@ mod tests {
         let batch = convert(Vec::new());
         assert!(batch.is_empty());
         assert!(batch.traces.is_none() && batch.metrics.is_none() && batch.logs.is_none());
+        assert!(batch.agent_spans.is_none());
     }
 }

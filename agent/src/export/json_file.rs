@@ -21,7 +21,7 @@ use std::{
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use serde::Serialize;
 
-use super::{convert::OtlpBatch, trace_json};
+use super::{convert::OtlpBatch, span_json, trace_json};
 
 /// Default size at which a `.jsonl` file is rotated.
 pub const DEFAULT_ROTATE_BYTES: u64 = 256 * 1024 * 1024;
@@ -118,11 +118,7 @@ impl FileSink {
 
     pub fn write_batch(&mut self, batch: &OtlpBatch) -> BatchOutcome {
         BatchOutcome {
-            traces: write_trace_line(
-                &mut self.traces,
-                batch.traces.as_ref(),
-                &mut self.trace_line,
-            ),
+            traces: write_trace_line(&mut self.traces, batch, &mut self.trace_line),
             metrics: write_line(&mut self.metrics, batch.metrics.as_ref()),
             logs: write_line(&mut self.logs, batch.logs.as_ref()),
         }
@@ -155,15 +151,19 @@ fn encode_trace_line_into(
 /// A reused line buffer grown past this is released after its batch.
 const KEEP_LINE_BUFFER: usize = 8 * 1024 * 1024;
 
-fn write_trace_line(
-    file: &mut JsonlFile,
-    request: Option<&ExportTraceServiceRequest>,
-    line: &mut Vec<u8>,
-) -> LineOutcome {
-    let Some(request) = request else {
-        return LineOutcome::Empty;
+fn write_trace_line(file: &mut JsonlFile, batch: &OtlpBatch, line: &mut Vec<u8>) -> LineOutcome {
+    line.clear();
+    // The agent's own spans alone (the usual batch) are written from the
+    // spans themselves; anything else from its OTLP messages.
+    let encoded = match (&batch.traces, &batch.agent_spans) {
+        (None, None) => return LineOutcome::Empty,
+        (None, Some(spans)) if span_json::write_agent_spans_line(spans, line) => Ok(()),
+        _ => match batch.traces_request() {
+            Some(request) => encode_trace_line_into(&request, line),
+            None => return LineOutcome::Empty,
+        },
     };
-    let outcome = match encode_trace_line_into(request, line) {
+    let outcome = match encoded {
         Err(err) => LineOutcome::EncodeFailed(err),
         Ok(()) => match file.append(line) {
             Ok(()) => LineOutcome::Written,
@@ -380,7 +380,7 @@ mod tests {
     #[test]
     fn trace_line_is_otlp_json() {
         let batch = sample_batch();
-        let line = encode_json_line(batch.traces.as_ref().unwrap()).unwrap();
+        let line = encode_json_line(&*batch.traces_request().unwrap()).unwrap();
         assert_eq!(line.last(), Some(&b'\n'));
         assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
         let json: serde_json::Value = serde_json::from_slice(&line).unwrap();
@@ -482,16 +482,17 @@ mod tests {
     fn json_round_trips_through_the_proto_types() {
         use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
         let batch = sample_batch();
-        let line = encode_json_line(batch.traces.as_ref().unwrap()).unwrap();
+        let request = batch.traces_request().unwrap();
+        let line = encode_json_line(&*request).unwrap();
         let back: ExportTraceServiceRequest = serde_json::from_slice(&line).unwrap();
-        assert_eq!(Some(back), batch.traces);
+        assert_eq!(back, *request);
     }
 
     #[test]
     fn writes_lines_and_rotates_once() {
         let dir = temp_dir("rotate");
         let batch = sample_batch();
-        let line_len = encode_json_line(batch.traces.as_ref().unwrap())
+        let line_len = encode_json_line(&*batch.traces_request().unwrap())
             .unwrap()
             .len() as u64;
         // Room for two lines per file.

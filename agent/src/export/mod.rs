@@ -15,9 +15,10 @@
 //! Flow: `ExportHandle::send` try-sends into a bounded queue
 //! (`export.queue_capacity`; full means dropped and counted). The batcher
 //! cuts a batch at `export.batch_size` signals or `export.batch_timeout`
-//! after its first signal, converts it to OTLP (spans grouped by resource
-//! into `ResourceSpans`, histogram points into `ResourceMetrics`, log
-//! records into `ResourceLogs`, scope `selfops`), and hands it to each
+//! after its first signal, converts it (spans grouped by resource, kept as
+//! they are until a sink needs OTLP messages; histogram points into
+//! `ResourceMetrics`, log records into `ResourceLogs`, scope `selfops`),
+//! and hands it to each
 //! sink's own small queue: the file sink (`traces.jsonl`, `metrics.jsonl`,
 //! `logs.jsonl`, OTLP/JSON, rotated to `.1` at 256 MiB)
 //! and the OTLP sink (gRPC or HTTP/protobuf, over TLS for `https://`, gzip,
@@ -30,6 +31,7 @@
 //! the same queue, handing what the OTLP sink holds to its new target (see
 //! `sinks`).
 
+mod agent_spans;
 #[cfg(test)]
 mod audit_lane_tests;
 mod connect;
@@ -46,6 +48,9 @@ mod received_tests;
 pub(crate) mod retry;
 pub(crate) mod sink;
 mod sinks;
+mod span_json;
+#[cfg(test)]
+mod span_json_tests;
 #[cfg(test)]
 pub(crate) mod test_support;
 #[cfg(test)]
@@ -61,6 +66,7 @@ use std::{future::Future, path::Path, time::Duration};
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
 
+pub use agent_spans::AgentSpans;
 pub use convert::{OtlpBatch, SCOPE_NAME, SCOPE_VERSION, convert, resource_to_proto};
 pub use json_file::{
     DEFAULT_ROTATE_BYTES, LOGS_FILE, METRICS_FILE, TRACES_FILE, encode_json_line, encode_trace_line,

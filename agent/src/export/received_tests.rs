@@ -62,7 +62,7 @@ async fn received_batches_wait_for_room_at_the_sinks() {
             .await
             .unwrap()
             .unwrap();
-        let traces = got.traces.as_ref().unwrap();
+        let traces = got.traces_request().unwrap();
         assert_eq!(
             traces.resource_spans[0].scope_spans[0].spans[0].span_id[7],
             n

@@ -217,7 +217,8 @@ impl Part {
     /// The signal name and how many of it the batch holds, if any.
     fn in_batch(self, batch: &super::OtlpBatch) -> Option<(&'static str, u64)> {
         match self {
-            Part::Traces => batch.traces.as_ref().map(|_| (TRACES, batch.span_count)),
+            Part::Traces => (batch.traces.is_some() || batch.agent_spans.is_some())
+                .then_some((TRACES, batch.span_count)),
             Part::Metrics => batch.metrics.as_ref().map(|_| (METRICS, batch.point_count)),
             Part::Logs => batch.logs.as_ref().map(|_| (LOGS, batch.log_count)),
             Part::Profiles => batch
@@ -297,10 +298,10 @@ async fn send(
     part: Part,
 ) -> Delivery {
     match (client, part) {
-        (OtlpClient::Grpc(grpc), Part::Traces) => match &batch.traces {
+        (OtlpClient::Grpc(grpc), Part::Traces) => match batch.traces_request() {
             Some(request) => {
                 with_retries(policy, deadline, metrics, name, |timeout| {
-                    grpc.export_traces(request, timeout)
+                    grpc.export_traces(&request, timeout)
                 })
                 .await
             }
@@ -337,7 +338,7 @@ async fn send(
             post::<ExportTraceServiceResponse, _>(
                 http,
                 http.traces_uri(),
-                batch.traces.as_ref(),
+                batch.traces_request().as_deref(),
                 policy,
                 deadline,
                 metrics,

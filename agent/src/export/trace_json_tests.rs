@@ -166,7 +166,7 @@ fn direct_writer_matches_serde_for_the_agents_spans() {
         Signal::Span(error),
         Signal::Span(span(&other, 2, None)),
     ]);
-    let traces = batch.traces.unwrap();
+    let traces = batch.traces_request().unwrap().into_owned();
     let line = direct(&traces).expect("the agent's spans are covered");
     assert_eq!(line, serde_line(&traces));
     assert_eq!(
@@ -240,5 +240,25 @@ fn uncovered_fields_fall_back_to_serde() {
             serde_line(&request),
             "case {i}"
         );
+    }
+}
+
+#[test]
+fn escapes_are_found_wherever_they_sit() {
+    // Strings scanned in chunks: an escape in the first chunk, a later
+    // one, or the tail after the last whole chunk.
+    for len in 0..40 {
+        for at in 0..=len {
+            for escaped in ['"', '\\', '\n', '\u{1f}'] {
+                let mut value: String = "a".repeat(len);
+                if at < len {
+                    value.replace_range(at..=at, &escaped.to_string());
+                }
+                let mut request = request();
+                request.resource_spans[0].scope_spans[0].spans[0].name = value.clone();
+                let line = direct(&request).expect("covered");
+                assert_eq!(line, serde_line(&request), "{value:?}");
+            }
+        }
     }
 }

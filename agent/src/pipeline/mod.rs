@@ -270,6 +270,7 @@ impl Pipelines {
     /// `skip_processors`) and splits it by the exporters each part goes to.
     pub fn process(&self, mut batch: OtlpBatch, skip_processors: bool) -> Routed {
         let mut routed = Routed::default();
+        self.agent_spans(&mut batch, skip_processors, &mut routed);
         self.run::<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest>(
             &self.traces,
             &mut batch,
@@ -295,6 +296,32 @@ impl Pipelines {
         }
         routed.parts.retain(|(_, part)| !part.is_empty());
         routed
+    }
+
+    /// The agent's own spans go whole to the pipeline's exporters when no
+    /// processor or route has to read them; otherwise they join the
+    /// batch's OTLP request, converted, and take the same way as that.
+    fn agent_spans(&self, batch: &mut OtlpBatch, skip_processors: bool, routed: &mut Routed) {
+        let Some(spans) = batch.agent_spans.take() else {
+            return;
+        };
+        let chain = &self.traces;
+        if (skip_processors || chain.steps.is_empty()) && chain.router.is_none() {
+            let count = spans.span_count();
+            batch.span_count = batch.span_count.saturating_sub(count);
+            let part = routed.part(chain.exporters);
+            part.span_count += count;
+            match &mut part.agent_spans {
+                Some(kept) => kept.append(spans),
+                None => part.agent_spans = Some(spans),
+            }
+        } else {
+            batch
+                .traces
+                .get_or_insert_with(Default::default)
+                .resource_spans
+                .extend(spans.into_request().resource_spans);
+        }
     }
 
     fn run<R: Request>(

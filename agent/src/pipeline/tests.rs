@@ -126,6 +126,7 @@ fn the_rate_limit_applies_to_kernel_made_spans_per_service() {
     assert_eq!(other.parts[0].1.span_count, 2);
     // Spans an SDK sent (another scope) are not limited.
     let mut sdk = kernel_batch("a", 5);
+    sdk.traces = sdk.agent_spans.take().map(|spans| spans.into_request());
     for resource in &mut sdk.traces.as_mut().unwrap().resource_spans {
         for scope in &mut resource.scope_spans {
             scope.scope.as_mut().unwrap().name = "io.opentelemetry.sdk".into();

@@ -63,11 +63,8 @@ pub struct Connection {
     pub excluded: bool,
 }
 
-/// What a data event produced on a connection.
-pub enum Parsed {
-    Request(Request),
-    Response(super::http1::Response),
-}
+/// What a data event produced on a connection: the parsers' messages.
+pub type Parsed = Message;
 
 const METHODS: [&[u8]; 9] = [
     b"GET ",
@@ -168,34 +165,29 @@ impl Connection {
         } else {
             event.start_boot_ns
         };
-        let mut messages = Vec::new();
+        let from = out.len();
         if carries_requests {
-            self.requests
-                .feed(event.payload, event.total_len, ts, &mut messages);
+            self.requests.feed(event.payload, event.total_len, ts, out);
         } else {
-            self.responses
-                .feed(event.payload, event.total_len, ts, &mut messages);
+            self.responses.feed(event.payload, event.total_len, ts, out);
         }
-        self.collect(messages, out);
+        self.collect(from, out);
     }
 
     /// The connection closed: messages delimited by the close complete.
     pub fn finish(&mut self, ts: u64, out: &mut Vec<Parsed>) {
-        let mut messages = Vec::new();
-        self.requests.finish(ts, &mut messages);
-        self.responses.finish(ts, &mut messages);
-        self.collect(messages, out);
+        let from = out.len();
+        self.requests.finish(ts, out);
+        self.responses.finish(ts, out);
+        self.collect(from, out);
     }
 
-    fn collect(&mut self, messages: Vec<Message>, out: &mut Vec<Parsed>) {
-        for message in messages {
-            match message {
-                Message::Request(request) => {
-                    // The response parser needs to know which answers HEAD.
-                    self.responses.push_request_method(&request.method);
-                    out.push(Parsed::Request(request));
-                }
-                Message::Response(response) => out.push(Parsed::Response(response)),
+    /// The messages parsed into `out` from `from` on.
+    fn collect(&mut self, from: usize, out: &[Parsed]) {
+        for message in out.get(from..).unwrap_or_default() {
+            if let Message::Request(request) = message {
+                // The response parser needs to know which answers HEAD.
+                self.responses.push_request_method(request.method);
             }
         }
     }

@@ -33,7 +33,7 @@
 //! - Timestamps are taken as given, except that `end_ns` is never before
 //!   `start_ns`.
 
-use std::collections::VecDeque;
+use std::{borrow::Cow, collections::VecDeque};
 
 /// Headers kept per message; more are dropped and the message is truncated.
 pub const MAX_HEADERS: usize = 64;
@@ -79,15 +79,17 @@ pub enum Detected {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
-    /// Lowercase.
-    pub name: String,
+    /// Lowercase; a name the parser was told to keep is that static name,
+    /// not a copy.
+    pub name: Cow<'static, str>,
     /// Lossily decoded, surrounding whitespace removed.
     pub value: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
-    pub method: String,
+    /// One of the methods the parser knows.
+    pub method: &'static str,
     /// As sent, query string included.
     pub target: String,
     pub version_minor: u8,
@@ -139,7 +141,7 @@ impl Response {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum StartLine {
     Request {
-        method: String,
+        method: &'static str,
         target: String,
         version_minor: u8,
     },
@@ -229,7 +231,8 @@ impl Pending {
         }
     }
 
-    fn keep_header(&mut self, name: &[u8], value: &[u8]) {
+    /// `kept` is `name` lowercase, when it is one of the names kept.
+    fn keep_header(&mut self, name: &[u8], kept: Option<&'static str>, value: &[u8]) {
         let bytes = name.len() + value.len();
         if self.headers.len() >= MAX_HEADERS || self.header_bytes + bytes > MAX_HEADER_BYTES {
             self.truncated = true;
@@ -237,7 +240,10 @@ impl Pending {
         }
         self.header_bytes += bytes;
         self.headers.push(Header {
-            name: String::from_utf8_lossy(name).to_ascii_lowercase(),
+            name: kept.map_or_else(
+                || Cow::Owned(String::from_utf8_lossy(name).to_ascii_lowercase()),
+                Cow::Borrowed,
+            ),
             value: String::from_utf8_lossy(value).into_owned(),
         });
     }
@@ -407,12 +413,16 @@ impl Http1Parser {
             m.headers.capacity() * size_of::<Header>()
                 + m.headers
                     .iter()
-                    .map(|h| h.name.capacity() + h.value.capacity())
+                    .map(|h| {
+                        let name = match &h.name {
+                            Cow::Owned(name) => name.capacity(),
+                            Cow::Borrowed(_) => 0,
+                        };
+                        name + h.value.capacity()
+                    })
                     .sum::<usize>()
                 + match &m.start {
-                    StartLine::Request { method, target, .. } => {
-                        method.capacity() + target.capacity()
-                    }
+                    StartLine::Request { target, .. } => target.capacity(),
                     StartLine::Response { .. } => 0,
                 }
         });
@@ -598,7 +608,7 @@ impl Http1Parser {
     }
 
     fn step_head(&mut self, data: &[u8], ts: u64, out: &mut Vec<Message>) -> usize {
-        let (part, used, complete) = match data.iter().position(|&b| b == b'\n') {
+        let (part, used, complete) = match memchr::memchr(b'\n', data) {
             Some(i) => (data.get(..i).unwrap_or_default(), i + 1, true),
             None => (data, data.len(), false),
         };
@@ -614,6 +624,17 @@ impl Http1Parser {
                 return data.len();
             }
             self.drop_long_header(part, complete);
+            return used;
+        }
+        if complete && self.line.is_empty() {
+            // The whole line is in this syscall (the usual case): read in
+            // place rather than copied into the line buffer.
+            if in_start_line && !(plausible_line_bytes(part) && start_prefix_ok(self.role, part)) {
+                self.state = State::Seeking;
+                self.lost_sync = true;
+                return data.len();
+            }
+            self.head_line(part.strip_suffix(b"\r").unwrap_or(part), ts, out);
             return used;
         }
         self.reserve_line(part.len());
@@ -657,8 +678,15 @@ impl Http1Parser {
         if line.last() == Some(&b'\r') {
             line.pop();
         }
+        self.head_line(&line, ts, out);
+        line.clear();
+        self.line = line;
+    }
+
+    /// A whole start or header line, without its CRLF.
+    fn head_line(&mut self, line: &[u8], ts: u64, out: &mut Vec<Message>) {
         match self.state {
-            State::StartLine { start_ns } => match parse_start_line(self.role, &line) {
+            State::StartLine { start_ns } => match parse_start_line(self.role, line) {
                 Some(start) => self.open(start, start_ns),
                 None => {
                     self.state = State::Seeking;
@@ -666,11 +694,9 @@ impl Http1Parser {
                 }
             },
             State::Headers if line.is_empty() => self.end_of_head(false, ts, out),
-            State::Headers => self.header_line(&line),
+            State::Headers => self.header_line(line),
             _ => {}
         }
-        line.clear();
-        self.line = line;
     }
 
     fn open(&mut self, start: StartLine, start_ns: u64) {
@@ -687,11 +713,16 @@ impl Http1Parser {
             return;
         };
         msg.framing.note(name, value);
-        let wanted = self
-            .kept_headers
-            .is_none_or(|kept| kept.iter().any(|k| name.eq_ignore_ascii_case(k.as_bytes())));
-        if wanted {
-            msg.keep_header(name, value);
+        match self.kept_headers {
+            None => msg.keep_header(name, None, value),
+            Some(kept) => {
+                if let Some(k) = kept
+                    .iter()
+                    .find(|k| name.eq_ignore_ascii_case(k.as_bytes()))
+                {
+                    msg.keep_header(name, Some(k), value);
+                }
+            }
         }
     }
 
@@ -1032,8 +1063,38 @@ fn parse_decimal(digits: &[u8]) -> Option<u64> {
     })
 }
 
+/// The bytes of an RFC 9110 token, as a table: header names are checked
+/// byte by byte on every message.
+const TOKEN_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        b += 1;
+    }
+    table
+};
+
 fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    TOKEN_BYTES[usize::from(b)]
 }
 
 fn split_header(line: &[u8]) -> Option<(&[u8], &[u8])> {
@@ -1116,7 +1177,7 @@ fn parse_start_line(role: Role, line: &[u8]) -> Option<StartLine> {
                 return None;
             }
             Some(StartLine::Request {
-                method: method.to_owned(),
+                method,
                 target: String::from_utf8_lossy(target).into_owned(),
                 version_minor,
             })
@@ -1141,7 +1202,7 @@ fn parse_partial_start_line(role: Role, line: &[u8]) -> Option<StartLine> {
                 return None;
             }
             Some(StartLine::Request {
-                method: method.to_owned(),
+                method,
                 target: String::from_utf8_lossy(target).into_owned(),
                 version_minor: version.and_then(parse_version).unwrap_or(1),
             })
@@ -1326,6 +1387,14 @@ mod tests {
     }
 
     #[test]
+    fn token_bytes_are_rfc_9110_tchar() {
+        for b in 0..=255u8 {
+            let tchar = b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            assert_eq!(is_token_byte(b), tchar, "{b:#x}");
+        }
+    }
+
+    #[test]
     fn keeping_only_drops_other_headers_but_still_frames() {
         let mut p = Http1Parser::keeping_only(Role::Response, &["host"]);
         let mut out = Vec::new();
@@ -1358,7 +1427,7 @@ mod tests {
         assert_eq!(post.header("HOST"), Some("shop.example:8080"));
         assert!(!post.truncated);
         let get = request(&whole[1]);
-        assert_eq!((get.method.as_str(), get.version_minor), ("GET", 0));
+        assert_eq!((get.method, get.version_minor), ("GET", 0));
         assert_eq!(get.body_bytes, 0);
     }
 

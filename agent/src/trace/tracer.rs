@@ -78,7 +78,7 @@ struct AwaitingTable {
     pid: u32,
     first_byte_ns: u64,
     span: Span,
-    method: String,
+    method: &'static str,
     path: String,
     status: u16,
 }
@@ -99,6 +99,10 @@ struct Parked {
 /// Fixes `entry`'s trace from the client end (if its event was processed)
 /// or the request's traceparent; with `decide`, else a new trace.
 fn resolve_entry(rendezvous: &mut Rendezvous, link: LinkKey, entry: &mut InFlight, decide: bool) {
+    // Resolved already (the usual response): no clock read.
+    if entry.trace_id.is_some() {
+        return;
+    }
     resolve_entry_at(rendezvous, link, entry, decide, Instant::now());
 }
 
@@ -273,6 +277,8 @@ pub struct Tracer {
     updates: Option<watch::Receiver<TraceConfig>>,
     /// The processes `filter` leaves out, handed to the kernel.
     kernel_exclusions: Option<KernelExclusions>,
+    /// Messages of the event being handled (kept for its allocation).
+    parsed: Vec<Parsed>,
 }
 
 impl Tracer {
@@ -372,6 +378,7 @@ impl Tracer {
             filter,
             updates: None,
             kernel_exclusions: None,
+            parsed: Vec::new(),
             connections: FastMap::default(),
             max_connections,
             rendezvous: Rendezvous::new(max_connections),
@@ -427,16 +434,20 @@ impl Tracer {
                 if !self.connections.contains_key(&key) && !self.open(key, &event, None) {
                     return;
                 }
-                let mut parsed = Vec::new();
+                // One buffer for every event: most produce no message, and
+                // the others one or two.
+                let mut parsed = std::mem::take(&mut self.parsed);
                 if let Some(conn) = self.connections.get_mut(&key) {
                     if conn.excluded || (conn.ignored() && !event.tls) {
+                        self.parsed = parsed;
                         return;
                     }
                     conn.feed(&event, &mut parsed);
                 }
-                for message in parsed {
+                for message in parsed.drain(..) {
                     self.on_message(key, event.tid, message);
                 }
+                self.parsed = parsed;
             }
         }
         self.trace_metrics
@@ -911,12 +922,12 @@ impl Tracer {
                 pid,
                 first_byte_ns,
                 span,
-                method: entry.request.method.clone(),
+                method: entry.request.method,
                 path: path.to_owned(),
                 status: response.status,
             });
         } else {
-            self.send(span, &entry.request.method, path, response.status);
+            self.send(span, entry.request.method, path, response.status);
         }
     }
 
@@ -936,7 +947,7 @@ impl Tracer {
                 self.trace_metrics.resource_unconfirmed.inc();
             }
             waiting.span.resource = self.resource_of(waiting.pid);
-            self.send(waiting.span, &waiting.method, &waiting.path, waiting.status);
+            self.send(waiting.span, waiting.method, &waiting.path, waiting.status);
         }
     }
 
