@@ -365,7 +365,7 @@ async fn start(
             }),
         )?
         .with_updates(live.trace.subscribe())
-        .with_kernel_exclusions(Box::new(object.take_excluded_tgids()?));
+        .with_kernel_exclusions(Box::new(object.take_exclusion_maps()?));
         let ring =
             RingReader::new(object.take_socket_ring()?).context("polling the socket ring")?;
         supervisor.local(Task::Tracer, tracer.run(ring));

@@ -4,7 +4,7 @@
 
 use aya::{
     Btf, Ebpf, EbpfError, EbpfLoader,
-    maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
         FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint, UProbe, fentry::FEntryLink,
         fexit::FExitLink, kprobe::KProbeLink, raw_trace_point::RawTracePointLink,
@@ -307,14 +307,22 @@ impl SensorObject {
         })
     }
 
-    /// The socket sensor's map of tgids whose syscalls it skips.
-    pub fn take_excluded_tgids(&mut self) -> Result<HashMap<MapData, u32, u8>, ObjectError> {
+    /// The socket sensor's map of tgids whose syscalls it skips, and the
+    /// flag telling it whether to look there at all.
+    pub fn take_exclusion_maps(&mut self) -> Result<ExclusionMaps, ObjectError> {
         let name = "EXCLUDED_TGIDS";
         let map = self
             .ebpf
             .take_map(name)
             .ok_or(ObjectError::Missing { kind: "map", name })?;
-        HashMap::try_from(map).map_err(|source| ObjectError::Map { name, source })
+        let tgids = HashMap::try_from(map).map_err(|source| ObjectError::Map { name, source })?;
+        let name = "EXCLUSIONS_IN_USE";
+        let map = self
+            .ebpf
+            .take_map(name)
+            .ok_or(ObjectError::Missing { kind: "map", name })?;
+        let in_use = Array::try_from(map).map_err(|source| ObjectError::Map { name, source })?;
+        Ok(ExclusionMaps { tgids, in_use })
     }
 
     fn take_per_cpu_array(
@@ -327,6 +335,13 @@ impl SensorObject {
             .ok_or(ObjectError::Missing { kind: "map", name })?;
         PerCpuArray::try_from(map).map_err(|source| ObjectError::Map { name, source })
     }
+}
+
+/// `EXCLUDED_TGIDS` and `EXCLUSIONS_IN_USE` (non-zero while the first may
+/// hold tgids).
+pub struct ExclusionMaps {
+    pub tgids: HashMap<MapData, u32, u8>,
+    pub in_use: Array<MapData, u32>,
 }
 
 /// The kernel's per-CPU count of failed ring-buffer reservations per

@@ -8,14 +8,14 @@
 
 use std::sync::Arc;
 
-use aya::maps::{HashMap as BpfHashMap, MapData, MapError};
+use aya::maps::MapError;
 use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
 use super::{FastMap, FastSet, filter::TraceFilter};
-use crate::{process::Process, telemetry::metrics::ReasonLabel};
+use crate::{kernel::object::ExclusionMaps, process::Process, telemetry::metrics::ReasonLabel};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelFilterError {
@@ -31,11 +31,14 @@ pub trait TgidMap: Send {
     fn insert(&mut self, tgid: u32) -> Result<(), KernelFilterError>;
     /// Removing a tgid that is not there is not an error.
     fn remove(&mut self, tgid: u32) -> Result<(), KernelFilterError>;
+    /// Tells the kernel whether to look in the map at all: while it is
+    /// empty, every followed call is spared the lookup.
+    fn set_in_use(&mut self, in_use: bool) -> Result<(), KernelFilterError>;
 }
 
-impl TgidMap for BpfHashMap<MapData, u32, u8> {
+impl TgidMap for ExclusionMaps {
     fn insert(&mut self, tgid: u32) -> Result<(), KernelFilterError> {
-        BpfHashMap::insert(self, tgid, 1, 0).map_err(|err| match &err {
+        self.tgids.insert(tgid, 1, 0).map_err(|err| match &err {
             MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::E2BIG) => {
                 KernelFilterError::Full
             }
@@ -44,7 +47,7 @@ impl TgidMap for BpfHashMap<MapData, u32, u8> {
     }
 
     fn remove(&mut self, tgid: u32) -> Result<(), KernelFilterError> {
-        match BpfHashMap::remove(self, &tgid) {
+        match self.tgids.remove(&tgid) {
             Ok(()) => Ok(()),
             Err(MapError::KeyNotFound | MapError::ElementNotFound) => Ok(()),
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
@@ -52,6 +55,10 @@ impl TgidMap for BpfHashMap<MapData, u32, u8> {
             }
             Err(err) => Err(err.into()),
         }
+    }
+
+    fn set_in_use(&mut self, in_use: bool) -> Result<(), KernelFilterError> {
+        Ok(self.in_use.set(0, u32::from(in_use), 0)?)
     }
 }
 
@@ -91,6 +98,10 @@ pub struct KernelExclusions {
     present: FastMap<u32, Arc<Process>>,
     /// Refused once and counted: not counted again at every sync.
     refused: FastSet<u32>,
+    /// What the kernel's in-use flag was last set to (`None`: unknown, set
+    /// at the next sync). Set only after the inserts and cleared only after
+    /// the removals, so the kernel never skips a tgid it should look up.
+    in_use: Option<bool>,
     /// Never put in the map (the agent itself).
     own_pid: u32,
     metrics: KernelFilterMetrics,
@@ -102,6 +113,7 @@ impl KernelExclusions {
             map,
             present: FastMap::default(),
             refused: FastSet::default(),
+            in_use: None,
             own_pid: std::process::id(),
             metrics,
         }
@@ -163,6 +175,19 @@ impl KernelExclusions {
                 }
             }
         }
+        let in_use = !self.present.is_empty();
+        if self.in_use != Some(in_use) {
+            self.in_use = match self.map.set_in_use(in_use) {
+                Ok(()) => Some(in_use),
+                // Tried again at the next sync; until then the kernel
+                // looks up too much or, with exclusions, none of them
+                // (the tracer's own filter still applies).
+                Err(err) => {
+                    tracing::warn!(%err, in_use, "kernel trace filter: setting the in-use flag failed");
+                    None
+                }
+            };
+        }
         self.metrics.processes.set(self.present.len() as i64);
     }
 
@@ -187,6 +212,7 @@ mod tests {
     #[derive(Clone, Default)]
     struct FakeMap {
         tgids: Arc<Mutex<std::collections::BTreeSet<u32>>>,
+        in_use: Arc<Mutex<bool>>,
         capacity: usize,
     }
 
@@ -202,6 +228,11 @@ mod tests {
 
         fn remove(&mut self, tgid: u32) -> Result<(), KernelFilterError> {
             self.tgids.lock().unwrap().remove(&tgid);
+            Ok(())
+        }
+
+        fn set_in_use(&mut self, in_use: bool) -> Result<(), KernelFilterError> {
+            *self.in_use.lock().unwrap() = in_use;
             Ok(())
         }
     }
@@ -318,8 +349,12 @@ mod tests {
         let mut k = KernelExclusions::new(Box::new(map.clone()), metrics.clone());
         let filter = TraceFilter::new(&[], &[executable("noisy")]).unwrap();
         let mut table = vec![process(10, "nginx"), process(11, "noisy")];
+        let in_use = || *map.in_use.lock().unwrap();
+        k.sync(&table[..1], &filter);
+        assert!(!in_use(), "nothing excluded: the kernel skips the lookup");
         k.sync(&table, &filter);
         assert_eq!(in_map(&map), [11]);
+        assert!(in_use());
         assert_eq!(metrics.processes.get(), 1);
         // The kernel forgets a tgid at exec; the table's new entry brings
         // the decision back, or not.
@@ -335,6 +370,7 @@ mod tests {
         table.pop();
         k.sync(&table, &filter);
         assert!(in_map(&map).is_empty(), "exited");
+        assert!(!in_use());
         assert_eq!(metrics.processes.get(), 0);
     }
 

@@ -135,12 +135,11 @@ pub fn emit_data(
         return;
     }
     // Judged on the 4-tuple just read into the header, before the payload
-    // is copied.
-    let verdict = if judged {
-        classify::verdict_of(call.sock)
-    } else {
-        None
-    };
+    // is copied. Looked up for TLS plaintext too, and then ignored: with
+    // the lookup only on one branch, the compiler leaves the value
+    // undefined on the other, and the verifier refuses the program for
+    // moving an unset register there.
+    let verdict = classify::verdict_of(call.sock).filter(|_| judged);
     // SAFETY: the header was just filled in reserved memory.
     if classify::withheld(verdict, call.sock, unsafe { &(*header).tuple }) {
         entry.discard(0);

@@ -2,7 +2,10 @@
 //! decided are not traced (by executable, cgroup or pod; port rules stay
 //! in userspace) have their syscalls skipped at entry.
 
-use aya_ebpf::{macros::map, maps::HashMap};
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap},
+};
 use selfops_ebpf::KernelFilter;
 
 use crate::programs::counters::count_filtered;
@@ -13,6 +16,12 @@ use crate::programs::counters::count_filtered;
 #[map]
 static EXCLUDED_TGIDS: HashMap<u32, u8> = HashMap::with_max_entries(16_384, 0);
 
+/// Non-zero while the agent has put tgids in `EXCLUDED_TGIDS`. Without
+/// exclusion rules (the common case) every followed call then skips the
+/// hash lookup: an array lookup is inlined by the verifier, nearly free.
+#[map]
+static EXCLUSIONS_IN_USE: Array<u32> = Array::with_max_entries(1, 0);
+
 /// Whether the socket sensor follows this thread's syscalls: neither the
 /// agent's own nor an excluded process's.
 #[inline(always)]
@@ -21,7 +30,8 @@ pub fn traced(pid_tgid: u64, agent_tgid: u32) -> bool {
     if tgid == agent_tgid {
         return false;
     }
-    if EXCLUDED_TGIDS.get_ptr(tgid).is_some() {
+    let in_use = EXCLUSIONS_IN_USE.get(0).is_some_and(|flag| *flag != 0);
+    if in_use && EXCLUDED_TGIDS.get_ptr(tgid).is_some() {
         count_filtered(KernelFilter::ExcludedProcess);
         return false;
     }

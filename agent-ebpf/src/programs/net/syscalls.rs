@@ -177,7 +177,7 @@ pub fn try_exit_io(kind: NetEventKind, ret: i64) -> Result<(), i64> {
     let Some(call) = take_call(pid_tgid) else {
         return Ok(());
     };
-    emit_io(kind, &call, pid_tgid, ret)
+    emit_io(kind, &call, pid_tgid, ret, now())
 }
 
 /// A data call seen only at its return (fexit, the raw sys_exit: both
@@ -209,15 +209,24 @@ pub fn try_returned_io(
     let Some(mut call) = socket_call(pid_tgid, syscall, buf_kind, fd, buf)? else {
         return Ok(());
     };
+    // The call returned just now, when `socket_call` read the clock: one
+    // clock read serves as the read's start and the event's end.
+    let end = call.start_ns;
     if let Some(start) = write_start {
         call.start_ns = start;
     }
-    emit_io(kind, &call, pid_tgid, ret)
+    emit_io(kind, &call, pid_tgid, ret, end)
 }
 
 /// Emits what a data call that returned `ret` moved.
 #[inline(always)]
-fn emit_io(kind: NetEventKind, call: &Call, pid_tgid: u64, ret: i64) -> Result<(), i64> {
+fn emit_io(
+    kind: NetEventKind,
+    call: &Call,
+    pid_tgid: u64,
+    ret: i64,
+    end_ns: u64,
+) -> Result<(), i64> {
     if ret <= 0 {
         return Ok(());
     }
@@ -235,7 +244,7 @@ fn emit_io(kind: NetEventKind, call: &Call, pid_tgid: u64, ret: i64) -> Result<(
         _ => (0, 0),
     };
     let avail = if avail < total { avail } else { total };
-    emit_data(kind, call, pid_tgid, now(), total, src, avail);
+    emit_data(kind, call, pid_tgid, end_ns, total, src, avail);
     Ok(())
 }
 
