@@ -1,6 +1,10 @@
 //! `cargo xtask bench trace`: wrk against nginx with and without the agent.
 
-use std::{process::Command, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
 
 use anyhow::{Context as _, bail};
 use selfops_tests::{Agent, scratch_dir, selfops_bin, services::nginx};
@@ -100,30 +104,117 @@ fn hooks_to_compare() -> Vec<Option<String>> {
     }
 }
 
+/// Which agent binaries to compare (`SELFOPS_BENCH_AGENTS`, comma
+/// separated): two builds side by side in one run say more about a change
+/// than two runs on a shared machine. By default the one under test.
+fn agents_to_compare() -> Vec<PathBuf> {
+    match std::env::var("SELFOPS_BENCH_AGENTS") {
+        Ok(list) if !list.trim().is_empty() => list
+            .split(',')
+            .map(|path| PathBuf::from(path.trim()))
+            .collect(),
+        _ => vec![selfops_bin()],
+    }
+}
+
+/// How many rounds of baseline and traced runs (`SELFOPS_BENCH_ROUNDS`,
+/// 1–10): the variants alternate within each round, so drift of the
+/// machine's load falls on all of them alike.
+fn rounds() -> usize {
+    std::env::var("SELFOPS_BENCH_ROUNDS")
+        .ok()
+        .and_then(|n| n.trim().parse::<usize>().ok())
+        .unwrap_or(1)
+        .clamp(1, 10)
+}
+
 pub fn run() -> anyhow::Result<()> {
     let dir = scratch_dir("bench-trace");
     let server = nginx(&dir);
     let url = format!("http://127.0.0.1:{}/index.html", server.port);
     let seconds = 10;
+    let agents = agents_to_compare();
+    let hooks = hooks_to_compare();
+    let rounds = rounds();
 
     wrk(&url, 2, server.pid())?; // warm-up
-    let baseline = wrk(&url, seconds, server.pid())?;
-
     println!(
         "bench trace: wrk -t2 -c32 -d{seconds}s against nginx on loopback, same machine, same run"
     );
-    println!(
-        "  baseline      {:>10.0} req/s   p99 {:>7.2} ms   nginx+wrk CPU {:.1} µs/request",
-        baseline.rps,
-        baseline.p99_ms,
-        baseline.cpu_ns_per_request() / 1000.0
-    );
-    for hook in hooks_to_compare() {
-        traced_run(&url, seconds, &server, &baseline, hook.as_deref())?;
+    let mut outcomes: Vec<(String, Shares)> = Vec::new();
+    for round in 1..=rounds {
+        if rounds > 1 {
+            println!("round {round} of {rounds}");
+        }
+        let baseline = wrk(&url, seconds, server.pid())?;
+        println!(
+            "  baseline      {:>10.0} req/s   p99 {:>7.2} ms   nginx+wrk CPU {:.1} µs/request",
+            baseline.rps,
+            baseline.p99_ms,
+            baseline.cpu_ns_per_request() / 1000.0
+        );
+        for agent in &agents {
+            for hook in &hooks {
+                if agents.len() > 1 {
+                    println!("  agent binary: {}", agent.display());
+                }
+                let shares = traced_run(&url, seconds, &server, &baseline, agent, hook.as_deref())?;
+                let label = format!(
+                    "{} {}",
+                    agent.display(),
+                    hook.as_deref().unwrap_or("default hook")
+                );
+                outcomes.push((label, shares));
+            }
+        }
+    }
+    if outcomes.len() > 1 {
+        print_summary(&outcomes);
     }
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// One traced run's figures, each relative to its round's baseline.
+#[derive(Clone, Copy)]
+struct Shares {
+    throughput: f64,
+    agent: f64,
+    kernel: f64,
+}
+
+/// Mean and range of each variant's ratios over the rounds.
+fn print_summary(outcomes: &[(String, Shares)]) {
+    println!(
+        "summary (mean, min–max over the rounds): throughput ratio; agent share; kernel share"
+    );
+    let mut labels: Vec<&str> = Vec::new();
+    for (label, _) in outcomes {
+        if !labels.contains(&label.as_str()) {
+            labels.push(label);
+        }
+    }
+    for label in labels {
+        let runs: Vec<Shares> = outcomes
+            .iter()
+            .filter(|(l, _)| l == label)
+            .map(|(_, s)| *s)
+            .collect();
+        let stat = |f: fn(&Shares) -> f64| {
+            let values: Vec<f64> = runs.iter().map(f).collect();
+            let mean = values.iter().sum::<f64>() / values.len().max(1) as f64;
+            let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+            let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            format!("{mean:.3} ({min:.3}–{max:.3})")
+        };
+        println!(
+            "  {label}: {}; {}; {}",
+            stat(|s| s.throughput),
+            stat(|s| s.agent),
+            stat(|s| s.kernel)
+        );
+    }
 }
 
 /// One run with the agent tracing nginx, printed beside the baseline.
@@ -132,10 +223,11 @@ fn traced_run(
     seconds: u32,
     server: &selfops_tests::services::Service,
     baseline: &Load,
+    binary: &Path,
     hook: Option<&str>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Shares> {
     let agent = Agent::start_command("bench-trace-agent", "", |config| {
-        let mut command = Command::new(selfops_bin());
+        let mut command = Command::new(binary);
         command.args(["run", "--config"]).arg(config);
         if let Some(hook) = hook {
             command.env("SELFOPS_SOCKET_HOOK", hook);
@@ -242,7 +334,11 @@ fn traced_run(
         "  SIGTERM to exit: {:.2} s (mostly detaching the programs)",
         exit_took.as_secs_f64()
     );
-    Ok(())
+    Ok(Shares {
+        throughput: traced.rps / baseline.rps,
+        agent: agent_ns / baseline_ns,
+        kernel: kernel_ns / baseline_ns,
+    })
 }
 
 /// Stops the agent with SIGTERM and times its exit, which is dominated by
