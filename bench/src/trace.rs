@@ -118,8 +118,9 @@ fn agents_to_compare() -> Vec<PathBuf> {
 }
 
 /// How many rounds of baseline and traced runs (`SELFOPS_BENCH_ROUNDS`,
-/// 1–10): the variants alternate within each round, so drift of the
-/// machine's load falls on all of them alike.
+/// 1–10): the variants take turns within each round and each round starts
+/// with the next one, so drift of the machine's load and any cost of
+/// running second fall on all of them alike.
 fn rounds() -> usize {
     std::env::var("SELFOPS_BENCH_ROUNDS")
         .ok()
@@ -153,19 +154,24 @@ pub fn run() -> anyhow::Result<()> {
             baseline.p99_ms,
             baseline.cpu_ns_per_request() / 1000.0
         );
-        for agent in &agents {
-            for hook in &hooks {
-                if agents.len() > 1 {
-                    println!("  agent binary: {}", agent.display());
-                }
-                let shares = traced_run(&url, seconds, &server, &baseline, agent, hook.as_deref())?;
-                let label = format!(
-                    "{} {}",
-                    agent.display(),
-                    hook.as_deref().unwrap_or("default hook")
-                );
-                outcomes.push((label, shares));
+        let variants: Vec<(&PathBuf, &Option<String>)> = agents
+            .iter()
+            .flat_map(|agent| hooks.iter().map(move |hook| (agent, hook)))
+            .collect();
+        // Each round starts with the next variant: the one run right after
+        // the baseline is not always the same.
+        let first = (round - 1) % variants.len();
+        for &(agent, hook) in variants[first..].iter().chain(&variants[..first]) {
+            if agents.len() > 1 {
+                println!("  agent binary: {}", agent.display());
             }
+            let shares = traced_run(&url, seconds, &server, &baseline, agent, hook.as_deref())?;
+            let label = format!(
+                "{} {}",
+                agent.display(),
+                hook.as_deref().unwrap_or("default hook")
+            );
+            outcomes.push((label, shares));
         }
     }
     if outcomes.len() > 1 {
