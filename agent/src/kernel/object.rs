@@ -4,7 +4,7 @@
 
 use aya::{
     Btf, Ebpf, EbpfError, EbpfLoader,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
         FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint, UProbe, fentry::FEntryLink,
         fexit::FExitLink, kprobe::KProbeLink, raw_trace_point::RawTracePointLink,
@@ -292,11 +292,7 @@ impl SensorObject {
     }
 
     fn take_ring(&mut self, name: &'static str) -> Result<RingBuf<MapData>, ObjectError> {
-        let map = self
-            .ebpf
-            .take_map(name)
-            .ok_or(ObjectError::Missing { kind: "map", name })?;
-        RingBuf::try_from(map).map_err(|source| ObjectError::Map { name, source })
+        self.take_map_as(name)
     }
 
     pub fn take_lost_counters(&mut self) -> Result<LostCounters, ObjectError> {
@@ -310,30 +306,29 @@ impl SensorObject {
     /// The socket sensor's map of tgids whose syscalls it skips, and the
     /// flag telling it whether to look there at all.
     pub fn take_exclusion_maps(&mut self) -> Result<ExclusionMaps, ObjectError> {
-        let name = "EXCLUDED_TGIDS";
-        let map = self
-            .ebpf
-            .take_map(name)
-            .ok_or(ObjectError::Missing { kind: "map", name })?;
-        let tgids = HashMap::try_from(map).map_err(|source| ObjectError::Map { name, source })?;
-        let name = "EXCLUSIONS_IN_USE";
-        let map = self
-            .ebpf
-            .take_map(name)
-            .ok_or(ObjectError::Missing { kind: "map", name })?;
-        let in_use = Array::try_from(map).map_err(|source| ObjectError::Map { name, source })?;
-        Ok(ExclusionMaps { tgids, in_use })
+        Ok(ExclusionMaps {
+            tgids: self.take_map_as("EXCLUDED_TGIDS")?,
+            in_use: self.take_map_as("EXCLUSIONS_IN_USE")?,
+        })
     }
 
     fn take_per_cpu_array(
         &mut self,
         name: &'static str,
     ) -> Result<PerCpuArray<MapData, u64>, ObjectError> {
+        self.take_map_as(name)
+    }
+
+    /// A map of the object, owned from now on, as its kind.
+    fn take_map_as<T>(&mut self, name: &'static str) -> Result<T, ObjectError>
+    where
+        T: TryFrom<Map, Error = MapError>,
+    {
         let map = self
             .ebpf
             .take_map(name)
             .ok_or(ObjectError::Missing { kind: "map", name })?;
-        PerCpuArray::try_from(map).map_err(|source| ObjectError::Map { name, source })
+        T::try_from(map).map_err(|source| ObjectError::Map { name, source })
     }
 }
 
