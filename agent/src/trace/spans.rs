@@ -1,6 +1,7 @@
 //! HTTP spans with the OpenTelemetry semantic conventions for HTTP.
 
 use std::{
+    borrow::Cow,
     net::{IpAddr, SocketAddr},
     sync::Arc,
 };
@@ -75,6 +76,17 @@ fn ip_string(ip: IpAddr) -> String {
     text
 }
 
+/// `scheme://authority/path`, in one allocation of the right size: through
+/// `format!` it took a third of a client span's cost.
+fn full_url(tls: bool, authority: &str, path: &str) -> String {
+    let scheme = if tls { "https://" } else { "http://" };
+    let mut url = String::with_capacity(scheme.len() + authority.len() + path.len());
+    url.push_str(scheme);
+    url.push_str(authority);
+    url.push_str(path);
+    url
+}
+
 fn protocol_version(minor: u8) -> &'static str {
     if minor == 0 { "1.0" } else { "1.1" }
 }
@@ -115,11 +127,14 @@ pub fn build(exchange: Exchange<'_>) -> Span {
     // Room for every attribute a span can get: no regrowth per span.
     let mut attrs: Attributes = Vec::with_capacity(12);
     attrs.extend([
-        ("http.request.method", request.method.into()),
+        (
+            "http.request.method",
+            AttrValue::from_static(request.method),
+        ),
         ("http.response.status_code", i64::from(status).into()),
         (
             "network.protocol.version",
-            protocol_version(request.version_minor).into(),
+            AttrValue::from_static(protocol_version(request.version_minor)),
         ),
     ]);
     let host = request.header("host").map(host_name);
@@ -129,7 +144,10 @@ pub fn build(exchange: Exchange<'_>) -> Span {
     let (kind, error) = match side {
         Side::Server => {
             attrs.push(("url.path", path.into()));
-            attrs.push(("url.scheme", if tls { "https" } else { "http" }.into()));
+            attrs.push((
+                "url.scheme",
+                AttrValue::from_static(if tls { "https" } else { "http" }),
+            ));
             attrs.push((
                 "server.address",
                 host.map_or_else(|| ip_string(endpoints.local.ip()), str::to_owned)
@@ -141,12 +159,15 @@ pub fn build(exchange: Exchange<'_>) -> Span {
         }
         Side::Client => {
             let server = host.map_or_else(|| remote_ip.clone(), str::to_owned);
+            let remote;
             let authority = match request.header("host") {
-                Some(h) => h.to_owned(),
-                None => endpoints.remote.to_string(),
+                Some(h) => h,
+                None => {
+                    remote = endpoints.remote.to_string();
+                    &remote
+                }
             };
-            let scheme = if tls { "https" } else { "http" };
-            attrs.push(("url.full", format!("{scheme}://{authority}{path}").into()));
+            attrs.push(("url.full", full_url(tls, authority, path).into()));
             attrs.push(("server.address", server.into()));
             attrs.push(("server.port", i64::from(endpoints.remote.port()).into()));
             (SpanKind::Client, status >= 400)
@@ -157,7 +178,7 @@ pub fn build(exchange: Exchange<'_>) -> Span {
         attrs.push(("user_agent.original", agent.into()));
     }
     let status = if error {
-        attrs.push(("error.type", AttrValue::Str(status.to_string())));
+        attrs.push(("error.type", status.to_string().into()));
         SpanStatus::Error {
             message: format!("HTTP {status}"),
         }
@@ -169,7 +190,7 @@ pub fn build(exchange: Exchange<'_>) -> Span {
         trace_id,
         span_id: in_flight.span_id,
         parent_span_id: parent,
-        name: request.method.to_owned(),
+        name: Cow::Borrowed(request.method),
         kind,
         start_unix_nano: to_unix_ns(start),
         end_unix_nano: to_unix_ns(response.end_ns),
