@@ -49,8 +49,11 @@ use crate::{
 type ConnKey = (u32, u64);
 
 const MAX_RECORDS_PER_WAKEUP: usize = 4096;
-/// How often the socket ring is drained when the kernel did not wake us.
-const DRAIN_EVERY: Duration = Duration::from_millis(10);
+/// How long after the process model's tick the socket ring is drained when
+/// the kernel did not wake us (every `caught_up::TICK`): long enough for
+/// the model's tick to have run first, short enough that few spans of the
+/// drain wait for the table.
+const DRAIN_LAG: Duration = Duration::from_millis(2);
 /// How long a finished server span waits for its client's event when no
 /// traced connection on this host is that client (a remote peer).
 const PARK_FOR: Duration = Duration::from_millis(250);
@@ -1079,8 +1082,7 @@ impl Tracer {
         let mut exclusions = tokio::time::interval(KERNEL_EXCLUSIONS_EVERY);
         // The socket sensor wakes the agent only when its ring fills;
         // otherwise the ring is drained on this tick.
-        let mut drain = tokio::time::interval(DRAIN_EVERY);
-        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut drain = self.caught_up.ticks(DRAIN_LAG);
         loop {
             tokio::select! {
                 ready = ring.ready() => {
