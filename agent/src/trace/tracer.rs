@@ -806,7 +806,7 @@ impl Tracer {
                 }
             }
         }
-        self.emit(key.0, side, endpoints, &entry, &response, tls);
+        self.emit(key.0, side, endpoints, &mut entry, &response, tls);
     }
 
     /// Parked server spans whose client end has now been seen, or whose
@@ -846,7 +846,7 @@ impl Tracer {
         }
         if any_ready {
             let before = queue.len();
-            for (parked, _) in queue.iter().zip(&ready).filter(|(_, r)| **r) {
+            for (parked, _) in queue.iter_mut().zip(&ready).filter(|(_, r)| **r) {
                 if self
                     .orphans
                     .get(&link)
@@ -858,7 +858,7 @@ impl Tracer {
                     parked.pid,
                     Side::Server,
                     parked.endpoints,
-                    &parked.entry,
+                    &mut parked.entry,
                     &parked.response,
                     parked.tls,
                 );
@@ -878,12 +878,14 @@ impl Tracer {
         }
     }
 
+    /// Builds and hands on the span of `entry`, which gives the span some of
+    /// its strings: it is not used afterwards.
     fn emit(
         &mut self,
         pid: u32,
         side: Side,
         endpoints: Endpoints,
-        entry: &InFlight,
+        entry: &mut InFlight,
         response: &Response,
         tls: bool,
     ) {
@@ -903,12 +905,13 @@ impl Tracer {
             self.resource_of(pid)
         };
         let clock = self.clock;
+        let parent = entry.parent;
         let span = build(Exchange {
             side,
             endpoints,
             in_flight: entry,
             trace_id,
-            parent: entry.parent,
+            parent,
             response,
             resource,
             to_unix_ns: &|ns| clock.to_unix_ns(ns),
