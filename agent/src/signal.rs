@@ -2,7 +2,7 @@
 //! consumes. Each signal carries its resource (the process's, or the
 //! service's for aggregated metrics) so exporters never look anything up.
 
-use std::sync::Arc;
+use std::{borrow::Cow, sync::Arc};
 
 use serde::Serialize;
 
@@ -13,18 +13,27 @@ pub enum AttrValue {
     Int(i64),
     Double(f64),
     Bool(bool),
-    Str(String),
+    /// Borrowed when the value is a constant (a method, a scheme, a
+    /// protocol version): most of a span's strings then cost no allocation.
+    Str(Cow<'static, str>),
+}
+
+impl AttrValue {
+    /// A constant string, not copied.
+    pub const fn from_static(value: &'static str) -> Self {
+        AttrValue::Str(Cow::Borrowed(value))
+    }
 }
 
 impl From<&str> for AttrValue {
     fn from(value: &str) -> Self {
-        AttrValue::Str(value.to_owned())
+        AttrValue::Str(Cow::Owned(value.to_owned()))
     }
 }
 
 impl From<String> for AttrValue {
     fn from(value: String) -> Self {
-        AttrValue::Str(value)
+        AttrValue::Str(Cow::Owned(value))
     }
 }
 
@@ -90,7 +99,8 @@ pub struct Span {
     pub trace_id: [u8; 16],
     pub span_id: [u8; 8],
     pub parent_span_id: Option<[u8; 8]>,
-    pub name: String,
+    /// The method for HTTP spans: a constant, not copied.
+    pub name: Cow<'static, str>,
     pub kind: SpanKind,
     pub start_unix_nano: u64,
     pub end_unix_nano: u64,

@@ -58,7 +58,7 @@ fn span(resource: &Arc<Resource>, n: u8) -> Span {
         trace_id: [0xa0 ^ n; 16],
         span_id: [0x5a, 0, 0, 0, 0, 0, 0, n],
         parent_span_id: (n % 2 == 1).then_some([0x77; 8]),
-        name: format!("GET /item/{n}"),
+        name: format!("GET /item/{n}").into(),
         kind: if n.is_multiple_of(2) {
             SpanKind::Server
         } else {

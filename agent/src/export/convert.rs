@@ -266,7 +266,7 @@ fn into_any_value(value: AttrValue) -> AnyValue {
         AttrValue::Int(v) => any_value::Value::IntValue(v),
         AttrValue::Double(v) => any_value::Value::DoubleValue(v),
         AttrValue::Bool(v) => any_value::Value::BoolValue(v),
-        AttrValue::Str(v) => any_value::Value::StringValue(v),
+        AttrValue::Str(v) => any_value::Value::StringValue(v.into_owned()),
     };
     AnyValue { value: Some(value) }
 }
@@ -294,7 +294,7 @@ pub fn span_to_proto(span: Span) -> pt::Span {
             .parent_span_id
             .map(|id| id.to_vec())
             .unwrap_or_default(),
-        name: span.name,
+        name: span.name.into_owned(),
         kind: kind as i32,
         start_time_unix_nano: span.start_unix_nano,
         end_time_unix_nano: span.end_unix_nano,

@@ -33,7 +33,7 @@ fn the_same_bytes_as_through_otlp_messages() {
     error.status = SpanStatus::Error {
         message: "HTTP 503 \"x\"".to_owned(),
     };
-    error.name = "GET\u{1}/é✓".to_owned();
+    error.name = "GET\u{1}/é✓".into();
     for (key, value) in [
         ("user_agent.original", AttrValue::from("curl/8 \"x\"\\\t")),
         ("empty", AttrValue::from("")),

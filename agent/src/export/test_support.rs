@@ -29,7 +29,7 @@ pub fn span(resource: &Arc<Resource>, n: u8, parent: Option<[u8; 8]>) -> Span {
         trace_id,
         span_id: [0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, n],
         parent_span_id: parent,
-        name: "GET /".to_owned(),
+        name: "GET /".into(),
         kind: SpanKind::Server,
         start_unix_nano: start,
         end_unix_nano: start + 500_000_000,

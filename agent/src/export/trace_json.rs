@@ -226,18 +226,68 @@ pub(super) fn string(out: &mut Vec<u8>, value: &str) {
 
 /// Whether `bytes` hold a byte [`needs_escape`]. Chunks are tested without
 /// stopping early, which lets the compiler test a chunk's bytes at once:
-/// every attribute key and value of every span passes here.
+/// every attribute key and value of every span passes here. So is the
+/// tail: as the last 16 bytes (overlapping the chunks tested), or in a
+/// shorter string as overlapping words. Most keys and values are that
+/// short, and testing them byte by byte took most of the writer's time.
 fn has_escapes(bytes: &[u8]) -> bool {
     let mut chunks = bytes.chunks_exact(16);
     for chunk in &mut chunks {
-        if chunk.iter().fold(false, |any, &b| any | needs_escape(b)) {
+        if chunk_has_escapes(chunk) {
             return true;
         }
     }
-    chunks
-        .remainder()
-        .iter()
-        .fold(false, |any, &b| any | needs_escape(b))
+    if chunks.remainder().is_empty() {
+        return false;
+    }
+    let n = bytes.len();
+    let tail = |len: usize| bytes.get(n.saturating_sub(len)..).unwrap_or_default();
+    if n >= 16 {
+        return chunk_has_escapes(tail(16));
+    }
+    if n >= 8 {
+        return word_has_escapes(le_u64(bytes)) || word_has_escapes(le_u64(tail(8)));
+    }
+    if n >= 4 {
+        return word_has_escapes(le_u32_padded(bytes)) || word_has_escapes(le_u32_padded(tail(4)));
+    }
+    bytes.iter().any(|&b| needs_escape(b))
+}
+
+fn chunk_has_escapes(chunk: &[u8]) -> bool {
+    chunk.iter().fold(false, |any, &b| any | needs_escape(b))
+}
+
+/// The first 8 bytes of `bytes` (which holds at least 8) as a word.
+fn le_u64(bytes: &[u8]) -> u64 {
+    let mut word = [0; 8];
+    if let Some(first) = bytes.get(..8) {
+        word.copy_from_slice(first);
+    }
+    u64::from_le_bytes(word)
+}
+
+/// The first 4 bytes of `bytes` (which holds at least 4) as a word whose
+/// other 4 bytes are spaces, which need no escape.
+fn le_u32_padded(bytes: &[u8]) -> u64 {
+    let mut word = [b' '; 8];
+    if let (Some(to), Some(first)) = (word.get_mut(..4), bytes.get(..4)) {
+        to.copy_from_slice(first);
+    }
+    u64::from_le_bytes(word)
+}
+
+/// [`needs_escape`] for 8 bytes at once. `x - n` borrows into a byte's top
+/// bit, where `!x` keeps it, exactly when some byte is below `n` (`n` at
+/// most 0x80); equal bytes are zero bytes after an XOR.
+fn word_has_escapes(word: u64) -> bool {
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    const TOP: u64 = ONES * 0x80;
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & TOP;
+    (below(word, 0x20)
+        | below(word ^ (ONES * u64::from(b'"')), 1)
+        | below(word ^ (ONES * u64::from(b'\\')), 1))
+        != 0
 }
 
 /// The bytes serde_json escapes in a string: quote, backslash and the

@@ -262,3 +262,20 @@ fn escapes_are_found_wherever_they_sit() {
         }
     }
 }
+
+#[test]
+fn strings_are_escaped_as_serde_escapes_them_at_every_length_and_position() {
+    for len in 0..=40 {
+        for at in 0..len.max(1) {
+            for special in ['\0', '\u{1f}', '"', '\\', ' ', '\u{7f}', 'é', '✓', 'a'] {
+                let text: String = (0..len)
+                    .map(|i| if i == at { special } else { 'x' })
+                    .collect();
+                let mut written = Vec::new();
+                super::trace_json::string(&mut written, &text);
+                let expected = serde_json::to_vec(&text).unwrap();
+                assert_eq!(written, expected, "{text:?}");
+            }
+        }
+    }
+}

@@ -140,7 +140,7 @@ impl ResourceBuilder {
         attrs
             .into_iter()
             .filter_map(|(k, v)| match v {
-                AttrValue::Str(s) => Some((k, s)),
+                AttrValue::Str(s) => Some((k, s.into_owned())),
                 _ => None,
             })
             .collect()
@@ -157,7 +157,7 @@ impl ResourceBuilder {
         let mut attrs = vec![
             (
                 "service.name",
-                AttrValue::Str(self.service_name_with(process, pod.as_ref())),
+                AttrValue::from(self.service_name_with(process, pod.as_ref())),
             ),
             ("process.pid", AttrValue::Int(i64::from(process.pid))),
             (
@@ -166,7 +166,7 @@ impl ResourceBuilder {
             ),
             (
                 "process.executable.name",
-                AttrValue::Str(process.executable_name().to_owned()),
+                AttrValue::from(process.executable_name().to_owned()),
             ),
         ];
         let no_command_line = None;
@@ -183,16 +183,16 @@ impl ResourceBuilder {
         ];
         for (key, value) in optional {
             if let Some(value) = value {
-                attrs.push((key, AttrValue::Str(value.to_string())));
+                attrs.push((key, AttrValue::from(value.to_string())));
             }
         }
         if let (Some(pod), Some(pods)) = (&pod, &self.pods) {
             k8s_attributes(&mut attrs, pod, pods);
         }
         attrs.extend([
-            ("host.name", AttrValue::Str(self.host_name.clone())),
-            ("host.arch", AttrValue::Str(self.host_arch.to_owned())),
-            ("os.type", AttrValue::Str("linux".to_owned())),
+            ("host.name", AttrValue::from(self.host_name.clone())),
+            ("host.arch", AttrValue::from(self.host_arch.to_owned())),
+            ("os.type", AttrValue::from_static("linux")),
         ]);
         attrs
     }
@@ -201,10 +201,10 @@ impl ResourceBuilder {
     pub fn service_resource(&self, service: &str) -> Resource {
         Resource {
             attributes: vec![
-                ("service.name", AttrValue::Str(service.to_owned())),
-                ("host.name", AttrValue::Str(self.host_name.clone())),
-                ("host.arch", AttrValue::Str(self.host_arch.to_owned())),
-                ("os.type", AttrValue::Str("linux".to_owned())),
+                ("service.name", AttrValue::from(service.to_owned())),
+                ("host.name", AttrValue::from(self.host_name.clone())),
+                ("host.arch", AttrValue::from(self.host_arch.to_owned())),
+                ("os.type", AttrValue::from_static("linux")),
             ],
         }
     }
@@ -226,12 +226,12 @@ pub fn own_resource(cluster_name: Option<&str>) -> Resource {
             "service.version",
             AttrValue::from(env!("CARGO_PKG_VERSION")),
         ),
-        ("host.name", AttrValue::Str(host_name())),
+        ("host.name", AttrValue::from(host_name())),
     ];
     attributes.extend(
         crate::k8s::own_pod::attributes(cluster_name)
             .into_iter()
-            .map(|(k, v)| (k, AttrValue::Str(v))),
+            .map(|(k, v)| (k, AttrValue::from(v))),
     );
     Resource { attributes }
 }
@@ -239,7 +239,7 @@ pub fn own_resource(cluster_name: Option<&str>) -> Resource {
 /// The k8s.* resource attributes of the OpenTelemetry semantic conventions.
 fn k8s_attributes(attrs: &mut Attributes, container: &PodContainer, pods: &PodDirectory) {
     let pod = &container.pod;
-    let text = |s: &str| AttrValue::Str(s.to_owned());
+    let text = |s: &str| AttrValue::from(s.to_owned());
     attrs.extend([
         ("k8s.namespace.name", text(&pod.namespace)),
         ("k8s.pod.name", text(&pod.name)),
@@ -428,7 +428,7 @@ mod tests {
             .into_boxed_slice(),
         });
         assert_ne!(builder.generation(), before, "cached resources must go");
-        let s = |v: &str| Some(AttrValue::Str(v.into()));
+        let s = |v: &str| Some(AttrValue::from(v));
         assert_eq!(get(&builder, "k8s.namespace.name"), s("shop"));
         assert_eq!(get(&builder, "k8s.pod.name"), s("web-6b8f9d7c4-abcde"));
         assert_eq!(get(&builder, "k8s.pod.uid"), s("u-1"));

@@ -24,9 +24,6 @@ use crate::{
 
 /// Records handled per wake-up before the task yields to its timers.
 const MAX_RECORDS_PER_WAKEUP: usize = 4096;
-/// How often the ring is checked when it did not wake us: the delay a span
-/// may wait for the table (see `caught_up`).
-const CATCH_UP_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
 
 pub struct ProcessModel {
     table: SharedTable,
@@ -294,8 +291,9 @@ impl ProcessModel {
         let mut rescan = tokio::time::interval(rescan_interval);
         // Without process events the ring never wakes us; the tracer still
         // needs to know the table is current.
-        let mut catch_up = tokio::time::interval(CATCH_UP_EVERY);
-        catch_up.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The ring is checked every `caught_up::TICK` when it did not wake
+        // us: the delay a span may wait for the table.
+        let mut catch_up = self.caught_up.ticks(std::time::Duration::ZERO);
         rescan.tick().await; // the first tick is immediate; seeding just ran
         loop {
             tokio::select! {

@@ -308,7 +308,7 @@ fn labels(
                 .attributes
                 .into_iter()
                 .filter_map(|(key, value)| match value {
-                    crate::signal::AttrValue::Str(text) => Some((key, text)),
+                    crate::signal::AttrValue::Str(text) => Some((key, text.into_owned())),
                     _ => None,
                 })
                 .collect(),

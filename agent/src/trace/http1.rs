@@ -129,6 +129,15 @@ impl Request {
     pub fn header(&self, name: &str) -> Option<&str> {
         find_header(&self.headers, name)
     }
+
+    /// The value of the first header called `name`, moved out (the header
+    /// is left empty): for a span that keeps it, rather than a copy.
+    pub fn take_header(&mut self, name: &str) -> Option<String> {
+        self.headers
+            .iter_mut()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| std::mem::take(&mut h.value))
+    }
 }
 
 impl Response {

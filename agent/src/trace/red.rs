@@ -373,7 +373,7 @@ impl RedMetrics {
                     unit: "s",
                     attributes: vec![
                         ("http.request.method", key.method.into()),
-                        ("http.route", AttrValue::Str(key.route.to_string())),
+                        ("http.route", AttrValue::from(key.route.to_string())),
                         ("http.response.status_class", key.status_class.into()),
                     ],
                     start_unix_nano: self.start_unix_nano,
@@ -439,7 +439,7 @@ mod tests {
         let resource = Arc::new(Resource { attributes: vec![] });
         let points = red.collect(2, &mut |_, _| resource.clone());
         let route = |p: &HistogramPoint| match &p.attributes[1].1 {
-            AttrValue::Str(s) => s.clone(),
+            AttrValue::Str(s) => s.to_string(),
             _ => String::new(),
         };
         let a = points.iter().find(|p| route(p) == "/a/{id}").unwrap();

@@ -49,8 +49,11 @@ use crate::{
 type ConnKey = (u32, u64);
 
 const MAX_RECORDS_PER_WAKEUP: usize = 4096;
-/// How often the socket ring is drained when the kernel did not wake us.
-const DRAIN_EVERY: Duration = Duration::from_millis(10);
+/// How long after the process model's tick the socket ring is drained when
+/// the kernel did not wake us (every `caught_up::TICK`): long enough for
+/// the model's tick to have run first, short enough that few spans of the
+/// drain wait for the table.
+const DRAIN_LAG: Duration = Duration::from_millis(2);
 /// How long a finished server span waits for its client's event when no
 /// traced connection on this host is that client (a remote peer).
 const PARK_FOR: Duration = Duration::from_millis(250);
@@ -803,7 +806,7 @@ impl Tracer {
                 }
             }
         }
-        self.emit(key.0, side, endpoints, &entry, &response, tls);
+        self.emit(key.0, side, endpoints, &mut entry, &response, tls);
     }
 
     /// Parked server spans whose client end has now been seen, or whose
@@ -843,7 +846,7 @@ impl Tracer {
         }
         if any_ready {
             let before = queue.len();
-            for (parked, _) in queue.iter().zip(&ready).filter(|(_, r)| **r) {
+            for (parked, _) in queue.iter_mut().zip(&ready).filter(|(_, r)| **r) {
                 if self
                     .orphans
                     .get(&link)
@@ -855,7 +858,7 @@ impl Tracer {
                     parked.pid,
                     Side::Server,
                     parked.endpoints,
-                    &parked.entry,
+                    &mut parked.entry,
                     &parked.response,
                     parked.tls,
                 );
@@ -875,12 +878,14 @@ impl Tracer {
         }
     }
 
+    /// Builds and hands on the span of `entry`, which gives the span some of
+    /// its strings: it is not used afterwards.
     fn emit(
         &mut self,
         pid: u32,
         side: Side,
         endpoints: Endpoints,
-        entry: &InFlight,
+        entry: &mut InFlight,
         response: &Response,
         tls: bool,
     ) {
@@ -900,12 +905,13 @@ impl Tracer {
             self.resource_of(pid)
         };
         let clock = self.clock;
+        let parent = entry.parent;
         let span = build(Exchange {
             side,
             endpoints,
             in_flight: entry,
             trace_id,
-            parent: entry.parent,
+            parent,
             response,
             resource,
             to_unix_ns: &|ns| clock.to_unix_ns(ns),
@@ -1079,8 +1085,7 @@ impl Tracer {
         let mut exclusions = tokio::time::interval(KERNEL_EXCLUSIONS_EVERY);
         // The socket sensor wakes the agent only when its ring fills;
         // otherwise the ring is drained on this tick.
-        let mut drain = tokio::time::interval(DRAIN_EVERY);
-        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut drain = self.caught_up.ticks(DRAIN_LAG);
         loop {
             tokio::select! {
                 ready = ring.ready() => {
