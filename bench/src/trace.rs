@@ -182,6 +182,9 @@ pub fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Why the export path drops spans (`selfops_export_dropped_total`).
+const DROP_REASONS: [&str; 3] = ["queue_full", "export_failed", "encode_failed"];
+
 /// One traced run's figures, each relative to its round's baseline.
 #[derive(Clone, Copy)]
 struct Shares {
@@ -241,11 +244,29 @@ fn traced_run(
         command
     });
     let lost = || agent.metric("selfops_sensor_events_lost_total", &["socket"]);
-    // A warm-up with the agent running: what it does once per new program
-    // (the profiler's unwind tables for wrk, the process table's entry) is
-    // not a cost per request, and is paid here rather than in the window
+    // Spans made, and those made but not written (the export queue full,
+    // or any other drop), in all and by reason. `+ 0.0`: a sum over no
+    // line is -0.0, printed "-0".
+    let span_counts = || -> Vec<f64> {
+        let mut counts = vec![
+            agent.metric("selfops_trace_spans_total", &[]) + 0.0,
+            agent.metric("selfops_export_dropped_total", &["signal=\"traces\""]) + 0.0,
+        ];
+        counts.extend(DROP_REASONS.iter().map(|reason| {
+            let label = format!("reason=\"{reason}\"");
+            agent.metric(
+                "selfops_export_dropped_total",
+                &["signal=\"traces\"", &label],
+            ) + 0.0
+        }));
+        counts
+    };
+    // A warm-up with the agent running: what it does once per executable
+    // (the profiler's unwind tables for wrk, kept by build-id) is not a
+    // cost per request, and is paid here rather than in the window
     // measured.
     wrk(url, 2, server.pid())?;
+    let spans_before = span_counts();
     let stats_switch = BpfStatsSwitch::enable()?;
     let programs_before = ProgramStats::socket_sensor_of(agent.pid())?;
     let cpu_before = cpu_of(agent.pid())?;
@@ -255,20 +276,15 @@ fn traced_run(
     let programs = ProgramStats::socket_sensor_of(agent.pid())?.since(&programs_before);
     drop(stats_switch);
     let lost_saturated = lost() - lost_before;
-    let spans = agent.metric("selfops_trace_spans_total", &[]);
-    // Spans made but not written: the export queue full, or any other drop.
-    // `+ 0.0`: a sum over no line is -0.0, printed "-0".
-    let export_dropped = agent.metric("selfops_export_dropped_total", &["signal=\"traces\""]) + 0.0;
-    let dropped_by_reason: Vec<(&str, f64)> = ["queue_full", "export_failed", "encode_failed"]
+    let made: Vec<f64> = span_counts()
+        .iter()
+        .zip(&spans_before)
+        .map(|(now, before)| now - before + 0.0)
+        .collect();
+    let (spans, export_dropped) = (made[0], made[1]);
+    let dropped_by_reason: Vec<(&str, f64)> = DROP_REASONS
         .into_iter()
-        .map(|reason| {
-            let label = format!("reason=\"{reason}\"");
-            let n = agent.metric(
-                "selfops_export_dropped_total",
-                &["signal=\"traces\"", &label],
-            );
-            (reason, n + 0.0)
-        })
+        .zip(made[2..].iter().copied())
         .collect();
     let rss = agent.metric("selfops_agent_resident_memory_bytes", &[]);
 

@@ -372,9 +372,12 @@ impl RedMetrics {
                     description,
                     unit: "s",
                     attributes: vec![
-                        ("http.request.method", key.method.into()),
+                        ("http.request.method", AttrValue::from_static(key.method)),
                         ("http.route", AttrValue::from(key.route.to_string())),
-                        ("http.response.status_class", key.status_class.into()),
+                        (
+                            "http.response.status_class",
+                            AttrValue::from_static(key.status_class),
+                        ),
                     ],
                     start_unix_nano: self.start_unix_nano,
                     time_unix_nano: now_unix_nano,

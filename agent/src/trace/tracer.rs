@@ -1103,7 +1103,8 @@ impl Tracer {
                         }
                         tokio::task::yield_now().await;
                     }
-                    // The process model reads its ring on the same tick.
+                    // The process model read its ring on the shared grid
+                    // just before this tick (`CaughtUp::ticks`).
                     self.release_awaiting_table(Instant::now());
                 }
                 _ = parked.tick() => {

@@ -184,26 +184,25 @@ fn common_head_fits(o: &SocketOffsets) -> bool {
 #[inline(always)]
 pub fn tuple_of(sk: u64, tuple: *mut SockTuple) -> Result<(), i64> {
     let o = offsets();
+    let fits = common_head_fits(&o);
     // SAFETY: reads go through bpf_probe_read_kernel; `tuple` points at
     // reserved ring-buffer memory of the right size.
     unsafe {
-        let (family, local_port, remote_port, v4_pair) = if common_head_fits(&o) {
+        // The IPv4 pair comes with the head when it fits.
+        let (family, local_port, remote_port, v4_pair) = if fits {
             let head: CommonHead = read(sk, o.sock_daddr)?;
             (
                 head.family,
                 head.num,
                 head.dport,
-                (head.rcv_saddr, head.daddr),
+                Some((head.rcv_saddr, head.daddr)),
             )
         } else {
-            let family: u16 = read(sk, o.sock_family)?;
-            let local: [u8; 4] = read(sk, o.sock_rcv_saddr)?;
-            let remote: [u8; 4] = read(sk, o.sock_daddr)?;
             (
-                family,
+                read(sk, o.sock_family)?,
                 read(sk, o.sock_num)?,
                 read(sk, o.sock_dport)?,
-                (local, remote),
+                None,
             )
         };
         (*tuple).family = family;
@@ -215,7 +214,7 @@ pub fn tuple_of(sk: u64, tuple: *mut SockTuple) -> Result<(), i64> {
         let net: u64 = read(sk, o.sock_net)?;
         (*tuple).netns = read(net, o.net_ns_inum)?;
         if family == AF_INET6 {
-            if common_head_fits(&o) {
+            if fits {
                 let [remote, local]: [[u8; 16]; 2] = read(sk, o.sock_v6_daddr)?;
                 (*tuple).remote_addr = remote;
                 (*tuple).local_addr = local;
@@ -224,8 +223,12 @@ pub fn tuple_of(sk: u64, tuple: *mut SockTuple) -> Result<(), i64> {
                 (*tuple).remote_addr = read(sk, o.sock_v6_daddr)?;
             }
         } else {
-            (*tuple).local_addr = v4(v4_pair.0);
-            (*tuple).remote_addr = v4(v4_pair.1);
+            let (local, remote) = match v4_pair {
+                Some(pair) => pair,
+                None => (read(sk, o.sock_rcv_saddr)?, read(sk, o.sock_daddr)?),
+            };
+            (*tuple).local_addr = v4(local);
+            (*tuple).remote_addr = v4(remote);
         }
     }
     Ok(())
