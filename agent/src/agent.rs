@@ -73,6 +73,7 @@ pub fn run_with(config: Config, options: RunOptions) -> anyhow::Result<()> {
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .on_thread_park(crate::memory::on_thread_park)
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
@@ -510,8 +511,7 @@ fn attach_tls(object: &mut SensorObject) {
 }
 
 /// Parsing kernel BTF (probe and loader) leaves tens of MiB of freed heap
-/// that glibc keeps; hand it back once start-up is done.
+/// on this thread; hand it back once start-up is done.
 fn release_startup_memory() {
-    // SAFETY: malloc_trim only returns free heap pages to the kernel.
-    unsafe { libc::malloc_trim(0) };
+    crate::memory::release_everywhere();
 }

@@ -13,6 +13,7 @@ pub mod k8s;
 pub mod kernel;
 pub mod limits;
 pub mod lock;
+pub mod memory;
 pub mod pipeline;
 pub mod process;
 pub mod profile;

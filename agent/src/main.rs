@@ -3,7 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use selfops_agent::{agent, cli, config, control, fleet, kernel, limits, supervise::signals};
+use selfops_agent::{
+    agent, cli, config, control, fleet, kernel, limits, memory, supervise::signals,
+};
 
 // mimalloc, not glibc malloc: spans are made on the tracer's thread and
 // freed on the exporter's, which glibc pays for in arena locking and
@@ -19,12 +21,18 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
+    // Before the heap grows: huge pages would make it resident 2 MiB at a
+    // time.
+    let small_pages = memory::without_huge_pages();
     let cli = cli::Cli::parse();
     if matches!(cli.command, cli::Command::Run { .. }) {
         // Before anything else: a SIGTERM now waits for the handlers.
         signals::defer();
     }
     cli::init_logging();
+    if let Err(err) = small_pages {
+        tracing::warn!(%err, "transparent huge pages stay on for this process");
+    }
     match cli.command {
         cli::Command::Version => {
             println!("selfops {}", env!("CARGO_PKG_VERSION"));

@@ -6,10 +6,11 @@
 //! away the directory keeps what it last knew, and requests back off
 //! exponentially, with jitter, up to `max_backoff`.
 
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::{borrow::Cow, convert::Infallible, sync::Arc, time::Duration};
 
 use rand::Rng as _;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use super::{
     client::{ApiClient, ClientError, Line},
@@ -148,10 +149,9 @@ impl PodWatch {
                 None => {
                     self.directory.replace_all(pods);
                     // The pages were parsed into many small allocations now
-                    // freed; hand the pages back to the kernel (a list is
-                    // rare: at start and after a watch expires).
-                    // SAFETY: malloc_trim only returns free heap pages.
-                    unsafe { libc::malloc_trim(0) };
+                    // freed; hand them back to the kernel (a list is rare:
+                    // at start and after a watch expires).
+                    crate::memory::release_everywhere();
                     return Ok(metadata.resource_version);
                 }
             }
@@ -204,7 +204,7 @@ impl PodWatch {
                 .inc();
             match kind {
                 "ERROR" => {
-                    let status: Status = serde_json::from_value(event.object).unwrap_or_default();
+                    let status: Status = serde_json::from_str(event.object()).unwrap_or_default();
                     if status.code == 410 {
                         return Ok(WatchEnd::Expired);
                     }
@@ -212,7 +212,7 @@ impl PodWatch {
                 }
                 "unknown" => self.metrics.reject("invalid"),
                 _ => {
-                    let pod: Pod = match serde_json::from_value(event.object) {
+                    let pod: Pod = match serde_json::from_str(event.object()) {
                         Ok(pod) => pod,
                         Err(_) => {
                             self.metrics.reject("invalid");
@@ -253,12 +253,21 @@ impl PodWatch {
     }
 }
 
+/// One line of a watch. The object is kept as the line's own bytes and
+/// parsed once its kind is known, straight into [`Pod`] or [`Status`]:
+/// no generic JSON tree per event.
 #[derive(Deserialize)]
-struct WatchEvent {
+struct WatchEvent<'a> {
     #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    object: serde_json::Value,
+    kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    object: Option<&'a RawValue>,
+}
+
+impl WatchEvent<'_> {
+    fn object(&self) -> &str {
+        self.object.map_or("null", RawValue::get)
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -308,6 +317,29 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn watch_event_object_is_parsed_by_kind() {
+        let line = br#"{"type":"ERROR","object":{"kind":"Status","code":410}}"#;
+        let event: WatchEvent = serde_json::from_slice(line).unwrap();
+        assert_eq!(event_label(&event.kind), "ERROR");
+        let status: Status = serde_json::from_str(event.object()).unwrap();
+        assert_eq!(status.code, 410);
+
+        let line = br#"{"type":"ADDED","object":{"metadata":{"uid":"u1","name":"web\u0031"}}}"#;
+        let event: WatchEvent = serde_json::from_slice(line).unwrap();
+        let pod: Pod = serde_json::from_str(event.object()).unwrap();
+        assert_eq!(
+            (pod.metadata.uid.as_str(), pod.metadata.name.as_str()),
+            ("u1", "web1")
+        );
+
+        // No object: no pod, and a status of code 0.
+        let event: WatchEvent = serde_json::from_slice(br#"{"type":"ERROR"}"#).unwrap();
+        assert!(serde_json::from_str::<Pod>(event.object()).is_err());
+        let status: Status = serde_json::from_str(event.object()).unwrap_or_default();
+        assert_eq!(status.code, 0);
+    }
 
     #[test]
     fn backoff_doubles_to_its_cap_with_jitter() {
