@@ -53,10 +53,11 @@ pub fn release_free() {
 }
 
 /// Keeps this process on 4 KiB pages. mimalloc asks for transparent huge
-/// pages on its arena, so on hosts that grant them on request (the usual
-/// `madvise` mode) every touched 2 MiB of heap is resident in full, and an
-/// idle agent held several times what it uses. Applies to mappings made
-/// before the call too, as the kernel checks the flag at each fault.
+/// pages on its arena, so on hosts that grant them on request (THP mode
+/// `madvise`, or `always`) every touched 2 MiB of heap is resident in
+/// full, and an idle agent held several times what it uses. Applies to
+/// mappings made before the call too, as the kernel checks the flag at
+/// each fault. A re-executed agent inherits the flag, which is meant.
 pub fn without_huge_pages() -> std::io::Result<()> {
     // SAFETY: PR_SET_THP_DISABLE only sets a flag on this process.
     let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
