@@ -17,6 +17,7 @@ pub mod limiter;
 pub mod net;
 pub mod process;
 pub mod profile;
+pub mod ring;
 pub mod sensor;
 pub mod tracepoint_layout;
 

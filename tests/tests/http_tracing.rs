@@ -82,6 +82,20 @@ fn https_curl_python_nginx_is_one_trace_of_four_spans() {
     topology(true);
 }
 
+/// The socket sensor runs on the hook the agent chose for this kernel:
+/// its programs loaded. A program the verifier refuses would otherwise go
+/// unnoticed here, as the agent falls back to raw_syscalls, which traces
+/// the same.
+fn assert_preferred_socket_hook(agent: &Agent) {
+    let log = agent.log();
+    for fallback in [
+        "socket sensor falls back to syscall tracepoints",
+        "raw sys_exit hook refused",
+    ] {
+        assert!(!log.contains(fallback), "{fallback}:\n{log}");
+    }
+}
+
 fn topology(tls: bool) {
     let _turn = one_agent_at_a_time();
     let dir = scratch_dir(if tls { "https-tracing" } else { "http-tracing" });
@@ -94,6 +108,7 @@ fn topology(tls: bool) {
         },
         "export:\n  batch_timeout: 200ms\n",
     );
+    assert_preferred_socket_hook(&agent);
     let backend = nginx_with(&dir, certificate.as_ref());
     let front = frontend_with(&dir, backend.port, certificate.as_ref());
     let scheme = if tls { "https" } else { "http" };

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use selfops_ebpf::{
     KernelDrop, NetEvent, NetEventHeader, NetEventKind, NetSettings, PAYLOAD_MAX, SYSCALL_SSL_READ,
-    Sensor,
+    Sensor, ring::wakes_reader,
 };
 
 use super::{classify, socket::tuple_of};
@@ -31,14 +31,14 @@ pub fn settings() -> NetSettings {
 // The capture size is bounded with a mask (see `emit_data`).
 const _: () = assert!(PAYLOAD_MAX.is_power_of_two());
 
-/// Unread bytes in the ring above which the agent is woken at once. Below
+/// Unread bytes in the ring at which the agent is woken at once. Below
 /// it the agent drains on its own timer: a wake-up per event would cost
 /// the traced host a context switch per syscall.
 const WAKEUP_BYTES: u64 = 256 * 1024;
 
 #[inline(always)]
 fn submit_flags() -> u64 {
-    if NET_EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKEUP_BYTES {
+    if wakes_reader(NET_EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)), WAKEUP_BYTES) {
         u64::from(BPF_RB_FORCE_WAKEUP)
     } else {
         u64::from(BPF_RB_NO_WAKEUP)

@@ -46,6 +46,13 @@ fn fd_key(fd: u64) -> FdKey {
     }
 }
 
+/// Whether `fd` of the current process has an entry: it was found to be a
+/// TCP socket and has not been closed since.
+#[inline(always)]
+pub fn known_tcp_fd(fd: u64) -> bool {
+    TCP_FDS.get_ptr(fd_key(fd)).is_some()
+}
+
 /// The process closes `fd`: its entry goes.
 #[inline(always)]
 pub fn forget_fd(fd: u64) {

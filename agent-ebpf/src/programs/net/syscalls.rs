@@ -17,7 +17,7 @@ use crate::programs::counters::count_drop;
 
 use super::{
     emit::{Call, emit_control, emit_data, settings},
-    socket::{forget_fd, tcp_sock_of_fd},
+    socket::{forget_fd, known_tcp_fd, tcp_sock_of_fd},
     tls::{claim_for_ssl, forget_ssl_call, in_ssl_call},
 };
 
@@ -48,7 +48,10 @@ static CALLS: HashMap<u64, Call> = HashMap::with_max_entries(65_536, 0);
 /// writer's call returns, so a write stamped at its return could start
 /// after the read it caused. Only the start is kept, with no walk from
 /// descriptor to socket: that is done once, at the return. A plain hash
-/// for the reason given at `CALLS`; the return removes the entry.
+/// for the reason given at `CALLS`. A thread's entry is written in place
+/// and zeroed when its write returns, and stays until the thread exits
+/// (`forget_thread`): an insert and a delete per write cost more than
+/// the lookups that replace them.
 #[map]
 static WRITE_STARTS: HashMap<u64, u64> = HashMap::with_max_entries(65_536, 0);
 
@@ -63,23 +66,27 @@ pub fn forget_thread(pid_tgid: u64) {
 
 /// Entry of a write-family call on a hook that emits at the return.
 pub fn try_stamp_write() -> Result<(), i64> {
-    WRITE_STARTS
-        .insert(bpf_get_current_pid_tgid(), now(), 0)
-        .map_err(|e| {
-            count_drop(KernelDrop::SocketCallInsert);
-            i64::from(e)
-        })
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let at = now();
+    if let Some(slot) = WRITE_STARTS.get_ptr_mut(pid_tgid) {
+        // SAFETY: this thread's own entry; only it and its exit touch it.
+        unsafe { *slot = at };
+        return Ok(());
+    }
+    WRITE_STARTS.insert(pid_tgid, at, 0).map_err(|e| {
+        count_drop(KernelDrop::SocketCallInsert);
+        i64::from(e)
+    })
 }
 
-/// The start stamped for this thread's write, if any (removed).
+/// The start stamped for this thread's write, if any (consumed: a stamp
+/// is zero once its write has returned).
 #[inline(always)]
 fn take_write_start(pid_tgid: u64) -> Option<u64> {
-    // SAFETY: the value is copied out before the entry is removed.
-    let start = unsafe { WRITE_STARTS.get(pid_tgid) }.copied();
-    if start.is_some() {
-        let _ = WRITE_STARTS.remove(pid_tgid);
-    }
-    start
+    let slot = WRITE_STARTS.get_ptr_mut(pid_tgid)?;
+    // SAFETY: this thread's own entry, as in `try_stamp_write`.
+    let start = unsafe { core::ptr::replace(slot, 0) };
+    (start != 0).then_some(start)
 }
 
 #[inline(always)]
@@ -281,14 +288,20 @@ pub fn try_exit_accept(syscall: u8, ret: i64) -> Result<(), i64> {
 }
 
 pub fn try_enter_close(fd: u64) -> Result<(), i64> {
+    // Every socket the agent has heard of went through `tcp_sock_of_fd`
+    // (accept, connect, data) and is known there, so a descriptor that is
+    // not is closed with one lookup and no walk: a file, a pipe, or a
+    // socket that never carried traced traffic. A socket whose entry was
+    // evicted closes unreported, as one does when its process exits.
+    if !known_tcp_fd(fd) {
+        return Ok(());
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
     if !traced(pid_tgid) {
         forget_fd(fd);
         return Ok(());
     }
-    // Only a descriptor found to be a TCP socket has an entry to remove
-    // (one left by a socket since replaced is checked on every hit, and
-    // ages out), so closing a file costs no map update.
+    // The entry is checked (it may be left by a socket since replaced).
     let sock = tcp_sock_of_fd(fd)?;
     forget_fd(fd);
     emit_sock(NetEventKind::Close, pid_tgid, sock, fd, SYS_CLOSE);

@@ -23,9 +23,12 @@ use aya_ebpf::{
     programs::PerfEventContext,
 };
 // The panic handler comes from the library.
-use selfops_ebpf::profile::{
-    KERNEL_STACK_DEPTH, PROFILE_COUNTER_COUNT, ProfileCounter, ProfilerSettings,
-    SAMPLE_HAS_USER_REGS, STACK_PAGE_BYTES, SampleRecord, USER_STACK_PAGES,
+use selfops_ebpf::{
+    profile::{
+        KERNEL_STACK_DEPTH, PROFILE_COUNTER_COUNT, ProfileCounter, ProfilerSettings,
+        SAMPLE_HAS_USER_REGS, STACK_PAGE_BYTES, SampleRecord, USER_STACK_PAGES,
+    },
+    ring::wakes_reader,
 };
 
 #[unsafe(link_section = "license")]
@@ -42,8 +45,8 @@ static PROFILE_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROFIL
 #[unsafe(no_mangle)]
 static PROFILER_SETTINGS: ProfilerSettings = ProfilerSettings::DEFAULT;
 
-/// Unread bytes above which the agent is woken; below it the agent drains
-/// on its own timer, so a sample costs no wake-up.
+/// Unread bytes at which the agent is woken; below it the agent drains on
+/// its own timer, so a sample costs no wake-up.
 const WAKEUP_BYTES: u64 = 512 * 1024;
 
 /// User-mode code segment selectors have privilege level 3.
@@ -134,7 +137,10 @@ fn try_profile_cpu_clock(ctx: &PerfEventContext) -> Result<(), i64> {
             (*header).user_stack_len = len;
         }
     }
-    let flags = if PROFILE_SAMPLES.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKEUP_BYTES {
+    let flags = if wakes_reader(
+        PROFILE_SAMPLES.query(u64::from(BPF_RB_AVAIL_DATA)),
+        WAKEUP_BYTES,
+    ) {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
