@@ -8,7 +8,8 @@ use aya_ebpf::{
 };
 use selfops_ebpf::{
     KernelDrop, NetEvent, NetEventHeader, NetEventKind, NetSettings, PAYLOAD_MAX, SYSCALL_SSL_READ,
-    Sensor, ring::wakes_reader,
+    Sensor,
+    ring::{ring_record_bytes, wakes_reader},
 };
 
 use super::{classify, socket::tuple_of};
@@ -36,9 +37,11 @@ const _: () = assert!(PAYLOAD_MAX.is_power_of_two());
 /// the traced host a context switch per syscall.
 const WAKEUP_BYTES: u64 = 256 * 1024;
 
+/// Flags for submitting a record of type `T`.
 #[inline(always)]
-fn submit_flags() -> u64 {
-    if wakes_reader(NET_EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)), WAKEUP_BYTES) {
+fn submit_flags<T>() -> u64 {
+    let unread = NET_EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
+    if wakes_reader(unread, ring_record_bytes(size_of::<T>()), WAKEUP_BYTES) {
         u64::from(BPF_RB_FORCE_WAKEUP)
     } else {
         u64::from(BPF_RB_NO_WAKEUP)
@@ -100,7 +103,7 @@ pub fn emit_control(kind: NetEventKind, call: &Call, pid_tgid: u64, end_ns: u64)
             // SAFETY: the header was just filled in reserved memory.
             classify::opened(call.sock, unsafe { &(*header).tuple });
         }
-        entry.submit(submit_flags());
+        entry.submit(submit_flags::<NetEventHeader>());
     } else {
         count_drop(KernelDrop::SocketHeader);
         entry.discard(0);
@@ -192,5 +195,5 @@ pub fn emit_data(
         entry.discard(0);
         return;
     }
-    entry.submit(submit_flags());
+    entry.submit(submit_flags::<NetEvent>());
 }

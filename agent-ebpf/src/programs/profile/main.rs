@@ -28,7 +28,7 @@ use selfops_ebpf::{
         KERNEL_STACK_DEPTH, PROFILE_COUNTER_COUNT, ProfileCounter, ProfilerSettings,
         SAMPLE_HAS_USER_REGS, STACK_PAGE_BYTES, SampleRecord, USER_STACK_PAGES,
     },
-    ring::wakes_reader,
+    ring::{ring_record_bytes, wakes_reader},
 };
 
 #[unsafe(link_section = "license")]
@@ -137,8 +137,10 @@ fn try_profile_cpu_clock(ctx: &PerfEventContext) -> Result<(), i64> {
             (*header).user_stack_len = len;
         }
     }
+    let unread = PROFILE_SAMPLES.query(u64::from(BPF_RB_AVAIL_DATA));
     let flags = if wakes_reader(
-        PROFILE_SAMPLES.query(u64::from(BPF_RB_AVAIL_DATA)),
+        unread,
+        ring_record_bytes(size_of::<SampleRecord>()),
         WAKEUP_BYTES,
     ) {
         BPF_RB_FORCE_WAKEUP
