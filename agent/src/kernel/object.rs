@@ -6,9 +6,10 @@ use aya::{
     Btf, Ebpf, EbpfError, EbpfLoader,
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
-        FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint, UProbe, fentry::FEntryLink,
-        fexit::FExitLink, kprobe::KProbeLink, raw_trace_point::RawTracePointLink,
-        trace_point::TracePointLink, uprobe::UProbeLink, uprobe::UProbeScope,
+        BtfTracePoint, FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint, UProbe,
+        fentry::FEntryLink, fexit::FExitLink, kprobe::KProbeLink,
+        raw_trace_point::RawTracePointLink, tp_btf::BtfTracePointLink, trace_point::TracePointLink,
+        uprobe::UProbeLink, uprobe::UProbeScope,
     },
 };
 use selfops_ebpf::{
@@ -16,7 +17,10 @@ use selfops_ebpf::{
     Sensor, SocketOffsets, TracepointLayout,
 };
 
-use super::{EBPF_OBJECT, socket_hooks::SocketHook};
+use super::{
+    EBPF_OBJECT,
+    socket_hooks::{RawTracepoint, SocketHook},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ObjectError {
@@ -80,6 +84,7 @@ pub struct LoadOptions {
 enum Link {
     TracePoint(TracePointLink),
     RawTracePoint(RawTracePointLink),
+    BtfTracePoint(BtfTracePointLink),
     FEntry(FEntryLink),
     FExit(FExitLink),
     KProbe(KProbeLink),
@@ -184,10 +189,57 @@ impl SensorObject {
             self.attach_tracepoint(name, category, tracepoint)?;
         }
         let raw = hook.raw_tracepoints();
-        for &(name, tracepoint) in raw {
-            self.attach_raw_tracepoint(name, tracepoint)?;
+        if !raw.is_empty() {
+            // Parsed once for the typed programs, and dropped after.
+            let btf = Btf::from_sys_fs()
+                .inspect_err(
+                    |e| tracing::info!(error = %e, "no kernel BTF: raw tracepoints untyped"),
+                )
+                .ok();
+            for tracepoint in raw {
+                self.attach_raw_tracepoint_typed_first(tracepoint, btf.as_ref())?;
+            }
         }
         Ok(tracepoints.len() + raw.len())
+    }
+
+    /// Attaches the typed program of `raw` where the kernel has BTF and
+    /// takes it, else the untyped one; logs which.
+    fn attach_raw_tracepoint_typed_first(
+        &mut self,
+        raw: &RawTracepoint,
+        btf: Option<&Btf>,
+    ) -> Result<(), ObjectError> {
+        if let Some(btf) = btf {
+            match self.attach_btf_tracepoint(raw.typed, raw.tracepoint, btf) {
+                Ok(()) => {
+                    tracing::info!(program = raw.typed, "raw tracepoint typed by BTF");
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "typed raw tracepoint refused; untyped instead")
+                }
+            }
+        }
+        self.attach_raw_tracepoint(raw.untyped, raw.tracepoint)?;
+        tracing::info!(program = raw.untyped, "raw tracepoint untyped");
+        Ok(())
+    }
+
+    fn attach_btf_tracepoint(
+        &mut self,
+        name: &'static str,
+        tracepoint: &str,
+        btf: &Btf,
+    ) -> Result<(), ObjectError> {
+        let program: &mut BtfTracePoint = self.program(name)?;
+        let link = program
+            .load(tracepoint, btf)
+            .and_then(|()| program.attach())
+            .and_then(|id| program.take_link(id))
+            .map_err(|source| ObjectError::Program { name, source })?;
+        self.links.push(Link::BtfTracePoint(link));
+        Ok(())
     }
 
     fn attach_raw_tracepoint(

@@ -120,13 +120,27 @@ impl SocketHook {
         }
     }
 
-    /// (program, raw tracepoint) pairs of a hook; none for the others.
-    pub fn raw_tracepoints(self) -> &'static [(&'static str, &'static str)] {
+    /// The raw tracepoints of a hook; none for the others.
+    pub fn raw_tracepoints(self) -> &'static [RawTracepoint] {
         match self {
-            Self::RawExit => &[("net_raw_sys_exit", "sys_exit")],
+            Self::RawExit => &[RawTracepoint {
+                typed: "net_btf_sys_exit",
+                untyped: "net_raw_sys_exit",
+                tracepoint: "sys_exit",
+            }],
             _ => &[],
         }
     }
+}
+
+/// A raw tracepoint and its two programs: one typed by the kernel's BTF
+/// (`tp_btf`), which reads the tracepoint's arguments with plain loads
+/// and is tried first, and one for kernels without BTF, which reads them
+/// through a helper call each.
+pub struct RawTracepoint {
+    pub typed: &'static str,
+    pub untyped: &'static str,
+    pub tracepoint: &'static str,
 }
 
 /// Close at its entry, while the descriptor still names the socket.

@@ -1,7 +1,8 @@
 //! The user's registers a syscall was entered with (`struct pt_regs`):
 //! where its number and first two arguments are, per architecture. Read
-//! through the helper, which works on every kernel whatever its BTF says
-//! of `pt_regs` (see `syscall_functions`).
+//! through the helper where the verifier knows them only as an address,
+//! which works on every kernel whatever its BTF says of `pt_regs` (see
+//! `syscall_functions`), and with plain loads where it knows their type.
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
 
@@ -40,4 +41,42 @@ pub fn syscall_nr(regs: u64) -> Result<i64, i64> {
     #[cfg(bpf_target_arch = "aarch64")]
     let nr = i64::from(read::<i32>(regs + NR)?);
     Ok(nr)
+}
+
+/// A `struct pt_regs *` the verifier knows by its BTF type (an argument of
+/// a `tp_btf` program): each word is a plain load, which it checks against
+/// the type's fields and guards against faults, instead of a helper call.
+#[derive(Clone, Copy)]
+pub struct TypedRegs(*const u8);
+
+impl TypedRegs {
+    /// None for a null pointer, which newer verifiers make programs check.
+    #[inline(always)]
+    pub fn new(regs: *const u8) -> Option<Self> {
+        (!regs.is_null()).then_some(Self(regs))
+    }
+
+    #[inline(always)]
+    fn word<T: Copy>(self, offset: u64) -> T {
+        // SAFETY: a field of the kernel's `pt_regs` at its ABI offset; the
+        // verifier checks the access against the BTF type and turns it
+        // into a load that cannot fault.
+        unsafe { core::ptr::read_volatile(self.0.add(offset as usize).cast::<T>()) }
+    }
+
+    /// As [`user_args`].
+    #[inline(always)]
+    pub fn user_args(self) -> (u64, u64) {
+        (self.word(ARGS[0]), self.word(ARGS[1]))
+    }
+
+    /// As [`syscall_nr`].
+    #[inline(always)]
+    pub fn syscall_nr(self) -> i64 {
+        #[cfg(bpf_target_arch = "x86_64")]
+        let nr: i64 = self.word(NR);
+        #[cfg(bpf_target_arch = "aarch64")]
+        let nr = i64::from(self.word::<i32>(NR));
+        nr
+    }
 }
