@@ -84,13 +84,14 @@ fn https_curl_python_nginx_is_one_trace_of_four_spans() {
 
 /// The socket sensor runs on the hook the agent chose for this kernel:
 /// its programs loaded. A program the verifier refuses would otherwise go
-/// unnoticed here, as the agent falls back to raw_syscalls, which traces
-/// the same.
+/// unnoticed here, as the agent falls back to one that traces the same at
+/// a higher cost (raw_syscalls, or the untyped sys_exit tracepoint).
 fn assert_preferred_socket_hook(agent: &Agent) {
     let log = agent.log();
     for fallback in [
         "socket sensor falls back to syscall tracepoints",
         "raw sys_exit hook refused",
+        "typed raw tracepoint refused",
     ] {
         assert!(!log.contains(fallback), "{fallback}:\n{log}");
     }

@@ -213,16 +213,22 @@ impl SensorObject {
         if let Some(btf) = btf {
             match self.attach_btf_tracepoint(raw.typed, raw.tracepoint, btf) {
                 Ok(()) => {
-                    tracing::info!(program = raw.typed, "raw tracepoint typed by BTF");
+                    tracing::info!(
+                        program = raw.typed,
+                        "socket hook's raw tracepoint typed by BTF"
+                    );
                     return Ok(());
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "typed raw tracepoint refused; untyped instead")
+                    tracing::warn!(error = %e, "socket hook's typed raw tracepoint refused; untyped instead")
                 }
             }
         }
         self.attach_raw_tracepoint(raw.untyped, raw.tracepoint)?;
-        tracing::info!(program = raw.untyped, "raw tracepoint untyped");
+        tracing::info!(
+            program = raw.untyped,
+            "socket hook's raw tracepoint untyped"
+        );
         Ok(())
     }
 
