@@ -2,10 +2,6 @@
 //! `try_…` function that returns `Result`, so no error path can panic.
 #![no_std]
 #![no_main]
-// For the atomic add the kernel's XADD is (`core::sync::atomic` has no
-// read-modify-write on the BPF target).
-#![feature(core_intrinsics)]
-#![allow(internal_features)]
 
 mod programs;
 

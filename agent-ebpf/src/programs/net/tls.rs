@@ -3,13 +3,10 @@
 //! write syscall OpenSSL makes on the same thread during the call, and
 //! remembered per SSL object for calls served from OpenSSL's buffers.
 
-use core::intrinsics::{AtomicOrdering::Relaxed, atomic_xadd};
-
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, bpf_probe_read_user},
     macros::{map, uprobe, uretprobe},
-    maps::{Array, LruHashMap},
+    maps::LruHashMap,
     programs::{ProbeContext, RetProbeContext},
 };
 use selfops_ebpf::{
@@ -58,46 +55,11 @@ pub struct SslSocket {
 #[map]
 static SSL_CALLS: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(16_384, 0);
 
-/// How many entries `SSL_CALLS` may hold: counted up when an entry is
-/// added and down when one is removed, so never below the true number (an
-/// entry the LRU evicts, uncounted, leaves it above). While it is zero, as
-/// on a host where nothing is inside SSL_read or SSL_write, the syscall
-/// hooks skip their lookup of `SSL_CALLS` on every socket call.
-#[map]
-static SSL_CALLS_OPEN: Array<u64> = Array::with_max_entries(1, 0);
-
-/// Adds `delta` (two's complement) to `SSL_CALLS_OPEN`. An atomic add whose
-/// result is unused: the XADD instruction every kernel accepts.
-#[inline(always)]
-fn count_ssl_calls(delta: u64) {
-    if let Some(open) = SSL_CALLS_OPEN.get_ptr_mut(0) {
-        // SAFETY: an aligned u64 of a live map value.
-        unsafe { atomic_xadd::<u64, u64, { Relaxed }>(open, delta) };
-    }
-}
-
-/// Whether any thread may be inside an SSL call.
-#[inline(always)]
-fn ssl_calls_open() -> bool {
-    // SAFETY: an aligned u64 of a live map value; a word load is atomic.
-    SSL_CALLS_OPEN
-        .get_ptr(0)
-        .is_some_and(|open| unsafe { core::ptr::read_volatile(open) } != 0)
-}
-
-/// Removes this thread's SSL call, if it has one.
-#[inline(always)]
-fn remove_ssl_call(pid_tgid: u64) {
-    if SSL_CALLS.remove(pid_tgid).is_ok() {
-        count_ssl_calls(u64::MAX);
-    }
-}
-
 /// A thread's SSL call ends with the thread, whether or not its uretprobe
 /// ran.
 #[inline(always)]
 pub fn forget_ssl_call(pid_tgid: u64) {
-    remove_ssl_call(pid_tgid);
+    let _ = SSL_CALLS.remove(pid_tgid);
 }
 
 /// An SSL call older than this is a leftover of a thread that died in it.
@@ -110,7 +72,7 @@ static SSL_SOCKETS: LruHashMap<SslKey, SslSocket> = LruHashMap::with_max_entries
 /// might still teach the SSL object its socket.
 #[inline(always)]
 pub fn in_ssl_call(pid_tgid: u64) -> bool {
-    ssl_calls_open() && SSL_CALLS.get_ptr(pid_tgid).is_some()
+    SSL_CALLS.get_ptr(pid_tgid).is_some()
 }
 
 /// Called by the syscall hooks for a TCP socket: if this thread is inside
@@ -118,9 +80,6 @@ pub fn in_ssl_call(pid_tgid: u64) -> bool {
 /// (encrypted) bytes are not reported. Returns true when so.
 #[inline(always)]
 pub fn claim_for_ssl(pid_tgid: u64, sock: u64, fd: u32, now: u64) -> bool {
-    if !ssl_calls_open() {
-        return false;
-    }
     let Some(call) = SSL_CALLS.get_ptr_mut(pid_tgid) else {
         return false;
     };
@@ -163,15 +122,6 @@ fn try_enter(ctx: &ProbeContext, syscall: u8, ex: bool) -> Result<(), i64> {
         syscall,
         _pad: [0; 3],
     };
-    // Counted only when the entry is new: a call entered inside another
-    // (a handshake inside SSL_read) replaces the thread's entry.
-    if SSL_CALLS
-        .insert(pid_tgid, call, u64::from(BPF_NOEXIST))
-        .is_ok()
-    {
-        count_ssl_calls(1);
-        return Ok(());
-    }
     SSL_CALLS.insert(pid_tgid, call, 0).map_err(|e| {
         count_drop(KernelDrop::SslCallInsert);
         i64::from(e)
@@ -190,7 +140,7 @@ fn try_exit(ctx: &RetProbeContext, ex: bool) -> Result<(), i64> {
         count_drop(KernelDrop::SslCallMissing);
         return Ok(());
     };
-    remove_ssl_call(pid_tgid);
+    let _ = SSL_CALLS.remove(pid_tgid);
     // A handshake may read the first request into OpenSSL's buffer, so the
     // next SSL_read makes no syscall: learn the socket here.
     if call.syscall == SYSCALL_SSL_HANDSHAKE {
