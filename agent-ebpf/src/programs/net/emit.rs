@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use selfops_ebpf::{
     KernelDrop, NetEvent, NetEventHeader, NetEventKind, NetSettings, PAYLOAD_MAX, SYSCALL_SSL_READ,
-    Sensor, SockTuple,
+    Sensor,
     ring::{ring_record_bytes, wakes_reader},
 };
 
@@ -62,8 +62,6 @@ pub struct Call {
     pub _pad: u16,
 }
 
-/// Fills an event's header; its tuple is copied from `cached` (the
-/// descriptor's entry) when given, else read from the sock.
 #[inline(always)]
 fn fill_header(
     h: *mut NetEventHeader,
@@ -72,7 +70,6 @@ fn fill_header(
     pid_tgid: u64,
     end_ns: u64,
     total_len: u64,
-    cached: Option<*const SockTuple>,
 ) -> Result<(), i64> {
     // SAFETY: `h` points into reserved ring-buffer memory.
     unsafe {
@@ -86,13 +83,7 @@ fn fill_header(
         (*h).end_ns = end_ns;
         (*h).sock = call.sock;
         (*h).total_len = total_len;
-        match cached {
-            Some(tuple) => {
-                (*h).tuple = *tuple;
-                Ok(())
-            }
-            None => tuple_of(call.sock, core::ptr::addr_of_mut!((*h).tuple)),
-        }
+        tuple_of(call.sock, core::ptr::addr_of_mut!((*h).tuple))
     }
 }
 
@@ -107,7 +98,7 @@ pub fn emit_control(kind: NetEventKind, call: &Call, pid_tgid: u64, end_ns: u64)
         return;
     };
     let header = entry.as_mut_ptr();
-    if fill_header(header, kind, call, pid_tgid, end_ns, 0, None).is_ok() {
+    if fill_header(header, kind, call, pid_tgid, end_ns, 0).is_ok() {
         if matches!(kind, NetEventKind::Accept | NetEventKind::Connect) {
             // SAFETY: the header was just filled in reserved memory.
             classify::opened(call.sock, unsafe { &(*header).tuple });
@@ -120,10 +111,8 @@ pub fn emit_control(kind: NetEventKind, call: &Call, pid_tgid: u64, end_ns: u64)
 }
 
 /// Data moved by a syscall: the header and the first bytes at `src`
-/// (user memory holding `avail` bytes of the payload). `tuple`: the
-/// connection's, when the descriptor's entry has it.
+/// (user memory holding `avail` bytes of the payload).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 pub fn emit_data(
     kind: NetEventKind,
     call: &Call,
@@ -132,7 +121,6 @@ pub fn emit_data(
     total_len: u64,
     src: u64,
     avail: u64,
-    tuple: Option<*const SockTuple>,
 ) {
     // Syscall bytes are judged; TLS plaintext from the OpenSSL probes is
     // not, whatever its socket's handshake looked like.
@@ -144,7 +132,7 @@ pub fn emit_data(
     let event = entry.as_mut_ptr();
     // SAFETY: `event` points into reserved ring-buffer memory.
     let header = unsafe { core::ptr::addr_of_mut!((*event).header) };
-    if fill_header(header, kind, call, pid_tgid, end_ns, total_len, tuple).is_err() {
+    if fill_header(header, kind, call, pid_tgid, end_ns, total_len).is_err() {
         count_drop(KernelDrop::SocketHeader);
         entry.discard(0);
         return;

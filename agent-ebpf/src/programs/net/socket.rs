@@ -4,7 +4,7 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel},
     macros::map,
-    maps::{LruHashMap, PerCpuArray},
+    maps::LruHashMap,
 };
 use selfops_ebpf::{SockTuple, SocketOffsets};
 
@@ -16,27 +16,13 @@ pub struct FdKey {
     pub fd: u32,
 }
 
-/// A descriptor found to be a TCP socket: the open file it held then,
-/// that file's `struct sock`, and the connection's addresses and ports if
-/// they were all set when it was found (`family` zero otherwise). A
-/// connected socket keeps its tuple for as long as its file is open, and
-/// a checked hit is that file, so data events copy the tuple from here
-/// instead of reading the sock again. An entry is never written after its
-/// insert: a reader sees all of one entry or all of another.
+/// A descriptor found to be a TCP socket: the open file it held then, and
+/// that file's `struct sock`.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct TcpFd {
     pub file: u64,
     pub sk: u64,
-    pub tuple: SockTuple,
-}
-
-/// The TCP socket behind a descriptor: its `struct sock`, and where its
-/// connection's tuple is cached, if it is (a checked entry holding one).
-#[derive(Clone, Copy)]
-pub struct TcpSock {
-    pub sk: u64,
-    pub tuple: Option<*const SockTuple>,
 }
 
 /// Descriptors known to be TCP sockets. A hit still reads the descriptor's
@@ -51,10 +37,6 @@ pub struct TcpSock {
 /// evicted entry only costs a walk; close removes its entry at once.
 #[map]
 static TCP_FDS: LruHashMap<FdKey, TcpFd> = LruHashMap::with_max_entries(65_536, 0);
-
-/// Where a new entry of `TCP_FDS` is put together.
-#[map]
-static TCP_FD_SCRATCH: PerCpuArray<TcpFd> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn fd_key(fd: u64) -> FdKey {
@@ -127,12 +109,6 @@ unsafe fn read<T>(base: u64, offset: u32) -> Result<T, i64> {
 /// socket over IPv4 or IPv6.
 #[inline(always)]
 pub fn tcp_sock_of_fd(fd: u64) -> Result<u64, i64> {
-    tcp_socket_of_fd(fd).map(|found| found.sk)
-}
-
-/// As [`tcp_sock_of_fd`], with the connection's cached tuple if known.
-#[inline(always)]
-pub fn tcp_socket_of_fd(fd: u64) -> Result<TcpSock, i64> {
     let o = offsets();
     // SAFETY: every pointer is read through bpf_probe_read_kernel.
     unsafe {
@@ -140,7 +116,8 @@ pub fn tcp_socket_of_fd(fd: u64) -> Result<TcpSock, i64> {
         let files: u64 = read(task, o.task_files)?;
         let fdt: u64 = read(files, o.files_fdt)?;
         // Every kernel puts the descriptor array right after the count:
-        // one copy where the offsets say so.
+        // one copy where the offsets say so (known to the verifier, which
+        // walks only the branch taken).
         let (max_fds, fd_array) = if o.fdtable_fd == o.fdtable_max_fds + 8 {
             let head: FdtableHead = read(fdt, o.fdtable_max_fds)?;
             (head.max_fds, head.fd)
@@ -155,17 +132,13 @@ pub fn tcp_socket_of_fd(fd: u64) -> Result<TcpSock, i64> {
             return Err(0);
         }
         let key = fd_key(fd);
-        if let Some(known) = TCP_FDS.get_ptr(key)
-            && (*known).file == file
+        if let Some(known) = TCP_FDS.get(key).copied()
+            && known.file == file
         {
             let socket: u64 = read(file, o.file_private_data)?;
             let sk: u64 = read(socket, o.socket_sk)?;
-            if sk == (*known).sk {
-                let tuple = core::ptr::addr_of!((*known).tuple);
-                return Ok(TcpSock {
-                    sk,
-                    tuple: ((*tuple).family != 0).then_some(tuple),
-                });
+            if sk == known.sk {
+                return Ok(sk);
             }
         }
         let inode: u64 = read(file, o.file_inode)?;
@@ -187,25 +160,9 @@ pub fn tcp_socket_of_fd(fd: u64) -> Result<TcpSock, i64> {
         {
             return Err(0);
         }
-        // The entry is built in per-CPU scratch memory: on the stack it
-        // would take the programs that inline this past the verifier's
-        // 512 bytes.
-        let Some(entry) = TCP_FD_SCRATCH.get_ptr_mut(0) else {
-            return Ok(TcpSock { sk, tuple: None });
-        };
-        (*entry).file = file;
-        (*entry).sk = sk;
-        let tuple = core::ptr::addr_of_mut!((*entry).tuple);
-        // A socket not yet connected (a connect's entry) has no tuple to
-        // keep: its events read the sock each time.
-        if tuple_of(sk, tuple).is_err() || (*tuple).local_port == 0 || (*tuple).remote_port == 0 {
-            (*tuple).family = 0;
-        }
-        // Passed by reference: by value it would be copied to the stack.
-        let entry: &TcpFd = &*entry;
         // A failed insert only means the next call walks again.
-        let _ = TCP_FDS.insert(key, entry, 0);
-        Ok(TcpSock { sk, tuple: None })
+        let _ = TCP_FDS.insert(key, TcpFd { file, sk }, 0);
+        Ok(sk)
     }
 }
 

@@ -11,13 +11,13 @@ use aya_ebpf::{
     maps::HashMap,
     programs::TracePointContext,
 };
-use selfops_ebpf::{KernelDrop, NetEventKind, SockTuple};
+use selfops_ebpf::{KernelDrop, NetEventKind};
 
 use crate::programs::counters::count_drop;
 
 use super::{
     emit::{Call, emit_control, emit_data, settings},
-    socket::{TcpSock, forget_fd, known_tcp_fd, tcp_sock_of_fd, tcp_socket_of_fd},
+    socket::{forget_fd, known_tcp_fd, tcp_sock_of_fd},
     tls::{claim_for_ssl, forget_ssl_call, in_ssl_call},
 };
 
@@ -119,7 +119,7 @@ pub fn tracepoint_ret(ctx: &TracePointContext) -> Result<i64, i64> {
 /// Entry of a call on a file descriptor: remembered if it is a TCP socket.
 pub fn try_enter(syscall: u8, buf_kind: u8, fd: u64, buf: u64) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some((call, _)) = socket_call(pid_tgid, syscall, buf_kind, fd, buf)? else {
+    let Some(call) = socket_call(pid_tgid, syscall, buf_kind, fd, buf)? else {
         return Ok(());
     };
     CALLS.insert(pid_tgid, call, 0).map_err(|e| {
@@ -129,8 +129,7 @@ pub fn try_enter(syscall: u8, buf_kind: u8, fd: u64, buf: u64) -> Result<(), i64
 }
 
 /// The call on `fd`, starting now, if it is a traced TCP socket whose
-/// bytes the TLS uprobes do not report instead; with its connection's
-/// tuple when the descriptor's entry holds it (never for a connect).
+/// bytes the TLS uprobes do not report instead.
 #[inline(always)]
 fn socket_call(
     pid_tgid: u64,
@@ -138,23 +137,18 @@ fn socket_call(
     buf_kind: u8,
     fd: u64,
     buf: u64,
-) -> Result<Option<(Call, Option<*const SockTuple>)>, i64> {
+) -> Result<Option<Call>, i64> {
     if !traced(pid_tgid) {
         return Ok(None);
     }
-    // A connect may change the connection (after a disconnect, one to
-    // another peer): the descriptor is found, and its tuple read, afresh.
-    if syscall == SYS_CONNECT {
-        forget_fd(fd);
-    }
-    let TcpSock { sk: sock, tuple } = tcp_socket_of_fd(fd)?;
+    let sock = tcp_sock_of_fd(fd)?;
     let at = now();
     // Inside SSL_read/SSL_write the bytes are ciphertext: the uprobes
     // report the plaintext instead.
     if syscall != SYS_CONNECT && claim_for_ssl(pid_tgid, sock, fd as u32, at) {
         return Ok(None);
     }
-    let call = Call {
+    Ok(Some(Call {
         start_ns: at,
         sock,
         buf,
@@ -162,8 +156,7 @@ fn socket_call(
         syscall,
         buf_kind,
         _pad: 0,
-    };
-    Ok(Some((call, tuple)))
+    }))
 }
 
 #[inline(always)]
@@ -191,7 +184,7 @@ pub fn try_exit_io(kind: NetEventKind, ret: i64) -> Result<(), i64> {
     let Some(call) = take_call(pid_tgid) else {
         return Ok(());
     };
-    emit_io(kind, &call, pid_tgid, ret, now(), None)
+    emit_io(kind, &call, pid_tgid, ret, now())
 }
 
 /// A data call seen only at its return (fexit, the raw sys_exit: both
@@ -220,7 +213,7 @@ pub fn try_returned_io(
     if ret <= 0 && !in_ssl_call(pid_tgid) {
         return Ok(());
     }
-    let Some((mut call, tuple)) = socket_call(pid_tgid, syscall, buf_kind, fd, buf)? else {
+    let Some(mut call) = socket_call(pid_tgid, syscall, buf_kind, fd, buf)? else {
         return Ok(());
     };
     // The call returned just now, when `socket_call` read the clock: one
@@ -229,7 +222,7 @@ pub fn try_returned_io(
     if let Some(start) = write_start {
         call.start_ns = start;
     }
-    emit_io(kind, &call, pid_tgid, ret, end, tuple)
+    emit_io(kind, &call, pid_tgid, ret, end)
 }
 
 /// Emits what a data call that returned `ret` moved.
@@ -240,7 +233,6 @@ fn emit_io(
     pid_tgid: u64,
     ret: i64,
     end_ns: u64,
-    tuple: Option<*const SockTuple>,
 ) -> Result<(), i64> {
     if ret <= 0 {
         return Ok(());
@@ -259,7 +251,7 @@ fn emit_io(
         _ => (0, 0),
     };
     let avail = if avail < total { avail } else { total };
-    emit_data(kind, call, pid_tgid, end_ns, total, src, avail, tuple);
+    emit_data(kind, call, pid_tgid, end_ns, total, src, avail);
     Ok(())
 }
 
@@ -275,7 +267,7 @@ pub fn try_exit_connect(ret: i64) -> Result<(), i64> {
 /// A connect seen only at its return (fexit).
 pub fn try_returned_connect(fd: u64, ret: i64) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if let Some((call, _)) = socket_call(pid_tgid, SYS_CONNECT, BUF_NONE, fd, 0)? {
+    if let Some(call) = socket_call(pid_tgid, SYS_CONNECT, BUF_NONE, fd, 0)? {
         emit_connect(&call, pid_tgid, ret);
     }
     Ok(())

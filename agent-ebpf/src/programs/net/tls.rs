@@ -185,7 +185,7 @@ fn try_exit(ctx: &RetProbeContext, ex: bool) -> Result<(), i64> {
     };
     // SAFETY: helper without arguments.
     let end = unsafe { bpf_ktime_get_boot_ns() };
-    emit_data(kind, &event, pid_tgid, end, bytes, call.buf, bytes, None);
+    emit_data(kind, &event, pid_tgid, end, bytes, call.buf, bytes);
     Ok(())
 }
 
