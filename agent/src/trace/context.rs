@@ -19,20 +19,22 @@ pub struct SpanContext {
     pub span_id: SpanId,
 }
 
+// Drawn as one integer: an array is drawn byte by byte, a call into the
+// generator for each, which cost more than the rest of the span's ids.
 pub fn new_trace_id() -> TraceId {
     loop {
-        let id: TraceId = rand::random();
-        if id != [0; 16] {
-            return id;
+        let id: u128 = rand::random();
+        if id != 0 {
+            return id.to_le_bytes();
         }
     }
 }
 
 pub fn new_span_id() -> SpanId {
     loop {
-        let id: SpanId = rand::random();
-        if id != [0; 8] {
-            return id;
+        let id: u64 = rand::random();
+        if id != 0 {
+            return id.to_le_bytes();
         }
     }
 }

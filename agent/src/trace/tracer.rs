@@ -82,7 +82,9 @@ struct AwaitingTable {
     first_byte_ns: u64,
     span: Span,
     method: &'static str,
-    path: String,
+    /// The request's target, moved from the request: its path is taken
+    /// when the span goes, rather than copied for every span that waits.
+    target: String,
     status: u16,
 }
 
@@ -921,7 +923,6 @@ impl Tracer {
             Side::Server => self.counters.server_spans.inc(),
             Side::Client => self.counters.client_spans.inc(),
         };
-        let path = super::spans::url_path(&entry.request.target);
         if waits {
             self.awaiting_table.push_back(AwaitingTable {
                 since: Instant::now(),
@@ -929,10 +930,11 @@ impl Tracer {
                 first_byte_ns,
                 span,
                 method: entry.request.method,
-                path: path.to_owned(),
+                target: std::mem::take(&mut entry.request.target),
                 status: response.status,
             });
         } else {
+            let path = super::spans::url_path(&entry.request.target);
             self.send(span, entry.request.method, path, response.status);
         }
     }
@@ -953,7 +955,8 @@ impl Tracer {
                 self.trace_metrics.resource_unconfirmed.inc();
             }
             waiting.span.resource = self.resource_of(waiting.pid);
-            self.send(waiting.span, waiting.method, &waiting.path, waiting.status);
+            let path = super::spans::url_path(&waiting.target);
+            self.send(waiting.span, waiting.method, path, waiting.status);
         }
     }
 
