@@ -19,6 +19,7 @@ use std::{
 };
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 
 use super::{convert::OtlpBatch, span_json, trace_json};
@@ -107,12 +108,15 @@ pub struct FileSink {
 }
 
 impl FileSink {
-    pub fn new(dir: &Path, rotate_bytes: u64) -> Self {
+    /// `delete_failures` counts rotated-out files that could not be
+    /// deleted (each stays on disk until the next rotation replaces it).
+    pub fn new(dir: &Path, rotate_bytes: u64, delete_failures: Counter) -> Self {
+        let file = |name| JsonlFile::new(dir.join(name), rotate_bytes, delete_failures.clone());
         Self {
-            traces: JsonlFile::new(dir.join(TRACES_FILE), rotate_bytes),
+            traces: file(TRACES_FILE),
             trace_line: Vec::new(),
-            metrics: JsonlFile::new(dir.join(METRICS_FILE), rotate_bytes),
-            logs: JsonlFile::new(dir.join(LOGS_FILE), rotate_bytes),
+            metrics: file(METRICS_FILE),
+            logs: file(LOGS_FILE),
         }
     }
 
@@ -203,6 +207,7 @@ struct JsonlFile {
     /// 256 MiB here), long enough for the sink's queue to overflow at full
     /// load; one deletion at a time keeps the disk bound.
     deleter: Option<std::thread::JoinHandle<()>>,
+    delete_failures: Counter,
 }
 
 impl Drop for JsonlFile {
@@ -212,13 +217,14 @@ impl Drop for JsonlFile {
 }
 
 impl JsonlFile {
-    fn new(path: PathBuf, rotate_bytes: u64) -> Self {
+    fn new(path: PathBuf, rotate_bytes: u64, delete_failures: Counter) -> Self {
         Self {
             path,
             rotate_bytes,
             file: None,
             size: 0,
             deleter: None,
+            delete_failures,
         }
     }
 
@@ -258,12 +264,13 @@ impl JsonlFile {
             .name("selfops-rotate".into())
             .spawn({
                 let path = path.clone();
-                move || remove_replaced(&path)
+                let failures = self.delete_failures.clone();
+                move || remove_replaced(&path, &failures)
             });
         match spawned {
             Ok(deleter) => self.deleter = Some(deleter),
             // No thread to be had: deleted here, at the old cost.
-            Err(_) => remove_replaced(&path),
+            Err(_) => remove_replaced(&path, &self.delete_failures),
         }
     }
 
@@ -310,8 +317,9 @@ fn suffixed(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-fn remove_replaced(path: &Path) {
+fn remove_replaced(path: &Path, failures: &Counter) {
     if let Err(err) = std::fs::remove_file(path) {
+        failures.inc();
         tracing::warn!(path = %path.display(), error = %err, "cannot delete a rotated-out export file");
     }
 }
@@ -496,7 +504,8 @@ mod tests {
             .unwrap()
             .len() as u64;
         // Room for two lines per file.
-        let mut sink = FileSink::new(&dir, line_len * 2 + 1);
+        let failures = Counter::default();
+        let mut sink = FileSink::new(&dir, line_len * 2 + 1, failures.clone());
         for _ in 0..5 {
             let outcome = sink.write_batch(&batch);
             assert!(
@@ -521,6 +530,32 @@ mod tests {
             !dir.join("traces.jsonl.1.old").exists(),
             "the replaced .1 is deleted"
         );
+        assert_eq!(failures.get(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn failed_delete_of_a_replaced_file_is_counted() {
+        let dir = temp_dir("undeletable");
+        let batch = sample_batch();
+        let line_len = encode_json_line(&*batch.traces_request().unwrap())
+            .unwrap()
+            .len() as u64;
+        // The `.1` a rotation replaces is a directory, which the deletion
+        // (an unlink) cannot remove.
+        std::fs::create_dir_all(dir.join("traces.jsonl.1")).unwrap();
+        let failures = Counter::default();
+        let mut sink = FileSink::new(&dir, line_len + 1, failures.clone());
+        for _ in 0..2 {
+            let outcome = sink.write_batch(&batch);
+            assert!(
+                matches!(outcome.traces, LineOutcome::Written),
+                "{outcome:?}"
+            );
+        }
+        drop(sink);
+        assert!(dir.join("traces.jsonl.1.old").is_dir(), "left in place");
+        assert_eq!(failures.get(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -529,7 +564,11 @@ mod tests {
         let dir = temp_dir("unwritable");
         // A file where the directory should be: every open fails.
         std::fs::write(dir.join("blocked"), b"x").unwrap();
-        let mut sink = FileSink::new(&dir.join("blocked"), DEFAULT_ROTATE_BYTES);
+        let mut sink = FileSink::new(
+            &dir.join("blocked"),
+            DEFAULT_ROTATE_BYTES,
+            Counter::default(),
+        );
         let outcome = sink.write_batch(&sample_batch());
         assert!(matches!(outcome.traces, LineOutcome::WriteFailed(_)));
         assert!(matches!(outcome.metrics, LineOutcome::WriteFailed(_)));

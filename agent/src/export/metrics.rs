@@ -114,6 +114,8 @@ pub struct ExportMetrics {
     pub queue_length: Gauge,
     /// New `export` sections taken live (sinks rebuilt or retargeted).
     pub reconfigured: Counter,
+    /// Rotated-out export files the file sink could not delete.
+    pub file_delete_failures: Counter,
 }
 
 impl ExportMetrics {
@@ -150,6 +152,11 @@ impl ExportMetrics {
             "export_reconfigurations",
             "Export configurations applied live (sinks rebuilt behind the same queue)",
             metrics.reconfigured.clone(),
+        );
+        registry.register(
+            "export_file_delete_failures",
+            "Rotated-out export files that could not be deleted (each stays until the next rotation replaces it)",
+            metrics.file_delete_failures.clone(),
         );
         metrics
     }

@@ -89,7 +89,8 @@ pub async fn run_file_sink(
     metrics: ExportMetrics,
 ) {
     let mut warn = WarnLimiter::new(WARN_EVERY);
-    let mut sink = Some(FileSink::new(&dir, rotate_bytes));
+    let new_sink = || FileSink::new(&dir, rotate_bytes, metrics.file_delete_failures.clone());
+    let mut sink = Some(new_sink());
     while let Some(first) = batches.recv().await {
         let mut group = vec![first];
         while group.len() < FILE_GROUP_MAX {
@@ -103,9 +104,7 @@ pub async fn run_file_sink(
             .map(|b| [b.span_count, b.point_count, b.log_count])
             .collect();
         // After a panic in a write the old state is gone; start afresh.
-        let mut state = sink
-            .take()
-            .unwrap_or_else(|| FileSink::new(&dir, rotate_bytes));
+        let mut state = sink.take().unwrap_or_else(new_sink);
         let written = tokio::task::spawn_blocking(move || {
             // The batches are released here too, off the runtime's threads.
             let outcomes: Vec<_> = group
