@@ -168,7 +168,18 @@ if [ "$ready" = 0 ]; then
         echo "KMATRIX tier $hook $start $(cut -d' ' -f1 /proc/uptime) $requests"
         echo "KMATRIX exit tier-$hook-stop $status"
         send "tier-$hook.metrics" "/tmp/tier-$hook.metrics"
-        grep -E " (WARN|ERROR) |hook" "/tmp/tier-$hook.log" >"/tmp/tier-$hook.notes"
+        # The warnings, and of a refused program's verifier log (the lines
+        # after "Verifier output" up to the next log line, which may begin
+        # with a colour code) its last 40, where the verifier says why.
+        awk 'v && /^[^ ]*[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T/ {
+                for (i = (n > 40 ? n - 39 : 1); i <= n; i++) print "  | " buf[i % 40]
+                v = 0
+            }
+            / (WARN|ERROR) |hook/ { print }
+            /Verifier output/ { v = 1; n = 0; next }
+            v { n++; buf[n % 40] = $0 }
+            END { if (v) for (i = (n > 40 ? n - 39 : 1); i <= n; i++) print "  | " buf[i % 40] }' \
+            "/tmp/tier-$hook.log" >"/tmp/tier-$hook.notes"
         send "tier-$hook.log" "/tmp/tier-$hook.notes"
     done
     echo 0 >/proc/sys/kernel/bpf_stats_enabled

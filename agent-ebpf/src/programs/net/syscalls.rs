@@ -79,14 +79,17 @@ pub fn try_stamp_write() -> Result<(), i64> {
     })
 }
 
-/// The start stamped for this thread's write, if any (consumed: a stamp
-/// is zero once its write has returned).
+/// The start stamped for this thread's write, or zero (consumed: a stamp
+/// is zero once its write has returned). A plain number, not an `Option`:
+/// the compiler may spill an `Option`'s unset payload, and the verifier
+/// refuses a program that stores a register never written.
 #[inline(always)]
-fn take_write_start(pid_tgid: u64) -> Option<u64> {
-    let slot = WRITE_STARTS.get_ptr_mut(pid_tgid)?;
-    // SAFETY: this thread's own entry, as in `try_stamp_write`.
-    let start = unsafe { core::ptr::replace(slot, 0) };
-    (start != 0).then_some(start)
+fn take_write_start(pid_tgid: u64) -> u64 {
+    match WRITE_STARTS.get_ptr_mut(pid_tgid) {
+        // SAFETY: this thread's own entry, as in `try_stamp_write`.
+        Some(slot) => unsafe { core::ptr::replace(slot, 0) },
+        None => 0,
+    }
 }
 
 #[inline(always)]
@@ -205,7 +208,7 @@ pub fn try_returned_io(
     let pid_tgid = bpf_get_current_pid_tgid();
     let write_start = match kind {
         NetEventKind::Egress => take_write_start(pid_tgid),
-        _ => None,
+        _ => 0,
     };
     // A failed call (EAGAIN) moved nothing, but inside SSL_read/SSL_write
     // it still teaches the SSL object its socket; elsewhere the walk from
@@ -219,8 +222,8 @@ pub fn try_returned_io(
     // The call returned just now, when `socket_call` read the clock: one
     // clock read serves as the read's start and the event's end.
     let end = call.start_ns;
-    if let Some(start) = write_start {
-        call.start_ns = start;
+    if write_start != 0 {
+        call.start_ns = write_start;
     }
     emit_io(kind, &call, pid_tgid, ret, end)
 }
