@@ -1416,6 +1416,27 @@ mod tests {
     }
 
     #[test]
+    fn keeping_only_reads_kept_and_framing_headers_in_any_case() {
+        let mut p = Http1Parser::keeping_only(Role::Request, &["host", "user-agent"]);
+        let mut out = Vec::new();
+        let data = b"POST /a HTTP/1.1\r\nX-Skip: 1\r\nHOST: h\r\nuSer-Agent: u\r\n\
+                     Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+                     GET /b HTTP/1.1\r\nCONTENT-LENGTH: 1\r\n\r\nx";
+        p.feed(data, data.len() as u64, 1, &mut out);
+        assert_eq!(out.len(), 2);
+        let first = request(&out[0]);
+        assert_eq!(first.header("host"), Some("h"));
+        assert_eq!(first.header("user-agent"), Some("u"));
+        assert_eq!(first.headers.len(), 2);
+        assert_eq!(request(&out[1]).target, "/b");
+        // Framed as by a parser keeping every header.
+        let (all, _) = parse(Role::Request, &[data]);
+        let bodies = |m: &[Message]| m.iter().map(|m| request(m).body_bytes).collect::<Vec<_>>();
+        assert_eq!(bodies(&out), bodies(&all));
+        assert_eq!(bodies(&out), [13, 1]);
+    }
+
+    #[test]
     fn every_split_position_gives_the_same_requests() {
         let second = REQUESTS
             .windows(4)
