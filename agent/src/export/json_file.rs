@@ -496,13 +496,18 @@ mod tests {
         assert_eq!(back, *request);
     }
 
+    /// The length of `batch`'s trace line.
+    fn trace_line_len(batch: &OtlpBatch) -> u64 {
+        encode_json_line(&*batch.traces_request().unwrap())
+            .unwrap()
+            .len() as u64
+    }
+
     #[test]
     fn writes_lines_and_rotates_once() {
         let dir = temp_dir("rotate");
         let batch = sample_batch();
-        let line_len = encode_json_line(&*batch.traces_request().unwrap())
-            .unwrap()
-            .len() as u64;
+        let line_len = trace_line_len(&batch);
         // Room for two lines per file.
         let failures = Counter::default();
         let mut sink = FileSink::new(&dir, line_len * 2 + 1, failures.clone());
@@ -538,9 +543,7 @@ mod tests {
     fn failed_delete_of_a_replaced_file_is_counted() {
         let dir = temp_dir("undeletable");
         let batch = sample_batch();
-        let line_len = encode_json_line(&*batch.traces_request().unwrap())
-            .unwrap()
-            .len() as u64;
+        let line_len = trace_line_len(&batch);
         // The `.1` a rotation replaces is a directory, which the deletion
         // (an unlink) cannot remove.
         std::fs::create_dir_all(dir.join("traces.jsonl.1")).unwrap();
