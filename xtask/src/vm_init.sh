@@ -171,14 +171,15 @@ if [ "$ready" = 0 ]; then
         # The warnings, and of a refused program's verifier log (the lines
         # after "Verifier output" up to the next log line, which may begin
         # with a colour code) its last 40, where the verifier says why.
-        awk 'v && /^[^ ]*[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T/ {
-                for (i = (n > 40 ? n - 39 : 1); i <= n; i++) print "  | " buf[i % 40]
+        awk 'function flush(i) {
+                for (i = (n > 40 ? n - 39 : 1); v && i <= n; i++) print "  | " buf[i % 40]
                 v = 0
             }
+            /^[^ ]*[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T/ { flush() }
             / (WARN|ERROR) |hook/ { print }
             /Verifier output/ { v = 1; n = 0; next }
             v { n++; buf[n % 40] = $0 }
-            END { if (v) for (i = (n > 40 ? n - 39 : 1); i <= n; i++) print "  | " buf[i % 40] }' \
+            END { flush() }' \
             "/tmp/tier-$hook.log" >"/tmp/tier-$hook.notes"
         send "tier-$hook.log" "/tmp/tier-$hook.notes"
     done

@@ -934,8 +934,12 @@ impl Tracer {
                 status: response.status,
             });
         } else {
-            let path = super::spans::url_path(&entry.request.target);
-            self.send(span, entry.request.method, path, response.status);
+            self.send(
+                span,
+                entry.request.method,
+                &entry.request.target,
+                response.status,
+            );
         }
     }
 
@@ -955,13 +959,19 @@ impl Tracer {
                 self.trace_metrics.resource_unconfirmed.inc();
             }
             waiting.span.resource = self.resource_of(waiting.pid);
-            let path = super::spans::url_path(&waiting.target);
-            self.send(waiting.span, waiting.method, path, waiting.status);
+            self.send(
+                waiting.span,
+                waiting.method,
+                &waiting.target,
+                waiting.status,
+            );
         }
     }
 
-    /// Records the span in the RED series and hands it to the sink.
-    fn send(&mut self, span: Span, method: &str, path: &str, status: u16) {
+    /// Records the span in the RED series (by its request target's path)
+    /// and hands it to the sink.
+    fn send(&mut self, span: Span, method: &str, target: &str, status: u16) {
+        let path = super::spans::url_path(target);
         let seconds = span.end_unix_nano.saturating_sub(span.start_unix_nano) as f64 / 1e9;
         self.red.record(Observation {
             kind: span.kind,
